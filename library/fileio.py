@@ -1,0 +1,71 @@
+"""Atomic writes: a reader (or a crash) never sees a half-written file.
+
+Everything lorasmith writes goes to a temp name in the destination folder and is
+moved into place with `os.replace`, which is atomic on POSIX and Windows for
+files on the same filesystem.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside `dest`; on success it replaces `dest`.
+
+    On any exception the temp file is removed and `dest` is left untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        _fsync_file(tmp_path)
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(dest: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temp file beside `dest` for writing; it replaces `dest` on close."""
+    if "r" in mode or "a" in mode or "+" in mode:
+        raise ValueError(f"atomic_open is for writing only, got mode {mode!r}")
+    with atomic_path(dest) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
+
+
+def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
+    with atomic_open(dest, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_open(dest, "wb") as fh:
+        fh.write(data)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

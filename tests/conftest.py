@@ -1,0 +1,27 @@
+"""Shared test fixtures: paths to ../shared/fixtures and the built-in tiny model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """../shared/fixtures, or skip: those files come from other tools and are not shipped."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES} (they live beside the repo, not in it)")
+    return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def sdscripts_lora_dir(shared_fixtures: Path) -> Path:
+    return shared_fixtures / "sdscripts_lora_tiny"
+
+
+@pytest.fixture(scope="session")
+def seed_guide_dir(shared_fixtures: Path) -> Path:
+    return shared_fixtures / "seed_guide"
