@@ -1,0 +1,367 @@
+"""Everything that reads or writes a `TrainConfig`, generated from its fields.
+
+Sources, lowest precedence first: defaults < preset < config file < CLI flags.
+Config files are sd-scripts TOML (sections flattened), our JSON presets (only
+fields that differ from the defaults) or a kohya_ss GUI JSON (detected and
+mapped by `library.kohya_import`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+import shlex
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from library.config import (
+    CONFIG_VERSION,
+    GROUPS,
+    TrainConfig,
+    alias_map,
+    base_type,
+    non_default_values,
+    option_fields,
+    spec_of,
+)
+from library.errors import ConfigError
+from library.fileio import atomic_write_text
+
+VERSION_KEY = "config_version"
+PRESET_META_KEYS = ("name", "description", VERSION_KEY)
+_SUPPRESS = argparse.SUPPRESS
+
+
+# --- argparse -------------------------------------------------------------------
+
+def add_config_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+    """Add one flag per TrainConfig field (or the named subset).
+
+    Flags default to SUPPRESS so that only what the user typed overrides files.
+    """
+    wanted = set(names) if names is not None else None
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in option_fields():
+        if wanted is not None and f.name not in wanted:
+            continue
+        spec = spec_of(f)
+        group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
+        flags = [f"--{f.name}"] + [f"--{n}" for n in ((spec.flag,) if spec.flag else ()) + spec.aliases]
+        kind = base_type(f.name)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": _SUPPRESS, "help": spec.help}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is list:
+            kwargs["nargs"] = "*"
+            kwargs["metavar"] = "KEY=VALUE"
+        else:
+            kwargs["type"] = _cli_type(f.name, kind)
+            kwargs["metavar"] = kind.__name__.upper()
+            if spec.choices is not None:
+                kwargs["help"] += " {" + ", ".join(str(c) for c in spec.choices if c is not None) + "}"
+        group.add_argument(*flags, **kwargs)
+
+
+def _cli_type(name: str, kind: type) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            return coerce_value(name, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config_file, --preset and --output_config: where a config comes from."""
+    parser.add_argument("--config_file", default=None, help="TOML (sd-scripts), JSON preset, or kohya_ss GUI JSON config")
+    parser.add_argument("--preset", default=None, help="a built-in or user preset name (see `lorasmith config presets`)")
+    parser.add_argument("--output_config", action="store_true", help="write the effective config as TOML to <output_dir>/<output_name>.toml and exit")
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in option_fields()}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+# --- values --------------------------------------------------------------------
+
+_NONE_STRINGS = ("", "none", "null")
+
+
+def coerce_value(name: str, value: Any, *, source: str = "") -> Any:
+    """Convert a raw value (CLI text, TOML, JSON strings) to the field's type."""
+    kind = base_type(name)
+    where = f" in {source}" if source else ""
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_STRINGS and kind is not str):
+        return None
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is list:
+            if isinstance(value, str):
+                return shlex.split(value)
+            if isinstance(value, (list, tuple)):
+                return [str(v) for v in value]
+            raise ValueError
+        if kind is str:
+            return value if isinstance(value, str) else str(value)
+    except (ValueError, TypeError):
+        pass
+    raise ConfigError(f"{name}{where}: {value!r} is not a valid {kind.__name__}")
+
+
+def config_from_mapping(
+    values: Mapping[str, Any], *, source: str, base: TrainConfig | None = None
+) -> TrainConfig:
+    """Apply `values` (any accepted key names) on top of `base`.
+
+    Unknown keys are errors with a "did you mean"; every problem is reported at once.
+    """
+    names = alias_map()
+    updates: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, raw in values.items():
+        if key in PRESET_META_KEYS:
+            continue
+        target = names.get(key)
+        if target is None:
+            close = difflib.get_close_matches(key, list(names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown key {key!r}{hint}")
+            continue
+        try:
+            updates[target] = coerce_value(target, raw, source=source)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(f"Cannot read the config from {source}", problems)
+    return dataclasses.replace(base or TrainConfig(), **updates)
+
+
+# --- files ------------------------------------------------------------------------
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML or JSON config into a flat mapping (migrated to this version)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file not found: {p}", ["check the path given to --config_file"])
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read config file {p}: {exc}") from None
+    suffix = p.suffix.lower()
+    if suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p} is not valid TOML: {exc}", ["fix the line named above"]) from None
+        flat = flatten_sections(data, str(p))
+    elif suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p} must hold a JSON object of option names and values")
+        from library.kohya_import import is_kohya_gui_config
+
+        if is_kohya_gui_config(data):
+            raise ConfigError(
+                f"{p} is a kohya_ss GUI config",
+                ["load it with load_config_source() or `lorasmith config import-kohya`"],
+            )
+        flat = dict(data.get("config", data)) if isinstance(data.get("config"), dict) else dict(data)
+    else:
+        raise ConfigError(f"{p}: unknown config format {suffix!r}", ["use a .toml or .json file"])
+    return migrate(flat, str(p))
+
+
+def flatten_sections(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """sd-scripts ignores TOML section names: merge every table into one mapping."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub_key, sub_value in flatten_sections(value, source).items():
+                if sub_key in flat:
+                    raise ConfigError(f"{source}: key {sub_key!r} appears in two sections", ["keep one of them"])
+                flat[sub_key] = sub_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def load_config_source(path: str | os.PathLike[str], base: TrainConfig | None = None) -> TrainConfig:
+    """A config file of any supported kind applied on top of `base`."""
+    p = Path(path)
+    if p.suffix.lower() == ".json" and p.is_file():
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{p} is not valid JSON: {exc}") from None
+        from library.kohya_import import import_kohya_config, is_kohya_gui_config
+
+        if isinstance(data, dict) and is_kohya_gui_config(data):
+            result = import_kohya_config(data, source=str(p), base=base)
+            if result.unmapped:
+                raise ConfigError(f"{p}: some kohya_ss settings have no lorasmith equivalent", result.unmapped)
+            return result.materialize_sample_prompts()
+    return config_from_mapping(read_config_file(p), source=str(p), base=base)
+
+
+# --- versions -----------------------------------------------------------------------
+
+def _migrate_1_to_2(values: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 = files without a version (sd-scripts era): old optimizer switches."""
+    out = dict(values)
+    if out.pop("use_8bit_adam", False):
+        out.setdefault("optimizer_type", "AdamW8bit")
+    if out.pop("use_lion_optimizer", False):
+        out.setdefault("optimizer_type", "Lion")
+    return out
+
+
+MIGRATIONS = {1: _migrate_1_to_2}
+
+
+def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
+    version = values.pop(VERSION_KEY, 1)
+    if not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{source}: {VERSION_KEY} = {version!r} is not a version number")
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"{source} was written by a newer lorasmith (config version {version}, this one reads up to {CONFIG_VERSION})", ["upgrade lorasmith"])
+    while version < CONFIG_VERSION:
+        values = MIGRATIONS[version](values)
+        version += 1
+    return values
+
+
+# --- writers --------------------------------------------------------------------------
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def config_to_toml(cfg: TrainConfig, *, only_changed: bool = False) -> str:
+    """sd-scripts-readable TOML, one section per GUI group; None values omitted."""
+    chosen = non_default_values(cfg) if only_changed else None
+    lines = [f"{VERSION_KEY} = {CONFIG_VERSION}", ""]
+    for group in GROUPS:
+        body = []
+        for f in option_fields():
+            if spec_of(f).group != group:
+                continue
+            value = getattr(cfg, f.name)
+            if value is None or (chosen is not None and f.name not in chosen):
+                continue
+            body.append(f"{f.name} = {_toml_value(value)}")
+        if body:
+            lines.append(f"[{group.lower().replace(' ', '_')}]")
+            lines.extend(body)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def config_to_preset(cfg: TrainConfig, *, name: str = "", description: str = "") -> dict[str, Any]:
+    """A sparse JSON preset: only the fields that differ from the defaults."""
+    data: dict[str, Any] = {VERSION_KEY: CONFIG_VERSION}
+    if name:
+        data["name"] = name
+    if description:
+        data["description"] = description
+    data.update(non_default_values(cfg))
+    return data
+
+
+def write_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
+    """Write TOML or a JSON preset, by the file's suffix, atomically."""
+    p = Path(path)
+    if p.suffix.lower() == ".json":
+        atomic_write_text(p, json.dumps(config_to_preset(cfg), indent=2) + "\n")
+    else:
+        atomic_write_text(p, config_to_toml(cfg))
+    return p
+
+
+def to_command_line(cfg: TrainConfig, program: str = "train_network.py") -> list[str]:
+    """The equivalent command line (only fields that differ from the defaults)."""
+    argv = [program]
+    for name, value in non_default_values(cfg).items():
+        if isinstance(value, bool):
+            argv.append(f"--{name}" if value else f"--no-{name}")
+        elif isinstance(value, list):
+            argv.append(f"--{name}")
+            argv.extend(value)
+        elif value is not None:
+            argv.extend([f"--{name}", str(value)])
+    return argv
+
+
+def command_string(cfg: TrainConfig, program: str = "python train_network.py") -> str:
+    argv = to_command_line(cfg, "PROGRAM")[1:]
+    return program + " " + " ".join(shlex.quote(a) for a in argv)
+
+
+# --- the whole resolution -----------------------------------------------------------------
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """defaults < preset < config file < CLI flags."""
+    cfg = TrainConfig()
+    if getattr(args, "preset", None):
+        from library.presets import load_preset
+
+        cfg = load_preset(args.preset)
+    if getattr(args, "config_file", None):
+        cfg = load_config_source(args.config_file, base=cfg)
+    overrides = cli_overrides(args)
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    return cfg
+
+
+def build_train_parser(prog: str = "train_network.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Train a Kohya-style LoRA (sd-scripts flags).")
+    add_train_arguments(parser)
+    return parser
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--print_plan", action="store_true", help="validate, print the training plan and exit without training")
+    add_config_arguments(parser)
+
+
+def parse_train_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    return resolve_config(args), args
