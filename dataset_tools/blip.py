@@ -1,0 +1,100 @@
+"""Caption images with a BLIP model from a local folder (transformers, offline).
+
+The user points at a folder saved with ``save_pretrained`` (for example a copy
+of Salesforce/blip-image-captioning-large they downloaded once); nothing is
+fetched. Generated captions can get the trigger prefix (``ohwx woman, ...``)
+in the same pass. Images that already have a caption keep it unless asked.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dataset_tools.captions import (
+    DEFAULT_CAPTION_EXTENSION,
+    CaptionEdit,
+    copy_image,
+    prepare_caption_output,
+    caption_path,
+    read_caption,
+)
+from dataset_tools.images import ToolRun, load_image, scan_folder, start_run
+from library.errors import DatasetError, ModelLoadError
+from library.fileio import atomic_write_text
+
+
+def load_blip(model_dir: str | os.PathLike[str], device: str = "cpu"):
+    """(processor, model) from a local folder; raises ModelLoadError naming the folder."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelLoadError(f"no BLIP model in {model_dir}",
+                             ["point --model at a folder saved with save_pretrained (it holds config.json)"])
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    try:
+        processor = BlipProcessor.from_pretrained(model_dir, local_files_only=True)
+        model = BlipForConditionalGeneration.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load BLIP from {model_dir}: {exc}",
+                             ["the folder needs the model and its processor/tokenizer files"]) from exc
+    return processor, model.to(device).eval()
+
+
+def generate_captions(processor, model, images: list, max_new_tokens: int = 40, num_beams: int = 3,
+                      min_new_tokens: int = 5) -> list[str]:
+    """One caption per PIL image, greedy or beam search."""
+    import torch
+
+    inputs = processor(images=images, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                             num_beams=num_beams, do_sample=False)
+    return [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+def blip_caption_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str], model_dir: str | os.PathLike[str],
+                        prefix: str = "", batch_size: int = 4, max_new_tokens: int = 40, num_beams: int = 3,
+                        min_new_tokens: int = 5, caption_extension: str = DEFAULT_CAPTION_EXTENSION,
+                        in_place: bool = False, overwrite: bool = False, captions_only: bool = False,
+                        device: str = "cpu", progress: bool = True) -> ToolRun:
+    """Write a BLIP caption for every image without one (or every image with `overwrite`)."""
+    if batch_size < 1:
+        raise DatasetError(f"batch size must be at least 1, got {batch_size}")
+    src, dst = Path(src), Path(dst)
+    prepare_caption_output(src, dst, in_place)
+    scan = scan_folder(src)
+    run = start_run(scan, list_non_images=False)
+    run.non_images = [p for p in scan.non_images if p.suffix != caption_extension]
+    todo = []
+    for image in scan.images:
+        dest = caption_path(image, dst, caption_extension)
+        has_own = read_caption(caption_path(image, src, caption_extension)) is not None
+        if (dest.exists() or (in_place and has_own)) and not overwrite:
+            run.skipped_existing.append(dest)
+        else:
+            todo.append(image)
+    if not todo:
+        return run
+    processor, model = load_blip(model_dir, device)
+    edit = CaptionEdit(prefix=prefix)
+    bar = tqdm(total=len(todo), desc="blip", unit="img", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        batch, pictures = [], []
+        for image in todo[start:start + batch_size]:
+            try:
+                pictures.append(load_image(image))
+                batch.append(image)
+            except DatasetError as exc:
+                run.unreadable.append(exc.summary)
+        texts = generate_captions(processor, model, pictures, max_new_tokens, num_beams, min_new_tokens) if batch else []
+        for image, text in zip(batch, texts):
+            dest = caption_path(image, dst, caption_extension)
+            atomic_write_text(dest, edit.apply(text) + "\n")
+            run.written.append(dest)
+            if not in_place and not captions_only:
+                copy_image(image, dst, overwrite)
+        bar.update(len(todo[start:start + batch_size]))
+    bar.close()
+    return run

@@ -1,0 +1,130 @@
+"""Caption tools on a temp folder, and BLIP captioning with a tiny random model built here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dataset_tools.captions import (
+    CaptionEdit,
+    caption_from_filename,
+    create_captions,
+    edit_captions,
+    parse_replacements,
+    tag_frequency,
+)
+from library.errors import DatasetError, ModelLoadError
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("woman_red-dress (2).jpg", "b.png", "c.png"):
+        Image.new("RGB", (16, 16)).save(src / name)
+    (src / "b.txt").write_text("smiling, outdoors, smiling, red dress\n")
+    (src / "c.txt").write_text("indoors, red dress\n")
+    return src
+
+
+def test_caption_edit_pure_ops():
+    edit = CaptionEdit(prefix="ohwx woman", suffix="photo", add=["sharp"], remove=["blurry"],
+                       replace={"girl": "woman"}, dedupe=True)
+    assert edit.apply("girl, blurry, smiling, smiling") == "ohwx woman, woman, smiling, sharp, photo"
+    # Idempotent: applying again changes nothing.
+    assert edit.apply(edit.apply("girl, blurry, smiling")) == edit.apply("girl, blurry, smiling")
+    assert CaptionEdit(add=["new"], add_at_start=True).apply("a, b") == "new, a, b"
+    assert caption_from_filename("woman_red-dress (2)") == "woman red dress"
+    assert caption_from_filename("IMG_0001") == "IMG"
+    assert parse_replacements(["girl=woman", " a = b "]) == {"girl": "woman", "a": "b"}
+    with pytest.raises(DatasetError):
+        parse_replacements(["no-equals"])
+
+
+def test_create_captions_from_text_and_filename(dataset, tmp_path):
+    dst = tmp_path / "dst"
+    run = create_captions(dataset, dst, from_filename=True, progress=False)
+    assert len(run.written) == 3
+    assert (dst / "woman_red-dress (2).txt").read_text() == "woman red dress\n"
+    assert (dst / "b.txt").read_text() == "smiling, outdoors, smiling, red dress\n"  # existing kept
+    assert (dst / "b.png").is_file()  # images copied so dst is a complete dataset
+    run = create_captions(dataset, tmp_path / "d2", text="a photo of ohwx woman", overwrite=True,
+                          captions_only=True, progress=False)
+    assert (tmp_path / "d2" / "c.txt").read_text() == "a photo of ohwx woman\n"
+    assert not (tmp_path / "d2" / "c.png").exists()
+    with pytest.raises(DatasetError, match="exactly one"):
+        create_captions(dataset, dst, text="x", from_filename=True, progress=False)
+
+
+def test_edit_captions_to_new_folder_and_in_place(dataset, tmp_path):
+    before = {p.name: p.read_bytes() for p in dataset.iterdir()}
+    dst = tmp_path / "dst"
+    edit = CaptionEdit(prefix="ohwx woman", remove=["outdoors"], dedupe=True)
+    run = edit_captions(dataset, dst, edit, progress=False)
+    assert (dst / "b.txt").read_text() == "ohwx woman, smiling, red dress\n"
+    assert (dst / "woman_red-dress (2).txt").read_text() == "ohwx woman\n"
+    assert run.notes == ["woman_red-dress (2).jpg: had no caption, created one"]
+    assert {p.name: p.read_bytes() for p in dataset.iterdir()} == before  # source untouched
+    again = edit_captions(dataset, dst, edit, progress=False)
+    assert again.written == [] and len(again.skipped_existing) == 3
+    with pytest.raises(DatasetError, match="overlaps"):
+        edit_captions(dataset, dataset, edit, progress=False)
+    run = edit_captions(dataset, dataset, CaptionEdit(replace={"red dress": "blue dress"}), in_place=True,
+                        progress=False)
+    assert (dataset / "c.txt").read_text() == "indoors, blue dress\n"
+    assert sorted(p.name for p in run.written) == ["b.txt", "c.txt", "woman_red-dress (2).txt"]
+    rerun = edit_captions(dataset, dataset, CaptionEdit(replace={"red dress": "blue dress"}), in_place=True,
+                          progress=False)
+    assert rerun.written == []  # nothing left to change
+
+
+def test_tag_frequency(dataset):
+    freq = tag_frequency(dataset)
+    assert freq.counts == [("red dress", 2), ("indoors", 1), ("outdoors", 1), ("smiling", 1)]
+    assert freq.images == 3 and freq.captioned == 2 and freq.missing == ["woman_red-dress (2).jpg"]
+    assert freq.to_dict()["tags"][0] == {"tag": "red dress", "count": 2}
+
+
+def _tiny_blip(folder: Path) -> None:
+    """A randomly initialised BLIP with a 13-word BERT vocab, saved like a downloaded model."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers.models.blip import BlipImageProcessorPil
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "woman", "man", "dog", "red", "the"]
+    vocab = folder.parent / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    torch.manual_seed(0)
+    config = BlipConfig(
+        text_config=dict(vocab_size=len(words), hidden_size=32, encoder_hidden_size=32, intermediate_size=37,
+                         num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=64,
+                         bos_token_id=2, sep_token_id=3, pad_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
+                              tokenizer=BertTokenizer(str(vocab)))
+    processor.save_pretrained(folder)
+
+
+def test_blip_captioning_with_tiny_local_model(dataset, tmp_path):
+    from dataset_tools.blip import blip_caption_folder
+
+    model_dir = tmp_path / "blip"
+    _tiny_blip(model_dir)
+    dst = tmp_path / "dst"
+    run = blip_caption_folder(dataset, dst, model_dir, prefix="ohwx woman", batch_size=2, max_new_tokens=4,
+                              num_beams=1, min_new_tokens=1, overwrite=True, progress=False)
+    assert len(run.written) == 3
+    vocab = {"a", "photo", "of", "woman", "man", "dog", "red", "the", "ohwx"}
+    for path in run.written:
+        text = path.read_text().strip()
+        assert text.startswith("ohwx woman, ")
+        assert set(text.replace(",", " ").split()) <= vocab and len(text) > len("ohwx woman, ")
+    again = blip_caption_folder(dataset, dst, model_dir, progress=False)
+    assert again.written == [] and len(again.skipped_existing) == 3
+    with pytest.raises(ModelLoadError, match="no BLIP model"):
+        blip_caption_folder(dataset, tmp_path / "x", tmp_path / "missing", progress=False)
