@@ -1,0 +1,87 @@
+"""Built-in base models, chosen by name instead of a path.
+
+`tiny` is the tiny SD1.x-shaped architecture (configs in `configs/tiny/`) with
+random weights from a fixed seed: the model every test and the demo run on.
+Builders are registered by name in `BUILTIN_MODELS`, so further built-ins
+(e.g. one with pretrained weights shipped in the package) are one
+`register_builtin` call away.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from library.models.bundle import ModelBundle, ModelFacts, count_parameters, dtype_name
+from library.models.configs import load_family_configs
+from library.models.hashing import state_dict_sha256
+from library.models.modules import build_text_encoder, build_unet, build_vae, cast_module, freeze
+from library.models.tokenizer import load_tokenizer
+
+BuiltinBuilder = Callable[[torch.dtype], ModelBundle]
+BUILTIN_MODELS: dict[str, BuiltinBuilder] = {}
+
+
+def register_builtin(name: str, builder: BuiltinBuilder) -> None:
+    """Make `builder(dtype)` loadable as `load_model_bundle(name)`."""
+    if name in BUILTIN_MODELS:
+        raise ValueError(f"built-in model {name!r} is already registered")
+    BUILTIN_MODELS[name] = builder
+
+
+def builtin_names() -> list[str]:
+    return sorted(BUILTIN_MODELS)
+
+
+def bundle_state_dict(bundle: ModelBundle) -> dict[str, torch.Tensor]:
+    """All weights of a bundle under component-prefixed names (for hashing)."""
+    merged: dict[str, torch.Tensor] = {}
+    for component, module in bundle.components().items():
+        merged.update({f"{component}.{k}": v for k, v in module.state_dict().items()})
+    return merged
+
+
+def build_random_bundle(family: str, seed: int, name: str, dtype: torch.dtype = torch.float32) -> ModelBundle:
+    """A bundle of a shipped architecture with weights drawn from `seed`.
+
+    Each component gets its own seed (seed, seed+1, seed+2) inside a forked RNG,
+    so the result does not depend on, or disturb, the caller's random state.
+    """
+    configs = load_family_configs(family)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = build_unet(configs["unet"])
+        torch.manual_seed(seed + 1)
+        vae = build_vae(configs["vae"])
+        torch.manual_seed(seed + 2)
+        text_encoder = build_text_encoder(configs["text_encoder"])
+    modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    for module in modules.values():
+        freeze(cast_module(module, dtype))
+    bundle = ModelBundle(
+        tokenizer=load_tokenizer(), text_encoder=text_encoder, vae=vae, unet=unet,
+        scheduler_config=configs["scheduler"], facts=None,  # type: ignore[arg-type]
+    )
+    bundle.facts = ModelFacts(
+        architecture="sd1",
+        prediction_type=configs["scheduler"].get("prediction_type", "epsilon"),
+        source=f"builtin:{name}",
+        source_format="builtin",
+        name=name,
+        model_hash=state_dict_sha256(bundle_state_dict(bundle)),
+        legacy_hash=None,
+        weights_picked="only one set",
+        dtype=dtype_name(dtype),
+        parameter_counts=count_parameters(modules),
+        config_family=family,
+        notes=(f"random weights from seed {seed}",),
+    )
+    return bundle
+
+
+def build_tiny_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelBundle:
+    """The built-in tiny model: tiny-sd architecture, random weights, identical on every build."""
+    return build_random_bundle("tiny", seed, name="tiny", dtype=dtype)
+
+
+register_builtin("tiny", lambda dtype: build_tiny_bundle(0, dtype=dtype))

@@ -1,0 +1,71 @@
+"""Building the three diffusers/transformers modules from shipped configs.
+
+`empty=True` builds them with parameters on the `meta` device (no memory, no
+init cost): used to learn an architecture's key names and shapes, and as the
+skeleton that real weights are assigned into when loading a checkpoint.
+Buffers are still created normally, so non-persistent ones (CLIP's
+`position_ids`) are real after weights are assigned.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from library.models.configs import load_family_configs
+
+
+def build_unet(config: dict[str, Any], empty: bool = False) -> UNet2DConditionModel:
+    if empty:
+        with init_empty_weights():
+            return UNet2DConditionModel.from_config(config)
+    return UNet2DConditionModel.from_config(config)
+
+
+def build_vae(config: dict[str, Any], empty: bool = False) -> AutoencoderKL:
+    if empty:
+        with init_empty_weights():
+            return AutoencoderKL.from_config(config)
+    return AutoencoderKL.from_config(config)
+
+
+def build_text_encoder(config: dict[str, Any], empty: bool = False) -> CLIPTextModel:
+    te_config = CLIPTextConfig(**config)
+    if empty:
+        with init_empty_weights():
+            return CLIPTextModel(te_config)
+    return CLIPTextModel(te_config)
+
+
+_BUILDERS = {"unet": build_unet, "vae": build_vae, "text_encoder": build_text_encoder}
+
+
+def build_component(component: str, config: dict[str, Any], empty: bool = False) -> torch.nn.Module:
+    return _BUILDERS[component](config, empty=empty)
+
+
+@functools.lru_cache(maxsize=8)
+def expected_shapes(family: str, component: str) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key of one shipped architecture with its shape (built on meta, cached)."""
+    config = load_family_configs(family)[component]
+    module = build_component(component, config, empty=True)
+    return {name: tuple(t.shape) for name, t in module.state_dict().items()}
+
+
+def assign_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load tensors into a (meta) skeleton by assignment: no copy, no random init."""
+    module.load_state_dict(state_dict, strict=True, assign=True)
+
+
+def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast floating-point weights to `dtype` (diffusers' own `.to` warns on every call)."""
+    return torch.nn.Module.to(module, dtype=dtype)
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """Base-model weights are frozen in eval mode; a LoRA trainer adds its own trainable params."""
+    return module.eval().requires_grad_(False)
