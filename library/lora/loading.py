@@ -1,0 +1,124 @@
+"""Loading a LoRA from a file or a state dict, and matching it to a model.
+
+Every path into a network goes through `load_lora`: read (with header checks),
+convert to Kohya keys, then check pairing, ranks and finiteness. `match_modules`
+then pairs module names with layers of the given UNet/text encoder; a LoRA made for
+another architecture matches few or none, and is refused with the count.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from library.errors import LoRAFileError
+from library.lora import keys
+from library.lora.convert import to_kohya
+from library.lora.file import read_tensors, structure_problems
+from library.lora.targets import Target, all_layers
+
+
+@dataclass
+class LoadedLoRA:
+    """A checked LoRA in Kohya layout; every module has down, up and alpha."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    source_format: str = "kohya"
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path is not None else "LoRA state dict"
+
+    @property
+    def modules(self) -> dict[str, dict[str, torch.Tensor]]:
+        return keys.group_by_module(self.tensors)[0]
+
+
+def load_lora(source: str | os.PathLike[str] | Mapping[str, torch.Tensor]) -> LoadedLoRA:
+    """Read and check a LoRA; raises LoRAFileError listing every problem found."""
+    if isinstance(source, LoadedLoRA):
+        return source
+    if isinstance(source, Mapping):
+        raw, metadata, path = dict(source), {}, None
+    else:
+        path = Path(source)
+        raw, metadata = read_tensors(path)
+    label = str(path) if path is not None else "LoRA state dict"
+    if not raw:
+        raise LoRAFileError(f"{label}: holds no tensors")
+    tensors, fmt, unplaced = to_kohya(raw, metadata)
+    if unplaced:
+        raise LoRAFileError(
+            f"{label}: {len(unplaced)} of {len(raw)} keys are not LoRA keys in a known layout "
+            "(Kohya lora_down/lora_up/alpha, PEFT lora_A/lora_B, or diffusers .lora.down/.lora.up)",
+            unplaced[:10],
+        )
+    problems = structure_problems(tensors)
+    if problems:
+        raise LoRAFileError(f"{label}: the LoRA is damaged or inconsistent", problems[:20])
+    _fill_missing_alpha(tensors)
+    return LoadedLoRA(tensors, metadata, fmt, path)
+
+
+def _fill_missing_alpha(tensors: dict[str, torch.Tensor]) -> None:
+    """Old Kohya files without alpha: alpha = rank (sd-scripts' rule)."""
+    modules, _ = keys.group_by_module(tensors)
+    for name, parts in modules.items():
+        if keys.ALPHA not in parts:
+            tensors[f"{name}.{keys.ALPHA}"] = torch.tensor(float(parts[keys.DOWN].shape[0]))
+
+
+def _shape_problem(name: str, parts: Mapping[str, torch.Tensor], target: Target) -> str | None:
+    down, up = parts[keys.DOWN], parts[keys.UP]
+    layer = target.layer
+    if isinstance(layer, nn.Linear):
+        want_in, want_out = layer.in_features, layer.out_features
+        ok_kernel = down.dim() == 2 or tuple(down.shape[2:]) == (1, 1)
+    else:
+        want_in, want_out = layer.in_channels, layer.out_channels
+        kernel = tuple(layer.kernel_size)
+        ok_kernel = tuple(down.shape[2:]) == kernel or (down.dim() == 2 and kernel == (1, 1))
+    if down.shape[1] != want_in or up.shape[0] != want_out or not ok_kernel:
+        return (
+            f"{name}: LoRA maps {tuple(down.shape)} -> {tuple(up.shape)}, "
+            f"but the model layer is {want_in} -> {want_out}"
+        )
+    return None
+
+
+def match_modules(
+    loaded: LoadedLoRA, unet: nn.Module | None, text_encoder: nn.Module | None, *, strict: bool = True
+) -> tuple[dict[str, Target], list[str]]:
+    """Pair the LoRA's modules with layers of the model.
+
+    Returns (name -> target, unmatched names). With strict, any unmatched module is
+    an error; without it, an error only when nothing matches.
+    """
+    layers = all_layers(unet, text_encoder)
+    matched: dict[str, Target] = {}
+    unmatched: list[str] = []
+    problems: list[str] = []
+    for name, parts in loaded.modules.items():
+        target = layers.get(name)
+        problem = None if target is not None else f"{name}: no such layer in this model"
+        if problem is None:
+            problem = _shape_problem(name, parts, target)
+        if problem is None:
+            matched[name] = target
+        else:
+            unmatched.append(name)
+            problems.append(problem)
+    total = len(loaded.modules)
+    if unmatched and (strict or not matched):
+        raise LoRAFileError(
+            f"{loaded.label}: only {len(matched)} of {total} LoRA modules match this model; "
+            "it was probably made for another architecture (SD1.x LoRAs need an SD1.x base)",
+            problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else []),
+        )
+    return matched, sorted(unmatched)

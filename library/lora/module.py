@@ -1,0 +1,165 @@
+"""The LoRA adapter and the host layer that carries one or more of them.
+
+LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"):
+    y = W x + up(down(x)) * multiplier * alpha / rank
+with `down` kaiming-uniform (a=sqrt 5) and `up` zero, so a fresh adapter changes nothing.
+
+`LoRAModule` holds only the adapter (its state dict is exactly Kohya's
+`lora_down.weight`, `lora_up.weight`, `alpha`). `LoRAHost` replaces a base layer in
+the model, owns it as `base_layer` and adds each attached adapter's output, so several
+LoRAs, each with its own multiplier, can be stacked. Adapters are not submodules of
+the host: `unet.to(fp16)` or `unet.requires_grad_(False)` never touches them, and the
+host hides `base_layer.` from the model's state dict so model keys stay unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from library.lora.keys import effective_alpha
+
+
+class LoRAModule(nn.Module):
+    """One low-rank adapter for a Linear or Conv2d layer."""
+
+    def __init__(
+        self,
+        name: str,
+        layer: nn.Module,
+        rank: int,
+        alpha: float | None = 1.0,
+        *,
+        dropout: float | None = None,
+        rank_dropout: float | None = None,
+        module_dropout: float | None = None,
+        multiplier: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.lora_name = name
+        self.rank = int(rank)
+        if isinstance(layer, nn.Conv2d):
+            self.lora_down = nn.Conv2d(
+                layer.in_channels, self.rank, layer.kernel_size, layer.stride, layer.padding, bias=False
+            )
+            self.lora_up = nn.Conv2d(self.rank, layer.out_channels, (1, 1), (1, 1), bias=False)
+        else:
+            self.lora_down = nn.Linear(layer.in_features, self.rank, bias=False)
+            self.lora_up = nn.Linear(self.rank, layer.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+        alpha_value = effective_alpha(alpha, self.rank)
+        self.register_buffer("alpha", torch.tensor(alpha_value, dtype=torch.float32))
+        self.scale = alpha_value / self.rank
+        self.multiplier = float(multiplier)
+        self.dropout = dropout
+        self.rank_dropout = rank_dropout
+        self.module_dropout = module_dropout
+        self.enabled = True  # False while merged into the base weights
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # The scale follows the loaded alpha (0 means alpha = rank, as in sd-scripts).
+        self.scale = effective_alpha(float(self.alpha), self.rank) / self.rank
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The adapter's contribution to the layer output; None when it adds nothing."""
+        if not self.enabled or self.multiplier == 0:
+            return None
+        if self.training and self.module_dropout and torch.rand(1).item() < self.module_dropout:
+            return None
+        dtype = self.lora_down.weight.dtype
+        lx = self.lora_down(x.to(dtype))
+        if self.training and self.dropout:
+            lx = F.dropout(lx, p=self.dropout)
+        scale = self.scale
+        if self.training and self.rank_dropout:
+            mask = torch.rand((lx.size(0), self.rank), device=lx.device) > self.rank_dropout
+            if lx.dim() == 3:
+                mask = mask.unsqueeze(1)
+            elif lx.dim() == 4:
+                mask = mask.unsqueeze(-1).unsqueeze(-1)
+            lx = lx * mask
+            scale = scale / (1.0 - self.rank_dropout)  # as if the rank were smaller
+        return self.lora_up(lx) * (self.multiplier * scale)
+
+    def delta_weight(self, multiplier: float | None = None) -> torch.Tensor:
+        """multiplier * scale * (up @ down) in float32, shaped like the base weight."""
+        m = self.multiplier if multiplier is None else multiplier
+        up = self.lora_up.weight.detach().float()
+        down = self.lora_down.weight.detach().float()
+        if down.dim() == 2:
+            product = up @ down
+        elif tuple(down.shape[2:]) == (1, 1):
+            product = (up.flatten(1) @ down.flatten(1)).unsqueeze(2).unsqueeze(3)
+        else:
+            product = F.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+        return product * (m * self.scale)
+
+
+class LoRAHost(nn.Module):
+    """Stands in for a base layer and adds the outputs of the attached adapters."""
+
+    is_lora_host = True
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        # A plain list, not submodules: the adapters belong to their networks.
+        self.adapters: list[LoRAModule] = []
+        self.register_load_state_dict_pre_hook(_route_to_base)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
+        for adapter in self.adapters:
+            delta = adapter.delta(x)
+            if delta is not None:
+                out = out + delta.to(out.dtype)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # weight, bias, in_features, kernel_size... are read by model code.
+            return getattr(super().__getattr__("base_layer"), name)
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """The base layer's keys, without `base_layer.`: model state dicts look unwrapped."""
+        return self.base_layer.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+
+
+def _route_to_base(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Loading an unwrapped model state dict into a wrapped model: `x.weight` -> `x.base_layer.weight`."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        if not rest.startswith("base_layer."):
+            state_dict[prefix + "base_layer." + rest] = state_dict.pop(key)
+
+
+def attach(target_root: nn.Module, path: str, adapter: LoRAModule) -> LoRAHost:
+    """Attach `adapter` to the layer at `path`, wrapping it in a host the first time."""
+    parent_path, _, child = path.rpartition(".")
+    parent = target_root.get_submodule(parent_path) if parent_path else target_root
+    current = getattr(parent, child)
+    if not getattr(current, "is_lora_host", False):
+        current = LoRAHost(current)
+        setattr(parent, child, current)
+    if adapter not in current.adapters:
+        current.adapters.append(adapter)
+    return current
+
+
+def detach(target_root: nn.Module, path: str, adapter: LoRAModule) -> None:
+    """Remove `adapter`; when no adapter is left, put the bare base layer back."""
+    parent_path, _, child = path.rpartition(".")
+    parent = target_root.get_submodule(parent_path) if parent_path else target_root
+    current = getattr(parent, child)
+    if not getattr(current, "is_lora_host", False):
+        return
+    current.adapters = [a for a in current.adapters if a is not adapter]
+    if not current.adapters:
+        setattr(parent, child, current.base_layer)
