@@ -1,7 +1,8 @@
 """Caption files: create, add a trigger prefix/suffix, edit tags, deduplicate, count.
 
 A caption is the text file beside an image with the same stem (``photo.jpg`` →
-``photo.txt``), read by the trainer as the prompt for that image. Tag-style
+``photo.caption``, or ``photo.txt`` with ``caption_extension=".txt"``), read by
+the trainer as the prompt for that image. Tag-style
 captions are comma-separated (``ohwx woman, smiling, outdoors``).
 
 Every folder operation reads ``SRC`` and writes ``DST``: the caption files, and
@@ -22,10 +23,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dataset_tools.images import ToolRun, refuse_overlap, scan_folder, start_run
+from library.config import default_config
 from library.errors import DatasetError
 from library.fileio import atomic_path, atomic_write_text
 
-DEFAULT_CAPTION_EXTENSION = ".txt"
+# What the trainer reads by default, so captions written here are picked up without flags.
+DEFAULT_CAPTION_EXTENSION = default_config().caption_extension
 
 
 def split_tags(caption: str, separator: str = ",") -> list[str]:

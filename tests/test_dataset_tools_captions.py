@@ -23,8 +23,8 @@ def dataset(tmp_path: Path) -> Path:
     src.mkdir()
     for name in ("woman_red-dress (2).jpg", "b.png", "c.png"):
         Image.new("RGB", (16, 16)).save(src / name)
-    (src / "b.txt").write_text("smiling, outdoors, smiling, red dress\n")
-    (src / "c.txt").write_text("indoors, red dress\n")
+    (src / "b.caption").write_text("smiling, outdoors, smiling, red dress\n")
+    (src / "c.caption").write_text("indoors, red dress\n")
     return src
 
 
@@ -46,12 +46,12 @@ def test_create_captions_from_text_and_filename(dataset, tmp_path):
     dst = tmp_path / "dst"
     run = create_captions(dataset, dst, from_filename=True, progress=False)
     assert len(run.written) == 3
-    assert (dst / "woman_red-dress (2).txt").read_text() == "woman red dress\n"
-    assert (dst / "b.txt").read_text() == "smiling, outdoors, smiling, red dress\n"  # existing kept
+    assert (dst / "woman_red-dress (2).caption").read_text() == "woman red dress\n"
+    assert (dst / "b.caption").read_text() == "smiling, outdoors, smiling, red dress\n"  # existing kept
     assert (dst / "b.png").is_file()  # images copied so dst is a complete dataset
     run = create_captions(dataset, tmp_path / "d2", text="a photo of ohwx woman", overwrite=True,
                           captions_only=True, progress=False)
-    assert (tmp_path / "d2" / "c.txt").read_text() == "a photo of ohwx woman\n"
+    assert (tmp_path / "d2" / "c.caption").read_text() == "a photo of ohwx woman\n"
     assert not (tmp_path / "d2" / "c.png").exists()
     with pytest.raises(DatasetError, match="exactly one"):
         create_captions(dataset, dst, text="x", from_filename=True, progress=False)
@@ -62,8 +62,8 @@ def test_edit_captions_to_new_folder_and_in_place(dataset, tmp_path):
     dst = tmp_path / "dst"
     edit = CaptionEdit(prefix="ohwx woman", remove=["outdoors"], dedupe=True)
     run = edit_captions(dataset, dst, edit, progress=False)
-    assert (dst / "b.txt").read_text() == "ohwx woman, smiling, red dress\n"
-    assert (dst / "woman_red-dress (2).txt").read_text() == "ohwx woman\n"
+    assert (dst / "b.caption").read_text() == "ohwx woman, smiling, red dress\n"
+    assert (dst / "woman_red-dress (2).caption").read_text() == "ohwx woman\n"
     assert run.notes == ["woman_red-dress (2).jpg: had no caption, created one"]
     assert {p.name: p.read_bytes() for p in dataset.iterdir()} == before  # source untouched
     again = edit_captions(dataset, dst, edit, progress=False)
@@ -72,8 +72,8 @@ def test_edit_captions_to_new_folder_and_in_place(dataset, tmp_path):
         edit_captions(dataset, dataset, edit, progress=False)
     run = edit_captions(dataset, dataset, CaptionEdit(replace={"red dress": "blue dress"}), in_place=True,
                         progress=False)
-    assert (dataset / "c.txt").read_text() == "indoors, blue dress\n"
-    assert sorted(p.name for p in run.written) == ["b.txt", "c.txt", "woman_red-dress (2).txt"]
+    assert (dataset / "c.caption").read_text() == "indoors, blue dress\n"
+    assert sorted(p.name for p in run.written) == ["b.caption", "c.caption", "woman_red-dress (2).caption"]
     rerun = edit_captions(dataset, dataset, CaptionEdit(replace={"red dress": "blue dress"}), in_place=True,
                           progress=False)
     assert rerun.written == []  # nothing left to change
