@@ -1,0 +1,130 @@
+"""The one entry the trainer, the plan command and the GUI use: config → scanned, bucketed data.
+
+`prepare_data(config)` reads sd-scripts-named options from any object (a
+`TrainConfig`, an argparse Namespace) with getattr, checks option conflicts,
+scans the folders once and returns the description, the bucketed layouts and
+the plan — no model needed. `build_dataset(...)` then adds the model-dependent
+parts (tokenizer, latent and text-encoder caches) and returns the torch dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from library.data.buckets import BucketGeometry
+from library.data.captions import CaptionOptions
+from library.data.dataset import LoraDataset
+from library.data.dataset_config import load_dataset_specs
+from library.data.folders import DatasetDescription, scan_datasets, subsets_from_dirs
+from library.data.latent_cache import LatentRequest, cache_latents
+from library.data.layout import DatasetLayout, build_layout
+from library.data.plan import TrainingPlan, make_plan
+from library.data.specs import DatasetSpec, SubsetSpec, parse_resolution
+from library.data.text import cache_text_encoder_outputs, chunk_count
+from library.errors import ConfigError
+
+
+def opt(config, name: str, default=None):
+    """A config value by its sd-scripts name (None counts as unset)."""
+    value = getattr(config, name, None)
+    return default if value is None else value
+
+
+def caption_options(config) -> CaptionOptions:
+    return CaptionOptions(**{name: opt(config, name, field.default) for name, field in CaptionOptions.__dataclass_fields__.items()})
+
+
+def template_subset(config) -> SubsetSpec:
+    """Per-folder options from the flat config, applied to every `<repeats>_<tokens>` folder."""
+    return SubsetSpec(
+        image_dir=Path("."), caption_extension=opt(config, "caption_extension", ".caption"), captions=caption_options(config),
+        flip_aug=bool(opt(config, "flip_aug", False)), color_aug=bool(opt(config, "color_aug", False)),
+        random_crop=bool(opt(config, "random_crop", False)),
+    )
+
+
+def geometry(config) -> BucketGeometry:
+    return BucketGeometry(
+        parse_resolution(opt(config, "resolution", "512")), bool(opt(config, "enable_bucket", False)),
+        int(opt(config, "min_bucket_reso", 256)), int(opt(config, "max_bucket_reso", 1024)),
+        int(opt(config, "bucket_reso_steps", 64)), bool(opt(config, "bucket_no_upscale", False)),
+    )
+
+
+def dataset_specs(config) -> tuple[list[DatasetSpec], list[str]]:
+    """DatasetSpecs from `dataset_config` when given, else from train/reg folders (with folder-name problems)."""
+    if opt(config, "dataset_config"):
+        return load_dataset_specs(opt(config, "dataset_config"), config), []
+    if not opt(config, "train_data_dir"):
+        raise ConfigError("no training data given", ["train_data_dir: set the folder of '<repeats>_<name>' subfolders, or dataset_config"])
+    subsets, problems = subsets_from_dirs(opt(config, "train_data_dir"), opt(config, "reg_data_dir"), template_subset(config))
+    spec = DatasetSpec(tuple(subsets), geometry(config), int(opt(config, "train_batch_size", 1)), float(opt(config, "prior_loss_weight", 1.0)))
+    return [spec], problems
+
+
+def check_options(config, specs: list[DatasetSpec]) -> None:
+    """Option conflicts sd-scripts asserts on, as one ConfigError."""
+    problems = []
+    subsets = [s for d in specs for s in d.subsets]
+    if opt(config, "cache_latents") or opt(config, "cache_latents_to_disk"):
+        for name in ("color_aug", "random_crop"):
+            if any(getattr(s, name) for s in subsets):
+                problems.append(f"{name}: changes the pixels every step, so latents cannot be cached; turn off {name} or cache_latents")
+    if opt(config, "cache_text_encoder_outputs") and not all(s.captions.is_fixed for s in subsets):
+        problems.append("cache_text_encoder_outputs: captions change every step (shuffle or dropout); turn those off or do not cache")
+    for d in specs:
+        g = d.geometry
+        if g.enable_bucket and not g.bucket_no_upscale and (min(g.resolution) < g.min_bucket_reso or max(g.resolution) > g.max_bucket_reso):
+            problems.append(f"min_bucket_reso/max_bucket_reso: {g.min_bucket_reso}..{g.max_bucket_reso} must include resolution {g.resolution[0]}x{g.resolution[1]}")
+        if d.batch_size < 1:
+            problems.append(f"train_batch_size: {d.batch_size} must be 1 or more")
+    try:
+        chunk_count(opt(config, "max_token_length"))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError("dataset options conflict", problems)
+
+
+@dataclass
+class PreparedData:
+    description: DatasetDescription
+    layouts: list[DatasetLayout]
+    plan: TrainingPlan
+
+
+def prepare_data(config, *, num_processes: int = 1) -> PreparedData:
+    """Options → specs → one folder scan → buckets → plan. Raises ConfigError/DatasetError listing every problem."""
+    specs, folder_problems = dataset_specs(config)
+    check_options(config, specs)
+    description = scan_datasets(specs, bool(opt(config, "skip_bad_images", False)), folder_problems)
+    layouts = [build_layout(d) for d in description.datasets]
+    plan = make_plan(
+        layouts, gradient_accumulation_steps=int(opt(config, "gradient_accumulation_steps", 1)),
+        max_train_epochs=opt(config, "max_train_epochs"), max_train_steps=int(opt(config, "max_train_steps", 1600)),
+        num_processes=num_processes, skipped=description.skipped,
+    )
+    return PreparedData(description, layouts, plan)
+
+
+def build_dataset(prepared: PreparedData, config, *, seed: int, tokenizer=None, vae=None, text_encoder=None,
+                  vae_id: str | None = None, progress: bool = True) -> LoraDataset:
+    """The torch dataset, caching latents / text-encoder outputs first when the config asks."""
+    latents = None
+    if opt(config, "cache_latents") or opt(config, "cache_latents_to_disk"):
+        if vae is None:
+            raise ConfigError("cache_latents needs the VAE", ["build_dataset: pass vae= when caching latents"])
+        latents = {}
+        for di, lay in enumerate(prepared.layouts):
+            flip = any(s.spec.flip_aug for s in lay.subsets)
+            reqs = [LatentRequest((di, k), it.image.path, it.bucket, it.resized_size) for k, it in enumerate(lay.items)]
+            latents.update(cache_latents(reqs, vae, flip_aug=flip, to_disk=bool(opt(config, "cache_latents_to_disk")),
+                                         vae_batch_size=int(opt(config, "vae_batch_size", 1)), vae_id=vae_id, progress=progress))
+    dataset = LoraDataset(prepared.layouts, seed=seed, tokenizer=tokenizer, max_token_length=opt(config, "max_token_length"), latents=latents)
+    if opt(config, "cache_text_encoder_outputs"):
+        if tokenizer is None or text_encoder is None:
+            raise ConfigError("cache_text_encoder_outputs needs the tokenizer and text encoder", ["build_dataset: pass tokenizer= and text_encoder="])
+        dataset.text_encoder_outputs = cache_text_encoder_outputs(
+            tokenizer, text_encoder, dataset.fixed_captions(), max_token_length=opt(config, "max_token_length"),
+            clip_skip=opt(config, "clip_skip"), progress=progress)
+    return dataset
