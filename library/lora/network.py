@@ -87,12 +87,18 @@ class LoRANetwork(nn.Module):
         multiplier: float = 1.0,
         *,
         strict: bool = True,
+        train_unet: bool = True,
+        train_text_encoder: bool = True,
         dropout: float | None = None,
         rank_dropout: float | None = None,
         module_dropout: float | None = None,
     ) -> LoRANetwork:
-        """A network shaped by a file (rank and alpha per module: sd-scripts' --dim_from_weights)."""
+        """A network shaped by a file (rank and alpha per module: sd-scripts' --dim_from_weights).
+
+        train_unet / train_text_encoder False leave that part of the file out.
+        """
         loaded = source if isinstance(source, LoadedLoRA) else load_lora(source)
+        loaded = _only_components(loaded, train_unet, train_text_encoder)
         matched, unmatched = match_modules(loaded, unet, text_encoder, strict=strict)
         pairs = []
         for name, target in matched.items():
@@ -119,6 +125,8 @@ class LoRANetwork(nn.Module):
         """
         loaded = load_lora(source)
         own = dict(self.named_children())
+        components = {t.component for t in self._targets.values()}
+        loaded = _only_components(loaded, "unet" in components, "text_encoder" in components)
         problems = []
         for name, parts in loaded.modules.items():
             adapter = own.get(name)
@@ -284,3 +292,17 @@ class LoRANetwork(nn.Module):
         if not norms:
             return 0, 0.0, 0.0
         return scaled, sum(norms) / len(norms), max(norms)
+
+
+def _only_components(loaded: LoadedLoRA, unet: bool, text_encoder: bool) -> LoadedLoRA:
+    if unet and text_encoder:
+        return loaded
+    wanted = {"unet"} if unet else {"text_encoder"} if text_encoder else set()
+    kept = {}
+    for key, value in loaded.tensors.items():
+        parts = keys.split_key(key)
+        if parts is not None and keys.component_of(parts[0]) in wanted:
+            kept[key] = value
+    if not kept:
+        raise LoRAFileError(f"{loaded.label}: has no {' or '.join(sorted(wanted)) or 'selected'} modules to train")
+    return LoadedLoRA(kept, loaded.metadata, loaded.source_format, loaded.path)
