@@ -1,0 +1,88 @@
+"""The training loss, term by term as sd-scripts computes it.
+
+loss_i = mean_{C,H,W}( ℓ(pred, target) ) · w_i (prior_loss_weight for
+regularization items) · snr_weight(t_i); the step loss is the batch mean.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
+
+
+def snr_from_alphas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """SNR(t) = ᾱ_t / (1 − ᾱ_t) (Kingma et al. 2021, "Variational Diffusion Models")."""
+    ac = alphas_cumprod.double()
+    return (ac / (1.0 - ac)).float()
+
+
+def min_snr_weights(snr_t: torch.Tensor, gamma: float, v_prediction: bool = False) -> torch.Tensor:
+    """Min-SNR-γ weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy").
+
+    ε-prediction: min(SNR, γ) / SNR; v-prediction: min(SNR, γ) / (SNR + 1).
+    """
+    clipped = torch.clamp(snr_t, max=gamma)
+    return clipped / (snr_t + 1.0) if v_prediction else clipped / snr_t
+
+
+def huber_threshold(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, huber_c: float,
+                    schedule: str, num_train_timesteps: int) -> torch.Tensor:
+    """Per-sample Huber δ (Khrapov et al. 2024, "Improving Diffusion Models's Data-Corruption Resistance using Scheduled Pseudo-Huber Loss").
+
+    constant: c; exponential: exp(−t·(−ln c)/T); snr: (1 − c)/(1 + σ_t)² + c with σ_t = √((1−ᾱ)/ᾱ).
+    """
+    t = timesteps.to("cpu")
+    if schedule == "constant":
+        out = torch.full(t.shape, float(huber_c))
+    elif schedule == "exponential":
+        alpha = -math.log(huber_c) / num_train_timesteps
+        out = torch.exp(-alpha * t.float())
+    elif schedule == "snr":
+        ac = alphas_cumprod.to("cpu").float()[t]
+        sigmas = ((1.0 - ac) / ac) ** 0.5
+        out = (1 - huber_c) / (1 + sigmas) ** 2 + huber_c
+    else:
+        raise ValueError(f"unknown huber_schedule {schedule!r}")
+    return out.to(timesteps.device)
+
+
+def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str,
+                     delta: torch.Tensor | None = None) -> torch.Tensor:
+    """ℓ per element: squared error, absolute error, or pseudo-Huber (Charbonnier 1994) scaled as sd-scripts.
+
+    huber: 2δ(√((p−y)² + δ²) − δ); smooth_l1: 2(√((p−y)² + δ²) − δ).
+    """
+    if loss_type == "l2":
+        return F.mse_loss(pred, target, reduction="none")
+    if loss_type == "l1":
+        return F.l1_loss(pred, target, reduction="none")
+    if loss_type in ("huber", "smooth_l1"):
+        if delta is None:
+            raise ValueError(f"{loss_type} loss needs a threshold")
+        d = delta.view(-1, *([1] * (pred.dim() - 1))).to(pred.dtype)
+        core = torch.sqrt((pred - target) ** 2 + d ** 2) - d
+        return 2 * d * core if loss_type == "huber" else 2 * core
+    raise ValueError(f"unknown loss_type {loss_type!r}")
+
+
+def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
+                    delta: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ℓ over every axis but the batch axis (C, H, W), computed in fp32."""
+    loss = elementwise_loss(pred.float(), target.float(), loss_type, delta)
+    return loss.mean(dim=tuple(range(1, loss.dim())))
+
+
+def weighted_batch_loss(per_sample: torch.Tensor, item_weights: torch.Tensor,
+                        timesteps: torch.Tensor, snr: torch.Tensor | None,
+                        min_snr_gamma: float | None, v_prediction: bool = False) -> torch.Tensor:
+    """Batch mean of per-sample losses × item weight (prior_loss_weight) × min-SNR weight."""
+    loss = per_sample * item_weights.to(per_sample.device, per_sample.dtype)
+    if min_snr_gamma:
+        if snr is None:
+            raise ValueError("min_snr_gamma needs the SNR table")
+        snr_t = snr.to(per_sample.device)[timesteps]
+        loss = loss * min_snr_weights(snr_t, min_snr_gamma, v_prediction)
+    return loss.mean()
