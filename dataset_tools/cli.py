@@ -1,0 +1,236 @@
+"""`lorasmith dataset …`: crop, resize, caption, prepare and report, each INPUT then OUTPUT.
+
+Every tool prints what it wrote, what it skipped because it was already done
+(re-running is safe; ``--overwrite`` redoes it) and every file it could not use,
+by path. The exit code is 1 when some image could not be read, 0 otherwise.
+Options the trainer also has (``--caption_extension``, ``--resolution``,
+``--enable_bucket`` …) come from library.config, so they mean the same here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from dataset_tools.images import OUTPUT_FORMATS, ToolRun
+from library.config_io import add_config_arguments, resolve_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("dataset", help="prepare a dataset: crop, resize, caption, folders, report",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="dataset_tool", metavar="TOOL", required=True)
+    _add_crop(sub)
+    _add_resize(sub)
+    _add_caption(sub)
+    _add_prepare(sub)
+    _add_report(sub)
+
+
+def _io(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="INPUT", help="folder of source images (never modified)")
+    p.add_argument("dst", metavar="OUTPUT", help="folder to write to (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
+
+def _format_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", dest="fmt", choices=sorted(OUTPUT_FORMATS), default=None,
+                   help="output format (default: each file keeps its own)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument("--upscale", action="store_true", help="allow enlarging images smaller than the target")
+
+
+def _finish(run: ToolRun) -> int:
+    print("\n".join(run.summary_lines()))
+    return 1 if run.unreadable else 0
+
+
+def _add_crop(sub) -> None:
+    from dataset_tools.crop import FOCUS_SIDECAR_SUFFIX
+
+    p = sub.add_parser("crop", help="crop to 1:1 or any ratio around the centre, a focus point or a face",
+                       epilog=f"Focus sidecar: a file <stem>{FOCUS_SIDECAR_SUFFIX} beside an image holding one line "
+                              "'x,y' (fractions of the upright image's width and height from the top-left, "
+                              "e.g. 0.5,0.3) overrides --face and --focus for that image.")
+    _io(p)
+    p.add_argument("--ratio", default="1:1", help="aspect ratio W:H (default 1:1)")
+    p.add_argument("--focus", default="0.5,0.5", help="crop centre as x,y fractions (default 0.5,0.5)")
+    p.add_argument("--face", action="store_true", help="centre on the largest face (OpenCV Haar cascade)")
+    p.add_argument("--size", type=int, default=None, help="resize so the short side is SIZE (Lanczos)")
+    _format_args(p)
+    p.set_defaults(func=_crop)
+
+
+def _crop(args: argparse.Namespace) -> int:
+    from dataset_tools.crop import CropOptions, crop_folder, parse_focus, parse_ratio
+    from dataset_tools.images import check_format
+
+    options = CropOptions(ratio=parse_ratio(args.ratio), focus=parse_focus(args.focus), face=args.face,
+                          size=args.size, upscale=args.upscale, quality=args.quality, overwrite=args.overwrite,
+                          fmt=check_format(args.fmt) if args.fmt else None)
+    return _finish(crop_folder(args.src, args.dst, options, progress=not args.no_progress))
+
+
+def _add_resize(sub) -> None:
+    p = sub.add_parser("resize", help="resize to a max side or an exact size, and/or convert the format")
+    _io(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--max_side", type=int, default=None, help="scale down so the longer side is at most N")
+    group.add_argument("--size", default=None, help="exact WxH (or N): scale to cover, centre-crop the rest")
+    _format_args(p)
+    p.set_defaults(func=_resize)
+
+
+def _resize(args: argparse.Namespace) -> int:
+    from dataset_tools.resize import ResizeOptions, parse_size, resize_folder
+
+    options = ResizeOptions(max_side=args.max_side, exact=parse_size(args.size) if args.size else None,
+                            fmt=args.fmt, quality=args.quality, upscale=args.upscale, overwrite=args.overwrite)
+    return _finish(resize_folder(args.src, args.dst, options, progress=not args.no_progress))
+
+
+def _caption_io(p: argparse.ArgumentParser) -> None:
+    _io(p)
+    add_config_arguments(p, ["caption_extension"])
+    p.add_argument("--in_place", action="store_true", help="edit the captions of INPUT itself (give it twice)")
+    p.add_argument("--captions_only", action="store_true", help="write caption files only, do not copy images")
+
+
+def _caption_ext(args: argparse.Namespace) -> str:
+    from dataset_tools.captions import DEFAULT_CAPTION_EXTENSION
+
+    return getattr(args, "caption_extension", DEFAULT_CAPTION_EXTENSION)
+
+
+def _add_caption(sub) -> None:
+    p = sub.add_parser("caption", help="create, edit, count or generate (BLIP) caption files")
+    csub = p.add_subparsers(dest="caption_action", metavar="ACTION", required=True)
+    create = csub.add_parser("create", help="caption from a fixed text or the file name")
+    _caption_io(create)
+    src = create.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", default=None, help="the caption for every image, e.g. 'a photo of ohwx woman'")
+    src.add_argument("--from_filename", action="store_true", help="words of the file name, numbering dropped")
+    create.set_defaults(func=_caption_create)
+
+    edit = csub.add_parser("edit", help="prefix/suffix, add/remove/replace tags, dedupe")
+    _caption_io(edit)
+    edit.add_argument("--prefix", default="", help="put first unless already there, e.g. 'ohwx woman'")
+    edit.add_argument("--suffix", default="", help="put last unless already there")
+    edit.add_argument("--add", nargs="*", default=[], help="tags to add (at the end)")
+    edit.add_argument("--add_at_start", action="store_true", help="add the new tags at the start")
+    edit.add_argument("--remove", nargs="*", default=[], help="tags to remove (case-insensitive)")
+    edit.add_argument("--replace", nargs="*", default=[], metavar="OLD=NEW", help="tags to replace")
+    edit.add_argument("--dedupe", action="store_true", help="drop repeated tags")
+    edit.set_defaults(func=_caption_edit)
+
+    freq = csub.add_parser("freq", help="how many captions contain each tag")
+    freq.add_argument("src", metavar="INPUT")
+    add_config_arguments(freq, ["caption_extension"])
+    freq.add_argument("--json", action="store_true", help="print JSON")
+    freq.set_defaults(func=_caption_freq)
+
+    blip = csub.add_parser("blip", help="caption with a local BLIP model folder (offline)")
+    _caption_io(blip)
+    blip.add_argument("--model", required=True, help="folder saved with save_pretrained (model + processor)")
+    blip.add_argument("--prefix", default="", help="trigger words put first, e.g. 'ohwx woman'")
+    blip.add_argument("--batch_size", type=int, default=4)
+    blip.add_argument("--max_new_tokens", type=int, default=40)
+    blip.add_argument("--min_new_tokens", type=int, default=5)
+    blip.add_argument("--num_beams", type=int, default=3)
+    blip.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    blip.set_defaults(func=_caption_blip)
+
+
+def _caption_create(args: argparse.Namespace) -> int:
+    from dataset_tools.captions import create_captions
+
+    return _finish(create_captions(args.src, args.dst, text=args.text, from_filename=args.from_filename,
+                                   caption_extension=_caption_ext(args), in_place=args.in_place,
+                                   overwrite=args.overwrite, captions_only=args.captions_only,
+                                   progress=not args.no_progress))
+
+
+def _caption_edit(args: argparse.Namespace) -> int:
+    from dataset_tools.captions import CaptionEdit, edit_captions, parse_replacements
+
+    edit = CaptionEdit(prefix=args.prefix, suffix=args.suffix, add=args.add, add_at_start=args.add_at_start,
+                       remove=args.remove, replace=parse_replacements(args.replace), dedupe=args.dedupe)
+    return _finish(edit_captions(args.src, args.dst, edit, caption_extension=_caption_ext(args),
+                                 in_place=args.in_place, overwrite=args.overwrite, captions_only=args.captions_only,
+                                 progress=not args.no_progress))
+
+
+def _caption_freq(args: argparse.Namespace) -> int:
+    from dataset_tools.captions import tag_frequency
+
+    freq = tag_frequency(args.src, caption_extension=_caption_ext(args))
+    if args.json:
+        print(json.dumps(freq.to_dict(), indent=2))
+        return 0
+    print(f"{freq.captioned} of {freq.images} images have a caption")
+    for tag, count in freq.counts:
+        print(f"{count:>6}  {tag}")
+    for name in freq.missing:
+        print(f"no caption: {name}")
+    return 0
+
+
+def _caption_blip(args: argparse.Namespace) -> int:
+    from dataset_tools.blip import blip_caption_folder
+
+    return _finish(blip_caption_folder(
+        args.src, args.dst, args.model, prefix=args.prefix, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, min_new_tokens=args.min_new_tokens,
+        caption_extension=_caption_ext(args), in_place=args.in_place, overwrite=args.overwrite,
+        captions_only=args.captions_only, device=args.device, progress=not args.no_progress))
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="lay out img/<repeats>_<instance> <class>, reg/, log/, model/ (copies)")
+    p.add_argument("src", metavar="TRAIN_IMAGES", help="folder of training images (+ captions)")
+    p.add_argument("dst", metavar="DEST", help="project folder to create")
+    p.add_argument("--instance_prompt", required=True, help="trigger words, e.g. 'ohwx'")
+    p.add_argument("--class_prompt", required=True, help="the class, e.g. 'woman'")
+    p.add_argument("--repeats", type=int, default=40, help="training repeats (default 40)")
+    p.add_argument("--reg_images", default=None, help="folder of regularization images")
+    p.add_argument("--reg_repeats", type=int, default=1, help="regularization repeats (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace files that differ at the destination")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_prepare)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from dataset_tools.prepare import prepare_training_folders
+
+    result = prepare_training_folders(args.instance_prompt, args.class_prompt, args.src, args.dst,
+                                      train_repeats=args.repeats, reg_images=args.reg_images,
+                                      reg_repeats=args.reg_repeats, overwrite=args.overwrite,
+                                      progress=not args.no_progress)
+    code = 0
+    for name, run in result.runs.items():
+        print(f"[{name}] " + "\n".join(run.summary_lines()))
+        code = max(code, 1 if run.unreadable else 0)
+    print(f"train with: {result.train_flags()}")
+    return code
+
+
+def _add_report(sub) -> None:
+    from dataset_tools.report import REPORT_OPTIONS
+
+    p = sub.add_parser("report", help="counts, sizes, captions, buckets, steps and the seed guide's advice")
+    p.add_argument("train_data_dir", metavar="DIR", help="folder of '<repeats>_<class tokens>' subfolders")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no_images", action="store_true", help="leave out the per-image bucket list")
+    add_config_arguments(p, REPORT_OPTIONS)
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from dataset_tools.report import build_report, format_report
+
+    report = build_report(args.train_data_dir, resolve_config(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_report(report, show_images=not args.no_images))
+    return 0
