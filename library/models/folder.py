@@ -100,7 +100,9 @@ def load_folder_modules(folder: Path) -> tuple[dict[str, torch.nn.Module], dict[
 def load_folder_tokenizer(folder: Path) -> CLIPTokenizer:
     """The folder's own tokenizer files if it has them (they may add tokens), else ours."""
     tok_dir = folder / "tokenizer"
-    if (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file():
+    has_files = (tok_dir / "tokenizer.json").is_file() or (
+        (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file())
+    if has_files:
         return CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     return load_tokenizer()
 

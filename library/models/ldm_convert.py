@@ -1,0 +1,107 @@
+"""State-dict conversion between the LDM single-file layout and diffusers modules.
+
+Both directions use the same key table (`ldm_keys.ldm_key_table`), built from
+the architecture's config and the module's own key list, so a round trip is a
+permutation of names plus the VAE attention reshape ([C, C, 1, 1] <-> [C, C]):
+bit-identical by construction.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from library.errors import ModelLoadError
+from library.models.configs import FAMILIES, load_family_configs
+from library.models.ldm_keys import LDM_PREFIXES, UNET_PREFIX, is_vae_attention_matrix, ldm_key_table
+from library.models.modules import expected_shapes
+
+COMPONENTS = ("unet", "vae", "text_encoder")
+# Keys older files carry that no current module has (a non-persistent buffer now).
+IGNORED_LDM_KEYS = frozenset({f"{LDM_PREFIXES['text_encoder']}text_model.embeddings.position_ids"})
+_SHOWN = 5
+
+
+def to_ldm_tensor(ldm_key: str, tensor: torch.Tensor) -> torch.Tensor:
+    if is_vae_attention_matrix(ldm_key) and tensor.ndim == 2:
+        return tensor.reshape(*tensor.shape, 1, 1)
+    return tensor
+
+
+def from_ldm_tensor(ldm_key: str, tensor: torch.Tensor) -> torch.Tensor:
+    if is_vae_attention_matrix(ldm_key) and tensor.ndim == 4:
+        return tensor.reshape(tensor.shape[0], tensor.shape[1])
+    return tensor
+
+
+def component_to_ldm(component: str, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+    """One diffusers/transformers component's weights under their full LDM names."""
+    table = ldm_key_table(component, dict(config), list(state_dict))
+    return {table[k]: to_ldm_tensor(table[k], v) for k, v in state_dict.items()}
+
+
+def modules_to_ldm(modules: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """UNet, VAE and text encoder as one LDM-layout state dict (what A1111 and sd-scripts read)."""
+    out: dict[str, torch.Tensor] = {}
+    for component in COMPONENTS:
+        module = modules[component]
+        config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+        out.update(component_to_ldm(component, config, module.state_dict()))
+    return out
+
+
+def detect_family(path: Path, ldm: Mapping[str, torch.Tensor]) -> str:
+    """Which shipped architecture an LDM UNet is, from the shape of its first conv."""
+    key = f"{UNET_PREFIX}input_blocks.0.0.weight"
+    if key not in ldm:
+        raise ModelLoadError(f"{path} has no Stable Diffusion UNet (no {key})", [
+            "is this a LoRA, embedding or VAE rather than a base model? give a full SD1.x checkpoint",
+        ])
+    shape = tuple(ldm[key].shape)
+    for family in FAMILIES:
+        if expected_shapes(family, "unet")["conv_in.weight"] == shape:
+            return family
+    raise ModelLoadError(f"{path}: UNet input conv has shape {list(shape)}, unlike any SD1.x model", [
+        "SD1.x has [320, 4, 3, 3]; inpainting (9 channels) and other variants are not supported",
+    ])
+
+
+def ldm_to_component(path: Path, family: str, component: str, ldm: Mapping[str, torch.Tensor],
+                     prefix_override: str | None = None) -> dict[str, torch.Tensor]:
+    """Pick one component's tensors out of an LDM state dict, renamed and checked against `family`."""
+    config = load_family_configs(family)[component]
+    shapes = expected_shapes(family, component)
+    table = ldm_key_table(component, config, list(shapes))
+    if prefix_override is not None:
+        strip = len(LDM_PREFIXES[component])
+        table = {k: prefix_override + v[strip:] for k, v in table.items()}
+    out, problems = {}, []
+    for diffusers_key, ldm_key in table.items():
+        if ldm_key not in ldm:
+            problems.append(f"missing {ldm_key}")
+            continue
+        tensor = from_ldm_tensor(ldm_key, ldm[ldm_key])
+        if tuple(tensor.shape) != shapes[diffusers_key]:
+            problems.append(f"{ldm_key}: shape {list(tensor.shape)}, expected {list(shapes[diffusers_key])}")
+            continue
+        out[diffusers_key] = tensor
+    if problems:
+        raise ModelLoadError(
+            f"{path}: the {component} weights do not match the SD1.x layout ({len(problems)} problems)",
+            problems[:_SHOWN] + ([f"... and {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else [])
+            + ["the file may be damaged, or a different architecture; re-download it or use a diffusers folder"],
+        )
+    return out
+
+
+def unexpected_ldm_keys(ldm: Mapping[str, torch.Tensor], family: str) -> list[str]:
+    """Keys under the three model prefixes that the architecture does not use."""
+    used = set(IGNORED_LDM_KEYS)
+    configs = load_family_configs(family)
+    for component in COMPONENTS:
+        used.update(ldm_key_table(component, configs[component], list(expected_shapes(family, component))).values())
+    prefixes = tuple(LDM_PREFIXES.values())
+    return sorted(k for k in ldm if k.startswith(prefixes) and k not in used)

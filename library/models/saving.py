@@ -1,0 +1,105 @@
+"""Writing a bundle back out: one LDM-layout `.safetensors`, or a diffusers folder.
+
+Both are atomic: a single file goes through `atomic_path`; a folder is written
+under a temp name beside the destination and renamed into place only when
+complete, so a crash never leaves a half-written model that looks loadable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from library.errors import ModelLoadError
+from library.fileio import atomic_path, atomic_write_text
+from library.models.bundle import ModelBundle
+from library.models.ldm_convert import modules_to_ldm
+
+_FORMAT_METADATA = {"format": "pt"}
+_TE_KEY_PREFIX = "text_model."  # as transformers < 5 and every hub SD1.x folder name them
+
+
+def _cast(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+
+
+def ldm_state_dict(bundle: ModelBundle, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The bundle's weights in the LDM single-file layout, cast to `dtype`."""
+    return _cast(modules_to_ldm(bundle.components()), dtype)
+
+
+def save_single_file(bundle: ModelBundle, path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Path:
+    """Write an A1111/sd-scripts-compatible `.safetensors` checkpoint."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"cannot write {path}: single-file checkpoints are written as .safetensors only",
+                             ["give an output name ending in .safetensors"])
+    with atomic_path(path) as tmp:
+        save_file(ldm_state_dict(bundle, dtype), str(tmp), metadata=dict(_FORMAT_METADATA))
+    return path
+
+
+def save_diffusers(bundle: ModelBundle, folder: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Path:
+    """Write a diffusers pipeline folder; the folder appears only once complete."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        _write_folder(bundle, tmp, dtype)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _write_folder(bundle: ModelBundle, root: Path, dtype: torch.dtype) -> None:
+    for name in ("unet", "vae"):
+        module = getattr(bundle, name)
+        (root / name).mkdir()
+        module.save_config(str(root / name))
+        save_file(_cast(module.state_dict(), dtype), str(root / name / "diffusion_pytorch_model.safetensors"),
+                  metadata=dict(_FORMAT_METADATA))
+    te_dir = root / "text_encoder"
+    te_dir.mkdir()
+    bundle.text_encoder.config.save_pretrained(str(te_dir))
+    te_state = {_TE_KEY_PREFIX + k: v for k, v in bundle.text_encoder.state_dict().items()}
+    save_file(_cast(te_state, dtype), str(te_dir / "model.safetensors"), metadata=dict(_FORMAT_METADATA))
+    _write_tokenizer(bundle, root / "tokenizer")
+    sched = {"_class_name": "PNDMScheduler", **{k: v for k, v in bundle.scheduler_config.items() if k != "_class_name"}}
+    atomic_write_text(root / "scheduler" / "scheduler_config.json", json.dumps(sched, indent=2) + "\n")
+    atomic_write_text(root / "model_index.json", json.dumps(_model_index(), indent=2) + "\n")
+
+
+def _write_tokenizer(bundle: ModelBundle, tok_dir: Path) -> None:
+    """tokenizer.json (transformers 5) plus vocab.json/merges.txt, the files every tool reads."""
+    tok = bundle.tokenizer
+    tok.save_pretrained(str(tok_dir))
+    model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    atomic_write_text(tok_dir / "vocab.json", json.dumps(tok.get_vocab(), ensure_ascii=False))
+    atomic_write_text(tok_dir / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def _model_index() -> dict[str, object]:
+    import diffusers
+
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
