@@ -21,15 +21,13 @@ from pathlib import Path
 
 from dataset_tools.images import scan_folder
 from library.config import TrainConfig
-from library.data.buckets import BucketGeometry
-from library.data.folders import scan_datasets, subsets_from_dirs
-from library.data.layout import DatasetLayout, build_layout
-from library.data.plan import TrainingPlan, format_plan, make_plan
-from library.data.specs import DatasetSpec, SubsetSpec, parse_resolution
+from library.data.layout import DatasetLayout
+from library.data.plan import TrainingPlan, format_plan
+from library.data.prepare import prepare_data
 
 # The TrainConfig fields the report reads (its CLI flags are generated from these).
 REPORT_OPTIONS = (
-    "reg_data_dir", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+    "reg_data_dir", "dataset_config", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
     "bucket_no_upscale", "train_batch_size", "max_train_epochs", "max_train_steps",
     "gradient_accumulation_steps", "caption_extension", "prior_loss_weight",
 )
@@ -82,37 +80,23 @@ class DatasetReport:
         return asdict(self)
 
 
-def dataset_spec(cfg: TrainConfig) -> tuple[DatasetSpec, list[str]]:
-    """The one dataset `--train_data_dir`/`--reg_data_dir` describe, plus folder-name problems."""
-    template = SubsetSpec(image_dir=Path("."), caption_extension=cfg.caption_extension)
-    subsets, problems = subsets_from_dirs(cfg.train_data_dir, cfg.reg_data_dir, template)
-    geometry = BucketGeometry(
-        resolution=parse_resolution(cfg.resolution), enable_bucket=cfg.enable_bucket,
-        min_bucket_reso=cfg.min_bucket_reso, max_bucket_reso=cfg.max_bucket_reso,
-        bucket_reso_steps=cfg.bucket_reso_steps, bucket_no_upscale=cfg.bucket_no_upscale,
-    )
-    spec = DatasetSpec(tuple(subsets), geometry, cfg.train_batch_size, cfg.prior_loss_weight)
-    return spec, problems
-
-
-def _image_rows(layout: DatasetLayout) -> list[ImageRow]:
-    placed = {(it.subset_index, it.image.path): it for it in layout.items}
-    short = min(layout.spec.resolution)
+def _image_rows(layout: DatasetLayout, si: int) -> list[ImageRow]:
+    """One row per image of subset `si`: size, caption source, and where the trainer puts it."""
+    placed = {it.image.path: it for it in layout.items if it.subset_index == si}
+    sub, short = layout.subsets[si], min(layout.spec.resolution)
     rows = []
-    for si, sub in enumerate(layout.subsets):
-        for img in sub.images:
-            it = placed.get((si, img.path))
-            w, h = img.size
-            rows.append(ImageRow(
-                sub.spec.name, img.path.name, w, h, round(w / h, 4), min(w, h) < short, img.caption_source,
-                list(it.bucket) if it else None, list(it.resized_size) if it else None, it.repeats if it else 0,
-            ))
+    for img in sub.images:
+        it = placed.get(img.path)
+        w, h = img.size
+        rows.append(ImageRow(
+            sub.spec.name, img.path.name, w, h, round(w / h, 4), min(w, h) < short, img.caption_source,
+            list(it.bucket) if it else None, list(it.resized_size) if it else None, it.repeats if it else 0,
+        ))
     return rows
 
 
-def _folder_summary(layout: DatasetLayout, si: int, rows: list[ImageRow], caption_extension: str) -> FolderSummary:
+def _folder_summary(layout: DatasetLayout, si: int, mine: list[ImageRow], caption_extension: str) -> FolderSummary:
     sub = layout.subsets[si]
-    mine = [r for r in rows if r.folder == sub.spec.name]
     scan = scan_folder(sub.spec.image_dir)
     stray = [p.name for p in scan.non_images if p.suffix.lower() not in (caption_extension, ".npz")]
     dups = [", ".join(p.name for p in paths) for paths in scan.duplicate_stems.values()]
@@ -153,17 +137,21 @@ def guide_warnings(folders: list[FolderSummary]) -> list[str]:
 
 
 def build_report(train_data_dir: str | os.PathLike[str], cfg: TrainConfig) -> DatasetReport:
-    """Scan, bucket and plan like the trainer; unreadable inputs are listed, not fatal."""
-    cfg = dataclasses.replace(cfg, train_data_dir=str(train_data_dir))
-    spec, problems = dataset_spec(cfg)
-    description = scan_datasets([spec], skip_bad_images=True, earlier_problems=problems)
-    layouts = [build_layout(d) for d in description.datasets]
-    plan = make_plan(layouts, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                     max_train_epochs=cfg.max_train_epochs, max_train_steps=cfg.max_train_steps,
-                     skipped=description.skipped)
-    rows = [r for lay in layouts for r in _image_rows(lay)]
-    folders = [_folder_summary(lay, si, rows, cfg.caption_extension) for lay in layouts for si in range(len(lay.subsets))]
-    return DatasetReport(list(spec.resolution), folders, rows, plan, guide_warnings(folders))
+    """Scan, bucket and plan exactly as the trainer will (library.data.prepare_data).
+
+    Unreadable images and badly named folders are listed in the plan's
+    `skipped`, not fatal: the report is where a user finds them.
+    """
+    cfg = dataclasses.replace(cfg, train_data_dir=str(train_data_dir), skip_bad_images=True)
+    prepared = prepare_data(cfg)
+    rows, folders = [], []
+    for lay in prepared.layouts:
+        for si in range(len(lay.subsets)):
+            mine = _image_rows(lay, si)
+            rows += mine
+            folders.append(_folder_summary(lay, si, mine, cfg.caption_extension))
+    resolution = list(prepared.layouts[0].spec.resolution)
+    return DatasetReport(resolution, folders, rows, prepared.plan, guide_warnings(folders))
 
 
 def format_report(report: DatasetReport, show_images: bool = True) -> str:

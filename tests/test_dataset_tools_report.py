@@ -65,9 +65,14 @@ def test_report_matches_library_step_math(tmp_path):
 def test_report_without_reg_and_unused_reg(tmp_path):
     train = tmp_path / "img"
     _images(train / "2_ohwx woman", [(512, 512)] * 4)
+    (train / "2_ohwx woman" / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
+    (train / "no_repeats").mkdir()
     _images(tmp_path / "reg" / "1_woman", [(512, 512)] * 12)
     report = build_report(train, _config(None, enable_bucket=False, train_batch_size=1, max_train_epochs=2))
     assert report.plan.steps_per_epoch == 8 and report.plan.total_steps == 16
+    assert len(report.plan.skipped) == 2  # listed by path, not fatal
+    assert any("zz_truncated.png" in s for s in report.plan.skipped)
+    assert any("no_repeats" in s for s in report.plan.skipped)
     assert report.guide_warnings == [
         "4 training images; the guide uses 10–50",
         "no regularization images; the guide uses 8 (images × repeats) real class photos",
