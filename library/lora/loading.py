@@ -92,14 +92,10 @@ def _shape_problem(name: str, parts: Mapping[str, torch.Tensor], target: Target)
     return None
 
 
-def match_modules(
-    loaded: LoadedLoRA, unet: nn.Module | None, text_encoder: nn.Module | None, *, strict: bool = True
-) -> tuple[dict[str, Target], list[str]]:
-    """Pair the LoRA's modules with layers of the model.
-
-    Returns (name -> target, unmatched names). With strict, any unmatched module is
-    an error; without it, an error only when nothing matches.
-    """
+def pair_modules(
+    loaded: LoadedLoRA, unet: nn.Module | None, text_encoder: nn.Module | None
+) -> tuple[dict[str, Target], list[str], list[str]]:
+    """(name -> target for modules that fit, unmatched names, one problem line per unmatched)."""
     layers = all_layers(unet, text_encoder)
     matched: dict[str, Target] = {}
     unmatched: list[str] = []
@@ -114,6 +110,18 @@ def match_modules(
         else:
             unmatched.append(name)
             problems.append(problem)
+    return matched, sorted(unmatched), problems
+
+
+def match_modules(
+    loaded: LoadedLoRA, unet: nn.Module | None, text_encoder: nn.Module | None, *, strict: bool = True
+) -> tuple[dict[str, Target], list[str]]:
+    """Pair the LoRA's modules with layers of the model.
+
+    Returns (name -> target, unmatched names). With strict, any unmatched module is
+    an error; without it, an error only when nothing matches.
+    """
+    matched, unmatched, problems = pair_modules(loaded, unet, text_encoder)
     total = len(loaded.modules)
     if unmatched and (strict or not matched):
         raise LoRAFileError(
@@ -121,4 +129,4 @@ def match_modules(
             "it was probably made for another architecture (SD1.x LoRAs need an SD1.x base)",
             problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else []),
         )
-    return matched, sorted(unmatched)
+    return matched, unmatched

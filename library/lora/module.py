@@ -89,15 +89,20 @@ class LoRAModule(nn.Module):
     def delta_weight(self, multiplier: float | None = None) -> torch.Tensor:
         """multiplier * scale * (up @ down) in float32, shaped like the base weight."""
         m = self.multiplier if multiplier is None else multiplier
-        up = self.lora_up.weight.detach().float()
-        down = self.lora_down.weight.detach().float()
-        if down.dim() == 2:
-            product = up @ down
-        elif tuple(down.shape[2:]) == (1, 1):
-            product = (up.flatten(1) @ down.flatten(1)).unsqueeze(2).unsqueeze(3)
-        else:
-            product = F.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
-        return product * (m * self.scale)
+        return delta_weight(self.lora_up.weight.detach(), self.lora_down.weight.detach(), m * self.scale)
+
+
+def delta_weight(up: torch.Tensor, down: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * up @ down in float32 for Linear, 1x1 and kxk Conv2d LoRA pairs."""
+    up, down = up.float(), down.float()
+    if down.dim() == 2:
+        product = up @ down
+    elif tuple(down.shape[2:]) == (1, 1):
+        product = (up.flatten(1) @ down.flatten(1)).unsqueeze(2).unsqueeze(3)
+    else:
+        # (out, r, 1, 1) composed with (r, in, k, k): a conv of the down kernels by up.
+        product = F.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+    return product * scale
 
 
 class LoRAHost(nn.Module):
