@@ -57,6 +57,12 @@ def tokenize_captions(tokenizer, captions: Iterable[str], max_token_length: int 
     return torch.stack(rows)
 
 
+def final_layer_norm(text_encoder) -> torch.nn.Module:
+    """The encoder's last LayerNorm (transformers 5 keeps it on the model, 4.x under `.text_model`)."""
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    return inner.final_layer_norm
+
+
 def encode_tokens(text_encoder, input_ids: torch.Tensor, clip_skip: int | None = None, window: int = 77) -> torch.Tensor:
     """Hidden states (B, 77 or n*75+2, D) for ids shaped (B, n*77) or (B, n, 77)."""
     batch = input_ids.shape[0]
@@ -65,7 +71,7 @@ def encode_tokens(text_encoder, input_ids: torch.Tensor, clip_skip: int | None =
         states = text_encoder(flat)[0]
     else:
         out = text_encoder(flat, output_hidden_states=True, return_dict=True)
-        states = text_encoder.text_model.final_layer_norm(out.hidden_states[-clip_skip])
+        states = final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
     states = states.reshape(batch, -1, states.shape[-1])
     n = states.shape[1] // window
     if n == 1:
