@@ -1,0 +1,77 @@
+"""`lorasmith reg …`: build regularization (class) image sets and check their balance.
+
+    reg photos PHOTOS DEST --class_prompt woman --train_data_dir img/   real photos, images × repeats of them
+    reg check TRAIN_DIR REG_DIR                                         which reg images training will use
+
+Training options (--resolution, --seed, --train_data_dir, --pretrained_model_name_or_path …)
+come from library.config, so they mean what they mean to the trainer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from library.config_io import add_config_arguments, resolve_config
+from library.errors import DatasetError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("reg", help="regularization images: from photos, generated, balance check",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="reg_tool", metavar="TOOL", required=True)
+    _add_photos(sub)
+    _add_check(sub)
+
+
+def _add_photos(sub) -> None:
+    p = sub.add_parser("photos", help="crop/resize real class photos to the training resolution, pick images × repeats")
+    p.add_argument("src", metavar="PHOTOS", help="folder of class photos (never modified)")
+    p.add_argument("dst", metavar="DEST", help="reg_data_dir to write <repeats>_<class>/ into")
+    p.add_argument("--class_prompt", required=True, help="the class, e.g. 'woman' (names the folder)")
+    p.add_argument("--count", type=int, default=None, help="how many to pick (default: training images × repeats)")
+    p.add_argument("--repeats", type=int, default=1, help="repeats in the folder name (default 1)")
+    p.add_argument("--face", action="store_true", help="crop around the largest face instead of the centre")
+    p.add_argument("--upscale", action="store_true", help="also use photos smaller than the resolution")
+    p.add_argument("--format", dest="fmt", choices=("png", "jpg", "webp"), default="png")
+    p.add_argument("--overwrite", action="store_true", help="redo images that already exist")
+    p.add_argument("--no_progress", action="store_true")
+    add_config_arguments(p, ["train_data_dir", "resolution", "seed", "caption_extension"])
+    p.set_defaults(func=_photos)
+
+
+def _photos(args: argparse.Namespace) -> int:
+    from library.data.specs import parse_resolution
+    from regularization.real import reg_from_photos, training_items
+
+    cfg = resolve_config(args)
+    needed = args.count
+    if needed is None:
+        if not cfg.train_data_dir:
+            raise DatasetError("how many reg images?", ["give --count N or --train_data_dir to count images × repeats"])
+        needed = training_items(cfg.train_data_dir, cfg.caption_extension)
+    result = reg_from_photos(args.src, args.dst, args.class_prompt, needed, parse_resolution(cfg.resolution),
+                             repeats=args.repeats, seed=cfg.seed or 0, face=args.face, upscale=args.upscale,
+                             fmt=args.fmt, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"{len(result.selected)} of {needed} reg images in {result.folder}")
+    print("\n".join(result.run.summary_lines()))
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    return 1 if result.run.unreadable else 0
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="does a reg folder balance a training folder (sd-scripts' balancing)?")
+    p.add_argument("train", metavar="TRAIN_DIR", help="train_data_dir with <repeats>_<tokens> folders")
+    p.add_argument("reg", metavar="REG_DIR", help="reg_data_dir with <repeats>_<class> folders")
+    p.add_argument("--json", action="store_true", help="print JSON, one entry per reg image")
+    add_config_arguments(p, ["caption_extension"])
+    p.set_defaults(func=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from regularization.check import check_balance, format_balance
+
+    balance = check_balance(args.train, args.reg, getattr(args, "caption_extension", None))
+    print(json.dumps(balance.to_dict(), indent=2) if args.json else format_balance(balance))
+    return 0 if balance.balanced else 1
+
