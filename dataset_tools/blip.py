@@ -15,9 +15,9 @@ from tqdm import tqdm
 from dataset_tools.captions import (
     DEFAULT_CAPTION_EXTENSION,
     CaptionEdit,
+    caption_path,
     copy_image,
     prepare_caption_output,
-    caption_path,
     read_caption,
 )
 from dataset_tools.images import ToolRun, load_image, scan_folder, start_run

@@ -97,8 +97,8 @@ def crop_box(width: int, height: int, ratio: tuple[int, int], focus: tuple[float
         cw = width
         ch = min(height, max(1, round(width * rh / rw)))
     cx, cy = focus[0] * width, focus[1] * height
-    left = int(round(min(max(cx - cw / 2, 0), width - cw)))
-    top = int(round(min(max(cy - ch / 2, 0), height - ch)))
+    left = round(min(max(cx - cw / 2, 0), width - cw))
+    top = round(min(max(cy - ch / 2, 0), height - ch))
     return left, top, left + cw, top + ch
 
 

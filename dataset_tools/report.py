@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from dataset_tools.images import scan_folder
 from library.config import TrainConfig

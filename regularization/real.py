@@ -23,7 +23,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset_tools.crop import CropOptions, FaceDetector, HaarFaceDetector, crop_image
-from dataset_tools.images import ToolRun, load_image, refuse_overlap, save_image, scan_folder, start_run
+from dataset_tools.images import (
+    ToolRun,
+    load_image,
+    refuse_overlap,
+    save_image,
+    scan_folder,
+    start_run,
+)
 from library.config import default_config
 from library.data.prepare import prepare_data
 from library.errors import DatasetError

@@ -89,7 +89,12 @@ def test_tag_frequency(dataset):
 def _tiny_blip(folder: Path) -> None:
     """A randomly initialised BLIP with a 13-word BERT vocab, saved like a downloaded model."""
     import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipProcessor,
+    )
     from transformers.models.blip import BlipImageProcessorPil
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "woman", "man", "dog", "red", "the"]
@@ -97,11 +102,11 @@ def _tiny_blip(folder: Path) -> None:
     vocab.write_text("\n".join(words) + "\n")
     torch.manual_seed(0)
     config = BlipConfig(
-        text_config=dict(vocab_size=len(words), hidden_size=32, encoder_hidden_size=32, intermediate_size=37,
-                         num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=64,
-                         bos_token_id=2, sep_token_id=3, pad_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                           image_size=32, patch_size=8),
+        text_config={"vocab_size": len(words), "hidden_size": 32, "encoder_hidden_size": 32, "intermediate_size": 37,
+                         "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 64,
+                         "bos_token_id": 2, "sep_token_id": 3, "pad_token_id": 0},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                           "image_size": 32, "patch_size": 8},
         projection_dim=32,
     )
     BlipForConditionalGeneration(config).save_pretrained(folder)

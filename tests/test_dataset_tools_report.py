@@ -30,8 +30,8 @@ def _seed_guide_like(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _config(reg: Path | None, **changes):
-    values = dict(resolution="768", enable_bucket=True, train_batch_size=3, max_train_epochs=10,
-                  caption_extension=".txt", reg_data_dir=str(reg) if reg else None)
+    values = {"resolution": "768", "enable_bucket": True, "train_batch_size": 3, "max_train_epochs": 10,
+                  "caption_extension": ".txt", "reg_data_dir": str(reg) if reg else None}
     values.update(changes)
     return dataclasses.replace(default_config(), **values)
 
