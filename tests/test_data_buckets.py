@@ -12,7 +12,7 @@ from library.data.buckets import (
 )
 from library.data.folders import scan_datasets, subsets_from_dirs
 from library.data.layout import build_layout, epoch_batches
-from library.data.plan import dataset_dirs_info, make_plan, tag_frequency
+from library.data.plan import dataset_dirs_info, dataset_metadata, make_plan, tag_frequency
 from library.data.specs import DatasetSpec, SubsetSpec, parse_resolution
 
 # Computed by hand: max area 512*512; for each width w in 256..1024 step 64 the height is
@@ -108,6 +108,11 @@ def test_fixture_batches_and_bucket_info(tmp_path: Path, sdscripts_lora_dir: Pat
     assert layout.num_train_images == int(meta["ss_num_train_images"]) == 80
     plan = make_plan([layout], max_train_epochs=3)
     assert plan.total_steps == int(meta["ss_max_train_steps"]) == 120
+    ours = dataset_metadata([layout])
+    same = ["ss_num_train_images", "ss_num_reg_images", "ss_num_batches_per_epoch", "ss_resolution", "ss_enable_bucket",
+            "ss_min_bucket_reso", "ss_max_bucket_reso", "ss_bucket_no_upscale", "ss_dataset_dirs", "ss_reg_dataset_dirs",
+            "ss_bucket_info", "ss_tag_frequency"]
+    assert {k: ours[k] for k in same} == {k: meta[k] for k in same}
 
 
 def test_tag_frequency_format(tmp_path: Path) -> None:

@@ -178,3 +178,27 @@ def tag_frequency(layouts: list[DatasetLayout]) -> dict:
 def bucket_info(layouts: list[DatasetLayout]) -> dict | None:
     """`ss_bucket_info` of the first dataset (sd-scripts writes one dataset's info at top level)."""
     return layouts[0].bucket_info() if layouts else None
+
+
+def dataset_metadata(layouts: list[DatasetLayout]) -> dict[str, str]:
+    """The dataset-side `ss_*` fields, as the strings sd-scripts' train_network.py writes them."""
+    import json
+
+    train_dirs, reg_dirs = dataset_dirs_info(layouts)
+    first = layouts[0].spec if layouts else None
+    g = first.geometry if first else None
+    bucketed = bool(g and g.enable_bucket)
+    return {
+        "ss_num_train_images": str(sum(lay.num_train_images for lay in layouts)),
+        "ss_num_reg_images": str(sum(lay.num_reg_images for lay in layouts)),
+        "ss_num_batches_per_epoch": str(sum(lay.batch_count for lay in layouts)),
+        "ss_resolution": str(tuple(g.resolution)) if g else "None",
+        "ss_enable_bucket": str(bucketed),
+        "ss_min_bucket_reso": str(g.min_bucket_reso if bucketed else None),
+        "ss_max_bucket_reso": str(g.max_bucket_reso if bucketed else None),
+        "ss_bucket_no_upscale": str(bool(g and g.bucket_no_upscale)),
+        "ss_dataset_dirs": json.dumps(train_dirs),
+        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
+        "ss_tag_frequency": json.dumps(tag_frequency(layouts)),
+        "ss_bucket_info": json.dumps(bucket_info(layouts)),
+    }
