@@ -79,7 +79,7 @@ def test_half_precision_files_load_as_fp32(tmp_path, tiny, stored, name):
     bundle = load_model_bundle(str(path))
     assert bundle.unet.conv_in.weight.dtype == torch.float32
     assert torch.equal(bundle.unet.conv_in.weight, tiny.unet.conv_in.weight.to(stored).float())
-    assert f"stored as {name}" in bundle.facts.notes
+    assert bundle.facts.stored_dtype == name and bundle.facts.dtype == "fp32"
 
 
 def test_file_hashes(tmp_path, tiny):

@@ -74,6 +74,7 @@ def build_random_bundle(family: str, seed: int, name: str, dtype: torch.dtype = 
         dtype=dtype_name(dtype),
         parameter_counts=count_parameters(modules),
         config_family=family,
+        stored_dtype=dtype_name(dtype),
         notes=(f"random weights from seed {seed}",),
     )
     return bundle

@@ -24,7 +24,8 @@ class ModelFacts:
     `name` is what sd-scripts writes as `ss_sd_model_name` (the file or folder
     base name, or the built-in name). `model_hash` is the full SHA-256 of the
     file (or of the state dict for folders and built-ins); `legacy_hash` is
-    A1111's old 8-hex hash, only defined for single files.
+    A1111's old 8-hex hash, only defined for single files. `dtype` is what the
+    modules hold now; `stored_dtype` what the source stored (of the UNet).
     """
 
     architecture: str
@@ -38,6 +39,7 @@ class ModelFacts:
     dtype: str
     parameter_counts: dict[str, int]
     config_family: str | None = None
+    stored_dtype: str | None = None
     vae_source: str | None = None
     vae_name: str | None = None
     vae_hash: str | None = None

@@ -56,6 +56,7 @@ def _load_path(path: Path, use_ema_weights: bool, dtype: torch.dtype) -> ModelBu
 
 def _load_folder(folder: Path, dtype: torch.dtype) -> ModelBundle:
     modules, scheduler_config, tokenizer = load_folder_modules(folder)
+    stored_dtype = dtype_name(next(modules["unet"].parameters()).dtype)
     for module in modules.values():
         freeze(cast_module(module, dtype))
     bundle = ModelBundle(tokenizer=tokenizer, scheduler_config=scheduler_config, facts=None,  # type: ignore[arg-type]
@@ -72,6 +73,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> ModelBundle:
         dtype=dtype_name(dtype),
         parameter_counts=count_parameters(modules),
         config_family=match_family(modules),
+        stored_dtype=stored_dtype,
     )
     return bundle
 

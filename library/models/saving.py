@@ -39,6 +39,8 @@ def save_single_file(bundle: ModelBundle, path: str | os.PathLike[str], dtype: t
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(f"cannot write {path}: single-file checkpoints are written as .safetensors only",
                              ["give an output name ending in .safetensors"])
+    if path.is_dir():
+        raise ModelLoadError(f"cannot write {path}: it is a folder", ["remove it or choose another output name"])
     with atomic_path(path) as tmp:
         save_file(ldm_state_dict(bundle, dtype), str(tmp), metadata=dict(_FORMAT_METADATA))
     return path
@@ -51,13 +53,25 @@ def save_diffusers(bundle: ModelBundle, folder: str | os.PathLike[str], dtype: t
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         _write_folder(bundle, tmp, dtype)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        _replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _replace_folder(new: Path, dest: Path) -> None:
+    """Move `new` to `dest`; an existing `dest` is moved aside first and deleted only afterwards."""
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    if not dest.is_dir():
+        raise ModelLoadError(f"cannot write a diffusers folder to {dest}: a file of that name exists",
+                             ["remove it or choose another output path"])
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+    os.replace(dest, old / dest.name)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_folder(bundle: ModelBundle, root: Path, dtype: torch.dtype) -> None:

@@ -77,7 +77,7 @@ def load_single_file(path: Path, *, use_ema_weights: bool = False, dtype: torch.
         source=str(path.resolve()), source_format="single_file", name=path.name,
         model_hash=file_sha256(path), legacy_hash=legacy_hash(path), weights_picked=picked,
         dtype=dtype_name(dtype), parameter_counts=count_parameters(modules), config_family=family,
-        notes=notes + (f"stored as {', '.join(file_dtypes)}",),
+        stored_dtype=", ".join(file_dtypes), notes=notes,
     )
     return ModelBundle(tokenizer=load_tokenizer(), scheduler_config=configs["scheduler"], facts=facts, **modules)
 

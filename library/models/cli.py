@@ -1,0 +1,105 @@
+"""`lorasmith inspect-model` and `lorasmith convert`: the first things run on a downloaded checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from library.errors import ModelLoadError
+from library.models.bundle import ModelFacts
+from library.models.loading import load_model_bundle
+from library.models.saving import save_diffusers, save_single_file
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    inspect = subparsers.add_parser("inspect-model", help="show what a base model is (architecture, sizes, hashes)")
+    inspect.add_argument("model", help="built-in name (tiny), diffusers folder, or .safetensors/.ckpt file")
+    inspect.add_argument("--json", action="store_true", help="print the facts as JSON")
+    _add_load_flags(inspect)
+    inspect.set_defaults(func=inspect_model)
+
+    convert = subparsers.add_parser("convert", help="convert a single-file checkpoint <-> diffusers folder")
+    convert.add_argument("src", help="built-in name, diffusers folder, or .safetensors/.ckpt file")
+    convert.add_argument("dst", help="output: NAME.safetensors for a single file, any other path for a diffusers folder")
+    convert.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                         help="precision to save in (default: what the source stores)")
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    _add_load_flags(convert)
+    convert.set_defaults(func=convert_model)
+
+
+def _add_load_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--use_ema_weights", action="store_true",
+                        help="use the EMA UNet weights of a checkpoint that holds both sets")
+    parser.add_argument("--vae", default=None, help="replace the model's VAE with this file or diffusers folder")
+
+
+def format_facts(facts: ModelFacts) -> str:
+    """Human-readable summary of a model's facts, one fact per line."""
+    counts = " | ".join(f"{k} {v:,}" for k, v in facts.parameter_counts.items())
+    lines = [
+        ("model", facts.name),
+        ("source", f"{facts.source} ({facts.source_format})"),
+        ("architecture", f"{facts.architecture} (config: {facts.config_family or 'from the folder'})"),
+        ("prediction", facts.prediction_type),
+        ("weights", _weights_line(facts.weights_picked)),
+        ("dtype", f"stored {facts.stored_dtype or '?'}, loaded {facts.dtype}"),
+        ("parameters", counts),
+        ("sha256", facts.model_hash),
+    ]
+    if facts.legacy_hash:
+        lines.append(("legacy hash", facts.legacy_hash))
+    if facts.vae_name:
+        lines.append(("vae", f"{facts.vae_name} sha256 {facts.vae_hash}"))
+    lines += [("note", note) for note in facts.notes]
+    return "\n".join(f"{label + ':':<14}{value}" for label, value in lines)
+
+
+def _weights_line(picked: str) -> str:
+    if picked == "non-ema":
+        return "non-EMA (the file also holds EMA weights; --use_ema_weights picks those)"
+    if picked == "ema":
+        return "EMA (chosen with --use_ema_weights; the file also holds non-EMA weights)"
+    return "the only set in the source"
+
+
+def inspect_model(args: argparse.Namespace) -> int:
+    bundle = load_model_bundle(args.model, vae=args.vae, use_ema_weights=args.use_ema_weights)
+    if args.json:
+        print(json.dumps(bundle.facts.to_dict(), indent=2))
+    else:
+        print(format_facts(bundle.facts))
+    return 0
+
+
+def _save_dtype(choice: str | None, stored: str | None) -> torch.dtype:
+    if choice is not None:
+        return DTYPES[choice]
+    return DTYPES.get(stored or "fp32", torch.float32)
+
+
+def convert_model(args: argparse.Namespace) -> int:
+    dst = Path(args.dst).expanduser()
+    if dst.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        raise ModelLoadError(f"will not write {dst}: pickle checkpoints can carry code",
+                             ["name the output .safetensors (single file) or give a folder path (diffusers)"])
+    src = Path(args.src).expanduser()
+    if src.exists() and dst.exists() and src.resolve() == dst.resolve():
+        raise ModelLoadError(f"{dst} is the source itself", ["write the converted model to a different path"])
+    if dst.exists() and not args.overwrite:
+        raise ModelLoadError(f"{dst} already exists", ["choose another name, or pass --overwrite to replace it"])
+    print(f"loading {args.src} ...", file=sys.stderr)
+    bundle = load_model_bundle(args.src, vae=args.vae, use_ema_weights=args.use_ema_weights)
+    dtype = _save_dtype(args.dtype, bundle.facts.stored_dtype)
+    print(f"writing {dst} ({[k for k, v in DTYPES.items() if v == dtype][0]}) ...", file=sys.stderr)
+    if dst.suffix.lower() == ".safetensors":
+        save_single_file(bundle, dst, dtype)
+    else:
+        save_diffusers(bundle, dst, dtype)
+    print(f"wrote {dst}")
+    return 0
