@@ -1,0 +1,217 @@
+"""Training runs as subprocesses, one after another.
+
+Training runs in its own process (the same `lorasmith train` CLI a user would
+type), so a crash or an out-of-memory kill never takes the page down.  The
+state lives here in the server process, so a reloaded page reattaches to the
+running job by polling.  Stop sends SIGINT (the trainer finishes the step,
+saves state and a LoRA, and exits); a second Stop kills the process group.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gui.progress import Progress, ProgressFile
+from library.config import TrainConfig
+from library.config_io import write_config
+
+QUEUED, RUNNING, STOPPING, FINISHED, FAILED, STOPPED, CANCELLED = (
+    "queued", "running", "stopping", "finished", "failed", "stopped", "cancelled")
+DONE_STATES = (FINISHED, FAILED, STOPPED, CANCELLED)
+LOG_TAIL_LINES = 40
+
+
+def train_command(config_path: Path, progress_path: Path) -> list[str]:
+    """The CLI the GUI runs: exactly what a user could paste into a terminal."""
+    return [sys.executable, "-m", "library.cli", "train", "--config_file", str(config_path),
+            "--progress_file", str(progress_path)]
+
+
+@dataclass
+class Job:
+    """One queued or running training run and where its files are."""
+
+    id: int
+    name: str
+    config: TrainConfig
+    folder: Path
+    state: str = QUEUED
+    progress: Progress = field(default_factory=Progress)
+    returncode: int | None = None
+    stop_requests: int = 0
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    reader: ProgressFile | None = field(default=None, repr=False)
+
+    @property
+    def config_path(self) -> Path:
+        return self.folder / "config.toml"
+
+    @property
+    def progress_path(self) -> Path:
+        return self.folder / "progress.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "train.log"
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 64 * 1024))
+                tail = deque(fh.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
+        except FileNotFoundError:
+            return ""
+        return "\n".join(tail)
+
+
+class JobManager:
+    """A FIFO queue of training configs; at most one runs at a time."""
+
+    def __init__(self, jobs_dir: str | os.PathLike[str],
+                 command: Callable[[Path, Path], list[str]] = train_command,
+                 poll_interval: float | None = 0.5) -> None:
+        self.jobs_dir = Path(jobs_dir)
+        self.command = command
+        self.jobs: list[Job] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._closed = threading.Event()
+        self._thread = None
+        if poll_interval:
+            self._thread = threading.Thread(target=self._loop, args=(poll_interval,), daemon=True, name="lorasmith-jobs")
+            self._thread.start()
+
+    # --- queue ------------------------------------------------------------------
+    def submit(self, cfg: TrainConfig, name: str | None = None) -> Job:
+        """Queue a config; it starts at once when nothing else runs."""
+        with self._lock:
+            job_id = next(self._ids)
+            folder = self.jobs_dir / f"job-{int(time.time())}-{job_id:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            cfg = dataclasses.replace(cfg, progress_file=None)
+            job = Job(job_id, name or cfg.output_name or f"job {job_id}", cfg, folder)
+            write_config(cfg, job.config_path)
+            self.jobs.append(job)
+            self.poll()
+            return job
+
+    def cancel(self, job_id: int) -> bool:
+        """Drop a job that has not started yet."""
+        with self._lock:
+            job = self.get(job_id)
+            if job is None or job.state != QUEUED:
+                return False
+            job.state = CANCELLED
+            return True
+
+    def get(self, job_id: int) -> Job | None:
+        return next((j for j in self.jobs if j.id == job_id), None)
+
+    def current(self) -> Job | None:
+        """The running job, else the most recent one (so a reloaded page shows the last run)."""
+        with self._lock:
+            active = [j for j in self.jobs if j.state in (RUNNING, STOPPING)]
+            if active:
+                return active[0]
+            started = [j for j in self.jobs if j.state != QUEUED and j.state != CANCELLED]
+            return started[-1] if started else None
+
+    def queued(self) -> list[Job]:
+        return [j for j in self.jobs if j.state == QUEUED]
+
+    # --- process control -----------------------------------------------------------
+    def stop(self, job_id: int | None = None) -> str:
+        """First call: SIGINT (graceful stop and save). Second call: SIGKILL of the process group."""
+        with self._lock:
+            job = self.get(job_id) if job_id is not None else self.current()
+            if job is None or job.process is None or job.state not in (RUNNING, STOPPING):
+                return "nothing is running"
+            job.stop_requests += 1
+            if job.stop_requests == 1:
+                _signal(job.process, signal.SIGINT, group=False)
+                job.state = STOPPING
+                return "stopping: the trainer finishes this step, saves the state and a LoRA, then exits (click again to kill)"
+            _signal(job.process, signal.SIGKILL, group=True)
+            return "killed"
+
+    def poll(self) -> None:
+        """Read new progress events, notice finished processes, start the next queued job."""
+        with self._lock:
+            for job in self.jobs:
+                if job.state in (RUNNING, STOPPING):
+                    self._update(job)
+            if not any(j.state in (RUNNING, STOPPING) for j in self.jobs):
+                nxt = next((j for j in self.jobs if j.state == QUEUED), None)
+                if nxt is not None:
+                    self._start(nxt)
+
+    def _start(self, job: Job) -> None:
+        job.reader = ProgressFile(job.progress_path)
+        job.progress = Progress()
+        with open(job.log_path, "ab") as log:
+            job.process = subprocess.Popen(
+                self.command(job.config_path, job.progress_path), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=job.folder, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        job.state = RUNNING
+
+    def _update(self, job: Job) -> None:
+        for event in job.reader.read_new() if job.reader else []:
+            job.progress.apply(event)
+        code = job.process.poll() if job.process else None
+        if code is None:
+            return
+        for event in job.reader.read_new() if job.reader else []:
+            job.progress.apply(event)
+        job.returncode = code
+        if job.stop_requests:
+            job.state = STOPPED
+        elif code == 0 and job.progress.error is None:
+            job.state = FINISHED
+            job.progress.finished = True
+        else:
+            job.state = FAILED
+            if job.progress.error is None:
+                job.progress.error = f"the trainer exited with code {code}; see the log"
+
+    def _loop(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            self.poll()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the poller and the running job (SIGINT, then SIGKILL after `timeout`)."""
+        self._closed.set()
+        with self._lock:
+            for job in self.jobs:
+                if job.state == QUEUED:
+                    job.state = CANCELLED
+                if job.process is not None and job.process.poll() is None:
+                    _signal(job.process, signal.SIGINT, group=False)
+                    try:
+                        job.process.wait(timeout)
+                    except subprocess.TimeoutExpired:
+                        _signal(job.process, signal.SIGKILL, group=True)
+                        job.process.wait()
+                    self._update(job)
+
+
+def _signal(process: subprocess.Popen, sig: int, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+    except ProcessLookupError:
+        pass
