@@ -198,6 +198,7 @@ class JobManager:
                 if job.state == QUEUED:
                     job.state = CANCELLED
                 if job.process is not None and job.process.poll() is None:
+                    job.stop_requests += 1
                     _signal(job.process, signal.SIGINT, group=False)
                     try:
                         job.process.wait(timeout)
