@@ -90,3 +90,19 @@ def test_vae_fingerprint_changes_with_weights(vae) -> None:
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
     assert vae_fingerprint(vae) == vae_fingerprint(copy.deepcopy(vae)) != vae_fingerprint(other)
+
+
+def test_build_dataset_with_disk_cache_writes_only_cache_files(tmp_path: Path, vae) -> None:
+    config_mod = pytest.importorskip("library.config")
+    from library.data import build_dataset, prepare_data
+
+    folder = tmp_path / "train" / "3_ohwx"
+    make_images(folder)
+    before = {p.name for p in folder.iterdir()}
+    cfg = config_mod.TrainConfig(train_data_dir=str(tmp_path / "train"), resolution="64", flip_aug=True,
+                                 cache_latents=True, cache_latents_to_disk=True, train_batch_size=2)
+    dataset = build_dataset(prepare_data(cfg), cfg, seed=1, vae=vae, progress=False)
+    added = {p.name for p in folder.iterdir()} - before
+    assert added == {"a_0064x0064_lorasmith.safetensors", "b_0064x0064_lorasmith.safetensors"}
+    batch = dataset[(1, 0)]
+    assert batch["images"] is None and batch["latents"].shape == (2, 4, 8, 8)
