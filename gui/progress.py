@@ -39,13 +39,15 @@ class Progress:
     saved: list[str] = field(default_factory=list)
     plan: dict | None = None
     finished: bool = False
+    stopped: bool = False
+    log_dir: str | None = None
     error: str | None = None
     started_at: float = field(default_factory=time.time)
     first_step_at: tuple[float, int] | None = None
 
     @property
     def fraction(self) -> float:
-        if self.finished and self.error is None:
+        if self.finished and self.error is None and not self.stopped:
             return 1.0
         if not self.total_steps:
             return 0.0
@@ -87,8 +89,9 @@ def _on_step(p: Progress, ev: dict, now: float) -> None:
     if total:
         p.total_steps = int(total)
     p.epoch = int(_num(ev.get("epoch")) or p.epoch)
-    if _num(ev.get("total_epochs")):
-        p.total_epochs = int(ev["total_epochs"])
+    epochs = _num(ev.get("num_epochs")) or _num(ev.get("total_epochs"))
+    if epochs:
+        p.total_epochs = int(epochs)
     p.loss = _num(ev.get("loss"))
     p.avg_loss = _num(ev.get("avg_loss")) or _num(ev.get("loss_average")) or p.avg_loss
     lr = ev.get("lr")
@@ -107,6 +110,7 @@ def _on_step(p: Progress, ev: dict, now: float) -> None:
 
 def _on_epoch(p: Progress, ev: dict, now: float) -> None:
     p.epoch = int(_num(ev.get("epoch")) or p.epoch)
+    p.total_epochs = int(_num(ev.get("num_epochs")) or 0) or p.total_epochs
     p.avg_loss = _num(ev.get("avg_loss")) or _num(ev.get("loss")) or p.avg_loss
 
 
@@ -131,9 +135,15 @@ def _on_save(p: Progress, ev: dict, now: float) -> None:
 
 def _on_finish(p: Progress, ev: dict, now: float) -> None:
     p.finished = True
-    if _num(ev.get("step")):
-        p.step = int(ev["step"])
-    p.saved.extend(x for x in _paths(ev, "path", "final_path") if x not in p.saved)
+    step = _num(ev.get("global_step")) or _num(ev.get("step"))
+    if step:
+        p.step = int(step)
+    p.stopped = bool(ev.get("stopped"))
+    if isinstance(ev.get("log_dir"), str):
+        p.log_dir = ev["log_dir"]
+    for path in _paths(ev, "files", "final_file", "path"):
+        if path not in p.saved:
+            p.saved.append(path)
 
 
 def _on_error(p: Progress, ev: dict, now: float) -> None:

@@ -35,11 +35,13 @@ FAKE_TRAINER = textwrap.dedent("""
             emit(event="save", path="stopped.safetensors")
             sys.exit(0)
         time.sleep(delay)
-        emit(event="step", step=step, epoch=1 + (step > steps // 2), loss=1.0 / step, lr=0.5, d_lr=2e-5)
+        emit(event="step", step=step, total_steps=steps, epoch=1 + (step > steps // 2), num_epochs=2,
+             loss=1.0 / step, avg_loss=None, lr={"unet": 0.5}, dlr={"unet": 2e-5}, s_per_step=None, eta_s=None)
     if "fail" in open(cfg).read():
         print("boom", flush=True)
         sys.exit(3)
-    emit(event="finish", path="final.safetensors")
+    emit(event="finish", final_file="final.safetensors", files=["final.safetensors"], global_step=steps,
+         stopped=False, log_dir=None)
 """)
 
 
@@ -67,7 +69,7 @@ def test_jobs_run_one_after_another_and_report_progress(tmp_path):
     _wait(jm, first, (FINISHED,))
     p = first.progress
     assert (p.step, p.total_steps, p.epoch, p.total_epochs) == (4, 4, 2, 2)
-    assert p.fraction == 1.0 and p.saved == ["final.safetensors"]
+    assert p.fraction == 1.0 and p.saved == ["final.safetensors"] and p.d_lr == pytest.approx(2e-5)
     assert [s for s, _ in p.losses] == [1, 2, 3, 4] and p.losses[-1][1] == pytest.approx(0.25)
     assert "fake trainer reading" in first.log_tail()
     jm.poll()
