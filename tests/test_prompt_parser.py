@@ -118,3 +118,12 @@ def test_pad_chunks_appends_empty_chunks():
     empty = torch.ones(1, 77, 8)
     out = pad_chunks(z, 231, empty)
     assert out.shape == (1, 231, 8) and float(out[:, 77:].mean()) == 1.0
+
+
+def test_emphasis_on_zero_mean_states_only_scales():
+    # a fresh encoder's LayerNorm output has mean 0: A1111's rescale would divide 0 by 0
+    z = torch.tensor([[1.0, -1.0]] * 77)
+    w = torch.ones(77)
+    w[5] = 2.0
+    out = apply_emphasis(z, w)
+    assert bool(torch.isfinite(out).all()) and torch.equal(out[5], torch.tensor([2.0, -2.0]))

@@ -16,10 +16,18 @@ from library.sampling.prompt_parser import PromptChunk, tokenize_prompt
 
 
 def apply_emphasis(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Scale token states (77, D) by their weights (77,), keeping the chunk's mean (A1111 "Original")."""
+    """Scale token states (77, D) by their weights (77,), keeping the chunk's mean (A1111 "Original").
+
+    When the states' mean is ~0 relative to their size (a freshly initialised encoder; its
+    final LayerNorm centres every token) the rescale is a 0/0 and is skipped.
+    """
     original_mean = z.mean()
-    z = z * weights.to(z.dtype).unsqueeze(-1)
-    return z * (original_mean / z.mean())
+    scaled = z * weights.to(z.dtype).unsqueeze(-1)
+    new_mean = scaled.mean()
+    tiny = 1e-4 * float(z.abs().mean())
+    if abs(float(original_mean)) <= tiny or abs(float(new_mean)) <= tiny:
+        return scaled
+    return scaled * (original_mean / new_mean)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ class DiscreteDenoiser:
 
     def __init__(self, unet: torch.nn.Module, scheduler_config: Mapping[str, Any]) -> None:
         self.unet = unet
+        self.scheduler_config = dict(scheduler_config)
         self.prediction_type = str(scheduler_config.get("prediction_type", "epsilon"))
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise SamplingError(

@@ -1,0 +1,94 @@
+"""A1111 "infotext": the `parameters` PNG text chunk that PNG Info reads, and atomic PNG writes.
+
+Layout (A1111 `create_infotext`):
+    <prompt>
+    Negative prompt: <negative>            (line left out when empty)
+    Steps: 30, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 0123456789,
+    Model: name, Clip skip: 2, Lora hashes: "a: 0123456789ab, b: ...", Version: lorasmith 0.1.0
+A value containing a comma, colon or quote is written JSON-quoted, as A1111 does.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from library.fileio import atomic_path
+
+
+@lru_cache(maxsize=1)
+def version_string() -> str:
+    try:
+        return f"lorasmith {metadata.version('lorasmith')}"
+    except metadata.PackageNotFoundError:
+        return "lorasmith"
+
+
+def format_number(value: float) -> str:
+    """7.0 → "7", 7.5 → "7.5" (A1111 writes CFG and weights without trailing zeros)."""
+    return f"{float(value):.6g}"
+
+
+def quote(value: Any) -> str:
+    text = str(value)
+    if any(ch in text for ch in ",:\"\n"):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, Any]) -> str:
+    """The full `parameters` text; params are written in order, None values skipped."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None))
+    return "\n".join(lines)
+
+
+def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, parameters) from a `parameters` text; inverse of format_infotext."""
+    *head, last = text.split("\n")
+    params: dict[str, str] = {}
+    for m in re.finditer(r'\s*([\w /.+-]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)', last):
+        key, value = m.group(1).strip(), m.group(2).strip()
+        params[key] = json.loads(value) if value.startswith('"') else value
+    prompt_lines, negative = [], ""
+    for i, line in enumerate(head):
+        if line.startswith("Negative prompt:"):
+            negative = "\n".join([line[len("Negative prompt:"):].strip()] + head[i + 1:])
+            break
+        prompt_lines.append(line)
+    return "\n".join(prompt_lines), negative, params
+
+
+def save_png(image: Image.Image, path: str | os.PathLike[str], parameters: str,
+             extra_text: Mapping[str, str] | None = None) -> Path:
+    """Write a PNG with its `parameters` chunk atomically (temp file beside it, then rename)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    for key, value in (extra_text or {}).items():
+        info.add_text(key, value)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return path
+
+
+def next_image_path(folder: str | os.PathLike[str], seed: int, suffix: str = "") -> Path:
+    """A1111-style `00012-1234.png`: the next free index in `folder`, never an existing file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    indices = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d{5})-", p.name))]
+    index = max(indices, default=-1) + 1
+    while True:
+        path = folder / f"{index:05d}-{seed}{suffix}.png"
+        if not path.exists():
+            return path
+        index += 1

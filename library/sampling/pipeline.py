@@ -1,0 +1,216 @@
+"""txt2img with the bundled samplers: request in, images with A1111 parameters out.
+
+`generate(bundle, request)` is the one-call form; a `SamplingSession` keeps the prompt
+cache and the applied LoRAs between calls, which is what grids and regularization
+image generation use. Image i of a request uses seed + i for its starting noise, its
+ancestral noise and its dynamic-prompt choices, so any single image can be
+reproduced alone from the seed in its parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from library.errors import SamplingError
+from library.sampling.conditioning import PromptEncoder
+from library.sampling.denoiser import CFGDenoiser, DiscreteDenoiser
+from library.sampling.dynamic_prompts import expand_prompt
+from library.sampling.infotext import format_infotext, format_number, version_string
+from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora
+from library.sampling.prompt_parser import extract_lora_tags
+from library.sampling.sampler_registry import resolve_sampler
+
+StepCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What to generate. `loras` are (file path, weight) applied besides any `<lora:...>` tags."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 30
+    cfg_scale: float = 7.0
+    sampler: str = "Euler a"
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_size: int = 1
+    batch_count: int = 1
+    clip_skip: int = 1
+    loras: tuple[tuple[str, float], ...] = ()
+    lora_dir: str | None = None
+    wildcards_dir: str | None = None
+
+
+@dataclass
+class ImageJob:
+    """One image to make: its own seed, final prompt texts and LoRAs."""
+
+    seed: int
+    prompt: str
+    negative_prompt: str
+    text: str
+    negative_text: str
+    loras: tuple[tuple[str, float], ...]
+    lora_names: tuple[tuple[str, str], ...] = ()  # (name, path) for the Lora hashes field
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    prompt: str
+    negative_prompt: str
+    parameters: str
+    request: SampleRequest = field(repr=False)
+
+
+def validate_request(request: SampleRequest) -> None:
+    """Every problem with a request at once, before any model work."""
+    problems = []
+    if request.width % 8 or request.height % 8 or request.width < 8 or request.height < 8:
+        problems.append(f"width/height {request.width}x{request.height}: both must be multiples of 8 (e.g. 512x768)")
+    if request.steps < 1:
+        problems.append(f"steps {request.steps}: use at least 1")
+    if request.batch_size < 1 or request.batch_count < 1:
+        problems.append(f"batch_size {request.batch_size} / batch_count {request.batch_count}: use at least 1")
+    if request.clip_skip < 1:
+        problems.append(f"clip_skip {request.clip_skip}: use 1 (none) or more")
+    try:
+        resolve_sampler(request.sampler)
+    except SamplingError as exc:
+        problems.append(exc.summary + " (" + "; ".join(exc.problems) + ")")
+    if problems:
+        raise SamplingError("cannot sample with these settings", problems)
+
+
+def plan_jobs(request: SampleRequest) -> tuple[int, list[ImageJob]]:
+    """(base seed, one job per image): seeds, expanded prompts, LoRA tags resolved to files."""
+    seed = request.seed if request.seed is not None and request.seed >= 0 else random.randrange(2**32)
+    jobs = []
+    for i in range(request.batch_size * request.batch_count):
+        s = seed + i
+        prompt = expand_prompt(request.prompt, s, request.wildcards_dir)
+        negative = expand_prompt(request.negative_prompt, s, request.wildcards_dir)
+        text, tags = extract_lora_tags(prompt)
+        negative_text, _neg_tags = extract_lora_tags(negative)
+        tagged = [(str(resolve_lora(t.name, request.lora_dir)), t.weight, t.name) for t in tags]
+        explicit = [(str(p), float(w), _lora_name(p)) for p, w in request.loras]
+        shown = prompt + "".join(f" <lora:{name}:{format_number(w)}>" for _p, w, name in explicit)
+        all_loras = explicit + tagged
+        jobs.append(ImageJob(s, shown, negative, text, negative_text,
+                             tuple((p, w) for p, w, _ in all_loras),
+                             tuple((name, p) for p, w, name in all_loras if w != 0)))
+    return seed, jobs
+
+
+def _lora_name(path: str) -> str:
+    return Path(path).stem
+
+
+class SamplingSession:
+    """A bundle plus what is worth keeping between generations: prompt cache and applied LoRAs."""
+
+    def __init__(self, bundle) -> None:
+        self.bundle = bundle
+        self.encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder)
+        self.loras = LoraStack(bundle.unet, bundle.text_encoder)
+        self.denoiser = DiscreteDenoiser(bundle.unet, bundle.scheduler_config)
+
+    def generate(self, request: SampleRequest, on_step: StepCallback | None = None,
+                 max_batch: int | None = None) -> list[GeneratedImage]:
+        """All images of a request; batches of batch_size (or max_batch) that share their LoRAs."""
+        validate_request(request)
+        _seed, jobs = plan_jobs(request)
+        return self.run_jobs(request, jobs, on_step, max_batch or request.batch_size)
+
+    def run_jobs(self, request: SampleRequest, jobs: Sequence[ImageJob], on_step: StepCallback | None = None,
+                 max_batch: int = 1) -> list[GeneratedImage]:
+        """Jobs sharing a request's settings; consecutive jobs with equal LoRAs run as one batch."""
+        out: list[GeneratedImage] = []
+        i = 0
+        while i < len(jobs):
+            j = i + 1
+            while j < len(jobs) and j - i < max_batch and jobs[j].loras == jobs[i].loras:
+                j += 1
+            out += self._run_batch(request, list(jobs[i:j]), on_step)
+            i = j
+        return out
+
+    @torch.no_grad()
+    def _run_batch(self, request: SampleRequest, jobs: list[ImageJob], on_step: StepCallback | None
+                   ) -> list[GeneratedImage]:
+        if self.loras.activate(jobs[0].loras):
+            self.encoder.clear()
+        clip_skip = request.clip_skip if request.clip_skip > 1 else None
+        cond, uncond = self.encoder.encode_batch([j.text for j in jobs], [j.negative_text for j in jobs], clip_skip)
+        latents = sample_latents(self.denoiser, request, [j.seed for j in jobs], cond, uncond, on_step)
+        images = decode_latents(self.bundle.vae, latents)
+        return [GeneratedImage(img, job.seed, job.prompt, job.negative_prompt,
+                               self.infotext(request, job), request) for img, job in zip(images, jobs)]
+
+    def infotext(self, request: SampleRequest, job: ImageJob) -> str:
+        facts = self.bundle.facts
+        spec = resolve_sampler(request.sampler)
+        lora_hashes = ", ".join(f"{name}: {lora_short_hash(path)}" for name, path in job.lora_names)
+        params = {
+            "Steps": request.steps, "Sampler": spec.name, "CFG scale": format_number(request.cfg_scale),
+            "Seed": job.seed, "Size": f"{request.width}x{request.height}",
+            "Model hash": (facts.model_hash or "")[:10] or None, "Model": facts.name,
+            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+            "Lora hashes": lora_hashes or None, "Version": version_string(),
+        }
+        return format_infotext(job.prompt, job.negative_prompt, params)
+
+
+def per_image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(s) % 2**64) for s in seeds]
+
+
+def sample_latents(denoiser: DiscreteDenoiser, request: SampleRequest, seeds: Sequence[int], cond: torch.Tensor,
+                   uncond: torch.Tensor, on_step: StepCallback | None = None) -> torch.Tensor:
+    """Run the sampler from each seed's noise; noise is drawn per image on CPU so batches don't change it."""
+    spec = resolve_sampler(request.sampler)
+    unet = denoiser.unet
+    device = next(unet.parameters()).device
+    channels = unet.config.in_channels
+    shape = (channels, request.height // 8, request.width // 8)
+    gens = per_image_generators(seeds)
+    noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+
+    def noise_sampler(sigma, sigma_next):
+        return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+
+    sigmas = spec.sigmas(request.steps, denoiser.scheduler_config).float().to(device)
+    model = CFGDenoiser(denoiser, cond.to(device), uncond.to(device), request.cfg_scale)
+    callback = (lambda info: on_step(len(seeds))) if on_step else None
+    return spec.fn(model, noise * sigmas[0], sigmas, noise_sampler=noise_sampler, callback=callback)
+
+
+def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE decode (latents / scaling_factor) → 8-bit RGB images."""
+    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+    dtype = next(vae.parameters()).dtype
+    pixels = vae.decode((latents / scale).to(dtype)).sample.float()
+    arr = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def generate(bundle, request: SampleRequest, on_step: StepCallback | None = None) -> list[GeneratedImage]:
+    """Generate a request's images with a fresh session; LoRAs are removed again afterwards."""
+    session = SamplingSession(bundle)
+    try:
+        return session.generate(request, on_step)
+    finally:
+        session.loras.clear()
+
+
+def with_changes(request: SampleRequest, **changes) -> SampleRequest:
+    return dataclasses.replace(request, **changes)
