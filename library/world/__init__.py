@@ -1,0 +1,1 @@
+"""The synthetic shapes world and the pretraining of the built-in `tiny-world` base model."""
