@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+from tqdm import tqdm
 
 from library.data.buckets import Reso
 from library.data.specs import IMAGE_EXTENSIONS, DatasetSpec, SubsetSpec
 from library.errors import DatasetError
+
+PROGRESS_FROM = 50  # show a progress bar for folders with at least this many images
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,9 @@ def read_caption(image_path: Path, extension: str) -> tuple[str | None, str | No
     return lines[0].strip().lstrip("\ufeff"), None
 
 
-def scan_subset(spec: SubsetSpec) -> tuple[list[ImageEntry], list[str]]:
+def scan_subset(spec: SubsetSpec, progress: bool = True) -> tuple[list[ImageEntry], list[str]]:
     """Every usable image of one folder and a problem line for each unusable input."""
+
     folder = Path(spec.image_dir)
     if not folder.is_dir():
         return [], [f"{folder}: image folder does not exist; fix image_dir or create it"]
@@ -152,7 +156,7 @@ def scan_subset(spec: SubsetSpec) -> tuple[list[ImageEntry], list[str]]:
         return [], [f"{folder}: folder has no images ({exts}); add images or remove the folder"]
     entries: list[ImageEntry] = []
     problems: list[str] = []
-    for path in paths:
+    for path in tqdm(paths, desc=f"checking {folder.name}", disable=not progress or len(paths) < PROGRESS_FROM, leave=False):
         size, problem = check_image(path)
         caption, cap_problem = read_caption(path, spec.caption_extension)
         bad = [p for p in (problem, cap_problem) if p]
@@ -167,7 +171,8 @@ def scan_subset(spec: SubsetSpec) -> tuple[list[ImageEntry], list[str]]:
 
 
 def scan_datasets(
-    specs: list[DatasetSpec], skip_bad_images: bool = False, earlier_problems: list[str] | None = None
+    specs: list[DatasetSpec], skip_bad_images: bool = False, earlier_problems: list[str] | None = None,
+    progress: bool = True,
 ) -> DatasetDescription:
     """Scan every subset once; raise one DatasetError listing all problems unless `skip_bad_images`."""
     problems = list(earlier_problems or [])
@@ -175,7 +180,7 @@ def scan_datasets(
     for spec in specs:
         subsets = []
         for sub in spec.subsets:
-            images, sub_problems = scan_subset(sub)
+            images, sub_problems = scan_subset(sub, progress)
             problems.extend(sub_problems)
             if images:
                 subsets.append(DescribedSubset(sub, images))
