@@ -135,3 +135,9 @@ def test_reg_folders_follow_train_folders(tmp_path: Path) -> None:
     description = scan_datasets(
         [prepare_data(Cfg(train_data_dir=tmp_path / "train", reg_data_dir=tmp_path / "reg")).description.datasets[0].spec])
     assert [(s.spec.name, s.spec.is_reg) for s in description.subsets()] == [("2_ohwx dog", False), ("1_dog", True)]
+
+
+def test_images_directly_in_train_dir_are_reported(tmp_path: Path) -> None:
+    img(tmp_path / "train" / "a.png")
+    with pytest.raises(DatasetError, match="lie directly in --train_data_dir"):
+        prepare_data(Cfg(train_data_dir=tmp_path / "train"))

@@ -88,6 +88,12 @@ def subsets_from_dirs(
         if not base.is_dir():
             problems.append(f"{base}: {flag} is not a folder; point --{flag} at the folder holding '<repeats>_<name>' subfolders")
             continue
+        loose = list_images(base)
+        if loose:
+            problems.append(
+                f"{base}: {len(loose)} image(s) lie directly in --{flag}; move them into a '<repeats>_<class tokens>' subfolder"
+                f" (e.g. '{base / '10_ohwx person'}') or point --{flag} at the parent folder"
+            )
         for name in os.listdir(base):  # sd-scripts keeps the listing order (Path.iterdir)
             sub = base / name
             if not sub.is_dir() or name.startswith("."):
