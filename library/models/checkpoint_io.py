@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from library.errors import ModelLoadError
 
@@ -37,9 +37,24 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     )
 
 
+_ALIGNMENT = 64
+
+
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy in fresh memory if `tensor` is not 64-byte aligned.
+
+    Tensors read from a .safetensors file can sit at arbitrary offsets of one
+    buffer; CPU kernels take different (vectorised) code paths on unaligned
+    memory and round differently, which would make results depend on the file's
+    byte layout instead of on the weights alone.
+    """
+    return tensor.clone() if tensor.data_ptr() % _ALIGNMENT else tensor
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return {key: _aligned(fh.get_tensor(key)) for key in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(
             f"{path} is not a readable .safetensors file ({exc})",

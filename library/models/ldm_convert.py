@@ -19,8 +19,12 @@ from library.models.ldm_keys import LDM_PREFIXES, UNET_PREFIX, is_vae_attention_
 from library.models.modules import expected_shapes
 
 COMPONENTS = ("unet", "vae", "text_encoder")
-# Keys older files carry that no current module has (a non-persistent buffer now).
-IGNORED_LDM_KEYS = frozenset({f"{LDM_PREFIXES['text_encoder']}text_model.embeddings.position_ids"})
+# CLIP's position ids: a buffer, not a weight, but stored in the original SD1.x files
+# (v1-4, v1-5: 196 weights + this = 197 tensors under the text-encoder prefix).
+# We write it so our files have the official key set, and ignore it on load.
+POSITION_IDS_KEY = f"{LDM_PREFIXES['text_encoder']}text_model.embeddings.position_ids"
+IGNORED_LDM_KEYS = frozenset({POSITION_IDS_KEY})
+_TEXT_SUBMODULES = ("embeddings.", "encoder.", "final_layer_norm.")
 _SHOWN = 5
 
 
@@ -50,7 +54,16 @@ def modules_to_ldm(modules: Mapping[str, torch.nn.Module]) -> dict[str, torch.Te
         module = modules[component]
         config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
         out.update(component_to_ldm(component, config, module.state_dict()))
+    positions = modules["text_encoder"].config.max_position_embeddings
+    out[POSITION_IDS_KEY] = torch.arange(positions, dtype=torch.int64).unsqueeze(0)
     return out
+
+
+def normalise_old_clip_keys(ldm: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Some early SD1.x files name CLIP weights without `text_model.` (older transformers); add it."""
+    prefix = LDM_PREFIXES["text_encoder"]
+    old = tuple(prefix + sub for sub in _TEXT_SUBMODULES)
+    return {(prefix + "text_model." + k[len(prefix):] if k.startswith(old) else k): v for k, v in ldm.items()}
 
 
 def detect_family(path: Path, ldm: Mapping[str, torch.Tensor]) -> str:

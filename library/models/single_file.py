@@ -16,7 +16,13 @@ from library.models.bundle import ModelBundle, ModelFacts, WeightsPicked, count_
 from library.models.checkpoint_io import read_state_dict
 from library.models.configs import FAMILIES, load_family_configs
 from library.models.hashing import file_sha256, legacy_hash
-from library.models.ldm_convert import COMPONENTS, detect_family, ldm_to_component, unexpected_ldm_keys
+from library.models.ldm_convert import (
+    COMPONENTS,
+    detect_family,
+    ldm_to_component,
+    normalise_old_clip_keys,
+    unexpected_ldm_keys,
+)
 from library.models.ldm_keys import UNET_PREFIX, VAE_PREFIX
 from library.models.modules import assign_weights, build_component, cast_module, expected_shapes, freeze
 from library.models.tokenizer import load_tokenizer
@@ -59,7 +65,7 @@ def cross_attention_width(ldm: dict[str, torch.Tensor]) -> int | None:
 
 def load_single_file(path: Path, *, use_ema_weights: bool = False, dtype: torch.dtype = torch.float32) -> ModelBundle:
     """A full SD1.x checkpoint (`.safetensors`, or `.ckpt` read without running code) as a bundle."""
-    ldm = read_state_dict(path)
+    ldm = normalise_old_clip_keys(read_state_dict(path))
     check_ldm_keys(path, ldm.keys(), cross_attention_width(ldm))
     ldm, picked, notes = pick_unet_weights(path, ldm, use_ema_weights)
     family = detect_family(path, ldm)
