@@ -98,6 +98,7 @@ class TrainConfig:
     shuffle_caption: bool = option(False, "Shuffle caption tags (split on caption_separator) every time an image is used", group="Dataset")
     caption_separator: str = option(",", "Separator between caption tags", group="Dataset")
     keep_tokens: int = option(0, "Keep the first N tags in place when shuffling (counts tags, not CLIP tokens)", group="Dataset", min=0)
+    secondary_separator: str | None = option(None, "Extra tag separator whose groups are not shuffled apart; replaced by caption_separator in the final caption", group="Dataset", advanced=True)
     keep_tokens_separator: str = option("", "Tags before this separator stay in place (overrides keep_tokens)", group="Dataset")
     caption_prefix: str | None = option(None, "Text put before every caption", group="Dataset")
     caption_suffix: str | None = option(None, "Text put after every caption", group="Dataset")

@@ -94,7 +94,9 @@ def subsets_from_dirs(
                 f"{base}: {len(loose)} image(s) lie directly in --{flag}; move them into a '<repeats>_<class tokens>' subfolder"
                 f" (e.g. '{base / '10_ohwx person'}') or point --{flag} at the parent folder"
             )
-        for name in os.listdir(base):  # sd-scripts keeps the listing order (Path.iterdir)
+        # Sorted, unlike sd-scripts (raw listing order): the same folders must give the
+        # same items on every machine, or "same config, same LoRA" cannot hold.
+        for name in sorted(os.listdir(base)):
             sub = base / name
             if not sub.is_dir() or name.startswith("."):
                 continue
