@@ -232,3 +232,27 @@ def test_vae_folder_override(tmp_path, other_vae):
 def test_vae_override_missing(tmp_path):
     with pytest.raises(ModelLoadError, match="VAE not found"):
         load_model_bundle("tiny", vae=str(tmp_path / "none.safetensors"))
+
+
+def test_diffusers_folder_with_bin_weights_and_old_clip_names(tmp_path, tiny):
+    """Older folders store `pytorch_model.bin` with `text_model.`-prefixed keys; both are read without code."""
+    folder = save_diffusers(tiny, tmp_path / "pipe")
+    te_dir = folder / "text_encoder"
+    state = load_file(str(te_dir / "model.safetensors"))
+    state["text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
+    torch.save(state, te_dir / "pytorch_model.bin")
+    (te_dir / "model.safetensors").unlink()
+    bundle = load_model_bundle(str(folder))
+    assert _unet_equal(bundle.text_encoder, tiny.text_encoder)
+
+
+def test_diffusers_layout_vae_file_override(tmp_path, other_vae):
+    path = _write(tmp_path / "diffusion_pytorch_model.safetensors", other_vae.state_dict())
+    bundle = load_model_bundle("tiny", vae=str(path))
+    assert _unet_equal(bundle.vae, other_vae)
+
+
+def test_vae_file_of_wrong_architecture(tmp_path):
+    path = _write(tmp_path / "vae.safetensors", {"encoder.conv_in.weight": torch.zeros(64, 3, 3, 3)})
+    with pytest.raises(ModelLoadError, match=r"unlike any SD1.x VAE"):
+        load_model_bundle("tiny", vae=str(path))
