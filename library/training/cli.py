@@ -1,0 +1,77 @@
+"""`lorasmith train` (sd-scripts flags, config files, presets) and `lorasmith demo`.
+
+`run_training(args)` is shared with the top-level train_network.py: resolve the
+config, validate, then `--output_config` (write TOML, exit), `--print_plan`
+(print the plan, exit) or train with a progress bar and, with
+--progress_file, JSON-lines events for the GUI.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from library.config_io import add_train_arguments, resolve_config, write_config
+from library.config_validate import validate
+from library.training.console import ConsoleEvents
+from library.training.events import Commands, JsonLinesEvents, MultiEvents
+
+
+def output_config(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    validate(cfg, for_training=False)
+    if not cfg.output_dir:
+        print("error: --output_config needs --output_dir (the TOML goes to <output_dir>/<output_name>.toml)", file=sys.stderr)
+        return 2
+    path = write_config(cfg, Path(cfg.output_dir) / f"{cfg.output_name}.toml")
+    print(f"config written to {path}")
+    return 0
+
+
+def print_plan(args: argparse.Namespace) -> int:
+    from library.data.plan import format_plan
+    from library.data.prepare import prepare_data
+
+    cfg = resolve_config(args)
+    for w in validate(cfg):
+        print(f"warning: {w}", file=sys.stderr)
+    print(format_plan(prepare_data(cfg).plan))
+    return 0
+
+
+def run_training(args: argparse.Namespace, commands: Commands | None = None) -> int:
+    """The whole CLI flow; our errors propagate to library.cli's one-screen printer."""
+    if args.output_config:
+        return output_config(args)
+    if args.print_plan:
+        return print_plan(args)
+    from library.training.trainer import train
+
+    cfg = resolve_config(args)
+    progress = JsonLinesEvents(cfg.progress_file) if cfg.progress_file else None
+    events = MultiEvents(ConsoleEvents(), progress)
+    try:
+        result = train(cfg, events, commands)
+    finally:
+        if progress is not None:
+            progress.close()
+    return 130 if result.stopped else 0
+
+
+def _train_handler(args: argparse.Namespace) -> int:
+    return run_training(args)
+
+
+def _demo_handler(args: argparse.Namespace) -> int:
+    from library.training.demo import run_demo
+
+    return run_demo(args.output_dir, steps_only=False)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train_p = subparsers.add_parser("train", help="train a LoRA (sd-scripts flags, --config_file, --preset)")
+    add_train_arguments(train_p)
+    train_p.set_defaults(func=_train_handler)
+    demo_p = subparsers.add_parser("demo", help="train the built-in tiny model on a generated dataset (about 2 minutes on CPU)")
+    demo_p.add_argument("--output_dir", default="lorasmith_demo", help="folder for the dataset, LoRA files, logs and samples")
+    demo_p.set_defaults(func=_demo_handler)

@@ -1,0 +1,53 @@
+"""The `ss_*` metadata of every file a run writes, assembled once and stamped per file.
+
+The model hash and dataset facts are computed once at start (hashing a 2 GB
+checkpoint per save would stall training); each file then gets its own epoch,
+step count and finish time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from library.data.plan import bucket_info, dataset_dirs_info, tag_frequency
+from library.lora.metadata import build_metadata, model_metadata
+
+
+def dataset_metadata(prepared: Any) -> dict[str, Any]:
+    """What build_metadata needs about the data (sd-scripts counts images × repeats)."""
+    layouts, plan = prepared.layouts, prepared.plan
+    train_dirs, reg_dirs = dataset_dirs_info(layouts)
+    return {
+        "num_train_images": plan.train_items,
+        "num_reg_images": plan.reg_items,
+        "num_validation_images": 0,
+        "dataset_dirs": train_dirs,
+        "reg_dataset_dirs": reg_dirs,
+        "tag_frequency": tag_frequency(layouts),
+        "bucket_info": bucket_info(layouts),
+    }
+
+
+class RunMetadata:
+    def __init__(self, parts: Any, session_id: int) -> None:
+        cfg = parts.config
+        self.config = dataclasses.asdict(cfg)
+        self.dataset = dataset_metadata(parts.prepared)
+        facts = parts.bundle.facts
+        self.model = model_metadata(cfg.pretrained_model_name_or_path, cfg.vae, v2=cfg.v2,
+                                    v_parameterization=cfg.v_parameterization, new_sd_model_hash=facts.model_hash)
+        self.optimizer = parts.optimizer.description
+        self.session_id = session_id
+        self.started_at = time.time()
+        self.plan = parts.prepared.plan
+        self.num_processes = parts.accelerator.num_processes
+
+    def for_file(self, *, epoch: int, steps: int) -> dict[str, str]:
+        return build_metadata(
+            self.config, dataset=self.dataset, model=self.model, optimizer=self.optimizer,
+            session_id=self.session_id, training_started_at=self.started_at, epoch=epoch, steps=steps,
+            num_epochs=self.plan.epochs, max_train_steps=self.plan.total_steps,
+            num_batches_per_epoch=self.plan.batches_per_epoch, training_finished_at=time.time(),
+            num_processes=self.num_processes,
+        )

@@ -1,0 +1,163 @@
+"""Everything a run needs before its first step, built from a validated TrainConfig.
+
+Order matters and follows sd-scripts: seed, data scan and plan (no model yet),
+model, network (its init draws from the seeded global RNG), caches, optimizer,
+schedule. `build_run` returns one `RunParts` the loop works on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from library.config import TrainConfig
+from library.data.prepare import PreparedData, build_dataset, prepare_data
+from library.errors import ConfigError
+from library.training.optimizers import OptimizerChoice, build_optimizer
+from library.training.rng import TrainingRNG
+from library.training import schedulers
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class RunParts:
+    config: TrainConfig
+    accelerator: Any
+    device: torch.device
+    weight_dtype: torch.dtype
+    bundle: Any
+    network: Any
+    prepared: PreparedData
+    dataset: Any
+    optimizer: OptimizerChoice
+    lr_scheduler: Any
+    group_names: list[str]
+    rng: TrainingRNG
+    alphas_cumprod: torch.Tensor
+    train_unet: bool
+    train_text_encoder: bool
+    v_prediction: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trainable_params(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.optimizer.optimizer.param_groups for p in g["params"]]
+
+
+def make_accelerator(mixed_precision: str) -> Any:
+    """A fresh Accelerator; the shared AcceleratorState is reset so runs in one process can differ."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(False)
+    try:
+        return Accelerator(mixed_precision=mixed_precision)
+    except ValueError as exc:
+        raise ConfigError(f"mixed_precision {mixed_precision}: {exc}", ["use mixed_precision no on this machine"]) from None
+
+
+def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtype) -> Any:
+    """The base model, frozen, UNet and text encoder in the training dtype; the VAE stays fp32 (fp16 VAEs overflow)."""
+    from library.models import load_model_bundle
+
+    bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae, use_ema_weights=cfg.use_ema_weights)
+    bundle.unet.to(device, dtype=weight_dtype)
+    bundle.text_encoder.to(device, dtype=weight_dtype)
+    bundle.vae.to(device)
+    if cfg.xformers:
+        bundle.unet.enable_xformers_memory_efficient_attention()
+    return bundle
+
+
+def build_network(cfg: TrainConfig, bundle: Any, device: torch.device, weight_dtype: torch.dtype) -> Any:
+    """The LoRA network applied to the model; fp32 parameters unless full_fp16/full_bf16."""
+    from library.lora.from_config import network_from_config
+
+    network = network_from_config(cfg, bundle.unet, bundle.text_encoder)
+    network.apply_to()
+    full = cfg.full_fp16 or cfg.full_bf16
+    network.to(device, dtype=weight_dtype if full else torch.float32)
+    network.train()
+    return network
+
+
+def enable_checkpointing(bundle: Any, train_text_encoder: bool) -> None:
+    """Recompute activations in backward (much less memory); the UNet always, the text encoder when trained."""
+    bundle.unet.enable_gradient_checkpointing()
+    bundle.unet.train()
+    if train_text_encoder:
+        bundle.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        bundle.text_encoder.train()
+
+
+def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int, train_text_encoder: bool) -> Any:
+    """The dataset, with latents cached when asked and text-encoder outputs cached whenever that is exact.
+
+    A frozen text encoder fed fixed captions always gives the same outputs, so they
+    are encoded once even without --cache_text_encoder_outputs: same result, less work.
+    """
+    fixed = all(s.spec.captions.is_fixed for lay in prepared.layouts for s in lay.subsets)
+    cache_te = not train_text_encoder and fixed
+    run_cfg = dataclasses.replace(cfg, cache_text_encoder_outputs=cache_te)
+    with torch.no_grad():
+        return build_dataset(prepared, run_cfg, seed=seed, tokenizer=bundle.tokenizer, vae=bundle.vae,
+                             text_encoder=bundle.text_encoder, vae_id=bundle.facts.model_hash, progress=False)
+
+
+def build_optimizer_and_schedule(cfg: TrainConfig, network: Any, total_steps: int) -> tuple[OptimizerChoice, Any, list[str]]:
+    groups = network.prepare_optimizer_params(cfg.text_encoder_lr, cfg.unet_lr, cfg.learning_rate)
+    if not groups:
+        raise ConfigError("nothing to train", ["learning_rate, unet_lr and text_encoder_lr are all 0 or the network is empty"])
+    names = [g.pop("name") for g in groups]
+    choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate)
+    if choice.adafactor_initial_lr is not None:
+        return choice, schedulers.make_adafactor_scheduler(choice.optimizer, choice.adafactor_initial_lr), names
+    spec = schedulers.schedule_spec(cfg.lr_scheduler, cfg.lr_warmup_steps, total_steps, cfg.lr_scheduler_num_cycles,
+                                    cfg.lr_scheduler_power, cfg.learning_rate, cfg.lr_scheduler_args)
+    return choice, schedulers.make_lr_scheduler(choice.optimizer, spec), names
+
+
+def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
+    """Model, network, data, optimizer and schedule on the training device."""
+    accelerator = make_accelerator(cfg.mixed_precision)
+    device = accelerator.device
+    weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
+    rng = TrainingRNG(seed, device)
+    bundle = load_bundle(cfg, device, weight_dtype)
+    network = build_network(cfg, bundle, device, weight_dtype)
+    train_te = bool(network.text_encoder_loras) and not cfg.network_train_unet_only
+    train_unet = bool(network.unet_loras) and not cfg.network_train_text_encoder_only
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(bundle, train_te)
+    dataset = build_data(cfg, prepared, bundle, seed, train_te)
+    if dataset.latents is not None:
+        bundle.vae.to("cpu")  # only needed again for samples
+    choice, lr_scheduler, names = build_optimizer_and_schedule(cfg, network, prepared.plan.total_steps)
+    choice.optimizer = accelerator.prepare(choice.optimizer)
+    if cfg.full_fp16:
+        allow_fp16_unscale(accelerator)
+    from library.models import make_noise_scheduler
+
+    ac = make_noise_scheduler(bundle).alphas_cumprod.to(device)
+    v_pred = cfg.v_parameterization or bundle.facts.prediction_type == "v_prediction"
+    return RunParts(cfg, accelerator, device, weight_dtype, bundle, network, prepared, dataset, choice,
+                    lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, list(choice.notes))
+
+
+def allow_fp16_unscale(accelerator: Any) -> None:
+    """full_fp16 keeps fp16 gradients, which GradScaler refuses to unscale; sd-scripts lifts that check."""
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is None:
+        return
+    original = scaler._unscale_grads_
+
+    def unscale(optimizer, inv_scale, found_inf, allow_fp16):  # noqa: ANN001 - torch's private signature
+        return original(optimizer, inv_scale, found_inf, True)
+
+    scaler._unscale_grads_ = unscale

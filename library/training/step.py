@@ -1,0 +1,56 @@
+"""One training step's forward pass and loss: latents, conditioning, noise, prediction, weighted loss."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from library.data.text import encode_tokens
+from library.training.loss import huber_threshold, per_sample_loss, snr_from_alphas, weighted_batch_loss
+from library.training.noise import NoiseSettings, noise_batch, velocity
+
+
+class StepMath:
+    """The per-run constants of the loss: noise settings, SNR table, loss type."""
+
+    def __init__(self, parts: Any) -> None:
+        cfg = parts.config
+        self.parts = parts
+        self.noise = NoiseSettings.from_config(cfg)
+        self.snr = snr_from_alphas(parts.alphas_cumprod) if cfg.min_snr_gamma else None
+        self.scaling = float(getattr(parts.bundle.vae.config, "scaling_factor", 0.18215))
+
+    def latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Scaled latents of the batch: cached ones, or the VAE's sample drawn from the run's generator."""
+        p = self.parts
+        if batch.get("latents") is not None:
+            lat = batch["latents"].to(p.device, torch.float32)
+        else:
+            with torch.no_grad():
+                pixels = batch["images"].to(p.device, p.bundle.vae.dtype)
+                lat = p.bundle.vae.encode(pixels).latent_dist.sample(generator=p.rng.noise).float()
+        lat = torch.nan_to_num(lat, 0.0)  # sd-scripts replaces NaN latents with zeros
+        return lat * self.scaling
+
+    def conditioning(self, batch: dict[str, Any]) -> torch.Tensor:
+        p = self.parts
+        if batch.get("text_encoder_outputs") is not None:
+            return batch["text_encoder_outputs"].to(p.device, p.weight_dtype)
+        with torch.set_grad_enabled(p.train_text_encoder), p.accelerator.autocast():
+            return encode_tokens(p.bundle.text_encoder, batch["input_ids"].to(p.device), p.config.clip_skip)
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The step loss (sd-scripts train_network.py): per-sample mean over C,H,W, weighted, batch mean."""
+        p, cfg = self.parts, self.parts.config
+        latents = self.latents(batch)
+        cond = self.conditioning(batch)
+        nb = noise_batch(latents, self.noise, p.rng.noise, p.alphas_cumprod)
+        with p.accelerator.autocast():
+            pred = p.bundle.unet(nb.noisy_latents.to(p.weight_dtype), nb.timesteps, cond.to(p.weight_dtype)).sample
+        target = velocity(latents, nb.noise, nb.timesteps, p.alphas_cumprod) if p.v_prediction else nb.noise
+        delta = None
+        if cfg.loss_type in ("huber", "smooth_l1"):
+            delta = huber_threshold(nb.timesteps, p.alphas_cumprod, cfg.huber_c, cfg.huber_schedule,
+                                    int(p.alphas_cumprod.shape[0]))
+        per = per_sample_loss(pred, target, cfg.loss_type, delta)
+        return weighted_batch_loss(per, batch["loss_weights"], nb.timesteps, self.snr, cfg.min_snr_gamma, p.v_prediction)

@@ -1,0 +1,104 @@
+"""What gets logged: loss averages and TensorBoard scalars under sd-scripts' tag names.
+
+Tags (sd-scripts train_network.py): `loss/current`, `loss/average`, `lr/<group>`
+and, for D-Adaptation/Prodigy, `lr/d*lr/<group>`, all at x = global step;
+`loss/epoch_average` at x = epoch. sd-scripts' lr tag loop has a `for ... else`
+that logs every group a second time as `lr/group<i>` (and `lr/textencoder`
+again); dashboards built on sd-scripts logs expect those tags, so we keep them.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class LossRecorder:
+    """sd-scripts' moving average: a window of one epoch's worth of per-batch losses.
+
+    In the first epoch losses are appended; later, the loss of batch i replaces
+    batch i of the previous epoch, so `moving_average` always covers one epoch.
+    """
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.total = 0.0
+
+    def add(self, epoch: int, step: int, loss: float) -> None:
+        """`epoch` counts from 1, `step` is the batch index within the epoch from 0."""
+        if epoch == 1 or step >= len(self.losses):
+            self.losses.append(loss)
+        else:
+            self.total -= self.losses[step]
+            self.losses[step] = loss
+        self.total += loss
+
+    @property
+    def moving_average(self) -> float:
+        return self.total / len(self.losses) if self.losses else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.losses = [float(x) for x in state["losses"]]
+        self.total = sum(self.losses)
+
+
+def lr_logs(lrs: list[float], names: list[str], d_values: list[float | None]) -> dict[str, float]:
+    """The lr/* scalars for one step, named as sd-scripts names them.
+
+    `names` are the param-group names ("textencoder", "unet"); `d_values` the
+    adaptive optimizers' d per group (None for others).
+    """
+    logs: dict[str, float] = {}
+    adaptive = any(d is not None for d in d_values)
+    for lr, name, d in zip(lrs, names, d_values):
+        logs[f"lr/{name}"] = float(lr)
+        if d is not None:
+            logs[f"lr/d*lr/{name}"] = float(d) * float(lr)
+    # sd-scripts' for-else: runs after every loop, re-logging groups by index
+    start = 0
+    if names and names[0] == "textencoder":
+        logs["lr/textencoder"] = float(lrs[0])
+        start = 1
+    for i in range(start, len(lrs)):
+        logs[f"lr/group{i}"] = float(lrs[i])
+        if adaptive and d_values[i] is not None:
+            logs[f"lr/d*lr/group{i}"] = float(d_values[i]) * float(lrs[i])
+    return logs
+
+
+def run_log_dir(logging_dir: str | os.PathLike[str], log_prefix: str | None, now: float | None = None) -> Path:
+    """`<logging_dir>/<log_prefix><YYYYmmddHHMMSS>` as sd-scripts names a run's log folder."""
+    stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(now if now is not None else time.time()))
+    return Path(logging_dir) / f"{log_prefix or ''}{stamp}"
+
+
+class TensorBoardLog:
+    """A SummaryWriter for one run; `None`-safe so the trainer needs no ifs."""
+
+    def __init__(self, log_dir: Path | None) -> None:
+        self.log_dir = log_dir
+        self._writer = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self._writer is None:
+            return
+        for tag, value in values.items():
+            self._writer.add_scalar(tag, value, global_step=step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

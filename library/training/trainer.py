@@ -1,0 +1,266 @@
+"""The training loop: `train(config, events, commands) -> TrainResult`.
+
+The loop can start at any (epoch, batch-in-epoch, global step) — a `LoopPosition` —
+and all randomness lives in `RunParts.rng` and the dataset's (seed, epoch, batch)
+rule, so a saved state can be continued exactly. Outputs follow sd-scripts:
+per-epoch/per-step/final LoRA files with full metadata, TensorBoard scalars
+under sd-scripts' tags, samples through library.sampling.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from library.config import TrainConfig
+from library.config_validate import validate
+from library.data.plan import format_plan
+from library.data.prepare import prepare_data
+from library.errors import DatasetError, LorasmithError, TrainingError
+from library.training import saving
+from library.training.events import Commands, Events
+from library.training.metadata import RunMetadata
+from library.training.rng import pick_seed
+from library.training.samples import SampleHook
+from library.training.setup import RunParts, build_run
+from library.training.step import StepMath
+from library.training.tracking import LossRecorder, TensorBoardLog, lr_logs, run_log_dir
+
+
+@dataclass
+class LoopPosition:
+    """Where the loop is: the epoch in progress (from 1), its next batch, optimizer steps done."""
+
+    epoch: int = 1
+    batch: int = 0
+    global_step: int = 0
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    files: list[Path]
+    final_file: Path | None
+    global_step: int
+    epochs: int
+    seed: int
+    log_dir: Path | None
+    epoch_losses: list[float] = field(default_factory=list)
+    stopped: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs the loop over `RunParts`, reporting through `events` and obeying `commands`."""
+
+    def __init__(self, parts: RunParts, events: Events | None = None, commands: Commands | None = None,
+                 position: LoopPosition | None = None) -> None:
+        self.parts = parts
+        self.cfg: TrainConfig = parts.config
+        self.events = events or Events()
+        self.commands = commands or Commands()
+        self.pos = position or LoopPosition()
+        self.math = StepMath(parts)
+        self.recorder = LossRecorder()
+        self.plan = parts.prepared.plan
+        self.output_dir = Path(self.cfg.output_dir)
+        self.ext = self.cfg.save_model_as
+        self.save_dtype = saving.save_dtype(self.cfg.save_precision)
+        log_dir = run_log_dir(self.cfg.logging_dir, self.cfg.log_prefix) if self.cfg.logging_dir else None
+        self.tb = TensorBoardLog(log_dir)
+        self.metadata = RunMetadata(parts, session_id=random.SystemRandom().randint(0, 2**32 - 1))
+        self.samples = SampleHook(parts, self.events)
+        self.files: list[Path] = []
+        self.epoch_losses: list[float] = []
+        self.nan_steps = 0
+        self.step_times: deque[float] = deque(maxlen=50)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        try:
+            stopped = self._loop()
+            final = self._save_final(stopped)
+        except LorasmithError as exc:
+            self.events.on_error({"message": str(exc), "step": self.pos.global_step, "epoch": self.pos.epoch})
+            raise
+        finally:
+            self.tb.close()
+        result = TrainResult(self.output_dir, list(self.files), final, self.pos.global_step,
+                             min(self.pos.epoch, self.plan.epochs), self.parts.rng.seed, self.tb.log_dir,
+                             list(self.epoch_losses), stopped, list(self.parts.notes))
+        self.events.on_finish({"final_file": str(final) if final else None, "files": [str(f) for f in self.files],
+                               "global_step": result.global_step, "epochs": result.epochs, "stopped": stopped,
+                               "log_dir": str(self.tb.log_dir) if self.tb.log_dir else None,
+                               "output_dir": str(self.output_dir)})
+        return result
+
+    def _loop(self) -> bool:
+        """True when stopped by a command before the planned end."""
+        if self.cfg.sample_at_first and self.pos.global_step == 0:
+            self.samples.maybe(epoch=0, step=0, force=True)
+        while self.pos.epoch <= self.plan.epochs and not self._done():
+            if self._run_epoch():
+                return True
+            self._end_epoch()
+        return False
+
+    def _done(self) -> bool:
+        return self.pos.global_step >= self.plan.total_steps
+
+    def _run_epoch(self) -> bool:
+        p, epoch = self.parts, self.pos.epoch
+        p.dataset.set_epoch(epoch, self.pos.batch)
+        loader = self._loader()
+        n_batches = len(p.dataset)
+        accum = self.cfg.gradient_accumulation_steps
+        for batch in loader:
+            i = self.pos.batch
+            started = time.perf_counter()
+            loss_value = self._micro_step(batch, accum)
+            self.recorder.add(epoch, i, loss_value if math.isfinite(loss_value) else 0.0)
+            self.pos.batch += 1
+            if (i + 1) % accum == 0 or i + 1 == n_batches:
+                self._optimizer_step()
+                self.step_times.append(time.perf_counter() - started)
+                self._after_step(loss_value)
+                if self.commands.take("stop"):
+                    return True
+                if self._done():
+                    break
+        return False
+
+    def _loader(self) -> Any:
+        from library.data.dataset import make_dataloader
+
+        return make_dataloader(self.parts.dataset, self.cfg.max_data_loader_n_workers,
+                               self.cfg.persistent_data_loader_workers)
+
+    def _micro_step(self, batch: dict[str, Any], accum: int) -> float:
+        loss = self.math.loss(batch)
+        value = float(loss.detach().item())
+        if not math.isfinite(value):
+            self._non_finite(value, batch)
+            return value
+        self.parts.accelerator.backward(loss / accum)
+        return value
+
+    def _non_finite(self, value: float, batch: dict[str, Any]) -> None:
+        """Stop on a NaN/inf loss, naming the step and the images; skip_nan_steps tolerates that many."""
+        self.nan_steps += 1
+        step = self.pos.global_step + 1
+        if self.nan_steps <= self.cfg.skip_nan_steps:
+            self.parts.notes.append(f"step {step}: loss {value}, batch skipped ({self.nan_steps}/{self.cfg.skip_nan_steps})")
+            return
+        raise TrainingError(
+            f"the loss became {value} at step {step} (epoch {self.pos.epoch}, batch {self.pos.batch + 1}); training stopped",
+            [f"image: {path}" for path in batch.get("image_paths", [])]
+            + ["lower the learning rate, use mixed_precision bf16 instead of fp16, or check these images",
+               "--skip_nan_steps N skips up to N such batches instead of stopping"])
+
+    def _optimizer_step(self) -> None:
+        p = self.parts
+        if self.cfg.max_grad_norm:
+            p.accelerator.clip_grad_norm_(p.trainable_params, self.cfg.max_grad_norm)
+        p.optimizer.optimizer.step()
+        p.lr_scheduler.step()
+        p.optimizer.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.scale_weight_norms:
+            p.network.apply_max_norm(self.cfg.scale_weight_norms)
+        self.pos.global_step += 1
+
+    # -- after each step / epoch -------------------------------------------------------------
+    def _after_step(self, loss_value: float) -> None:
+        step = self.pos.global_step
+        lrs, dvals = self._lrs()
+        logs = {"loss/current": loss_value, "loss/average": self.recorder.moving_average}
+        logs.update(lr_logs(lrs, self.parts.group_names, dvals))
+        self.tb.scalars(logs, step)
+        self.events.on_step(self._step_info(loss_value, lrs, dvals))
+        if saving.should_save_step(step, self.cfg.save_every_n_steps) or self.commands.take("save_now"):
+            self._save_numbered(saving.step_file_name(self.cfg.output_name, step, self.ext), "step")
+            saving.prune_step_files(self.output_dir, self.cfg.output_name, self.ext, step, self.cfg.save_last_n_steps)
+        if self.cfg.sample_every_n_steps and step % self.cfg.sample_every_n_steps == 0:
+            self.samples.maybe(epoch=None, step=step, force=True)
+        elif self.commands.take("sample_now"):
+            self.samples.maybe(epoch=None, step=step, force=True)
+
+    def _lrs(self) -> tuple[list[float], list[float | None]]:
+        opt = self.parts.optimizer
+        lrs = [float(x) for x in self.parts.lr_scheduler.get_last_lr()]
+        dvals = [g.get("d") if opt.adaptive else None for g in opt.optimizer.param_groups]
+        return lrs, [float(d) if d is not None else None for d in dvals]
+
+    def _step_info(self, loss_value: float, lrs: list[float], dvals: list[float | None]) -> dict[str, Any]:
+        names = self.parts.group_names
+        s_per_step = statistics.median(self.step_times) if self.step_times else None
+        remaining = self.plan.total_steps - self.pos.global_step
+        return {
+            "step": self.pos.global_step, "total_steps": self.plan.total_steps,
+            "epoch": self.pos.epoch, "num_epochs": self.plan.epochs,
+            "loss": loss_value, "avg_loss": self.recorder.moving_average,
+            "lr": dict(zip(names, lrs)),
+            "dlr": {n: d * lr for n, d, lr in zip(names, dvals, lrs) if d is not None} or None,
+            "s_per_step": s_per_step, "eta_s": s_per_step * remaining if s_per_step else None,
+        }
+
+    def _end_epoch(self) -> None:
+        epoch = self.pos.epoch
+        avg = self.recorder.moving_average
+        self.epoch_losses.append(avg)
+        self.tb.scalars({"loss/epoch_average": avg}, epoch)
+        self.tb.flush()
+        self.events.on_epoch({"epoch": epoch, "num_epochs": self.plan.epochs, "avg_loss": avg,
+                              "step": self.pos.global_step})
+        if saving.should_save_epoch(epoch, self.cfg.save_every_n_epochs, self.plan.epochs):
+            self._save_numbered(saving.epoch_file_name(self.cfg.output_name, epoch, self.ext), "epoch")
+            saving.prune_epoch_files(self.output_dir, self.cfg.output_name, self.ext, epoch,
+                                     self.cfg.save_every_n_epochs or 1, self.cfg.save_last_n_epochs)
+        if self.cfg.sample_every_n_epochs and epoch % self.cfg.sample_every_n_epochs == 0:
+            self.samples.maybe(epoch=epoch, step=self.pos.global_step, force=True)
+        self.pos.epoch += 1
+        self.pos.batch = 0
+
+    # -- files ---------------------------------------------------------------------------------
+    def _save_numbered(self, name: str, kind: str) -> Path:
+        epoch = min(self.pos.epoch, self.plan.epochs)
+        return self._write(self.output_dir / name, kind, epoch)
+
+    def _save_final(self, stopped: bool) -> Path:
+        name = f"{self.cfg.output_name}-interrupted.{self.ext}" if stopped else saving.final_file_name(self.cfg.output_name, self.ext)
+        epoch = min(self.pos.epoch, self.plan.epochs) if stopped else self.plan.epochs
+        return self._write(self.output_dir / name, "interrupted" if stopped else "final", epoch)
+
+    def _write(self, path: Path, kind: str, epoch: int) -> Path:
+        md = self.metadata.for_file(epoch=epoch, steps=self.pos.global_step)
+        saving.write_lora(self.parts.network, path, self.ext, self.save_dtype, md)
+        if path not in self.files:
+            self.files.append(path)
+        self.files = [f for f in self.files if f.exists()]
+        self.events.on_save({"path": str(path), "kind": kind, "epoch": epoch, "step": self.pos.global_step})
+        return path
+
+
+def train(config: TrainConfig, events: Events | None = None, commands: Commands | None = None) -> TrainResult:
+    """Validate, plan, build and run one training; raises our errors, never exits."""
+    events = events or Events()
+    warnings = validate(config)
+    cfg = dataclasses.replace(config, seed=pick_seed(config.seed))
+    prepared = prepare_data(cfg)
+    plan = prepared.plan
+    events.on_plan({**plan.to_dict(), "text": format_plan(plan), "warnings": warnings, "seed": cfg.seed})
+    if plan.total_steps < 1:
+        raise DatasetError("there is nothing to train on", ["the dataset folders hold no usable images; see the plan above"])
+    parts = build_run(cfg, prepared, cfg.seed)
+    for note in parts.notes:
+        events.on_log({"message": note})
+    result = Trainer(parts, events, commands).run()
+    result.warnings = warnings + result.warnings
+    return result
