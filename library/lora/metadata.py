@@ -208,6 +208,28 @@ def model_metadata(
     return out
 
 
+def model_metadata_from_facts(facts: Any, *, v2: bool = False, v_parameterization: bool | None = None) -> dict[str, str]:
+    """ss_sd_model_* / ss_vae_* from a loaded bundle's ModelFacts (no second hashing pass).
+
+    The old 8-hex hash is only defined for single files; elsewhere it is "None".
+    """
+    if v_parameterization is None:
+        v_parameterization = getattr(facts, "prediction_type", "epsilon") == "v_prediction"
+    out = {
+        "ss_base_model_version": base_model_version(v2, v_parameterization),
+        "ss_sd_model_name": str(facts.name),
+        "ss_sd_model_hash": str(facts.legacy_hash),
+        "ss_new_sd_model_hash": str(facts.model_hash),
+    }
+    if getattr(facts, "vae_name", None):
+        out.update({
+            "ss_vae_name": str(facts.vae_name),
+            "ss_vae_hash": str(facts.vae_legacy_hash),
+            "ss_new_vae_hash": str(facts.vae_hash),
+        })
+    return out
+
+
 def build_metadata(
     config: Mapping[str, Any],
     *,
@@ -232,7 +254,7 @@ def build_metadata(
       ({folder: {"n_repeats", "img_count"}}), reg_dataset_dirs, tag_frequency
       ({folder: {tag: count}}), bucket_info ({"buckets": {...}, "mean_img_ar_error": x});
       optionally enable_bucket, bucket_no_upscale, min_bucket_reso, max_bucket_reso.
-    model: the output of `model_metadata(...)`.
+    model: the output of `model_metadata_from_facts(bundle.facts)` or `model_metadata(path)`.
     With config["no_metadata"] true only MINIMUM_KEYS and modelspec are kept.
     """
     cfg = dict(config)
