@@ -71,7 +71,9 @@ def parse_axes(base: CellSettings, specs: Sequence[tuple[str | None, str | None]
             problems.append(f"{name} axis ({type_name}): {exc}")
             axes.append(None)
     used = [a.type.name for a in axes if a is not None]
-    problems += [f"axis type {n!r} is used twice" for n in set(used) if used.count(n) > 1]
+    problems += [f"axis type {n!r} is used twice" for n in sorted(set(used)) if used.count(n) > 1]
+    if "LoRA weight" in used and "LoRA" not in used and base.lora_file is None:
+        problems.append("a LoRA weight axis needs a LoRA: add --lora FILES or a LoRA axis")
     if problems:
         raise SamplingError("the grid's axes cannot be used", problems)
     return axes

@@ -1,0 +1,167 @@
+"""X/Y/Z grids: axes, cell order and batching, layout sizes, size limit, outputs on the tiny model."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from library.errors import SamplingError
+from library.evaluation.axes import CellSettings, expand_lora_files, lora_label, lora_sort_key
+from library.evaluation.cli import axis_specs
+from library.evaluation.grid import batches, execution_order, parse_axes, plan_cells, run_grid
+from library.evaluation.render import draw_grid, get_font, grid_layout, line_height
+from library.sampling.pipeline import SampleRequest, generate
+
+BASE = CellSettings(SampleRequest(prompt="a red cube", negative_prompt="blurry", steps=2, width=64, height=64,
+                                  seed=5), "tiny")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from library.models import build_tiny_bundle
+
+    return build_tiny_bundle(0)
+
+
+def test_lora_files_sorted_by_epoch_final_last(tmp_path):
+    for name in ["me.safetensors", "me-000010.safetensors", "me-000002.safetensors", "me-000001.safetensors"]:
+        (tmp_path / name).write_bytes(b"")
+    files = expand_lora_files(str(tmp_path / "me*.safetensors"))
+    assert [p.rsplit("/", 1)[1] for p in files] == [
+        "me-000001.safetensors", "me-000002.safetensors", "me-000010.safetensors", "me.safetensors"]
+    assert [lora_label(p) for p in files] == ["epoch 1", "epoch 2", "epoch 10", "me (final)"]
+    assert lora_sort_key("x-step00000100.safetensors") < lora_sort_key("x.safetensors")
+    with pytest.raises(SamplingError, match="matches no"):
+        expand_lora_files(str(tmp_path / "nothing-*.safetensors"))
+
+
+def test_prompt_sr_replaces_every_occurrence_and_requires_the_term():
+    base = CellSettings(SampleRequest(prompt="red cube, red sky", negative_prompt="red blur", seed=1), "tiny")
+    axes = parse_axes(base, [("Prompt S/R", "red, green"), (None, None), (None, None)], None)
+    cells = plan_cells(base, axes)
+    assert [c.settings.request.prompt for c in cells] == ["red cube, red sky", "green cube, green sky"]
+    assert cells[1].settings.request.negative_prompt == "green blur"
+    with pytest.raises(SamplingError) as exc:
+        parse_axes(base, [("Prompt S/R", "blue, green"), (None, None), (None, None)], None)
+    assert "'blue'" in str(exc.value)
+    with pytest.raises(SamplingError, match="Negative S/R"):
+        parse_axes(base, [("Negative S/R", "cube, x"), (None, None), (None, None)], None)
+
+
+def test_axis_errors_are_collected():
+    with pytest.raises(SamplingError) as exc:
+        parse_axes(BASE, [("Steps", "1, x"), ("Colour", "1"), ("LoRA weight", "0.5")], None)
+    text = str(exc.value)
+    assert "'x'" in text and "Colour" in text and "needs a LoRA" in text
+
+
+def test_values_apply_to_settings():
+    axes = parse_axes(BASE, [("CFG Scale", "3-7 (+2)"), ("Size", "64x64, 64x96"), ("Sampler", "k_dpm_2, DDIM")], None)
+    cells = plan_cells(BASE, axes)
+    assert len(cells) == 3 * 2 * 2
+    last = cells[-1].settings.request
+    assert (last.cfg_scale, last.width, last.height, last.sampler) == (7.0, 64, 96, "DDIM")
+    assert axes[1].labels == ["Size: 64x64", "Size: 64x96"] and axes[0].labels[0] == "CFG Scale: 3"
+
+
+def test_costliest_axis_outermost_and_seed_cells_batched(sdscripts_lora_dir):
+    files = f"{sdscripts_lora_dir}/tinylora-000001.safetensors, {sdscripts_lora_dir}/tinylora.safetensors"
+    axes = parse_axes(BASE, [("Seed", "1-3"), ("LoRA", files), ("Checkpoint", "tiny, other")], None)
+    ordered = execution_order(plan_cells(BASE, axes), axes)
+    checkpoints = [c.settings.checkpoint for c in ordered]
+    assert checkpoints == ["tiny"] * 6 + ["other"] * 6
+    loras = [c.settings.lora_file.rsplit("/", 1)[1] for c in ordered[:6]]
+    assert loras == ["tinylora-000001.safetensors"] * 3 + ["tinylora.safetensors"] * 3
+    groups = batches(ordered, max_batch=4)
+    assert [len(g) for g in groups] == [3, 3, 3, 3]
+    assert [c.job.seed for c in groups[0]] == [1, 2, 3]
+
+
+def test_layout_dimensions_from_cells_counts_and_labels():
+    lay = grid_layout(64, 64, ["a", "b", "c"], ["row 1", "row 2"], title="Z: 1", margin=4)
+    font_size = 10  # (64 + 64) / 2 / 20 = 3.2, raised to the 10 px minimum
+    lh = line_height(get_font(font_size))
+    pad = font_size // 2
+    label_w = max(64 * 3 // 4, 6 * font_size)
+    assert lay.font_size == font_size and lay.label_w == label_w
+    assert lay.width == label_w + 3 * 64 + 2 * 4
+    assert lay.height == (lh + 2 * pad) * 2 + 2 * 64 + 4
+    wrapped = grid_layout(64, 64, ["a very long column label that must wrap"], [], margin=0)
+    assert len(wrapped.col_lines[0]) > 1 and wrapped.header_h == len(wrapped.col_lines[0]) * lh + 2 * pad
+    assert wrapped.width == 64 and wrapped.label_w == 0
+    bare = grid_layout(512, 512, [], [])
+    assert (bare.width, bare.height, bare.font_size) == (512, 512, 26)
+
+
+def test_draw_grid_places_cells_at_their_origins():
+    lay = grid_layout(16, 16, ["x1", "x2"], ["y1"], margin=2)
+    red, blue = Image.new("RGB", (16, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 0, 255))
+    img = draw_grid(lay, [[red, blue]])
+    assert img.size == (lay.width, lay.height)
+    x, y = lay.cell_origin(1, 0)
+    assert img.getpixel((x + 8, y + 8)) == (0, 0, 255)
+    x, y = lay.cell_origin(0, 0)
+    assert img.getpixel((x + 8, y + 8)) == (255, 0, 0)
+
+
+def test_size_limit_refuses_before_any_work(tmp_path):
+    base = CellSettings(SampleRequest(prompt="x", width=2048, height=2048, seed=1), "tiny")
+    axes = parse_axes(base, [("Seed", "1-20"), ("Steps", "1-15"), (None, None)], None)
+
+    def never(name):
+        raise AssertionError("the model must not load for a refused grid")
+
+    with pytest.raises(SamplingError, match=r"would be [\d ]+ × [\d ]+ px"):
+        run_grid(base, axes, tmp_path, load_bundle=never, max_megapixels=200)
+    assert not any(tmp_path.iterdir())
+
+
+def test_epochs_by_weights_grid_on_tiny_model(bundle, sdscripts_lora_dir, tmp_path):
+    loads = []
+
+    def load(name):
+        loads.append(name)
+        return bundle
+
+    axes = parse_axes(BASE, [("LoRA", str(sdscripts_lora_dir / "tinylora*.safetensors")),
+                             ("LoRA weight", "0, 8"), ("Prompt S/R", "red, blue")], None)
+    result = run_grid(BASE, axes, tmp_path, load_bundle=load, max_batch=4, margin=2, progress=False)
+    assert loads == ["tiny"]
+    assert len(result.cell_paths) == 3 * 2 * 2 and len(result.sub_grid_paths) == 2
+    with Image.open(result.grid_path) as grid:
+        params = grid.text["parameters"]
+        size = grid.size
+    assert 'X Type: LoRA, X Values: "epoch 1, epoch 2, tinylora (final)"' in params
+    assert 'Y Type: LoRA weight, Y Values: "0, 8"' in params and 'Z Type: Prompt S/R' in params
+    lay = grid_layout(64, 64, axes[0].labels, axes[1].labels, "red", margin=2)
+    gap = max(2, lay.font_size)
+    assert size == (2 * lay.width + gap, lay.height)
+    with Image.open(result.cell_paths[0]) as cell:
+        assert "Seed: 5" in cell.text["parameters"]
+    # weight-0 cells are the base model's image, whichever epoch they name
+    base_img = np.asarray(generate(bundle, BASE.request)[0].image, dtype=np.int16)
+    for x in range(3):
+        cell = np.asarray(result.images[(x, 0, 0)].image, dtype=np.int16)
+        assert np.abs(cell - base_img).max() <= 1
+    weighted = np.asarray(result.images[(2, 1, 0)].image, dtype=np.int16)
+    assert np.abs(weighted - base_img).max() > 1
+
+
+def test_cli_shortcut_fills_free_axes():
+    args = argparse.Namespace(x_type="CFG Scale", x_values="5,7", y_type=None, y_values=None, z_type=None,
+                              z_values=None, lora="out/n-*.safetensors", weights="0.8-1.2 (+0.1)")
+    assert axis_specs(args) == [("CFG Scale", "5,7"), ("LoRA", "out/n-*.safetensors"),
+                                ("LoRA weight", "0.8-1.2 (+0.1)")]
+    args.x_type, args.x_values = None, None
+    assert axis_specs(args)[:2] == [("LoRA", "out/n-*.safetensors"), ("LoRA weight", "0.8-1.2 (+0.1)")]
