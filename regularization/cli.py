@@ -1,6 +1,8 @@
 """`lorasmith reg …`: build regularization (class) image sets and check their balance.
 
     reg photos PHOTOS DEST --class_prompt woman --train_data_dir img/   real photos, images × repeats of them
+    reg generate DEST --class_prompt woman --prompt "photo of a woman" --count 200 \
+        --pretrained_model_name_or_path model.safetensors                  generated with the base model, resumable
     reg check TRAIN_DIR REG_DIR                                         which reg images training will use
 
 Training options (--resolution, --seed, --train_data_dir, --pretrained_model_name_or_path …)
@@ -21,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="reg_tool", metavar="TOOL", required=True)
     _add_photos(sub)
     _add_check(sub)
+    _add_generate(sub)
 
 
 def _add_photos(sub) -> None:
@@ -75,3 +78,49 @@ def _check(args: argparse.Namespace) -> int:
     print(json.dumps(balance.to_dict(), indent=2) if args.json else format_balance(balance))
     return 0 if balance.balanced else 1
 
+
+
+def _add_generate(sub) -> None:
+    from library.sampling.sampler_registry import sampler_names
+
+    p = sub.add_parser("generate", help="generate class images with the base model (resumable, seeds recorded)")
+    p.add_argument("dst", metavar="DEST", help="reg_data_dir to write <repeats>_<class>/ into")
+    p.add_argument("--class_prompt", required=True, help="the class, e.g. 'woman' (names the folder)")
+    p.add_argument("--prompt", default=None, help="generation prompt (default: the class prompt)")
+    p.add_argument("--negative_prompt", default="")
+    p.add_argument("--count", type=int, required=True, help="how many images the set holds")
+    p.add_argument("--repeats", type=int, default=1, help="repeats in the folder name (default 1)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg_scale", type=float, default=7.0)
+    p.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(sampler_names())}")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    p.add_argument("--batch_size", type=int, default=1, help="images sampled together")
+    p.add_argument("--overwrite", action="store_true", help="start the set over (other settings allowed)")
+    p.add_argument("--no_progress", action="store_true")
+    add_config_arguments(p, ["pretrained_model_name_or_path", "vae", "resolution", "clip_skip"])
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from library.data.specs import parse_resolution
+    from library.models import load_model_bundle
+    from regularization.generate import GenerationSettings, generate_set, sampler_render, with_model_facts
+
+    cfg = resolve_config(args)
+    if not cfg.pretrained_model_name_or_path:
+        raise DatasetError("no base model", ["give --pretrained_model_name_or_path (a file, a folder or 'tiny')"])
+    if args.seed < 0:
+        raise DatasetError(f"--seed {args.seed}: a set needs a fixed seed to be resumable", ["use 0 or more"])
+    width, height = parse_resolution(cfg.resolution)
+    settings = GenerationSettings(
+        prompt=args.prompt or args.class_prompt, negative_prompt=args.negative_prompt, width=width, height=height,
+        steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed,
+        clip_skip=cfg.clip_skip or 1)
+    bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae)
+    settings = with_model_facts(settings, bundle)
+    result = generate_set(args.dst, args.class_prompt, args.count, settings, sampler_render(bundle, settings),
+                          repeats=args.repeats, batch_size=args.batch_size, overwrite=args.overwrite,
+                          progress=not args.no_progress)
+    print(f"{result.folder}: {result.already_done} already there, {len(result.written)} generated, "
+          f"{result.already_done + len(result.written)} of {args.count}")
+    return 0

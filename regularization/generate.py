@@ -3,9 +3,9 @@
 Image ``i`` of a set is ``<dest>/<repeats>_<class>/<i:05d>.png``, sampled with
 seed ``seed + i`` (A1111's convention for consecutive images), so every image
 depends only on the settings and its index. That makes the set resumable: a run
-stopped at image 37 of 200 leaves 0..36 on disk, and the next run generates the
-missing indices only (38 onwards, and 37 if it was not finished), giving the
-same files an uninterrupted run would. Each PNG carries its generation
+stopped after image 37 of 200 leaves 37 images on disk (each written
+atomically, so none half-written), and the next run generates only the missing
+ones, from image 38 on, giving the same files an uninterrupted run would. Each PNG carries its generation
 parameters in the ``parameters`` text chunk (A1111's infotext, which A1111's
 "PNG Info" tab and lorasmith read back), and the set's settings are kept in
 ``.reg_generation.json`` beside the images; a re-run with different settings is
@@ -13,18 +13,18 @@ refused instead of mixing two sets, unless asked to start over.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 from tqdm import tqdm
 
 from library.errors import DatasetError
-from library.fileio import atomic_path, atomic_write_text
+from library.fileio import atomic_write_text
+from library.sampling.infotext import save_png
 
 MANIFEST = ".reg_generation.json"
 
@@ -37,42 +37,46 @@ class GenerationSettings:
     negative_prompt: str = ""
     width: int = 512
     height: int = 512
-    steps: int = 20
+    steps: int = 30
     cfg_scale: float = 7.0
     sampler: str = "Euler a"
     seed: int = 0
-    clip_skip: int | None = None
+    clip_skip: int = 1
     model: str = ""
     model_hash: str = ""
 
 
-@dataclass(frozen=True)
-class ImageJob:
-    index: int
-    seed: int
-    settings: GenerationSettings
+# (image, A1111 parameters text) for each seed; the bundled sampler in practice, anything in tests.
+Rendered = tuple[Image.Image, str]
+Render = Callable[[GenerationSettings, list[int]], list[Rendered]]
 
 
-# Turns one job into an image (the bundled sampler in practice; anything in tests).
-Render = Callable[[ImageJob], Image.Image]
+def sample_request(settings: GenerationSettings, first_seed: int, count: int):
+    """The library.sampling request for `count` consecutive seeds from `first_seed`."""
+    from library.sampling.pipeline import SampleRequest
+
+    return SampleRequest(prompt=settings.prompt, negative_prompt=settings.negative_prompt, steps=settings.steps,
+                         cfg_scale=settings.cfg_scale, sampler=settings.sampler, width=settings.width,
+                         height=settings.height, seed=first_seed, batch_size=count, clip_skip=settings.clip_skip)
 
 
-def infotext(job: ImageJob) -> str:
-    """A1111's parameters text: prompt, negative prompt, then 'Key: value' pairs."""
-    s = job.settings
-    lines = [s.prompt]
-    if s.negative_prompt:
-        lines.append(f"Negative prompt: {s.negative_prompt}")
-    pairs = [("Steps", s.steps), ("Sampler", s.sampler), ("CFG scale", s.cfg_scale), ("Seed", job.seed),
-             ("Size", f"{s.width}x{s.height}")]
-    if s.model_hash:
-        pairs.append(("Model hash", s.model_hash[:10]))
-    if s.model:
-        pairs.append(("Model", s.model))
-    if s.clip_skip and s.clip_skip > 1:
-        pairs.append(("Clip skip", s.clip_skip))
-    lines.append(", ".join(f"{k}: {v}" for k, v in pairs))
-    return "\n".join(lines)
+def sampler_render(bundle, settings: GenerationSettings) -> Render:
+    """A Render on the bundled sampler; checks the settings before any image is made."""
+    from library.sampling.pipeline import SamplingSession, validate_request
+
+    validate_request(sample_request(settings, settings.seed, 1))
+    session = SamplingSession(bundle)
+
+    def render(settings: GenerationSettings, seeds: list[int]) -> list[Rendered]:
+        images = session.generate(sample_request(settings, seeds[0], len(seeds)))
+        return [(g.image, g.parameters) for g in images]
+
+    return render
+
+
+def with_model_facts(settings: GenerationSettings, bundle) -> GenerationSettings:
+    """Record which base model made the set (name and hash), so a re-run with another model is refused."""
+    return replace(settings, model=bundle.facts.name, model_hash=bundle.facts.model_hash)
 
 
 def image_path(folder: Path, index: int) -> Path:
@@ -82,6 +86,17 @@ def image_path(folder: Path, index: int) -> Path:
 def missing_indices(folder: Path, count: int) -> list[int]:
     """Indices in 0..count-1 whose image is not on disk yet, in order."""
     return [i for i in range(count) if not image_path(folder, i).is_file()]
+
+
+def consecutive_runs(indices: list[int], max_len: int) -> list[list[int]]:
+    """[0,1,2,5,6] with max 2 -> [[0,1],[2],[5,6]]: runs share one batch of consecutive seeds."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][-1] == i - 1 and len(runs[-1]) < max_len:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 @dataclass
@@ -109,10 +124,11 @@ def _check_manifest(folder: Path, settings: GenerationSettings, overwrite: bool)
 
 
 def generate_set(dest: str | os.PathLike[str], class_prompt: str, count: int, settings: GenerationSettings,
-                 render: Render, repeats: int = 1, overwrite: bool = False, progress: bool = True) -> GenerationResult:
+                 render: Render, repeats: int = 1, batch_size: int = 1, overwrite: bool = False,
+                 progress: bool = True) -> GenerationResult:
     """Generate the missing images of a `count`-image set into `<dest>/<repeats>_<class>/`."""
-    if count < 1 or repeats < 1:
-        raise DatasetError(f"need at least 1 image and 1 repeat, got {count} images, {repeats} repeats")
+    if count < 1 or repeats < 1 or batch_size < 1:
+        raise DatasetError(f"need at least 1 image, repeat and batch, got {count}, {repeats}, {batch_size}")
     if not class_prompt.strip() or "/" in class_prompt or "\\" in class_prompt:
         raise DatasetError(f"class prompt {class_prompt!r} cannot name a folder", ["give the class, e.g. 'woman'"])
     folder = Path(dest) / f"{repeats}_{class_prompt.strip()}"
@@ -122,20 +138,10 @@ def generate_set(dest: str | os.PathLike[str], class_prompt: str, count: int, se
     todo = list(range(count)) if overwrite else missing_indices(folder, count)
     result = GenerationResult(folder, already_done=count - len(todo))
     bar = tqdm(total=count, initial=result.already_done, desc="reg generate", unit="img", disable=not progress)
-    for index in todo:
-        job = ImageJob(index, settings.seed + index, settings)
-        image = render(job)
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", infotext(job))
-        out = image_path(folder, index)
-        with atomic_path(out) as tmp:
-            image.save(tmp, format="PNG", pnginfo=info)
-        result.written.append(out)
-        bar.update(1)
+    for run in consecutive_runs(todo, batch_size):
+        rendered = render(settings, [settings.seed + i for i in run])
+        for index, (image, parameters) in zip(run, rendered):
+            result.written.append(save_png(image, image_path(folder, index), parameters))
+        bar.update(len(run))
     bar.close()
     return result
-
-
-def with_model_facts(settings: GenerationSettings, bundle) -> GenerationSettings:
-    """Record which base model made the set (name and hash, as A1111 writes them)."""
-    return dataclasses.replace(settings, model=bundle.facts.name, model_hash=bundle.facts.model_hash)
