@@ -104,7 +104,12 @@ def _add_generate(sub) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from library.data.specs import parse_resolution
     from library.models import load_model_bundle
-    from regularization.generate import GenerationSettings, generate_set, sampler_render, with_model_facts
+    from regularization.generate import (
+        GenerationSettings,
+        generate_set,
+        sampler_render,
+        with_model_facts,
+    )
 
     cfg = resolve_config(args)
     if not cfg.pretrained_model_name_or_path:
