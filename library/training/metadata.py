@@ -33,6 +33,9 @@ class RunMetadata:
     def __init__(self, parts: Any, session_id: int) -> None:
         cfg = parts.config
         self.config = dataclasses.asdict(cfg)
+        warmup = self.config["lr_warmup_steps"]
+        if isinstance(warmup, float) and warmup >= 1 and warmup.is_integer():
+            self.config["lr_warmup_steps"] = int(warmup)  # sd-scripts writes "4", not "4.0"
         self.dataset = dataset_metadata(parts.prepared)
         facts = parts.bundle.facts
         self.model = model_metadata(cfg.pretrained_model_name_or_path, cfg.vae, v2=cfg.v2,

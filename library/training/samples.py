@@ -1,63 +1,59 @@
-"""Samples during training, through library.sampling's entry point.
+"""Samples during training through library.sampling (the trainer never draws images itself).
 
-The trainer never draws images itself. When `library.sampling` provides
-`sample_for_training`, it is called with the run's modules; until then the
-trainer reports once that samples are skipped.
+Each prompt-file line becomes `<output_dir>/sample/<output_name>_e000001_00_<timestamp>_<seed>.png`
+(per-step samples: `_000100_`), as sd-scripts names them. The sampler's noise
+comes from the line's seed (or a seed derived from the run's seed and the
+line), never from the training generators, so sampling does not change the
+training trajectory.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
-
-import torch
 
 from library.errors import SamplingError
 from library.training.events import Events
-
-
-def sampling_entry() -> Any | None:
-    """`library.sampling.sample_for_training` if the sampler has landed, else None."""
-    try:
-        module = importlib.import_module("library.sampling")
-    except ImportError:
-        return None
-    return getattr(module, "sample_for_training", None)
 
 
 class SampleHook:
     def __init__(self, parts: Any, events: Events) -> None:
         self.parts = parts
         self.events = events
-        self.entry = sampling_entry() if parts.config.sample_prompts else None
-        self.warned = False
+        self.lines: list[str] = []
+        cfg = parts.config
+        if cfg.sample_prompts:
+            from library.sampling.training_samples import parse_prompt_line, read_prompt_file
+
+            self.lines = read_prompt_file(cfg.sample_prompts)
+            for line in self.lines:
+                parse_prompt_line(line)  # a bad line fails now, not after an hour of training
 
     def maybe(self, *, epoch: int | None, step: int, force: bool = False) -> list[str]:
-        """Generate the prompt file's samples now; returns the written paths."""
-        cfg = self.parts.config
-        if not cfg.sample_prompts or not force:
+        """Generate every prompt line's sample now; returns the written paths."""
+        if not self.lines or not force:
             return []
-        if self.entry is None:
-            if not self.warned:
-                self.events.on_log({"message": "samples skipped: library.sampling has no sample_for_training yet"})
-                self.warned = True
-            return []
-        return self._run(epoch, step)
-
-    def _run(self, epoch: int | None, step: int) -> list[str]:
-        p = self.parts
-        vae_device = next(p.bundle.vae.parameters()).device
-        p.bundle.vae.to(p.device)
-        was_training = p.network.training
-        p.network.eval()
         try:
-            with torch.no_grad():
-                paths = self.entry(bundle=p.bundle, config=p.config, epoch=epoch, step=step, device=p.device)
+            paths = self._run(epoch, step)
         except SamplingError as exc:
             self.events.on_log({"message": f"samples failed at step {step}: {exc}"})
             paths = []
-        finally:
-            p.network.train(was_training)
-            p.bundle.vae.to(vae_device)
-        paths = [str(x) for x in (paths or [])]
         self.events.on_sample({"epoch": epoch, "step": step, "paths": paths})
+        return paths
+
+    def _run(self, epoch: int | None, step: int) -> list[str]:
+        from library.sampling.training_samples import sample_for_training, save_training_sample, training_sample_path
+
+        p, cfg = self.parts, self.parts.config
+        vae_device = next(p.bundle.vae.parameters()).device
+        p.bundle.vae.to(p.device)
+        paths = []
+        try:
+            for index, line in enumerate(self.lines):
+                seed = (p.rng.seed + 1000003 * (index + 1)) % 2**32
+                image = sample_for_training(p.bundle, p.network, line, sampler=cfg.sample_sampler, seed=seed,
+                                            clip_skip=cfg.clip_skip)
+                dest = training_sample_path(cfg.output_dir, cfg.output_name, index, image.seed,
+                                            epoch=epoch, step=None if epoch is not None else step)
+                paths.append(str(save_training_sample(image, dest)))
+        finally:
+            p.bundle.vae.to(vae_device)
         return paths

@@ -92,7 +92,11 @@ def enable_checkpointing(bundle: Any, train_text_encoder: bool) -> None:
     bundle.unet.enable_gradient_checkpointing()
     bundle.unet.train()
     if train_text_encoder:
-        bundle.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        te = bundle.text_encoder
+        if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5 name
+            te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         bundle.text_encoder.train()
 
 
