@@ -3,8 +3,9 @@
 `empty=True` builds them with parameters on the `meta` device (no memory, no
 init cost): used to learn an architecture's key names and shapes, and as the
 skeleton that real weights are assigned into when loading a checkpoint.
-Buffers are still created normally, so non-persistent ones (CLIP's
-`position_ids`) are real after weights are assigned.
+The UNet and VAE have no buffers, so they are built entirely on `meta` (the
+fastest way); the text encoder keeps real buffers (`init_empty_weights`), so
+its non-persistent `position_ids` are valid after weights are assigned.
 """
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ from library.models.configs import load_family_configs
 
 def build_unet(config: dict[str, Any], empty: bool = False) -> UNet2DConditionModel:
     if empty:
-        with init_empty_weights():
+        with torch.device("meta"):
             return UNet2DConditionModel.from_config(config)
     return UNet2DConditionModel.from_config(config)
 
 
 def build_vae(config: dict[str, Any], empty: bool = False) -> AutoencoderKL:
     if empty:
-        with init_empty_weights():
+        with torch.device("meta"):
             return AutoencoderKL.from_config(config)
     return AutoencoderKL.from_config(config)
 
@@ -59,6 +60,9 @@ def expected_shapes(family: str, component: str) -> dict[str, tuple[int, ...]]:
 def assign_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Load tensors into a (meta) skeleton by assignment: no copy, no random init."""
     module.load_state_dict(state_dict, strict=True, assign=True)
+    left = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"tensors left without values after loading: {left[:3]}")
 
 
 def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
