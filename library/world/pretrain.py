@@ -5,7 +5,7 @@ world: VAE first, then UNet + text encoder jointly. Writes
 `tiny_world.safetensors` (fp16, keys `unet.*`, `vae.*`, `text_encoder.*` in the
 diffusers/transformers module layouts) and `tiny_world.json` (recipe, seed,
 command, durations, losses, latent statistics). Deterministic on CPU for a given
-torch version and thread count (`--threads`, default 2).
+torch version and thread count (`--threads`, default 1).
 """
 from __future__ import annotations
 
@@ -39,17 +39,19 @@ class Recipe:
     """Every number that decides the shipped weights (recorded in the provenance JSON)."""
 
     seed: int = 1234
-    world_images: int = 20000
-    vae_steps: int = 1500
+    world_images: int = 16000
+    vae_steps: int = 1150
+    vae_full_steps: int = 150
+    vae_crop: int = 32
     vae_batch: int = 16
     vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-4
-    unet_steps: int = 2500
-    unet_batch: int = 64
+    vae_kl_weight: float = 2e-5
+    unet_steps: int = 1400
+    unet_batch: int = 32
     unet_lr: float = 1e-3
     te_lr: float = 1e-3
     caption_dropout: float = 0.1
-    ema_decay: float = 0.998
+    ema_decay: float = 0.995
 
 
 def build_modules(seed: int) -> dict[str, torch.nn.Module]:
@@ -79,12 +81,15 @@ def pretrain(recipe: Recipe, device: str = "cpu", log=print) -> tuple[dict[str, 
     modules = {k: m.to(device) for k, m in build_modules(recipe.seed).items()}
     vae = modules["vae"]
     vae_result = train_vae(vae, images, steps=recipe.vae_steps, batch_size=recipe.vae_batch, lr=recipe.vae_lr,
-                           kl_weight=recipe.vae_kl_weight, generator=gen, log=log)
+                           kl_weight=recipe.vae_kl_weight, generator=gen, crop=recipe.vae_crop,
+                           full_steps=recipe.vae_full_steps, log=log)
     vae.requires_grad_(False)
     mean, std = encode_posteriors(vae, images)
     stats = fold_latent_normalisation(vae, mean, std)
     log(f"latent channel std before folding {['%.3f' % s for s in stats['channel_std']]}")
-    mean, std = encode_posteriors(vae, images)
+    gain = torch.tensor(stats["channel_gain"], device=mean.device)[None, :, None, None]
+    shift = torch.tensor(stats["channel_mean"], device=mean.device)[None, :, None, None]
+    mean, std = (mean - shift) * gain, std * gain  # what the folded encoder now outputs (saves a re-encode)
     empty = tokenize([""])[0]
     data = DiffusionData(mean, std, tokenize(world.captions).to(device), empty.to(device))
     scheduler = DDPMScheduler.from_config(load_family_configs("tiny")["scheduler"])
@@ -129,7 +134,8 @@ def save_weights(state: dict[str, torch.Tensor], out_dir: Path, recipe: Recipe, 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m library.world.pretrain", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="folder for tiny_world.safetensors and .json")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads; results depend on it. 1 is fastest on a shared machine (no OpenMP spin)")
     p.add_argument("--device", default="cpu", help="cpu (deterministic, the shipped build) or cuda (experiments)")
     for f in dataclasses.fields(Recipe):
         p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
