@@ -54,6 +54,20 @@ def generate_captions(processor, model, images: list, max_new_tokens: int = 40, 
     return [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
+def _pending(images: list[Path], src: Path, dst: Path, caption_extension: str, in_place: bool, overwrite: bool,
+             run: ToolRun) -> list[Path]:
+    """Images still needing a caption; the others are recorded as already done."""
+    todo = []
+    for image in images:
+        dest = caption_path(image, dst, caption_extension)
+        has_own = read_caption(caption_path(image, src, caption_extension)) is not None
+        if (dest.exists() or (in_place and has_own)) and not overwrite:
+            run.skipped_existing.append(dest)
+        else:
+            todo.append(image)
+    return todo
+
+
 def blip_caption_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str], model_dir: str | os.PathLike[str],
                         prefix: str = "", batch_size: int = 4, max_new_tokens: int = 40, num_beams: int = 3,
                         min_new_tokens: int = 5, caption_extension: str = DEFAULT_CAPTION_EXTENSION,
@@ -67,14 +81,7 @@ def blip_caption_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str]
     scan = scan_folder(src)
     run = start_run(scan, list_non_images=False)
     run.non_images = [p for p in scan.non_images if p.suffix != caption_extension]
-    todo = []
-    for image in scan.images:
-        dest = caption_path(image, dst, caption_extension)
-        has_own = read_caption(caption_path(image, src, caption_extension)) is not None
-        if (dest.exists() or (in_place and has_own)) and not overwrite:
-            run.skipped_existing.append(dest)
-        else:
-            todo.append(image)
+    todo = _pending(scan.images, src, dst, caption_extension, in_place, overwrite, run)
     if not todo:
         return run
     processor, model = load_blip(model_dir, device)
