@@ -140,8 +140,9 @@ def check_format(fmt: str) -> str:
 
 def save_image(img: Image.Image, dest: Path, quality: int = 95) -> None:
     """Write atomically; the format follows `dest`'s extension."""
-    ext = dest.suffix.lower().lstrip(".")
-    pil_format = OUTPUT_FORMATS.get(ext, "PNG")
+    pil_format = Image.registered_extensions().get(dest.suffix.lower())
+    if pil_format is None:
+        raise DatasetError(f"cannot tell the image format of {dest}", ["use .png, .jpg, .webp or .bmp"])
     options: dict[str, object] = {}
     if pil_format in ("JPEG", "WEBP"):
         options["quality"] = quality

@@ -171,12 +171,16 @@ def test_resize_and_convert(tmp_path):
     src.mkdir()
     Image.new("RGB", (1200, 600), (200, 10, 10)).save(src / "wide.png")
     Image.new("RGB", (300, 400)).save(src / "small.jpg")
+    Image.new("RGB", (100, 50)).save(src / "old.bmp")
+    resize_folder(src, tmp_path / "same", ResizeOptions(max_side=50), progress=False)
+    with Image.open(tmp_path / "same" / "old.bmp") as kept, Image.open(tmp_path / "same" / "small.jpg") as jpg:
+        assert (kept.format, kept.size, jpg.format, jpg.size) == ("BMP", (50, 25), "JPEG", (38, 50))
     run = resize_folder(src, tmp_path / "a", ResizeOptions(max_side=600, fmt="webp"), progress=False)
-    assert sorted(p.name for p in run.written) == ["small.webp", "wide.webp"]
+    assert sorted(p.name for p in run.written) == ["old.webp", "small.webp", "wide.webp"]
     assert Image.open(tmp_path / "a" / "wide.webp").size == (600, 300)
     assert Image.open(tmp_path / "a" / "small.webp").size == (300, 400)
     run = resize_folder(src, tmp_path / "b", ResizeOptions(exact=parse_size("512x512"), fmt="jpg"), progress=False)
     assert Image.open(tmp_path / "b" / "wide.jpg").size == (512, 512)
-    assert Image.open(tmp_path / "b" / "small.jpg").size == (300, 400) and len(run.too_small) == 1
+    assert Image.open(tmp_path / "b" / "small.jpg").size == (300, 400) and len(run.too_small) == 2
     assert parse_size("768") == (768, 768)
-    assert [p.name for p in scan_folder(tmp_path / "b").images] == ["small.jpg", "wide.jpg"]
+    assert [p.name for p in scan_folder(tmp_path / "b").images] == ["old.jpg", "small.jpg", "wide.jpg"]
