@@ -18,6 +18,7 @@ import torch
 
 from library.errors import LorasmithError
 from library.lora import keys
+from library.lora.convert import to_kohya
 from library.lora.file import data_region_sha256, precalculate_hashes, read_header, read_tensors, structure_problems
 from library.lora.loading import LoadedLoRA, load_lora, pair_modules
 from library.lora.module import delta_weight
@@ -92,11 +93,18 @@ def inspect_lora(path: str | os.PathLike[str], base: str | None = None) -> dict[
         "tag_frequency": _tag_frequency(metadata),
     }
     if base is not None:
-        report.update(_match_base(loaded, base, bool(conv)))
+        report.update(_match_base(loaded, raw, base, bool(conv)))
     return report
 
 
-def _match_base(loaded: LoadedLoRA, base: str, conv: bool) -> dict[str, Any]:
+def _module_of_raw_key(key: str, value: torch.Tensor) -> str | None:
+    """The Kohya module a key of the file (in whatever layout) belongs to."""
+    converted, _, _ = to_kohya({key: value})
+    parts = keys.split_key(next(iter(converted), ""))
+    return parts[0] if parts else None
+
+
+def _match_base(loaded: LoadedLoRA, raw: dict[str, torch.Tensor], base: str, conv: bool) -> dict[str, Any]:
     from library.models import load_model_bundle
 
     bundle = load_model_bundle(base)
@@ -105,9 +113,7 @@ def _match_base(loaded: LoadedLoRA, base: str, conv: bool) -> dict[str, Any]:
     return {
         "base": base,
         "matched_modules": len(matched),
-        "unmatched_keys": sorted(
-            k for k in loaded.tensors if (keys.split_key(k) or ("",))[0] in set(unmatched)
-        ),
+        "unmatched_keys": sorted(k for k, v in raw.items() if _module_of_raw_key(k, v) in set(unmatched)),
         "unmatched_reasons": problems,
         "modules_without_lora": [t.name for t in expected if t.name not in loaded.modules],
     }
@@ -183,8 +189,6 @@ def verify_lora(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         raw, metadata = read_tensors(path)
     except LorasmithError as exc:
         return passed, [str(exc)]
-    from library.lora.convert import to_kohya
-
     tensors, fmt, unplaced = to_kohya(raw, metadata)
     problems = [f"not a LoRA key: {k}" for k in unplaced[:10]]
     structure = structure_problems(tensors)
