@@ -16,8 +16,9 @@ from library.models.builtin import BUILTIN_MODELS, builtin_names, bundle_state_d
 from library.models.bundle import ModelBundle, ModelFacts, count_parameters, dtype_name
 from library.models.folder import is_diffusers_folder, is_diffusers_vae_folder, load_folder_modules, load_vae_folder
 from library.models.hashing import file_sha256, legacy_hash, state_dict_sha256
-from library.models.modules import cast_module, expected_shapes, freeze
 from library.models.configs import FAMILIES
+from library.models.modules import cast_module, expected_shapes, freeze
+from library.models.single_file import load_single_file, load_vae_file
 
 
 def load_model_bundle(name_or_path: str, *, vae: str | None = None, use_ema_weights: bool = False,
@@ -32,7 +33,7 @@ def load_model_bundle(name_or_path: str, *, vae: str | None = None, use_ema_weig
         bundle = BUILTIN_MODELS[name_or_path](dtype)
     else:
         bundle = _load_path(Path(name_or_path).expanduser(), use_ema_weights, dtype)
-    if vae is not None:
+    if vae:  # None or "" (an unset config field) keep the model's own VAE
         bundle = replace_vae(bundle, Path(vae).expanduser(), dtype)
     return bundle
 
@@ -49,8 +50,6 @@ def _load_path(path: Path, use_ema_weights: bool, dtype: torch.dtype) -> ModelBu
                 "a diffusers folder has model_index.json and unet/, vae/, text_encoder/ subfolders",
             ])
         return _load_folder(path, dtype)
-    from library.models.single_file import load_single_file
-
     return load_single_file(path, use_ema_weights=use_ema_weights, dtype=dtype)
 
 
@@ -99,8 +98,6 @@ def replace_vae(bundle: ModelBundle, vae_path: Path, dtype: torch.dtype) -> Mode
         vae, weights_file = load_vae_folder(vae_path)
         vae_hash, vae_legacy = state_dict_sha256(vae.state_dict()), None
     else:
-        from library.models.single_file import load_vae_file
-
         vae = load_vae_file(vae_path, bundle.facts.config_family)
         weights_file = vae_path
         vae_hash, vae_legacy = file_sha256(vae_path), legacy_hash(vae_path)
