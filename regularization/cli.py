@@ -1,9 +1,12 @@
 """`lorasmith reg …`: build regularization (class) image sets and check their balance.
 
-    reg photos PHOTOS DEST --class_prompt woman --train_data_dir img/   real photos, images × repeats of them
-    reg generate DEST --class_prompt woman --prompt "photo of a woman" --count 200 \
-        --pretrained_model_name_or_path model.safetensors                  generated with the base model, resumable
-    reg check TRAIN_DIR REG_DIR                                         which reg images training will use
+    reg photos PHOTOS DEST --class_prompt woman --train_data_dir img/
+        real photos cropped to the training resolution, images × repeats of them
+    reg generate DEST --class_prompt woman --prompt "photo of a woman" --count 200 \\
+        --pretrained_model_name_or_path model.safetensors
+        generated with the base model; re-run to continue an interrupted set
+    reg check TRAIN_DIR REG_DIR
+        which reg images training will use, repeat or leave out
 
 Training options (--resolution, --seed, --train_data_dir, --pretrained_model_name_or_path …)
 come from library.config, so they mean what they mean to the trainer.
