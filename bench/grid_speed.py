@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from library.evaluation.axes import CellSettings  # noqa: E402
-from library.evaluation.grid import parse_axes, run_grid  # noqa: E402
-from library.lora import LoRANetwork  # noqa: E402
-from library.models import load_model_bundle  # noqa: E402
-from library.sampling.pipeline import SampleRequest, generate  # noqa: E402
+from library.evaluation.axes import CellSettings
+from library.evaluation.grid import parse_axes, run_grid
+from library.lora import LoRANetwork
+from library.models import load_model_bundle
+from library.sampling.pipeline import SampleRequest, generate
 
 
 def make_epoch_loras(model: str, folder: Path, epochs: int = 3, rank: int = 4) -> list[Path]:

@@ -4,7 +4,12 @@ from __future__ import annotations
 import pytest
 
 from library.errors import SamplingError
-from library.evaluation.values import parse_float_values, parse_int_values, parse_size, split_csv
+from library.evaluation.values import (
+    parse_float_values,
+    parse_int_values,
+    parse_size,
+    split_csv,
+)
 
 
 def test_csv_quoting():

@@ -9,9 +9,20 @@ import torch
 from PIL import Image
 
 from library.errors import SamplingError
-from library.evaluation.axes import CellSettings, expand_lora_files, lora_label, lora_sort_key
+from library.evaluation.axes import (
+    CellSettings,
+    expand_lora_files,
+    lora_label,
+    lora_sort_key,
+)
 from library.evaluation.cli import axis_specs
-from library.evaluation.grid import batches, execution_order, parse_axes, plan_cells, run_grid
+from library.evaluation.grid import (
+    batches,
+    execution_order,
+    parse_axes,
+    plan_cells,
+    run_grid,
+)
 from library.evaluation.render import draw_grid, get_font, grid_layout, line_height
 from library.sampling.pipeline import SampleRequest, generate
 

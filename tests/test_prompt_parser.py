@@ -8,7 +8,12 @@ from library.errors import SamplingError
 from library.models import load_tokenizer
 from library.sampling.conditioning import apply_emphasis, pad_chunks
 from library.sampling.prompt_parser import (
-    BREAK, LoraTag, chunk_tokens, extract_lora_tags, parse_prompt_attention, tokenize_prompt,
+    BREAK,
+    LoraTag,
+    chunk_tokens,
+    extract_lora_tags,
+    parse_prompt_attention,
+    tokenize_prompt,
 )
 
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import (
-    DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-    HeunDiscreteScheduler, LMSDiscreteScheduler, UniPCMultistepScheduler,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    UniPCMultistepScheduler,
 )
 
 from library.models import build_tiny_bundle
@@ -55,7 +60,7 @@ def run_diffusers(scheduler, unet, cond, noise, generator=None):
 
 def run_ours(fn, bundle, cond, x, sigmas, **kw):
     den = DiscreteDenoiser(bundle.unet, bundle.scheduler_config)
-    model = lambda x, sigma: den(x, sigma, cond)  # noqa: E731
+    model = lambda x, sigma: den(x, sigma, cond)
     return fn(model, x, torch.as_tensor(sigmas, dtype=torch.float32), **kw)
 
 
@@ -84,7 +89,7 @@ def test_euler_ancestral_matches_with_same_noise(tiny):
     ref = run_diffusers(sched, bundle.unet, cond, noise, generator=torch.Generator().manual_seed(7))
     sched.set_timesteps(STEPS)
     gen = torch.Generator().manual_seed(7)
-    ns = lambda s, sn: torch.randn(noise.shape, generator=gen)  # noqa: E731
+    ns = lambda s, sn: torch.randn(noise.shape, generator=gen)
     ours = run_ours(S.sample_euler_ancestral, bundle, cond, noise * sched.init_noise_sigma, sched.sigmas,
                     noise_sampler=ns)
     assert torch.allclose(ours, ref, atol=2e-4, rtol=1e-4), float((ours - ref).abs().max())

@@ -12,9 +12,13 @@ from library.errors import SamplingError
 from library.models import build_tiny_bundle
 from library.sampling.infotext import parse_infotext, save_png
 from library.sampling.pipeline import SampleRequest, SamplingSession, generate
-from library.sampling.training_samples import parse_prompt_line, sample_for_training, training_sample_path
+from library.sampling.training_samples import (
+    parse_prompt_line,
+    sample_for_training,
+    training_sample_path,
+)
 
-BASE = dict(prompt="a (red:1.2) cube", negative_prompt="blurry", steps=3, width=64, height=64, seed=1234)
+BASE = {"prompt": "a (red:1.2) cube", "negative_prompt": "blurry", "steps": 3, "width": 64, "height": 64, "seed": 1234}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -16,7 +16,12 @@ from library.errors import SamplingError
 from library.sampling import samplers as S
 from library.sampling.sampler_registry import ALIASES, SAMPLERS, resolve_sampler
 from library.sampling.schedules import (
-    get_sigmas_discrete, get_sigmas_karras, get_sigmas_leading, model_sigmas, sigma_to_t, t_to_sigma,
+    get_sigmas_discrete,
+    get_sigmas_karras,
+    get_sigmas_leading,
+    model_sigmas,
+    sigma_to_t,
+    t_to_sigma,
 )
 from library.sampling.unipc import sample_unipc
 
@@ -48,7 +53,7 @@ def test_hand_computed_two_steps(fn, expected):
 
 
 def test_euler_ancestral_zero_noise_by_hand():
-    zero = lambda s, sn: torch.zeros(1, 1, dtype=torch.float64)  # noqa: E731
+    zero = lambda s, sn: torch.zeros(1, 1, dtype=torch.float64)
     assert run(S.sample_euler_ancestral, [2.0, 1.0, 0.0], noise_sampler=zero) == pytest.approx(0.2, abs=1e-12)
     # eta = 0 makes the ancestral step a plain Euler step
     assert run(S.sample_euler_ancestral, [2.0, 1.0, 0.0], eta=0.0) == pytest.approx(0.3, abs=1e-12)
@@ -106,7 +111,7 @@ def test_stochastic_samplers_reach_data_variance(name):
     sigmas = spec.sigmas(200, SD1_CONFIG)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 20000, generator=gen, dtype=torch.float64) * (1 + float(sigmas[0]) ** 2) ** 0.5
-    ns = lambda s, sn: torch.randn(x.shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    ns = lambda s, sn: torch.randn(x.shape, generator=gen, dtype=torch.float64)
     out = spec.fn(gaussian_denoiser(), x, sigmas.double(), noise_sampler=ns)
     assert float(out.std()) == pytest.approx(1.0, abs=0.03)
 
@@ -161,6 +166,6 @@ def test_every_registered_sampler_runs_on_a_schedule():
         sigmas = spec.sigmas(6, SD1_CONFIG)
         gen = torch.Generator().manual_seed(1)
         x = torch.randn(2, 3, generator=gen, dtype=torch.float64) * float(sigmas[0])
-        ns = lambda s, sn: torch.randn(x.shape, generator=gen, dtype=torch.float64)  # noqa: E731
+        ns = lambda s, sn, x=x, gen=gen: torch.randn(x.shape, generator=gen, dtype=torch.float64)
         out = spec.fn(gaussian_denoiser(), x, sigmas.double(), noise_sampler=ns)
         assert out.shape == x.shape and bool(torch.isfinite(out).all()), spec.name

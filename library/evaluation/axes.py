@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from library.errors import SamplingError
-from library.evaluation.values import parse_float_values, parse_int_values, parse_size, split_csv
+from library.evaluation.values import (
+    parse_float_values,
+    parse_int_values,
+    parse_size,
+    split_csv,
+)
 from library.sampling.infotext import format_number
 from library.sampling.pipeline import SampleRequest
 from library.sampling.sampler_registry import resolve_sampler

@@ -17,10 +17,21 @@ from pathlib import Path
 from library.errors import SamplingError
 from library.evaluation.axes import AxisType, CellSettings, axis_type
 from library.evaluation.render import (
-    check_size, combine_horizontally, combined_size, draw_grid, font_size_for, grid_layout,
+    check_size,
+    combine_horizontally,
+    combined_size,
+    draw_grid,
+    font_size_for,
+    grid_layout,
 )
 from library.sampling.infotext import next_image_path, save_png
-from library.sampling.pipeline import GeneratedImage, ImageJob, SamplingSession, plan_jobs, validate_request
+from library.sampling.pipeline import (
+    GeneratedImage,
+    ImageJob,
+    SamplingSession,
+    plan_jobs,
+    validate_request,
+)
 
 AXIS_NAMES = ("X", "Y", "Z")
 

@@ -32,7 +32,7 @@ def get_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def line_height(font) -> int:
-    left, top, right, bottom = font.getbbox("Ay")
+    _left, top, _right, bottom = font.getbbox("Ay")
     return int(bottom - top) + max(2, int((bottom - top) * 0.3))
 
 

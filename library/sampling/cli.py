@@ -36,12 +36,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 def request_from_args(args: argparse.Namespace, **overrides):
     from library.sampling.pipeline import SampleRequest
 
-    fields = dict(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale,
-        sampler=args.sampler, width=args.width, height=args.height, seed=args.seed, batch_size=args.batch_size,
-        batch_count=args.batch_count, clip_skip=args.clip_skip, lora_dir=args.lora_dir,
-        wildcards_dir=args.wildcards_dir,
-    )
+    names = ("prompt", "negative_prompt", "steps", "cfg_scale", "sampler", "width", "height", "seed", "batch_size",
+             "batch_count", "clip_skip", "lora_dir", "wildcards_dir")
+    fields = {name: getattr(args, name) for name in names}
     fields.update(overrides)
     return SampleRequest(**fields)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from library.errors import SamplingError
 
 MAX_DEPTH = 20
-_WEIGHT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*::(.*)$", re.S)
+_WEIGHT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*::(.*)$", re.DOTALL)
 _WILDCARD_NAME = re.compile(r"[\w\-./ ]+")
 
 

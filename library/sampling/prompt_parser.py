@@ -26,8 +26,8 @@ BREAK = "BREAK"
 
 # one token of attention syntax per match; the weight group catches ":1.3)"
 _ATTENTION = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-_LORA_TAG = re.compile(r"<(lora|lyco):([^>]*)>", re.I)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.DOTALL)
+_LORA_TAG = re.compile(r"<(lora|lyco):([^>]*)>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,13 @@ import torch
 
 from library.errors import SamplingError
 from library.sampling.infotext import save_png
-from library.sampling.pipeline import GeneratedImage, SampleRequest, SamplingSession, plan_jobs, validate_request
+from library.sampling.pipeline import (
+    GeneratedImage,
+    SampleRequest,
+    SamplingSession,
+    plan_jobs,
+    validate_request,
+)
 from library.sampling.prompt_parser import extract_lora_tags
 
 _OPTIONS: dict[str, tuple[str, type]] = {
@@ -37,7 +43,7 @@ def parse_prompt_line(line: str) -> dict[str, Any]:
     out: dict[str, Any] = dict(DEFAULTS, prompt=parts[0].strip())
     problems = []
     for part in parts[1:]:
-        m = re.match(r"(\w+)\s+(.+)", part.strip(), re.S)
+        m = re.match(r"(\w+)\s+(.+)", part.strip(), re.DOTALL)
         key = m.group(1).lower() if m else part.strip()
         if not m or key not in _OPTIONS:
             problems.append(f"--{part.strip()}: unknown option (use --n --w --h --d --l --s --ss)")

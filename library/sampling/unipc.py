@@ -12,7 +12,13 @@ import math
 
 import torch
 
-from library.sampling.samplers import Callback, Model, NoiseSampler, _report, _sigma_batch
+from library.sampling.samplers import (
+    Callback,
+    Model,
+    NoiseSampler,
+    _report,
+    _sigma_batch,
+)
 
 
 def _unipc_system(rks: list[float], hh: float, variant: str) -> tuple[torch.Tensor, torch.Tensor, float]:
