@@ -256,3 +256,12 @@ def test_vae_file_of_wrong_architecture(tmp_path):
     path = _write(tmp_path / "vae.safetensors", {"encoder.conv_in.weight": torch.zeros(64, 3, 3, 3)})
     with pytest.raises(ModelLoadError, match=r"unlike any SD1.x VAE"):
         load_model_bundle("tiny", vae=str(path))
+
+
+def test_diffusers_folder_fp16_variant_files(tmp_path, tiny):
+    folder = save_diffusers(tiny, tmp_path / "pipe", torch.float16)
+    for sub, stem in [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")]:
+        (folder / sub / f"{stem}.safetensors").rename(folder / sub / f"{stem}.fp16.safetensors")
+    bundle = load_model_bundle(str(folder))
+    assert bundle.facts.stored_dtype == "fp16" and bundle.unet.conv_in.weight.dtype == torch.float32
+    assert torch.equal(bundle.unet.conv_in.weight, tiny.unet.conv_in.weight.half().float())
