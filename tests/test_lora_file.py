@@ -287,3 +287,46 @@ def test_network_from_config(bundle, trained, tmp_path):
         network_from_config(_config(network_args=["conv_dim=x", "block_dims=1,2"], dim_from_weights=True),
                             bundle.unet, bundle.text_encoder)
     assert len(info.value.problems) == 3
+
+
+def test_attention_processor_layout_converts():
+    from library.lora.convert import to_kohya
+
+    down, up = torch.zeros(4, 32), torch.zeros(32, 4)
+    sd = {
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight": down,
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.up.weight": up,
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.down.weight": down,
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.up.weight": up,
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight": down,
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.up.weight": up,
+    }
+    out, fmt, unplaced = to_kohya(sd)
+    assert fmt == "diffusers" and unplaced == []
+    assert set(out) == {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.lora_down.weight",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.lora_up.weight",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.alpha",
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight",
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha",
+    }
+
+
+def test_peft_alpha_from_diffusers_adapter_metadata():
+    from library.lora.convert import to_kohya
+
+    sd = {
+        "unet.mid_block.attentions.0.proj_in.lora_A.weight": torch.zeros(8, 64, 1, 1),
+        "unet.mid_block.attentions.0.proj_in.lora_B.weight": torch.zeros(64, 8, 1, 1),
+        "unet.mid_block.attentions.0.proj_out.lora_A.weight": torch.zeros(8, 64, 1, 1),
+        "unet.mid_block.attentions.0.proj_out.lora_B.weight": torch.zeros(64, 8, 1, 1),
+    }
+    meta = {"lora_adapter_metadata": json.dumps({"unet.r": 8, "unet.lora_alpha": 4, "unet.alpha_pattern": {"proj_out": 2}})}
+    out, fmt, _ = to_kohya(sd, meta)
+    assert fmt == "peft"
+    assert float(out["lora_unet_mid_block_attentions_0_proj_in.alpha"]) == 4.0
+    assert float(out["lora_unet_mid_block_attentions_0_proj_out.alpha"]) == 2.0

@@ -257,3 +257,34 @@ def test_max_norm_scales_large_modules(bundle):
     scaled, mean, biggest = network.apply_max_norm(0.5)
     assert scaled == 12 and biggest == pytest.approx(0.5, rel=1e-4)
     assert max(a.delta_weight(1.0).norm().item() for a in network.adapters) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_network_created_on_an_already_wrapped_model(bundle):
+    ids, x, t = _inputs()
+    first = LoRANetwork.create(bundle.unet, bundle.text_encoder, rank=4).apply_to()
+    second = LoRANetwork.create(bundle.unet, bundle.text_encoder, rank=2)
+    assert set(second.state_dict()) == set(first.state_dict())
+    _randomize(second)
+    second.apply_to()
+    host = bundle.unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn2.to_k")
+    assert len(host.adapters) == 2
+    first.restore()
+    assert len(bundle.unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn2.to_k").adapters) == 1
+    second.restore()
+    assert type(bundle.unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn2.to_k")).__name__ == "Linear"
+
+
+def test_low_precision_base_with_fp32_lora(bundle):
+    """Training keeps the LoRA in fp32 while the frozen base runs in bf16; outputs stay bf16."""
+    ids, _, _ = _inputs()
+    network = LoRANetwork.create(None, bundle.text_encoder, rank=4, alpha=4)
+    _randomize(network)
+    network.apply_to()
+    with torch.no_grad():
+        reference = bundle.text_encoder(ids).last_hidden_state
+    bundle.text_encoder.to(torch.bfloat16)
+    with torch.no_grad():
+        low = bundle.text_encoder(ids).last_hidden_state
+    assert low.dtype == torch.bfloat16
+    assert network.adapters[0].lora_down.weight.dtype == torch.float32
+    assert (low.float() - reference).abs().max() < 0.1
