@@ -143,3 +143,30 @@ def test_sample_for_training_keeps_modes_and_sizes(bundle, tmp_path):
     assert img.image.size == (64, 48) and img.seed == 3 and "Sampler: Euler a" in img.parameters
     path = training_sample_path(tmp_path, "name", 0, img.seed, epoch=3)
     assert path.parent.name == "sample" and path.name.startswith("name_e000003_00_") and path.name.endswith("_3.png")
+
+
+def test_sample_from_config_reads_txt_and_json_prompt_files(bundle, tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from library.sampling.training_samples import (
+        read_prompt_entries,
+        sample_from_config,
+    )
+
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("# comment\na cube --w 64 --h 64 --s 1\n\nblue sky --w 64 --h 64 --s 1 --d 9\n", encoding="utf-8")
+    cfg = SimpleNamespace(sample_prompts=str(txt), sample_sampler="k_euler", seed=100, clip_skip=None,
+                          output_dir=str(tmp_path / "out"), output_name="run")
+    paths = sample_from_config(cfg, bundle, None, epoch=2)
+    assert [p.name.split("_")[:3] for p in paths] == [["run", "e000002", "00"], ["run", "e000002", "01"]]
+    assert paths[0].name.endswith("_100.png") and paths[1].name.endswith("_9.png")
+    with Image.open(paths[0]) as png:
+        assert "Sampler: Euler," in png.text["parameters"] and "Size: 64x64" in png.text["parameters"]
+    js = tmp_path / "prompts.json"
+    js.write_text(json.dumps([{"prompt": "x", "scale": 5, "sample_steps": 3, "sample_sampler": "ddim"}]), "utf-8")
+    assert read_prompt_entries(js)[0] == {"prompt": "x", "negative_prompt": "", "width": 512, "height": 512,
+                                          "seed": None, "cfg_scale": 5, "steps": 3, "sampler": "ddim"}
+    js.write_text(json.dumps([{"prompt": "x", "guidance": 5}]), "utf-8")
+    with pytest.raises(SamplingError, match="guidance"):
+        read_prompt_entries(js)

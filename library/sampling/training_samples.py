@@ -69,6 +69,36 @@ def read_prompt_file(path: str | os.PathLike[str]) -> list[str]:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
+# sd-scripts' .json / .toml prompt entries use these keys
+_ENTRY_KEYS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "width": "width", "height": "height",
+               "seed": "seed", "scale": "cfg_scale", "sample_steps": "steps", "sample_sampler": "sampler"}
+
+
+def read_prompt_entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Prompt entries (parse_prompt_line's dicts) from a .txt, .json (list of objects) or .toml ([[prompt]]) file."""
+    p = Path(path)
+    if p.suffix.lower() not in (".json", ".toml"):
+        return [parse_prompt_line(line) for line in read_prompt_file(p)]
+    if not p.is_file():
+        raise SamplingError(f"sample_prompts: {p} does not exist")
+    import json
+    import tomllib
+
+    try:
+        data = json.loads(p.read_text(encoding="utf-8")) if p.suffix.lower() == ".json" else tomllib.loads(
+            p.read_text(encoding="utf-8")).get("prompt", [])
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise SamplingError(f"sample_prompts: {p} cannot be read: {exc}") from None
+    entries = []
+    for i, item in enumerate(data if isinstance(data, list) else []):
+        unknown = sorted(set(item) - set(_ENTRY_KEYS))
+        if unknown or "prompt" not in item:
+            raise SamplingError(f"sample_prompts: {p} entry {i + 1} has unknown keys {unknown} or no 'prompt'",
+                                [f"known keys: {', '.join(_ENTRY_KEYS)}"])
+        entries.append(dict(DEFAULTS, **{_ENTRY_KEYS[k]: v for k, v in item.items()}))
+    return entries
+
+
 @contextmanager
 def _eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
     modes = [(m, m.training) for m in modules if m is not None]
@@ -81,14 +111,14 @@ def _eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
             m.train(was_training)
 
 
-def sample_for_training(bundle, network, prompt_line: str, *, sampler: str = "ddim", seed: int | None = None,
-                        clip_skip: int | None = None) -> GeneratedImage:
-    """One sample image for a prompt line, with the trainer's network as it is right now.
+def sample_for_training(bundle, network, prompt_line: str | dict[str, Any], *, sampler: str = "ddim",
+                        seed: int | None = None, clip_skip: int | None = None) -> GeneratedImage:
+    """One sample image for a prompt line (or a read_prompt_entries dict), with the network as it is now.
 
     `<lora:...>` tags in the line are dropped: the network being trained is the LoRA.
     A line's --ss overrides `sampler`, its --d overrides `seed`.
     """
-    opts = parse_prompt_line(prompt_line)
+    opts = parse_prompt_line(prompt_line) if isinstance(prompt_line, str) else prompt_line
     text, _tags = extract_lora_tags(opts["prompt"])
     picked_seed = opts["seed"] if opts["seed"] is not None else seed
     request = SampleRequest(
@@ -114,3 +144,25 @@ def training_sample_path(output_dir: str | os.PathLike[str], output_name: str | 
 
 def save_training_sample(image: GeneratedImage, path: str | os.PathLike[str]) -> Path:
     return save_png(image.image, path, image.parameters)
+
+
+def sample_from_config(config: Any, bundle, network, *, epoch: int | None = None, step: int | None = None
+                       ) -> list[Path]:
+    """All prompts of `config.sample_prompts`, saved under output_dir/sample with sd-scripts' names.
+
+    Reads sample_prompts, sample_sampler, seed, clip_skip, output_dir and output_name from a
+    TrainConfig. A prompt without --d gets config.seed + its index (when a seed is set), so
+    samples of different epochs are comparable.
+    """
+    if not getattr(config, "sample_prompts", None):
+        return []
+    paths = []
+    base_seed = getattr(config, "seed", None)
+    for i, entry in enumerate(read_prompt_entries(config.sample_prompts)):
+        image = sample_for_training(bundle, network, entry, sampler=getattr(config, "sample_sampler", None) or "ddim",
+                                    seed=None if base_seed is None else base_seed + i,
+                                    clip_skip=getattr(config, "clip_skip", None))
+        path = training_sample_path(config.output_dir, getattr(config, "output_name", None), i, image.seed,
+                                    epoch=epoch, step=step)
+        paths.append(save_training_sample(image, path))
+    return paths
