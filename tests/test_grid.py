@@ -176,3 +176,18 @@ def test_cli_shortcut_fills_free_axes():
                                 ("LoRA weight", "0.8-1.2 (+0.1)")]
     args.x_type, args.x_values = None, None
     assert axis_specs(args)[:2] == [("LoRA", "out/n-*.safetensors"), ("LoRA weight", "0.8-1.2 (+0.1)")]
+
+
+def test_each_checkpoint_loads_once_even_as_innermost_axis(bundle, tmp_path):
+    loads = []
+
+    def load(name):
+        loads.append(name)
+        return bundle
+
+    base = CellSettings(SampleRequest(prompt="a cube", steps=1, width=64, height=64, seed=2), "tiny")
+    axes = parse_axes(base, [("Checkpoint", "tiny, tiny-copy"), ("Seed", "1, 2"), (None, None)], None)
+    result = run_grid(base, axes, tmp_path, load_bundle=load, progress=False, save_cells=False)
+    assert loads == ["tiny", "tiny-copy"]
+    assert result.cell_paths == [] and sorted(result.images) == [(x, y, 0) for x in range(2) for y in range(2)]
+    assert axes[0].labels == ["tiny", "tiny-copy"]

@@ -169,3 +169,9 @@ def test_every_registered_sampler_runs_on_a_schedule():
         ns = lambda s, sn, x=x, gen=gen: torch.randn(x.shape, generator=gen, dtype=torch.float64)
         out = spec.fn(gaussian_denoiser(), x, sigmas.double(), noise_sampler=ns)
         assert out.shape == x.shape and bool(torch.isfinite(out).all()), spec.name
+
+
+def test_every_trainconfig_sample_sampler_choice_resolves():
+    from library.config import SAMPLER_NAMES
+
+    assert {n: resolve_sampler(n).name for n in SAMPLER_NAMES}["dpm_2_a"] == "DPM2 a"
