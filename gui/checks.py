@@ -1,6 +1,7 @@
 """Validation and the training plan as the page shows them (pure functions, no Gradio)."""
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,21 +46,21 @@ def form_issues(values: Mapping[str, Any], guard: PathGuard, *, for_training: bo
 def issues_markdown(errors: Mapping[str, str], warnings: Mapping[str, str]) -> str:
     """The validation panel: errors first, each with its section."""
     if not errors and not warnings:
-        return "✅ No problems found."
+        return "No problems found."
     lines = []
-    for title, items, mark in (("Errors", errors, "❌"), ("Warnings", warnings, "⚠️")):
+    for title, items, mark in (("Errors", errors, "✖"), ("Warnings", warnings, "!")):
         if items:
             lines.append(f"**{title}**")
-            lines += [f"- {mark} *{_GROUP.get(name, 'Form')}* — {msg}" for name, msg in items.items()]
+            lines += [f"- {mark} *{_GROUP.get(name, 'Form')}* — {html.escape(msg)}" for name, msg in items.items()]
     return "\n".join(lines)
 
 
 def field_info(name: str, error: str | None, warning: str | None) -> str:
     """A field's hover/info text, with its current problem in front."""
     if error:
-        return f"❌ {error} — {help_text(name)}"
+        return f"ERROR: {error} — {help_text(name)}"
     if warning:
-        return f"⚠️ {warning} — {help_text(name)}"
+        return f"WARNING: {warning} — {help_text(name)}"
     return help_text(name)
 
 

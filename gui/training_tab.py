@@ -6,6 +6,7 @@ returned as dicts too.  No handler has positional form arguments.
 """
 from __future__ import annotations
 
+import html
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,18 @@ def preset_choices() -> list[tuple[str, str]]:
     return [(f"{p['name']} ({p['source']})", p["name"]) for p in list_presets()]
 
 
+def _edit_triggers(components) -> list:
+    """The events of a user's edit: input, plus blur where the component has it."""
+    triggers = []
+    for comp in components:
+        triggers.append(comp.input)
+        if hasattr(comp, "blur"):
+            triggers.append(comp.blur)
+    return triggers
+
+
 def _error_text(exc: LorasmithError) -> str:
-    return "❌ " + str(exc).replace("\n", "  \n")
+    return "**Error:** " + html.escape(str(exc)).replace("\n", "  \n")
 
 
 class TrainingTab:
@@ -65,6 +76,7 @@ class TrainingTab:
             with gr.Column(scale=2):
                 self._build_side()
         self.shown = gr.State({})
+        self.seen = gr.State({})
         self.timer = gr.Timer(1.0)
 
     def _build_side(self) -> None:
@@ -101,14 +113,17 @@ class TrainingTab:
     # --- presets -------------------------------------------------------------------------
     def _wire_presets(self) -> None:
         outputs = [*self.widgets.values(), self.preset_msg]
-        self.load_btn.click(self.load_preset, inputs=self.preset, outputs=outputs)
+        self._recheck_after(self.load_btn.click(self.load_preset, inputs=self.preset, outputs=outputs))
         self.save_btn.click(self.save_preset, inputs=self.form_inputs | {self.preset_name, self.overwrite},
                             outputs=[self.preset_msg, self.preset])
         self.delete_btn.click(self.delete_preset, inputs=self.preset, outputs=[self.preset_msg, self.preset])
         self.rename_btn.click(self.rename_preset, inputs=[self.preset, self.preset_name],
                               outputs=[self.preset_msg, self.preset])
-        self.kohya_file.upload(self.import_kohya, inputs=self.kohya_file, outputs=outputs)
+        self._recheck_after(self.kohya_file.upload(self.import_kohya, inputs=self.kohya_file, outputs=outputs))
         self.export_btn.click(self.export_toml, inputs=self.form_inputs, outputs=[self.export_file, self.preset_msg])
+
+    def refresh_presets(self) -> dict:
+        return gr.update(choices=preset_choices())
 
     def load_preset(self, name: str | None) -> dict:
         if not name:
@@ -165,12 +180,23 @@ class TrainingTab:
 
     # --- checks, plan, command -----------------------------------------------------------------
     def _wire_checks(self) -> None:
-        gr.on([c.change for c in self.widgets.values()], self.check_form,
-              inputs=self.form_inputs | {self.shown}, outputs=[*self.widgets.values(), self.issues, self.shown],
-              trigger_mode="always_last", show_progress="hidden")
-        gr.on([self.widgets[n].change for n in PLAN_FIELDS if n in self.widgets], self.update_plan,
-              inputs=self.form_inputs, outputs=self.plan, trigger_mode="always_last", show_progress="hidden")
+        # `.input` fires on the user's edits only; a preset load re-checks once through `_recheck_after`.
+        # `.blur` catches pasted text, which some browsers deliver without an input event.
+        gr.on(_edit_triggers(self.widgets.values()), self.check_form, **self._check_args)
+        gr.on(_edit_triggers(self.widgets[n] for n in PLAN_FIELDS if n in self.widgets), self.update_plan, **self._plan_args)
         self.command_btn.click(self.print_command, inputs=self.form_inputs, outputs=[self.command, self.toml, self.issues])
+
+    @property
+    def _check_args(self) -> dict:
+        return {"inputs": self.form_inputs | {self.shown}, "outputs": [*self.widgets.values(), self.issues, self.shown],
+                "trigger_mode": "always_last", "show_progress": "hidden"}
+
+    @property
+    def _plan_args(self) -> dict:
+        return {"inputs": self.form_inputs, "outputs": self.plan, "trigger_mode": "always_last", "show_progress": "hidden"}
+
+    def _recheck_after(self, event) -> None:
+        event.then(self.check_form, **self._check_args).then(self.update_plan, **self._plan_args)
 
     def check_form(self, data: dict) -> dict:
         """Panel text plus `info` updates only for fields whose message changed."""
@@ -196,11 +222,11 @@ class TrainingTab:
 
     # --- run ----------------------------------------------------------------------------------
     def _wire_run(self) -> None:
-        live = [self.progress, self.loss_plot, self.samples, self.log, self.queue]
+        live = self.live_outputs
         self.start_btn.click(self.start, inputs=self.form_inputs, outputs=[self.run_msg, self.issues, *live])
         self.stop_btn.click(self.stop, outputs=self.run_msg)
         self.tb_btn.click(self.start_tensorboard, inputs=self.form_inputs, outputs=self.tb_link)
-        self.timer.tick(self.refresh, outputs=live, show_progress="hidden")
+        self.timer.tick(self.refresh, inputs=self.seen, outputs=live, show_progress="hidden")
 
     def start(self, data: dict) -> dict:
         cfg, errors, warnings = form_issues(self.named(data), self.ctx.guard, for_training=True)
@@ -211,19 +237,37 @@ class TrainingTab:
         where = "started" if job.state != "queued" else f"queued behind {len(self.ctx.jobs.queued()) - 1} job(s)"
         return {self.run_msg: f"Job #{job.id} **{job.name}** {where}.", **self.refresh()}
 
+    @property
+    def live_outputs(self) -> list:
+        return [self.progress, self.loss_plot, self.samples, self.log, self.queue, self.seen]
+
     def stop(self) -> str:
         return self.ctx.jobs.stop()
 
-    def refresh(self) -> dict:
+    def refresh(self, seen: dict | None = None) -> dict:
+        """Live panels; a panel whose content did not change is skipped (no re-render every second)."""
         job = self.ctx.jobs.current()
         rows = run_view.loss_rows(job)
-        return {
-            self.progress: run_view.progress_html(job),
-            self.loss_plot: pd.DataFrame(rows, columns=["step", "loss"]),
-            self.samples: run_view.sample_images(job, self.ctx.guard),
-            self.log: job.log_tail() if job else "",
-            self.queue: run_view.queue_markdown(self.ctx.jobs),
+        fresh = {
+            self.progress: (run_view.progress_html(job), None),
+            self.loss_plot: ((job.id if job else None, len(rows), rows[-1] if rows else None),
+                             lambda: pd.DataFrame(rows, columns=["step", "loss"])),
+            self.samples: (tuple(run_view.sample_images(job, self.ctx.guard)), None),
+            self.log: (job.log_tail() if job else "", None),
+            self.queue: (run_view.queue_markdown(self.ctx.jobs), None),
         }
+        seen = dict(seen or {})
+        out: dict = {}
+        for comp, (key, make) in fresh.items():
+            name = comp.elem_id
+            if seen.get(name) == repr(key):
+                out[comp] = gr.skip()
+                continue
+            seen[name] = repr(key)
+            value = make() if make else key
+            out[comp] = list(value) if isinstance(value, tuple) and comp is self.samples else value
+        out[self.seen] = seen
+        return out
 
     def start_tensorboard(self, data: dict) -> str:
         logdir = self.named(data).get("logging_dir")

@@ -116,4 +116,4 @@ def test_form_issues_place_messages_on_fields(tmp_path):
     assert "pretrained_model_name_or_path" not in errors  # 'tiny' is a built-in name, not a path
     text = issues_markdown(errors, warnings)
     assert "*Folders* — output_dir" in text and "*Dataset* — color_aug" in text
-    assert field_info("color_aug", errors["color_aug"], None).startswith("❌ color_aug")
+    assert field_info("color_aug", errors["color_aug"], None).startswith("ERROR: color_aug")

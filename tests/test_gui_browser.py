@@ -1,0 +1,211 @@
+"""The GUI in a real browser: headless Debian chromium driven by playwright.
+
+One GUI server (a subprocess on a free port) and one browser serve the whole
+module; each test leaves screenshots in test-artifacts/gui/.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
+                       reason="playwright is not installed (run .ci/install_browser.sh)"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (run .ci/install_browser.sh)"),
+    pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="gradio is not installed (pip install -e .[gui])"),
+]
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "gui"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync"]
+START_TIMEOUT = 240  # seconds: importing gradio and torch on 2 busy cores is slow
+TRAIN_TIMEOUT = 480
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_dataset(root: Path) -> None:
+    """8 small images in '5_ohwx shape' with .txt captions, plus a sample prompt file."""
+    from PIL import Image, ImageDraw
+
+    folder = root / "img" / "5_ohwx shape"
+    folder.mkdir(parents=True)
+    for i in range(8):
+        img = Image.new("RGB", (64, 64), (30 * i % 255, 90, 160))
+        ImageDraw.Draw(img).ellipse((8 + i, 8, 48, 40 + i), fill=(240, 200 - 10 * i, 40))
+        img.save(folder / f"shape{i}.png")
+        (folder / f"shape{i}.txt").write_text(f"ohwx shape, color {i}")
+    (root / "prompts.txt").write_text("ohwx shape --w 64 --h 64 --s 4 --d 7\n")
+    (root / "out").mkdir()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gui-browser")
+    _make_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workspace: Path):
+    port = _free_port()
+    env = {**os.environ, "LORASMITH_HOME": str(workspace / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(workspace / "gui.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "library.cli", "gui", "--port", str(port), "--allow", str(workspace),
+         "--jobs_dir", str(workspace / "jobs")],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("the GUI exited: " + (workspace / "gui.log").read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("the GUI did not answer within %ss" % START_TIMEOUT)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    pg = browser.new_page(viewport={"width": 1500, "height": 1100})
+    pg.set_default_timeout(60_000)
+    _open(pg, server)
+    yield pg
+    pg.close()
+
+
+def _open(pg, url: str) -> None:
+    pg.goto(url)
+    pg.wait_for_selector("#field-output_dir", state="attached")
+    pg.wait_for_timeout(1000)
+
+
+def _shot(pg, name: str) -> None:
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _field(pg, name: str):
+    return pg.locator(f"#field-{name} textarea, #field-{name} input").first
+
+
+def _open_group(pg, group: str) -> None:
+    slug = "".join(c if c.isalnum() else "-" for c in group.lower())
+    acc = pg.locator(f"#group-{slug}")
+    if not acc.locator("textarea, input").first.is_visible():
+        acc.locator("button").first.click()
+        pg.wait_for_timeout(300)
+
+
+def _fill(pg, name: str, value: str) -> None:
+    box = _field(pg, name)
+    box.fill(value)
+    box.press("Tab")
+
+
+def _choose(pg, elem_id: str, label: str) -> None:
+    pg.locator(f"#{elem_id} input").first.click()
+    pg.get_by_role("option", name=label, exact=True).click()
+    pg.wait_for_timeout(300)
+
+
+def _fill_tiny_form(pg, ws: Path) -> None:
+    _choose(pg, "preset-select", "quick-cpu-test (builtin)")
+    pg.locator("#preset-load").click()
+    pg.wait_for_function("document.querySelector('#preset-message').innerText.includes('Loaded preset')")
+    _fill(pg, "train_data_dir", str(ws / "img"))
+    _fill(pg, "output_dir", str(ws / "out"))
+    _fill(pg, "output_name", "browserlora")
+    _open_group(pg, "Samples")
+    _fill(pg, "sample_prompts", str(ws / "prompts.txt"))
+    _fill(pg, "sample_every_n_epochs", "1")
+    pg.wait_for_timeout(1500)
+
+
+FORM_FIELDS = ("pretrained_model_name_or_path", "train_data_dir", "output_dir", "output_name", "optimizer_args",
+               "learning_rate", "network_dim", "resolution", "sample_prompts", "sample_every_n_epochs")
+
+
+def _values(pg) -> dict[str, str]:
+    for group in ("Samples", "Network", "Optimizer and LR", "Resolution and buckets"):
+        _open_group(pg, group)
+    return {name: _field(pg, name).input_value() for name in FORM_FIELDS}
+
+
+def test_form_preset_save_reload_load(page, server, workspace):
+    _fill_tiny_form(page, workspace)
+    before = _values(page)
+    assert before["pretrained_model_name_or_path"] == "tiny" and before["output_name"] == "browserlora"
+    assert float(before["learning_rate"]) == 1.0 and before["network_dim"] == "4"
+    _shot(page, "01-form-filled")
+    page.locator("#preset-name textarea").fill("browser test")
+    page.locator("#preset-save").click()
+    page.wait_for_function("document.querySelector('#preset-message').innerText.includes('Saved user preset')")
+    assert (workspace / "home" / "presets" / "browser test.json").is_file()
+    _shot(page, "02-preset-saved")
+
+    _open(page, server)  # reload: the form is back to the defaults
+    assert _field(page, "output_name").input_value() == "last"
+    _choose(page, "preset-select", "browser test (user)")
+    page.locator("#preset-load").click()
+    page.wait_for_function("document.querySelector('#preset-message').innerText.includes('Loaded preset')")
+    page.wait_for_timeout(500)
+    assert _values(page) == before
+    _shot(page, "03-preset-loaded")
+
+
+def test_checks_refuse_paths_outside_allowed_folders(page, workspace):
+    _fill_tiny_form(page, workspace)
+    _fill(page, "train_data_dir", "/etc")
+    page.wait_for_function("document.querySelector('#issues').innerText.includes('outside the allowed folders')")
+    page.locator("#start").click()
+    page.wait_for_function("document.querySelector('#run-message').innerText.includes('Not started')")
+    assert "train_data_dir" in page.locator("#field-train_data_dir").inner_text()  # message beside the field
+    _shot(page, "04-path-refused")
+
+
+def test_print_command_shows_cli_and_toml(page, workspace):
+    _fill_tiny_form(page, workspace)
+    page.locator("#print-command").click()
+    page.wait_for_function("document.querySelector('#command').innerText.includes('--output_name')")
+    command = page.locator("#command").inner_text()
+    assert "python train_network.py" in command and "--pretrained_model_name_or_path tiny" in command
+    assert "output_name = \"browserlora\"" in page.locator("#toml").inner_text()
+    _shot(page, "05-command")
