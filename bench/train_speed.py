@@ -5,6 +5,8 @@ Cases (one JSON line each, every case in its own process so peaks do not mix):
   tiny_adamw, tiny_dadapt  built-in tiny model, 128 px, batch 2, cached latents
   sd15                     SD1.5-sized model from the shipped configs with random weights, batch 1,
                            gradient checkpointing; 256 px fp32 on CPU, 512 px bf16 on CUDA (batch 1 and 8)
+On a busy shared CPU, wall time stretches with the load; `cpu_s_per_step` (process CPU
+time per step) shows what an idle machine would need with that many threads.
 Reference (sd-scripts on a 2-core CPU, same settings): tiny 0.34 s/step AdamW, 0.30 DAdaptAdam, 0.59 GB RSS;
 sd15 6.7 s/step, 7.2 GB RSS.
 
@@ -35,12 +37,14 @@ class StepClock:
 
     def __init__(self) -> None:
         self.times: list[float] = []
-        self.last = None
+        self.cpu_times: list[float] = []
+        self.last: tuple[float, float] | None = None
 
     def on_step(self, info: dict) -> None:
-        now = time.perf_counter()
+        now = (time.perf_counter(), time.process_time())
         if self.last is not None:
-            self.times.append(now - self.last)
+            self.times.append(now[0] - self.last[0])
+            self.cpu_times.append(now[1] - self.last[1])
         self.last = now
 
 
@@ -87,7 +91,9 @@ def run_case(case: str, batch: int) -> dict:
     result = {
         "case": case, "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(),
         "resolution": cfg.resolution, "batch": cfg.train_batch_size, "precision": cfg.mixed_precision,
-        "s_per_step": round(s_step, 4), "steps_measured": len(steady), "total_s": round(total, 1),
+        "s_per_step": round(s_step, 4),
+        # CPU seconds the process used per step: on a shared machine this is what an idle one would take (1 thread)
+        "cpu_s_per_step": round(statistics.median(clock.cpu_times[3:] or clock.cpu_times), 4), "steps_measured": len(steady), "total_s": round(total, 1),
         "peak_memory_gb": round(peak_gb, 3), "memory_kind": "cuda_max_allocated" if cuda else "rss",
     }
     if cuda:

@@ -182,3 +182,15 @@ def test_adafactor_relative_step_rule() -> None:
     assert sched.get_last_lr()[0] == pytest.approx(1e-3)
     fixed = build_optimizer("AdaFactor", ["relative_step=False", "scale_parameter=False"], [{"params": [p]}], 1e-3)
     assert fixed.adafactor_initial_lr is None and fixed.optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_single_lr_optimizers_refuse_differing_group_lrs_before_loading() -> None:
+    from library.training.optimizers import check_group_lrs
+
+    with pytest.raises(ConfigError, match="text_encoder_lr 0.5"):
+        check_group_lrs("DAdaptAdam", 1.0, 0.5, 1.0)
+    with pytest.raises(ConfigError):
+        check_group_lrs("prodigy", None, 0.5, 1.0)
+    check_group_lrs("DAdaptAdam", 1.0, 0.0, 1.0)  # a frozen text encoder (lr 0) is allowed
+    check_group_lrs("DAdaptAdam", 1.0, 0.5, 1.0, train_text_encoder=False)
+    check_group_lrs("AdamW", 1e-4, 5e-5, 1e-4)

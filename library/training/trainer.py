@@ -28,6 +28,7 @@ from library.errors import DatasetError, LorasmithError, TrainingError
 from library.training import saving
 from library.training.events import Commands, Events
 from library.training.metadata import RunMetadata
+from library.training.optimizers import check_group_lrs
 from library.training.rng import pick_seed
 from library.training.samples import SampleHook
 from library.training.setup import RunParts, build_run
@@ -252,6 +253,8 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
     """Validate, plan, build and run one training; raises our errors, never exits."""
     events = events or Events()
     warnings = validate(config)
+    check_group_lrs(config.optimizer_type, config.unet_lr, config.text_encoder_lr, config.learning_rate,
+                    not config.network_train_text_encoder_only, not config.network_train_unet_only)
     cfg = dataclasses.replace(config, seed=pick_seed(config.seed))
     prepared = prepare_data(cfg)
     plan = prepared.plan
