@@ -194,3 +194,55 @@ def test_single_lr_optimizers_refuse_differing_group_lrs_before_loading() -> Non
     check_group_lrs("DAdaptAdam", 1.0, 0.0, 1.0)  # a frozen text encoder (lr 0) is allowed
     check_group_lrs("DAdaptAdam", 1.0, 0.5, 1.0, train_text_encoder=False)
     check_group_lrs("AdamW", 1e-4, 5e-5, 1e-4)
+
+
+def test_loss_recorder_is_a_one_epoch_window() -> None:
+    from library.training.tracking import LossRecorder
+
+    rec = LossRecorder()
+    for i, v in enumerate([1.0, 2.0, 3.0]):
+        rec.add(1, i, v)
+    assert rec.moving_average == pytest.approx(2.0)
+    rec.add(2, 0, 4.0)  # replaces epoch 1's first batch: (4 + 2 + 3) / 3
+    assert rec.moving_average == pytest.approx(3.0)
+    clone = LossRecorder()
+    clone.load_state_dict(rec.state_dict())
+    assert clone.moving_average == rec.moving_average
+
+
+def test_lr_tags_follow_sd_scripts_naming() -> None:
+    from library.training.tracking import lr_logs
+
+    # text encoder + UNet, AdamW: the fixture's tags lr/textencoder, lr/unet, lr/group1
+    assert lr_logs([1e-4, 2e-4], ["textencoder", "unet"], [None, None]) == {
+        "lr/textencoder": 1e-4, "lr/unet": 2e-4, "lr/group1": 2e-4}
+    dadapt = lr_logs([1.0, 0.5], ["textencoder", "unet"], [2e-6, 2e-6])
+    assert dadapt["lr/d*lr/textencoder"] == pytest.approx(2e-6) and dadapt["lr/d*lr/unet"] == pytest.approx(1e-6)
+    assert dadapt["lr/d*lr/group1"] == pytest.approx(1e-6)
+    assert lr_logs([1.0], ["unet"], [None]) == {"lr/unet": 1.0, "lr/group0": 1.0}
+
+
+def test_file_names_and_pruning(tmp_path) -> None:
+    from library.training import saving
+
+    assert saving.epoch_file_name("x", 1, "safetensors") == "x-000001.safetensors"
+    assert saving.step_file_name("x", 100, "ckpt") == "x-step00000100.ckpt"
+    assert saving.should_save_epoch(2, 1, 3) and not saving.should_save_epoch(3, 1, 3)  # last epoch: final file
+    for e in (2, 4, 6, 8):
+        (tmp_path / saving.epoch_file_name("x", e, "safetensors")).write_bytes(b"")
+    (tmp_path / "x-other-000002.safetensors").write_bytes(b"")  # another run's name is never touched
+    removed = saving.prune_epoch_files(tmp_path, "x", "safetensors", 8, every=2, keep_last=2)
+    assert sorted(p.name for p in removed) == ["x-000002.safetensors", "x-000004.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-000006.safetensors", "x-000008.safetensors",
+                                                          "x-other-000002.safetensors"]
+
+
+def test_demo_dataset_is_deterministic(tmp_path) -> None:
+    from library.training.demo import FOLDER, make_shapes_dataset
+
+    a = make_shapes_dataset(tmp_path / "a") / FOLDER
+    b = make_shapes_dataset(tmp_path / "b") / FOLDER
+    files = sorted(p.name for p in a.iterdir())
+    assert len([f for f in files if f.endswith(".png")]) == 8 and len(files) == 16
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert (a / "shape_00.txt").read_text().startswith("ohwx shape, circle")

@@ -89,8 +89,10 @@ class Trainer:
         try:
             stopped = self._loop()
             final = self._save_final(stopped)
-        except LorasmithError as exc:
-            self.events.on_error({"message": str(exc), "step": self.pos.global_step, "epoch": self.pos.epoch})
+        except Exception as exc:  # reported to the UI, then re-raised unchanged
+            kind = "problem" if isinstance(exc, LorasmithError) else type(exc).__name__
+            self.events.on_error({"message": str(exc), "kind": kind, "step": self.pos.global_step,
+                                  "epoch": self.pos.epoch})
             raise
         finally:
             self.tb.close()
