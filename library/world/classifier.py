@@ -19,19 +19,20 @@ HEADS = {"shape": len(ALL_SHAPES), "colour": len(COLOURS), "background": len(BAC
 
 
 class WorldClassifier(nn.Module):
-    """Four stride-2 conv layers, global average pooling, one linear head per label."""
+    """Five stride-2 conv layers (receptive field covers the whole 64 px image), mean+max pooling, linear heads."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        channels = [3, width, width, 2 * width, 2 * width]
+        channels = [3, width // 2, width, 2 * width, 2 * width, 2 * width]
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out), nn.SiLU()]
         self.features = nn.Sequential(*layers)
-        self.heads = nn.ModuleDict({name: nn.Linear(channels[-1], n) for name, n in HEADS.items()})
+        self.heads = nn.ModuleDict({name: nn.Linear(2 * channels[-1], n) for name, n in HEADS.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.features(x).mean(dim=(2, 3))
+        f = self.features(x)
+        h = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
         return {name: head(h) for name, head in self.heads.items()}
 
 
@@ -46,7 +47,7 @@ def _targets(world: World) -> dict[str, torch.Tensor]:
             "background": torch.from_numpy(world.background)}
 
 
-def train_classifier(seed: int = 0, n_images: int = 3000, steps: int = 300, batch_size: int = 64) -> WorldClassifier:
+def train_classifier(seed: int = 0, n_images: int = 4000, steps: int = 600, batch_size: int = 64) -> WorldClassifier:
     """Train on a world that includes the held-back star (deterministic from seed; ~10-20 s on CPU)."""
     world = generate_world(n_images, seed=seed + 7919, shapes=ALL_SHAPES)
     x_all, targets = to_input(world.images), _targets(world)
@@ -55,6 +56,7 @@ def train_classifier(seed: int = 0, n_images: int = 3000, steps: int = 300, batc
         torch.manual_seed(seed)
         model = WorldClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         idx = torch.randint(0, n_images, (batch_size,), generator=gen)
         out = model(x_all[idx])
@@ -62,6 +64,7 @@ def train_classifier(seed: int = 0, n_images: int = 3000, steps: int = 300, batc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
     return model.eval()
 
 
