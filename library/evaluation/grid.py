@@ -79,7 +79,8 @@ def parse_axes(base: CellSettings, specs: Sequence[tuple[str | None, str | None]
                 raise SamplingError(f"no values given (--{name.lower()}_values)")
             axes.append(Axis(kind, tuple(values), text or ""))
         except SamplingError as exc:
-            problems.append(f"{name} axis ({type_name}): {exc}")
+            hint = f" ({'; '.join(exc.problems)})" if exc.problems else ""
+            problems.append(f"{name} axis ({type_name}): {exc.summary}{hint}")
             axes.append(None)
     used = [a.type.name for a in axes if a is not None]
     problems += [f"axis type {n!r} is used twice" for n in sorted(set(used)) if used.count(n) > 1]

@@ -112,9 +112,15 @@ def check_size(width: int, height: int, max_megapixels: float) -> None:
     mp = width * height / 1e6
     if mp > max_megapixels:
         raise SamplingError(
-            f"the grid would be {width:,} × {height:,} px ({mp:,.0f} MP), over the {max_megapixels:g} MP limit".replace(",", " "),
+            f"the grid would be {_thousands(width)} × {_thousands(height)} px ({_thousands(round(mp))} MP), "
+            f"over the {max_megapixels:g} MP limit",
             ["use fewer axis values or a smaller --width/--height, or raise --grid_max_megapixels"],
         )
+
+
+def _thousands(n: int) -> str:
+    """40000 → "40 000" (the thin-space style the error messages use)."""
+    return f"{n:,}".replace(",", " ")
 
 
 def draw_grid(layout: GridLayout, cells: Sequence[Sequence[Image.Image | None]]) -> Image.Image:
