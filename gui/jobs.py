@@ -69,9 +69,12 @@ class Job:
             with open(self.log_path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 fh.seek(max(0, fh.tell() - 64 * 1024))
-                tail = deque(fh.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
+                text = fh.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+        # tqdm redraws its bar with carriage returns: keep only the last state of each line.
+        shown = ([seg for seg in line.split("\r") if seg.strip()][-1:] for line in text.split("\n"))
+        tail = deque((seg[0].rstrip() for seg in shown if seg), maxlen=lines)
         return "\n".join(tail)
 
 
