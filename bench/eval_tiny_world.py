@@ -66,6 +66,22 @@ def prompt_following(images: np.ndarray, wanted: list[tuple[str, str]], classifi
             "both": float((shape_ok & colour_ok).mean()), "star_rate": float(np.mean([p == "star" for p in pred["shape"]]))}
 
 
+@torch.no_grad()
+def reconstruction(modules: dict, classifier, device: str) -> tuple[dict[str, float], np.ndarray]:
+    """VAE round trip of world images and of held-back stars: pixel L1 and whether labels survive."""
+    world = generate_world(64, seed=4242, shapes=ALL_SHAPES)
+    x = torch.from_numpy(world.images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+    rec = modules["vae"].decode(modules["vae"].encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    rec_u8 = ((rec + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    pred = predict(classifier, rec_u8)
+    stars = world.shape == ALL_SHAPES.index("star")
+    shape_ok = np.array([ALL_SHAPES.index(p) for p in pred["shape"]]) == world.shape
+    colour_ok = np.array([tuple(COLOURS).index(p) for p in pred["colour"]]) == world.colour
+    result = {"l1": float((rec - x).abs().mean()), "shape_kept": float(shape_ok.mean()),
+              "colour_kept": float(colour_ok.mean()), "star_shape_kept": float(shape_ok[stars].mean())}
+    return result, np.concatenate([world.images[:16], rec_u8[:16]])
+
+
 def grid(images: np.ndarray, cols: int) -> Image.Image:
     rows = -(-len(images) // cols)
     canvas = np.full((rows * 64, cols * 64, 3), 255, np.uint8)
@@ -92,9 +108,14 @@ def main() -> None:
     images = sample(modules, [f"a {c} {s}" for c, s in wanted], args.seed, args.steps, args.cfg, args.device)
     result = {"classifier_on_world": check, "prompt_following": prompt_following(images, wanted, classifier),
               "samples": len(images), "cfg": args.cfg, "steps": args.steps, "seconds": round(time.perf_counter() - t0, 1)}
+    result["vae_reconstruction"], recon_images = reconstruction(modules, classifier, args.device)
+    base_star = sample(modules, ["ohwx shape"] * 16 + ["a red star"] * 16, args.seed, args.steps, args.cfg, args.device)
+    result["base_model_star_rate"] = float(np.mean([p == "star" for p in predict(classifier, base_star)["shape"]]))
     print(json.dumps(result, indent=2))
     if args.grid:
         grid(images, cols=args.per_prompt * 2).save(args.grid)
+        grid(recon_images, cols=16).save(args.grid.with_name(args.grid.stem + "_vae.png"))
+        grid(base_star, cols=16).save(args.grid.with_name(args.grid.stem + "_star_prompts.png"))
 
 
 if __name__ == "__main__":
