@@ -17,7 +17,7 @@ from library.config import TrainConfig, option_fields, spec_of
 from library.errors import ConfigError
 
 
-def _builtin_model_names() -> tuple[str, ...]:
+def builtin_model_names() -> tuple[str, ...]:
     try:
         from library.models import builtin_names
     except ImportError:
@@ -62,7 +62,7 @@ class PathGuard:
     def config_problems(self, cfg: TrainConfig) -> list[str]:
         """One line per path field of `cfg` that points outside the allowed folders."""
         problems = []
-        builtins = _builtin_model_names()
+        builtins = builtin_model_names()
         for f in option_fields():
             value = getattr(cfg, f.name)
             if spec_of(f).kind is None or not value:
@@ -79,7 +79,7 @@ class PathGuard:
         """The config with relative path fields made absolute (the trainer runs in another folder)."""
         import dataclasses
 
-        builtins = _builtin_model_names()
+        builtins = builtin_model_names()
         updates = {}
         for f in option_fields():
             value = getattr(cfg, f.name)

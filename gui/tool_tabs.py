@@ -1,6 +1,26 @@
-"""Dataset, Regularization and Evaluate tabs (filled in as their modules land)."""
+"""Dataset, Regularization and Evaluate tabs, each shown when the module it drives is installed."""
 from __future__ import annotations
+
+import importlib.util
+
+import gradio as gr
+
+
+def _have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def build_tool_tabs(ctx, training) -> None:
-    return None
+    if _have("dataset_tools.report"):
+        from gui.dataset_tab import DatasetTab
+
+        with gr.Tab("Dataset", id="dataset"):
+            DatasetTab(ctx, training)
+    if _have("library.evaluation.grid"):
+        from gui.evaluate_tab import EvaluateTab
+
+        with gr.Tab("Evaluate", id="evaluate"):
+            EvaluateTab(ctx, training)

@@ -263,3 +263,49 @@ def test_reload_reattaches_and_stop_saves(page, server, workspace):
     assert _progress_state(page)[0] == "stopped"
     assert (workspace / "out" / "stopped-interrupted.safetensors").is_file()
     _shot(page, "08-stopped")
+
+
+def _tab(pg, name: str) -> None:
+    pg.get_by_role("tab", name=name).click()
+    pg.wait_for_timeout(500)
+
+
+def test_dataset_report_with_previews(page, workspace):
+    _fill_tiny_form(page, workspace)
+    _tab(page, "Dataset")
+    page.locator("#dataset-report-run").click()
+    page.wait_for_function("document.querySelector('#dataset-message').innerText.includes('8 images')")
+    report = page.locator("#dataset-report textarea").input_value()
+    assert "1_ohwx shape" in report and "total optimizer steps" in report
+    page.wait_for_selector("#dataset-previews img")
+    assert page.locator("#dataset-previews img").count() == 8
+    _shot(page, "09-dataset-report")
+
+
+def test_evaluate_makes_a_2x2_grid(page, workspace):
+    from PIL import Image
+
+    _tab(page, "Evaluate")
+    for elem, value in (("grid-model", "tiny"), ("grid-prompt", "ohwx shape"), ("grid-output", str(workspace / "grids"))):
+        page.locator(f"#{elem} textarea").fill(value)
+    for elem, value in (("grid-steps", "4"), ("grid-width", "64"), ("grid-height", "64"), ("grid-seed", "1")):
+        page.locator(f"#{elem} input").fill(value)
+    _choose(page, "grid-x-type", "Seed")
+    page.locator("#grid-x-values textarea").fill("1, 2")
+    _choose(page, "grid-y-type", "CFG Scale")
+    page.locator("#grid-y-values textarea").fill("1, 5")
+    _shot(page, "10-grid-form")
+    page.locator("#grid-run").click()
+    page.wait_for_function("document.querySelector('#grid-message').innerText.match(/Grid written|Error/)",
+                           timeout=TRAIN_TIMEOUT * 1000)
+    assert "Grid written" in page.locator("#grid-message").inner_text(), page.locator("#grid-message").inner_text()
+    grids = sorted((workspace / "grids").glob("xyz_grid-*.png"))
+    assert len(grids) == 1 and len(list((workspace / "grids" / "cells").glob("*.png"))) == 4
+    with Image.open(grids[0]) as grid:
+        assert grid.width > 2 * 64 and grid.height > 2 * 64  # two columns and two rows of 64 px cells plus labels
+    page.wait_for_selector("#grid-gallery img")
+    assert page.locator("#grid-gallery img").count() == 5  # the grid and its four cells
+    page.locator("#grid-gallery img").nth(1).click()
+    page.wait_for_function("document.querySelector('#grid-parameters textarea').value.includes('Seed')")
+    assert "Steps: 4" in page.locator("#grid-parameters textarea").input_value()
+    _shot(page, "11-grid")

@@ -1,0 +1,151 @@
+"""The Evaluate tab: an X/Y/Z grid form → `lorasmith grid` in a subprocess → a zoomable gallery.
+
+The grid runs as the same CLI a user would type (library.evaluation does the
+work), so loading a model for the grid never grows or crashes the GUI process.
+Clicking an image shows the parameters written into its PNG.
+"""
+from __future__ import annotations
+
+import glob
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from gui.context import GuiContext
+from gui.safety import builtin_model_names
+from library.errors import ConfigError, LorasmithError
+
+AXIS_TYPES = ("Seed", "LoRA", "LoRA weight", "CFG Scale", "Steps", "Sampler", "Prompt S/R", "Negative S/R",
+              "Checkpoint", "Clip skip", "Size")
+NONE = "(none)"
+GRID_TIMEOUT_S = 3600
+
+
+def grid_command(form: dict, guard) -> list[str]:
+    """The `lorasmith grid` argv for the form; every path checked against the allowed folders."""
+    model = (form["model"] or "").strip()
+    if not model:
+        raise ConfigError("Base model is required", ["'tiny' or a checkpoint file in an allowed folder"])
+    if model not in builtin_model_names():
+        model = str(guard.check(model, "base model"))
+    out = str(guard.check(form["output_dir"] or "grids", "grid output folder"))
+    argv = [sys.executable, "-m", "library.cli", "grid", "--pretrained_model_name_or_path", model,
+            "--prompt", form["prompt"], "--negative_prompt", form["negative"] or "",
+            "--steps", str(int(form["steps"])), "--cfg_scale", str(form["cfg"]), "--seed", str(int(form["seed"])),
+            "--width", str(int(form["width"])), "--height", str(int(form["height"])), "--output_dir", out]
+    if form["sampler"]:
+        argv += ["--sampler", form["sampler"]]
+    for axis in ("x", "y", "z"):
+        kind, values = form[f"{axis}_type"], (form[f"{axis}_values"] or "").strip()
+        if kind and kind != NONE and values:
+            if kind in ("LoRA", "Checkpoint"):
+                values = _checked_files(values, guard, kind)
+            argv += [f"--{axis}_type", kind, f"--{axis}_values", values]
+    if form["lora"]:
+        argv += ["--lora", _checked_files(form["lora"], guard, "LoRA")]
+    return argv
+
+
+def _checked_files(text: str, guard, what: str) -> str:
+    """Comma-separated files or globs, each inside the allowed folders (globs expanded here)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    files = []
+    for item in items:
+        matches = sorted(glob.glob(str(guard.resolve(item)))) if any(c in item for c in "*?[") else [item]
+        for m in matches or [item]:
+            files.append(str(guard.check(m, what)))
+    return ",".join(files)
+
+
+def run_grid(argv: list[str]) -> tuple[Path, str]:
+    """Run the grid command; (grid path, output text) or an error with the command's last lines."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=GRID_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    text = (proc.stdout + proc.stderr).strip()
+    grid_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("grid: ")]
+    if proc.returncode != 0 or not grid_lines:
+        tail = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()[-12:]]
+        raise LorasmithError(f"the grid failed (exit code {proc.returncode})", tail)
+    return Path(grid_lines[-1][len("grid: "):].strip()), text
+
+
+def png_parameters(path: str | Path) -> str:
+    """The A1111 `parameters` text of a PNG (empty when it has none)."""
+    with Image.open(path) as img:
+        return str(img.info.get("parameters", ""))
+
+
+class EvaluateTab:
+    def __init__(self, ctx: GuiContext, training) -> None:
+        self.ctx = ctx
+        self.training = training
+        self._build()
+        self.run_btn.click(self.make_grid, inputs=set(self.form.values()), outputs=[self.gallery, self.message, self.paths])
+        self.gallery.select(self.show_parameters, inputs=self.paths, outputs=self.parameters)
+        self.fill_btn.click(self.from_last_run, outputs=[self.form["model"], self.form["lora"], self.form["output_dir"]])
+
+    def _build(self) -> None:
+        f: dict = {}
+        gr.Markdown("Compare epochs, weights, prompts and settings. Values use A1111's syntax: `1-5`, `0.5-1.5 (+0.25)`, `a, b`.")
+        with gr.Row():
+            f["model"] = gr.Textbox(label="Base model", value="tiny", elem_id="grid-model")
+            f["lora"] = gr.Textbox(label="LoRA files (comma list or glob) as an extra axis", elem_id="grid-lora")
+            f["output_dir"] = gr.Textbox(label="Grid output folder", value="grids", elem_id="grid-output")
+            self.fill_btn = gr.Button("Use the last training run", elem_id="grid-from-run")
+        with gr.Row():
+            f["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="grid-prompt", scale=3)
+            f["negative"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="grid-negative", scale=2)
+        with gr.Row():
+            f["steps"] = gr.Number(label="Steps", value=20, precision=0, minimum=1, elem_id="grid-steps")
+            f["cfg"] = gr.Number(label="CFG scale", value=7.0, minimum=0, elem_id="grid-cfg")
+            f["seed"] = gr.Number(label="Seed (-1 random)", value=-1, precision=0, elem_id="grid-seed")
+            f["width"] = gr.Number(label="Width", value=512, precision=0, minimum=8, step=8, elem_id="grid-width")
+            f["height"] = gr.Number(label="Height", value=512, precision=0, minimum=8, step=8, elem_id="grid-height")
+            f["sampler"] = gr.Textbox(label="Sampler", value="Euler a", elem_id="grid-sampler")
+        for axis, default in (("x", "LoRA weight"), ("y", NONE), ("z", NONE)):
+            with gr.Row():
+                f[f"{axis}_type"] = gr.Dropdown([NONE, *AXIS_TYPES], value=default, label=f"{axis.upper()} type",
+                                                elem_id=f"grid-{axis}-type")
+                f[f"{axis}_values"] = gr.Textbox(label=f"{axis.upper()} values", elem_id=f"grid-{axis}-values", scale=3)
+        self.form = f
+        self.run_btn = gr.Button("Make grid", variant="primary", elem_id="grid-run")
+        self.message = gr.Markdown(elem_id="grid-message")
+        self.gallery = gr.Gallery(label="Grid and cells (click to see parameters; fullscreen to zoom)", columns=4,
+                                  height=520, object_fit="contain", elem_id="grid-gallery")
+        self.parameters = gr.Textbox(label="Parameters of the selected image", lines=4, interactive=False,
+                                     elem_id="grid-parameters")
+        self.paths = gr.State([])
+
+    def make_grid(self, data: dict) -> dict:
+        form = {name: data[comp] for name, comp in self.form.items()}
+        started = time.time()
+        try:
+            grid_path, _text = run_grid(grid_command(form, self.ctx.guard))
+        except (LorasmithError, subprocess.TimeoutExpired) as exc:
+            return {self.message: "**Error:** " + str(exc).replace("\n", "  \n")}
+        cells = sorted((p for p in (grid_path.parent / "cells").glob("*.png") if p.stat().st_mtime >= started - 1),
+                       key=lambda p: p.stat().st_mtime)
+        with Image.open(grid_path) as img:
+            size = img.size
+        shown = [str(grid_path)] + [str(c) for c in cells][-64:]
+        return {self.gallery: shown, self.paths: shown,
+                self.message: f"Grid written to `{grid_path}` ({size[0]}x{size[1]})."}
+
+    def show_parameters(self, paths: list[str], evt: gr.SelectData) -> str:
+        if not paths or evt.index is None or evt.index >= len(paths):
+            return ""
+        path = paths[evt.index]
+        return png_parameters(path) if self.ctx.guard.allows(path) else ""
+
+    def from_last_run(self) -> dict:
+        job = self.ctx.jobs.current()
+        if job is None:
+            return {}
+        cfg = job.config
+        out = Path(cfg.output_dir or ".")
+        return {self.form["model"]: cfg.pretrained_model_name_or_path or "",
+                self.form["lora"]: str(out / f"{cfg.output_name}*.safetensors"),
+                self.form["output_dir"]: str(out / "grids")}
