@@ -7,7 +7,7 @@ from typing import Any
 
 from gui.form import help_text, values_to_config
 from gui.safety import PathGuard
-from library.config import TrainConfig, spec_of, option_fields
+from library.config import TrainConfig, option_fields, spec_of
 from library.config_validate import check_config
 from library.errors import LorasmithError
 

@@ -7,14 +7,13 @@ Clicking an image shows the parameters written into its PNG.
 from __future__ import annotations
 
 import glob
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
+from gui.cli_runner import run_lorasmith
 from gui.context import GuiContext
 from gui.safety import builtin_model_names
 from library.errors import ConfigError, LorasmithError
@@ -26,14 +25,14 @@ GRID_TIMEOUT_S = 3600
 
 
 def grid_command(form: dict, guard) -> list[str]:
-    """The `lorasmith grid` argv for the form; every path checked against the allowed folders."""
+    """The `lorasmith grid` arguments for the form; every path checked against the allowed folders."""
     model = (form["model"] or "").strip()
     if not model:
         raise ConfigError("Base model is required", ["'tiny' or a checkpoint file in an allowed folder"])
     if model not in builtin_model_names():
         model = str(guard.check(model, "base model"))
     out = str(guard.check(form["output_dir"] or "grids", "grid output folder"))
-    argv = [sys.executable, "-m", "library.cli", "grid", "--pretrained_model_name_or_path", model,
+    argv = ["grid", "--pretrained_model_name_or_path", model,
             "--prompt", form["prompt"], "--negative_prompt", form["negative"] or "",
             "--steps", str(int(form["steps"])), "--cfg_scale", str(form["cfg"]), "--seed", str(int(form["seed"])),
             "--width", str(int(form["width"])), "--height", str(int(form["height"])), "--output_dir", out]
@@ -61,15 +60,13 @@ def _checked_files(text: str, guard, what: str) -> str:
     return ",".join(files)
 
 
-def run_grid(argv: list[str]) -> tuple[Path, str]:
-    """Run the grid command; (grid path, output text) or an error with the command's last lines."""
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=GRID_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    text = (proc.stdout + proc.stderr).strip()
-    grid_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("grid: ")]
-    if proc.returncode != 0 or not grid_lines:
-        tail = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()[-12:]]
-        raise LorasmithError(f"the grid failed (exit code {proc.returncode})", tail)
-    return Path(grid_lines[-1][len("grid: "):].strip()), text
+def run_grid(args: list[str]) -> Path:
+    """Run `lorasmith grid`; the path of the grid it wrote."""
+    lines = run_lorasmith(args, GRID_TIMEOUT_S)
+    grid_lines = [ln for ln in lines if ln.startswith("grid: ")]
+    if not grid_lines:
+        raise LorasmithError("the grid command did not report a grid file", lines[-12:])
+    return Path(grid_lines[-1][len("grid: "):].strip())
 
 
 def png_parameters(path: str | Path) -> str:
@@ -123,8 +120,8 @@ class EvaluateTab:
         form = {name: data[comp] for name, comp in self.form.items()}
         started = time.time()
         try:
-            grid_path, _text = run_grid(grid_command(form, self.ctx.guard))
-        except (LorasmithError, subprocess.TimeoutExpired) as exc:
+            grid_path = run_grid(grid_command(form, self.ctx.guard))
+        except LorasmithError as exc:
             return {self.message: "**Error:** " + str(exc).replace("\n", "  \n")}
         cells = sorted((p for p in (grid_path.parent / "cells").glob("*.png") if p.stat().st_mtime >= started - 1),
                        key=lambda p: p.stat().st_mtime)

@@ -19,6 +19,11 @@ def build_tool_tabs(ctx, training) -> None:
 
         with gr.Tab("Dataset", id="dataset"):
             DatasetTab(ctx, training)
+    if _have("regularization.cli"):
+        from gui.regularization_tab import RegularizationTab
+
+        with gr.Tab("Regularization", id="regularization"):
+            RegularizationTab(ctx, training)
     if _have("library.evaluation.grid"):
         from gui.evaluate_tab import EvaluateTab
 

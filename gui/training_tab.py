@@ -17,7 +17,7 @@ import pandas as pd
 from gui import run_view
 from gui.checks import PLAN_FIELDS, field_info, form_issues, issues_markdown, plan_text
 from gui.context import GuiContext
-from gui.form import FIELD_NAMES, build_widgets, config_to_values, help_text, values_to_config
+from gui.form import build_widgets, config_to_values, help_text, values_to_config
 from library.config import TrainConfig
 from library.config_io import command_string, config_to_toml, load_config_source
 from library.errors import LorasmithError
@@ -64,7 +64,7 @@ class TrainingTab:
             self.save_btn = gr.Button("Save as user preset", elem_id="preset-save")
             self.rename_btn = gr.Button("Rename selected to this name", elem_id="preset-rename")
         with gr.Accordion("Import / export", open=False), gr.Row():
-            self.kohya_file = gr.File(label="Import a kohya_ss GUI JSON config", file_types=[".json"],
+            self.kohya_file = gr.File(label="Import a kohya_ss GUI JSON, a TOML or a preset JSON", file_types=[".json", ".toml"],
                                       type="filepath", elem_id="import-kohya")
             with gr.Column():
                 self.export_btn = gr.Button("Export TOML", elem_id="export-toml")
@@ -160,13 +160,32 @@ class TrainingTab:
                 self.preset: gr.update(choices=preset_choices(), value=new.strip())}
 
     def import_kohya(self, path: str | None) -> dict:
+        """A kohya_ss GUI JSON (or a TOML / preset JSON) onto the defaults; the summary says what to check."""
         if not path:
             return {self.preset_msg: ""}
         try:
-            cfg = load_config_source(path)
+            cfg, summary = self._import_config(Path(path))
         except LorasmithError as exc:
             return {self.preset_msg: _error_text(exc)}
-        return {**self._form_updates(cfg), self.preset_msg: f"Imported {Path(path).name}; check the paths before starting."}
+        text = html.escape(summary).replace("\n", "  \n")
+        return {**self._form_updates(cfg), self.preset_msg: f"Imported **{Path(path).name}**.  \n{text}"}
+
+    def _import_config(self, path: Path) -> tuple[TrainConfig, str]:
+        import json
+
+        from library.kohya_import import import_kohya_config, is_kohya_gui_config
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")) if path.suffix.lower() == ".json" else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LorasmithError(f"{path.name} is not valid JSON: {exc}") from None
+        if not (isinstance(data, dict) and is_kohya_gui_config(data)):
+            return load_config_source(path), "Check the paths before starting."
+        result = import_kohya_config(data, source=path.name)
+        if result.sample_prompts_text:
+            # kohya_ss keeps prompts inline; they go to a file in the first allowed folder.
+            result.materialize_sample_prompts(self.ctx.guard.roots[0] / "lorasmith-imports" / path.stem)
+        return result.config, result.summary()
 
     def export_toml(self, data: dict) -> dict:
         try:

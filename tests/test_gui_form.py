@@ -7,8 +7,8 @@ import pytest
 
 gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install -e .[gui])")
 
-from gui.checks import field_info, form_issues, issues_markdown  # noqa: E402
-from gui.form import (  # noqa: E402
+from gui.checks import field_info, form_issues, issues_markdown
+from gui.form import (
     FIELD_NAMES,
     UNSET,
     build_widgets,
@@ -18,10 +18,10 @@ from gui.form import (  # noqa: E402
     values_to_config,
     widget_kind,
 )
-from gui.safety import PathGuard  # noqa: E402
-from library.config import TrainConfig, base_type, option_fields  # noqa: E402
-from library.errors import ConfigError  # noqa: E402
-from library.presets import list_presets, load_preset  # noqa: E402
+from gui.safety import PathGuard
+from library.config import TrainConfig, base_type, option_fields
+from library.errors import ConfigError
+from library.presets import list_presets, load_preset
 
 EXPECTED_COMPONENT = {
     "checkbox": gr.Checkbox, "dropdown": gr.Dropdown, "number": gr.Number, "list": gr.Textbox,
