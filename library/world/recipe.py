@@ -48,12 +48,14 @@ def images_to_tensor(images_uint8: torch.Tensor) -> torch.Tensor:
 
 def train_vae(vae: torch.nn.Module, images: torch.Tensor, *, steps: int, batch_size: int, lr: float,
               kl_weight: float, generator: torch.Generator, crop: int = 32, full_steps: int = 0,
-              log: Callable[[str], None] = print) -> PhaseResult:
+              colour_weight: float = 0.0, log: Callable[[str], None] = print) -> PhaseResult:
     """Autoencoder training: L1 on pixels + kl_weight * KL(q(z|x) || N(0, I)) summed over latent elements.
 
     All but the last `full_steps` steps see random `crop`-pixel crops (a conv VAE learns
     edges and colours from crops at a quarter of the cost); the last ones see whole images
     so the mid-block attention and group norms settle on the full 8x8 latent.
+    `colour_weight` multiplies the L1 of saturated (shape) pixels: shapes cover a few
+    percent of a gray background, and without it the VAE learns backgrounds only.
     """
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, steps // 20, 0.05))
@@ -73,7 +75,7 @@ def train_vae(vae: torch.nn.Module, images: torch.Tensor, *, steps: int, batch_s
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator, device=dev)
         recon = vae.decode(z).sample
-        loss = F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+        loss = (saturation_weights(x, colour_weight) * (recon - x).abs()).mean() + kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -83,6 +85,12 @@ def train_vae(vae: torch.nn.Module, images: torch.Tensor, *, steps: int, batch_s
             log(f"vae step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
     vae.eval()
     return PhaseResult(steps, time.perf_counter() - start, sum(losses[-50:]) / len(losses[-50:]))
+
+
+def saturation_weights(x: torch.Tensor, colour_weight: float) -> torch.Tensor:
+    """Per-pixel loss weight 1 + colour_weight * saturation, saturation = (max - min) over RGB in [0, 1]."""
+    sat = (x.amax(dim=1, keepdim=True) - x.amin(dim=1, keepdim=True)) / 2
+    return 1.0 + colour_weight * sat
 
 
 @torch.no_grad()
