@@ -11,7 +11,8 @@ from library.models.modules import expected_shapes
 from library.world.generator import generate_world
 from library.world.model import build_tiny_world_bundle, weights_path
 from library.world.pretrain import Recipe, build_modules, pretrain, save_weights
-from library.world.recipe import SD_SCALING_FACTOR, encode_posteriors, fold_latent_normalisation, warmup_cosine
+from library.world.recipe import (SD_SCALING_FACTOR, encode_posteriors, fold_latent_normalisation,
+                                  saturation_weights, warmup_cosine)
 
 TINY_RECIPE = Recipe(seed=3, world_images=48, vae_steps=2, vae_full_steps=1, vae_batch=4,
                      unet_steps=2, unet_batch=4, ema_decay=0.9)
@@ -49,6 +50,12 @@ def test_warmup_cosine_rises_linearly_then_decays_to_floor():
     assert warmup_cosine(10, 100, 10, 0.1) == pytest.approx(1.0)
     assert warmup_cosine(55, 100, 10, 0.1) == pytest.approx(0.55)
     assert warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_saturation_weights_favour_coloured_pixels_over_gray_ones():
+    x = torch.tensor([[-1.0, 1.0, 0.2], [-1.0, -1.0, 0.2], [-1.0, -1.0, 0.2]])[None, :, None, :]  # RGB columns
+    w = saturation_weights(x, 10.0)[0, 0, 0]  # black, pure red, gray
+    torch.testing.assert_close(w, torch.tensor([1.0, 11.0, 1.0]))
 
 
 @pytest.fixture(scope="module")
