@@ -66,7 +66,7 @@ class RecordingEvents(Events):
 
 
 class JsonLinesEvents(Events):
-    """Appends each event as one JSON line `{"event": name, "time": t, ...}` and flushes it.
+    """Writes each event as one JSON line `{"event": name, "time": t, ...}` and flushes it.
 
     The GUI tails this file; a line is either complete or not yet written, so a
     reader never sees half an event.
@@ -75,7 +75,7 @@ class JsonLinesEvents(Events):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "w", encoding="utf-8")  # one run per file: readers never see an older run
         self._lock = threading.Lock()
 
     def _write(self, name: str, info: dict[str, Any]) -> None:

@@ -89,7 +89,7 @@ class Trainer:
         try:
             stopped = self._loop()
             final = self._save_final(stopped)
-        except Exception as exc:  # reported to the UI, then re-raised unchanged
+        except (Exception, KeyboardInterrupt) as exc:  # reported to the UI, then re-raised unchanged
             kind = "problem" if isinstance(exc, LorasmithError) else type(exc).__name__
             self.events.on_error({"message": str(exc), "kind": kind, "step": self.pos.global_step,
                                   "epoch": self.pos.epoch})
