@@ -246,3 +246,28 @@ def test_demo_dataset_is_deterministic(tmp_path) -> None:
     assert len([f for f in files if f.endswith(".png")]) == 8 and len(files) == 16
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert (a / "shape_00.txt").read_text().startswith("ohwx shape, circle")
+
+
+def test_events_and_commands(tmp_path) -> None:
+    import json
+
+    from library.training.console import format_lr
+    from library.training.events import Commands, JsonLinesEvents, MultiEvents, RecordingEvents
+
+    rec = RecordingEvents()
+    sink = JsonLinesEvents(tmp_path / "p.jsonl")
+    both = MultiEvents(rec, sink, None)
+    both.on_step({"step": 1, "loss": 0.5})
+    both.on_finish({"global_step": 1})
+    sink.close()
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in lines] == ["step", "finish"] and lines[0]["loss"] == 0.5
+    assert rec.of("step") == [{"step": 1, "loss": 0.5}]
+    cmd = Commands()
+    cmd.request("save_now")
+    assert cmd.take("save_now") and not cmd.take("save_now")  # acted on once
+    cmd.request("stop")
+    assert cmd.take("stop") and cmd.take("stop")  # stop stays set
+    with pytest.raises(ValueError):
+        cmd.request("explode")
+    assert format_lr({"lr": {"textencoder": 1.0, "unet": 1.0}, "dlr": {"textencoder": 2e-6, "unet": 2e-6}}) == "lr 1.00e+00 d*lr 2.00e-06"
