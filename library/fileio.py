@@ -25,6 +25,8 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; give the file the permissions a plain open() would.
+    os.chmod(tmp_path, 0o666 & ~_current_umask())
     try:
         yield tmp_path
         _fsync_file(tmp_path)
@@ -53,6 +55,12 @@ def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
 def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
     with atomic_open(dest, "wb") as fh:
         fh.write(data)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:

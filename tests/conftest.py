@@ -25,3 +25,13 @@ def sdscripts_lora_dir(shared_fixtures: Path) -> Path:
 @pytest.fixture(scope="session")
 def seed_guide_dir(shared_fixtures: Path) -> Path:
     return shared_fixtures / "seed_guide"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread: the tiny models are overhead-bound, and two threads on a
+    busy 2-core machine wait on each other (20x slower seen on shared CI boxes)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
