@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from library.data.plan import bucket_info, dataset_dirs_info, tag_frequency
-from library.lora.metadata import build_metadata, model_metadata
+from library.lora.metadata import build_metadata, model_metadata_from_facts
 
 
 def dataset_metadata(prepared: Any) -> dict[str, Any]:
@@ -37,9 +37,9 @@ class RunMetadata:
         if isinstance(warmup, float) and warmup >= 1 and warmup.is_integer():
             self.config["lr_warmup_steps"] = int(warmup)  # sd-scripts writes "4", not "4.0"
         self.dataset = dataset_metadata(parts.prepared)
-        facts = parts.bundle.facts
-        self.model = model_metadata(cfg.pretrained_model_name_or_path, cfg.vae, v2=cfg.v2,
-                                    v_parameterization=cfg.v_parameterization, new_sd_model_hash=facts.model_hash)
+        # Hashes come from the loaded bundle: no second pass over a multi-GB checkpoint,
+        # and built-in models get their hashes too.
+        self.model = model_metadata_from_facts(parts.bundle.facts, v2=cfg.v2, v_parameterization=cfg.v_parameterization)
         self.optimizer = parts.optimizer.description
         self.session_id = session_id
         self.started_at = time.time()
