@@ -28,14 +28,17 @@ def clean_output(text: str) -> list[str]:
     return lines
 
 
-def run_lorasmith(args: list[str], timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
-    """Output lines of a successful run; LorasmithError with the last lines when it fails."""
+def run_lorasmith(args: list[str], timeout: float = DEFAULT_TIMEOUT_S) -> tuple[list[str], list[str]]:
+    """(stdout lines, stderr lines) of a successful run; LorasmithError with the last lines when it fails.
+
+    Kept apart because results are printed on stdout while progress bars go to stderr.
+    """
     try:
         proc = subprocess.run(lorasmith_argv(*args), capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise LorasmithError(f"`lorasmith {args[0]}` took longer than {timeout:.0f} s and was stopped") from None
-    lines = clean_output(proc.stdout + "\n" + proc.stderr)
+    out, err = clean_output(proc.stdout), clean_output(proc.stderr)
     if proc.returncode != 0:
-        raise LorasmithError(f"`lorasmith {' '.join(args[:2])}` failed (exit code {proc.returncode})", lines[-12:])
-    return lines
+        raise LorasmithError(f"`lorasmith {' '.join(args[:2])}` failed (exit code {proc.returncode})", (out + err)[-12:])
+    return out, err

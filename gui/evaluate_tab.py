@@ -62,10 +62,10 @@ def _checked_files(text: str, guard, what: str) -> str:
 
 def run_grid(args: list[str]) -> Path:
     """Run `lorasmith grid`; the path of the grid it wrote."""
-    lines = run_lorasmith(args, GRID_TIMEOUT_S)
-    grid_lines = [ln for ln in lines if ln.startswith("grid: ")]
+    out, err = run_lorasmith(args, GRID_TIMEOUT_S)
+    grid_lines = [ln for ln in out if ln.startswith("grid: ")]
     if not grid_lines:
-        raise LorasmithError("the grid command did not report a grid file", lines[-12:])
+        raise LorasmithError("the grid command did not report a grid file", (out + err)[-12:])
     return Path(grid_lines[-1][len("grid: "):].strip())
 
 

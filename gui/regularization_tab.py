@@ -112,7 +112,7 @@ class RegularizationTab:
     def build(self, data: dict, make_args) -> dict:
         try:
             form, cfg = self._read(data)
-            lines = run_lorasmith(make_args(form, cfg, self.ctx.guard))
+            lines, _progress = run_lorasmith(make_args(form, cfg, self.ctx.guard))
         except LorasmithError as exc:
             return {self.message: "**Error:** " + str(exc).replace("\n", "  \n")}
         dest = self.ctx.guard.resolve(form["dest"])
@@ -126,7 +126,7 @@ class RegularizationTab:
                 raise ConfigError("train_data_dir is empty in the Training tab")
             args = ["reg", "check", str(self.ctx.guard.check(cfg.train_data_dir, "train_data_dir")),
                     str(self.ctx.guard.check(form["dest"], "reg folder")), "--caption_extension", cfg.caption_extension]
-            lines = run_lorasmith(args)
+            lines, _progress = run_lorasmith(args)
         except LorasmithError as exc:
             # `reg check` exits 1 when unbalanced: its report is the useful part.
             return {self.message: "  \n".join(exc.problems or [str(exc)])}

@@ -93,6 +93,9 @@ class TrainingTab:
         self.samples = gr.Gallery(label="Latest samples", columns=4, height=260, elem_id="samples")
         self.log = gr.Textbox(label="Log (tail)", lines=8, max_lines=8, interactive=False, elem_id="log-tail")
         self.queue = gr.Markdown(elem_id="queue")
+        with gr.Row():
+            self.cancel_id = gr.Number(label="Queued job #", precision=0, minimum=1, elem_id="cancel-id")
+            self.cancel_btn = gr.Button("Remove from queue", elem_id="cancel-queued")
         self.tb_link = gr.Markdown(elem_id="tensorboard-link")
         self.issues = gr.Markdown(elem_id="issues")
         self.plan = gr.Textbox(label="Training plan", lines=14, interactive=False, elem_id="plan")
@@ -244,6 +247,7 @@ class TrainingTab:
         live = self.live_outputs
         self.start_btn.click(self.start, inputs=self.form_inputs, outputs=[self.run_msg, self.issues, *live])
         self.stop_btn.click(self.stop, outputs=self.run_msg)
+        self.cancel_btn.click(self.cancel, inputs=self.cancel_id, outputs=self.run_msg)
         self.tb_btn.click(self.start_tensorboard, inputs=self.form_inputs, outputs=self.tb_link)
         self.timer.tick(self.refresh, inputs=self.seen, outputs=live, show_progress="hidden")
 
@@ -262,6 +266,13 @@ class TrainingTab:
 
     def stop(self) -> str:
         return self.ctx.jobs.stop()
+
+    def cancel(self, job_id: float | None) -> str:
+        if job_id is None:
+            return "Enter the number of a queued job."
+        if self.ctx.jobs.cancel(int(job_id)):
+            return f"Job #{int(job_id)} removed from the queue."
+        return f"Job #{int(job_id)} is not waiting in the queue (running or finished jobs are stopped with Stop)."
 
     def refresh(self, seen: dict | None = None) -> dict:
         """Live panels; a panel whose content did not change is skipped (no re-render every second)."""

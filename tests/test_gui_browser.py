@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -309,3 +310,50 @@ def test_evaluate_makes_a_2x2_grid(page, workspace):
     page.wait_for_function("document.querySelector('#grid-parameters textarea').value.includes('Seed')")
     assert "Steps: 4" in page.locator("#grid-parameters textarea").input_value()
     _shot(page, "11-grid")
+
+
+def test_server_serves_no_file_outside_allowed_folders(server, workspace):
+    import urllib.error
+
+    secret = Path(tempfile.mkdtemp()) / "secret.txt"  # outside the allowed workspace
+    secret.write_text("not for the browser")
+    for target in (secret, Path("/etc/passwd")):
+        for route in ("gradio_api/file=", "file="):
+            try:
+                with urllib.request.urlopen(server + route + str(target), timeout=10) as resp:
+                    body = resp.read().decode("utf-8", "replace")
+            except urllib.error.HTTPError as exc:
+                assert exc.code in (403, 404), (route, exc.code)
+                continue
+            assert "not for the browser" not in body and "root:" not in body, route
+
+
+def test_server_listens_on_loopback_only(server):
+    port = int(server.rsplit(":", 1)[1].strip("/"))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # UDP connect picks the outward interface; nothing is sent
+            outward = probe.getsockname()[0]
+    except OSError:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    if outward.startswith("127."):
+        pytest.skip(f"the only address is loopback ({outward}); nothing to compare with")
+    with socket.socket() as s:
+        s.settimeout(3)
+        assert s.connect_ex((outward, port)) != 0  # refused: bound to 127.0.0.1 only
+
+
+def test_regularization_from_photos_fills_reg_data_dir(page, workspace):
+    _fill_tiny_form(page, workspace)
+    _tab(page, "Regularization")
+    page.locator("#reg-class textarea").fill("shape")
+    page.locator("#reg-dest textarea").fill(str(workspace / "reg"))
+    page.locator("#reg-count input").fill("4")
+    page.locator("#reg-src textarea").fill(str(workspace / "img" / "1_ohwx shape"))
+    page.locator("#reg-photos").click()
+    page.wait_for_selector("#reg-previews img", timeout=TRAIN_TIMEOUT * 1000)
+    assert page.locator("#reg-previews img").count() == 4
+    assert len(list((workspace / "reg" / "1_shape").glob("*.png"))) == 4
+    _tab(page, "Training")
+    assert _field(page, "reg_data_dir").input_value() == str(workspace / "reg")
+    _shot(page, "12-regularization")

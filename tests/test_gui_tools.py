@@ -148,3 +148,15 @@ def test_tensorboard_starts_on_a_free_port_and_stops():
         process = tb.process
         tb.stop()
         assert process.poll() is not None and tb.url is None
+
+
+def test_cancel_handler_messages(app):
+    tab, _ctx = app
+    assert tab.cancel(None).startswith("Enter")
+    assert "not waiting in the queue" in tab.cancel(7)
+
+
+def test_cli_output_collapses_progress_redraws():
+    from gui.cli_runner import clean_output
+
+    assert clean_output("start\ngrid:  50%\rgrid: 100%\r   \nsaved x\n") == ["start", "grid: 100%", "saved x"]
