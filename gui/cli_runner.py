@@ -21,7 +21,7 @@ def lorasmith_argv(*args: str) -> list[str]:
 def clean_output(text: str) -> list[str]:
     """Lines of a command's output with tqdm's carriage-return redraws collapsed."""
     lines = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): it also splits on the \r we collapse
         parts = [p for p in line.split("\r") if p.strip()]
         if parts:
             lines.append(parts[-1].rstrip())
