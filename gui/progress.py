@@ -94,18 +94,20 @@ def _on_step(p: Progress, ev: dict, now: float) -> None:
         p.total_epochs = int(epochs)
     p.loss = _num(ev.get("loss"))
     p.avg_loss = _num(ev.get("avg_loss")) or _num(ev.get("loss_average")) or p.avg_loss
-    lr = ev.get("lr")
-    if isinstance(lr, dict):
-        p.lr = _num(next(iter(lr.values()), None))
-    else:
-        p.lr = _num(lr)
-    dlr = ev.get("d_lr", ev.get("d*lr", ev.get("dlr")))
-    p.d_lr = _num(next(iter(dlr.values()), None)) if isinstance(dlr, dict) else _num(dlr)
+    p.lr = _group_value(ev.get("lr"))
+    p.d_lr = _group_value(ev.get("d_lr", ev.get("d*lr", ev.get("dlr"))))
     if p.loss is not None:
         p.losses.append((p.step, p.loss))
         if len(p.losses) > MAX_LOSS_POINTS:
             p.losses = p.losses[::2]
     p._timing(ev, now)
+
+
+def _group_value(value: Any) -> float | None:
+    """A number, or from a per-group dict the UNet's value (the one that matters most), else the first."""
+    if isinstance(value, dict):
+        return _num(value.get("unet", next(iter(value.values()), None)))
+    return _num(value)
 
 
 def _on_epoch(p: Progress, ev: dict, now: float) -> None:

@@ -246,24 +246,38 @@ def test_training_runs_to_the_end_with_samples(page, workspace):
     _shot(page, "07-training-finished")
 
 
-@pytest.mark.skip(reason="library.training.cli does not yet turn SIGINT into a graceful stop that saves <name>-interrupted")
-def test_reload_reattaches_and_stop_saves(page, server, workspace):
-    _needs_trainer()
+def _start_long_run(page, workspace, name: str) -> None:
     _fill_tiny_form(page, workspace)
-    _fill(page, "output_name", "stopped")
+    _fill(page, "output_name", name)
     _open_group(page, "Training")
     _fill(page, "max_train_epochs", "50")
     page.locator("#start").click()
     page.wait_for_function("Number(document.querySelector('#ls-progress')?.dataset.step) >= 1", timeout=TRAIN_TIMEOUT * 1000)
+
+
+def test_reload_reattaches_and_stop_ends_the_run(page, server, workspace):
+    _needs_trainer()
+    _start_long_run(page, workspace, "reattached")
     _open(page, server)  # a reloaded page shows the running job
     page.wait_for_function("document.querySelector('#ls-progress')?.dataset.state === 'running'")
-    assert "stopped" in page.locator("#ls-progress").inner_text()
+    assert "reattached" in page.locator("#ls-progress").inner_text()
+    _shot(page, "08-reattached")
     page.locator("#stop").click()
     page.wait_for_function("document.querySelector('#run-message').innerText.includes('stopping')")
     _wait_state(page, ("stopped", "failed", "finished"), TRAIN_TIMEOUT)
     assert _progress_state(page)[0] == "stopped"
-    assert (workspace / "out" / "stopped-interrupted.safetensors").is_file()
-    _shot(page, "08-stopped")
+    assert "stopped" in page.locator("#queue").inner_text()
+
+
+@pytest.mark.skip(reason="library.training.cli does not yet turn SIGINT into a graceful stop that saves <name>-interrupted")
+def test_stop_saves_an_interrupted_lora(page, workspace):
+    _needs_trainer()
+    _start_long_run(page, workspace, "graceful")
+    page.locator("#stop").click()
+    _wait_state(page, ("stopped", "failed", "finished"), TRAIN_TIMEOUT)
+    assert _progress_state(page)[0] == "stopped"
+    assert (workspace / "out" / "graceful-interrupted.safetensors").is_file()
+    _shot(page, "08b-stopped-saved")
 
 
 def _tab(pg, name: str) -> None:
