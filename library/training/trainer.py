@@ -25,7 +25,7 @@ from library.config_validate import validate
 from library.data.plan import format_plan
 from library.data.prepare import prepare_data
 from library.errors import DatasetError, LorasmithError, TrainingError
-from library.training import saving
+from library.training import saving, state as run_state
 from library.training.events import Commands, Events
 from library.training.metadata import RunMetadata
 from library.training.optimizers import check_group_lrs
@@ -143,8 +143,14 @@ class Trainer:
     def _loader(self) -> Any:
         from library.data.dataset import make_dataloader
 
-        return make_dataloader(self.parts.dataset, self.cfg.max_data_loader_n_workers,
-                               self.cfg.persistent_data_loader_workers)
+        loader = make_dataloader(self.parts.dataset, self.cfg.max_data_loader_n_workers,
+                                 self.cfg.persistent_data_loader_workers)
+        # Starting a DataLoader iterator draws a base seed from torch's global RNG; put it back so
+        # the draw depends on nothing and a run resumed mid-epoch sees the same RNG as one never stopped.
+        rng_state = torch.get_rng_state()
+        iterator = iter(loader)
+        torch.set_rng_state(rng_state)
+        return iterator
 
     def _micro_step(self, batch: dict[str, Any], accum: int) -> float:
         loss = self.math.loss(batch)
@@ -234,12 +240,35 @@ class Trainer:
     # -- files ---------------------------------------------------------------------------------
     def _save_numbered(self, name: str, kind: str) -> Path:
         epoch = min(self.pos.epoch, self.plan.epochs)
-        return self._write(self.output_dir / name, kind, epoch)
+        path = self._write(self.output_dir / name, kind, epoch)
+        if self.cfg.save_state:
+            self._save_state(name, after_epoch=kind == "epoch")
+        return path
+
+    def _save_state(self, lora_name: str, after_epoch: bool) -> Path:
+        """The state folder beside a LoRA file; after an epoch's end it points at the next epoch's start."""
+        pos = LoopPosition(self.pos.epoch + 1, 0, self.pos.global_step) if after_epoch else self.pos
+        folder = self.output_dir / run_state.state_folder_name(lora_name, self.ext)
+        extra = {"recorder": self.recorder.state_dict(), "epoch_losses": list(self.epoch_losses),
+                 "nan_steps": self.nan_steps}
+        run_state.save_state(folder, self.parts, dataclasses.asdict(pos), extra)
+        self.events.on_save({"path": str(folder), "kind": "state", "epoch": min(pos.epoch, self.plan.epochs),
+                             "step": pos.global_step})
+        return folder
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """The loop's own bookkeeping from a state saved by `_save_state`."""
+        self.recorder.load_state_dict(state["recorder"])
+        self.epoch_losses = [float(x) for x in state.get("epoch_losses", [])]
+        self.nan_steps = int(state.get("nan_steps", 0))
 
     def _save_final(self, stopped: bool) -> Path:
         name = f"{self.cfg.output_name}-interrupted.{self.ext}" if stopped else saving.final_file_name(self.cfg.output_name, self.ext)
         epoch = min(self.pos.epoch, self.plan.epochs) if stopped else self.plan.epochs
-        return self._write(self.output_dir / name, "interrupted" if stopped else "final", epoch)
+        path = self._write(self.output_dir / name, "interrupted" if stopped else "final", epoch)
+        if stopped or self.cfg.save_state or self.cfg.save_state_on_train_end:
+            self._save_state(saving.final_file_name(self.cfg.output_name, self.ext), after_epoch=False)
+        return path
 
     def _write(self, path: Path, kind: str, epoch: int) -> Path:
         md = self.metadata.for_file(epoch=epoch, steps=self.pos.global_step)
@@ -257,7 +286,14 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
     warnings = validate(config)
     check_group_lrs(config.optimizer_type, config.unet_lr, config.text_encoder_lr, config.learning_rate,
                     not config.network_train_text_encoder_only, not config.network_train_unet_only)
-    cfg = dataclasses.replace(config, seed=pick_seed(config.seed))
+    resume_from = run_state.resolve_resume(config) if config.resume else None
+    seed = config.seed
+    if resume_from is not None and seed is None:
+        seed = run_state.read_saved_config(resume_from).get("seed")
+    cfg = dataclasses.replace(config, seed=pick_seed(seed))
+    if resume_from is not None:
+        for change in run_state.check_config(resume_from, cfg):
+            warnings.append(f"resumed with a changed setting: {change}")
     prepared = prepare_data(cfg)
     plan = prepared.plan
     events.on_plan({**plan.to_dict(), "text": format_plan(plan), "warnings": warnings, "seed": cfg.seed})
@@ -266,6 +302,13 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
     parts = build_run(cfg, prepared, cfg.seed)
     for note in parts.notes:
         events.on_log({"message": note})
-    result = Trainer(parts, events, commands).run()
+    trainer = Trainer(parts, events, commands)
+    if resume_from is not None:
+        saved = run_state.load_train_state(resume_from)
+        run_state.restore(resume_from, parts, saved)
+        trainer.pos = LoopPosition(**saved["position"])
+        trainer.load_extra_state(saved)
+        events.on_log({"message": f"resumed from {resume_from} at epoch {trainer.pos.epoch}, step {trainer.pos.global_step}"})
+    result = trainer.run()
     result.warnings = warnings + result.warnings
     return result

@@ -1,0 +1,222 @@
+"""Training state folders for exact resume: `<output_name>-000001-state/`, `-step00000100-state/`, `-state/`.
+
+A state folder holds everything the loop's future depends on: the network
+weights (fp32, `network.safetensors`), optimizer, LR scheduler and gradient
+scaler state, every RNG (Python, NumPy, torch CPU/CUDA, the noise generator;
+the data order is derived from seed, epoch and batch), the loop position and
+the loss window (`train_state.pt`), and the config used (`config.json`, also the
+human-readable `state.json`). It is written into a temp folder beside the
+destination and renamed into place, so a crash leaves either the previous
+complete folder or none. `train_state.pt` is read with `weights_only=True`:
+a state folder from elsewhere cannot run code.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from library.config import TrainConfig
+from library.errors import ConfigError, TrainingError
+
+STATE_FORMAT = 1
+# Fields that may differ on resume without changing the trajectory: where files and logs go,
+# how often things are saved or sampled, how data is loaded, and the resume options themselves.
+FREE_TO_CHANGE = frozenset({
+    "resume", "resume_allow_changes", "output_dir", "output_name", "logging_dir", "log_prefix", "progress_file",
+    "save_state", "save_state_on_train_end", "save_every_n_epochs", "save_every_n_steps", "save_last_n_epochs",
+    "save_last_n_steps", "save_model_as", "save_precision", "no_metadata", "sample_prompts", "sample_every_n_epochs",
+    "sample_every_n_steps", "sample_at_first", "sample_sampler", "max_data_loader_n_workers",
+    "persistent_data_loader_workers",
+})
+
+
+def state_folder_name(lora_file_name: str, ext: str) -> str:
+    """`t-000001.safetensors` -> `t-000001-state`; `t.safetensors` -> `t-state` (sd-scripts' layout)."""
+    return lora_file_name[: -len(ext) - 1] + "-state"
+
+
+def _numpy_state_to_plain(state: tuple) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from_plain(plain: list) -> tuple:
+    name, keys, pos, has_gauss, cached = plain
+    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+
+
+def _python_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def rng_to_plain(rng_state: dict[str, Any]) -> dict[str, Any]:
+    """TrainingRNG.state_dict() with NumPy/Python parts as tensors/lists (loadable with weights_only)."""
+    plain = dict(rng_state)
+    plain["numpy"] = _numpy_state_to_plain(rng_state["numpy"])
+    plain["python"] = _python_state_to_plain(rng_state["python"])
+    return plain
+
+
+def rng_from_plain(plain: dict[str, Any]) -> dict[str, Any]:
+    state = dict(plain)
+    state["numpy"] = _numpy_state_from_plain(plain["numpy"])
+    version, internal, gauss = plain["python"]
+    state["python"] = (version, tuple(internal), gauss)
+    return state
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Lines `name: saved -> now` for fields that differ and could change the trajectory."""
+    now = config_dict(cfg)
+    lines = []
+    for name in sorted(set(saved) | set(now)):
+        if name in FREE_TO_CHANGE or saved.get(name) == now.get(name):
+            continue
+        lines.append(f"{name}: {saved.get(name)!r} -> {now.get(name)!r}")
+    return lines
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: Path):
+    """Yield a temp folder beside `dest`; on success it replaces `dest` (the old one is removed after)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        old = None
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.{os.getpid()}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_state(folder: Path, parts: Any, position: dict[str, int], extra: dict[str, Any]) -> Path:
+    """Write the state folder for `parts` (a RunParts) at `position` (epoch, batch, global_step)."""
+    from safetensors.torch import save_file
+
+    scaler = getattr(parts.accelerator, "scaler", None)
+    train_state = {
+        "format": STATE_FORMAT,
+        "position": dict(position),
+        "optimizer": parts.optimizer.optimizer.state_dict(),
+        "lr_scheduler": parts.lr_scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_to_plain(parts.rng.state_dict()),
+        "dataset": parts.dataset.state_dict(),
+        **extra,
+    }
+    network = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in parts.network.state_dict().items()}
+    try:
+        with atomic_folder(folder) as tmp:
+            save_file(network, str(tmp / "network.safetensors"))
+            torch.save(train_state, tmp / "train_state.pt")
+            (tmp / "config.json").write_text(json.dumps(config_dict(parts.config), indent=1), encoding="utf-8")
+            (tmp / "state.json").write_text(json.dumps({"format": STATE_FORMAT, **position}), encoding="utf-8")
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except OSError as exc:
+        raise TrainingError(f"cannot write the training state {folder}: {exc.strerror or exc}", [
+            "check free disk space and that the output folder is writable; earlier files are intact"]) from None
+    return folder
+
+
+def find_latest(output_dir: Path) -> Path:
+    """The state folder in `output_dir` with the highest global step (newest on ties)."""
+    best: tuple[int, float, Path] | None = None
+    for info in output_dir.glob("*-state/state.json") if output_dir.is_dir() else []:
+        try:
+            step = int(json.loads(info.read_text(encoding="utf-8"))["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        key = (step, info.stat().st_mtime, info.parent)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    if best is None:
+        raise ConfigError(f"--resume latest: no saved state in {output_dir}",
+                          ["train with --save_state (or stop a run) to write <output_name>-...-state folders"])
+    return best[2]
+
+
+def resolve_resume(cfg: TrainConfig) -> Path:
+    if cfg.resume == "latest":
+        if not cfg.output_dir:
+            raise ConfigError("--resume latest needs --output_dir (the folder searched for states)")
+        return find_latest(Path(cfg.output_dir))
+    folder = Path(cfg.resume)
+    if not (folder / "train_state.pt").is_file() or not (folder / "network.safetensors").is_file():
+        raise ConfigError(f"--resume {folder}: not a lorasmith state folder",
+                          ["expected network.safetensors and train_state.pt inside; pass a <output_name>-...-state folder or 'latest'"])
+    return folder
+
+
+def read_saved_config(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{folder / 'config.json'}: cannot read the saved config ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{folder / 'config.json'}: not a config object")
+    return data
+
+
+def check_config(folder: Path, cfg: TrainConfig) -> list[str]:
+    """The changes against the saved config; refused (ConfigError) unless resume_allow_changes."""
+    changes = config_changes(read_saved_config(folder), cfg)
+    if changes and not cfg.resume_allow_changes:
+        raise ConfigError(f"--resume {folder}: the config differs from the one the state was saved with", changes + [
+            "resume with the same settings, or pass --resume_allow_changes to continue anyway (the result will differ)"])
+    return changes
+
+
+def load_train_state(folder: Path) -> dict[str, Any]:
+    path = folder / "train_state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or hostile file
+        raise ConfigError(f"{path}: cannot load the training state ({type(exc).__name__}: {str(exc)[:200]})",
+                          ["the folder is damaged or not a lorasmith state; pick another with --resume"]) from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ConfigError(f"{path}: unknown state format", ["this state was written by another program or version"])
+    return state
+
+
+def restore(folder: Path, parts: Any, state: dict[str, Any]) -> None:
+    """Load network, optimizer, schedule, scaler, RNG and data position into freshly built `parts`."""
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(str(folder / "network.safetensors"))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise ConfigError(f"{folder / 'network.safetensors'}: cannot load ({str(exc)[:200]})") from None
+    result = parts.network.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(f"{folder}: the saved network does not match this one",
+                          [f"missing: {k}" for k in result.missing_keys[:5]] + [f"unexpected: {k}" for k in result.unexpected_keys[:5]])
+    parts.optimizer.optimizer.load_state_dict(state["optimizer"])
+    parts.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    scaler = getattr(parts.accelerator, "scaler", None)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    parts.rng.load_state_dict(rng_from_plain(state["rng"]))
+    parts.dataset.load_state_dict(state["dataset"])

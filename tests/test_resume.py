@@ -1,0 +1,128 @@
+"""Exact resume on the tiny model: a resumed run equals, bit for bit, the run that was never stopped."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from library.config import TrainConfig
+from library.errors import ConfigError
+from library.training.demo import make_shapes_dataset
+from library.training.events import Commands, Events
+from library.training.trainer import train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes_dataset(root, count=4)
+    (root / "10_ohwx shape").rename(root / "1_ohwx shape")
+    return root
+
+
+def config(data: Path, out: Path, **kw) -> TrainConfig:
+    # AdamW with warmup + cosine: optimizer moments and the LR position both matter on resume;
+    # caption shuffle and flip make the data order/augmentation RNG matter too.
+    base = dict(pretrained_model_name_or_path="tiny", train_data_dir=str(data), output_dir=str(out), output_name="t",
+                caption_extension=".txt", resolution="64", train_batch_size=2, max_train_epochs=3,
+                cache_latents=False, flip_aug=True, shuffle_caption=True, seed=5, learning_rate=1e-3,
+                optimizer_type="AdamW", lr_scheduler="cosine", lr_warmup_steps=2, network_dropout=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def lora(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def full_run(data: Path, tmp_path_factory) -> Path:
+    """3 epochs x 2 steps with states after epoch 1, every 3 steps, and at the end."""
+    out = tmp_path_factory.mktemp("full")
+    result = train(config(data, out, save_state=True, save_every_n_epochs=1, save_every_n_steps=3))
+    assert result.global_step == 6
+    return out
+
+
+def test_state_folders_hold_everything(full_run: Path) -> None:
+    names = sorted(p.name for p in full_run.iterdir())
+    for folder in ("t-000001-state", "t-000002-state", "t-step00000003-state", "t-step00000006-state", "t-state"):
+        assert folder in names
+        assert sorted(p.name for p in (full_run / folder).iterdir()) == [
+            "config.json", "network.safetensors", "state.json", "train_state.pt"]
+    assert not [n for n in names if n.startswith(".")], "a temp folder was left behind"
+    assert json.loads((full_run / "t-000001-state" / "state.json").read_text()) == {
+        "format": 1, "epoch": 2, "batch": 0, "global_step": 2}
+    assert json.loads((full_run / "t-step00000003-state" / "state.json").read_text())["batch"] == 1
+    state = torch.load(full_run / "t-state" / "train_state.pt", weights_only=True)
+    assert {"optimizer", "lr_scheduler", "rng", "dataset", "position", "recorder"} <= set(state)
+    assert state["lr_scheduler"]["last_epoch"] == 6
+    assert {"python", "numpy", "torch", "noise", "seed"} <= set(state["rng"])
+
+
+@pytest.mark.parametrize("folder", ["t-000001-state", "t-step00000003-state"])
+def test_resume_after_epoch_or_mid_epoch_is_bit_exact(data: Path, full_run: Path, tmp_path: Path, folder: str) -> None:
+    result = train(config(data, tmp_path, resume=str(full_run / folder), save_every_n_epochs=1))
+    assert result.global_step == 6
+    assert_same(lora(tmp_path / "t.safetensors"), lora(full_run / "t.safetensors"))
+    if folder == "t-000001-state":  # the epoch files after the resume point match too
+        assert_same(lora(tmp_path / "t-000002.safetensors"), lora(full_run / "t-000002.safetensors"))
+
+
+class StopAt(Events):
+    def __init__(self, commands: Commands, step: int) -> None:
+        self.commands, self.step = commands, step
+
+    def on_step(self, info) -> None:
+        if info["step"] == self.step:
+            self.commands.request("stop")
+
+
+def test_stop_command_then_resume_latest_is_bit_exact(data: Path, full_run: Path, tmp_path: Path) -> None:
+    commands = Commands()
+    stopped = train(config(data, tmp_path), StopAt(commands, 3), commands)
+    assert stopped.stopped and stopped.global_step == 3
+    assert (tmp_path / "t-interrupted.safetensors").is_file()
+    assert json.loads((tmp_path / "t-state" / "state.json").read_text())["global_step"] == 3
+    result = train(config(data, tmp_path, resume="latest"))
+    assert not result.stopped and result.global_step == 6
+    assert_same(lora(tmp_path / "t.safetensors"), lora(full_run / "t.safetensors"))
+
+
+def test_changed_config_is_refused_unless_allowed(data: Path, full_run: Path, tmp_path: Path) -> None:
+    state = str(full_run / "t-step00000006-state")
+    with pytest.raises(ConfigError) as err:
+        train(config(data, tmp_path, resume=state, learning_rate=2e-3, network_dim=8))
+    text = str(err.value) + "\n".join(err.value.problems)
+    assert "learning_rate: 0.001 -> 0.002" in text and "network_dim" in text
+    # output place, saving cadence and logs may change freely
+    result = train(config(data, tmp_path, resume=state, output_name="u", save_every_n_epochs=2,
+                          resume_allow_changes=False))
+    assert result.global_step == 6 and (tmp_path / "u.safetensors").is_file()
+    allowed = train(config(data, tmp_path / "b", resume=state, learning_rate=2e-3, resume_allow_changes=True))
+    assert any("learning_rate" in w for w in allowed.warnings)
+
+
+def test_resume_latest_without_state_and_bad_folder(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no saved state"):
+        train(config(data, tmp_path, resume="latest"))
+    (tmp_path / "x-state").mkdir()
+    with pytest.raises(ConfigError, match="not a lorasmith state folder"):
+        train(config(data, tmp_path, resume=str(tmp_path / "x-state")))
