@@ -15,6 +15,7 @@ from library.config_io import add_train_arguments, resolve_config, write_config
 from library.config_validate import validate
 from library.training.console import ConsoleEvents
 from library.training.events import Commands, JsonLinesEvents, MultiEvents
+from library.training.signals import stop_on_signals
 
 
 def output_config(args: argparse.Namespace) -> int:
@@ -50,8 +51,10 @@ def run_training(args: argparse.Namespace, commands: Commands | None = None) -> 
     cfg = resolve_config(args)
     progress = JsonLinesEvents(cfg.progress_file) if cfg.progress_file else None
     events = MultiEvents(ConsoleEvents(), progress)
+    commands = commands or Commands()
     try:
-        result = train(cfg, events, commands)
+        with stop_on_signals(commands):
+            result = train(cfg, events, commands)
     finally:
         if progress is not None:
             progress.close()
