@@ -27,6 +27,7 @@ from library.data.prepare import prepare_data
 from library.errors import DatasetError, LorasmithError, TrainingError
 from library.training import saving, state as run_state
 from library.training.events import Commands, Events
+from library.training.lock import output_lock
 from library.training.metadata import RunMetadata
 from library.training.optimizers import check_group_lrs
 from library.training.rng import pick_seed
@@ -294,6 +295,17 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
     if resume_from is not None:
         for change in run_state.check_config(resume_from, cfg):
             warnings.append(f"resumed with a changed setting: {change}")
+    if not cfg.output_dir:
+        return _train_prepared(cfg, events, commands, resume_from, warnings)
+    with output_lock(cfg.output_dir) as lock_notes:
+        for note in lock_notes:
+            events.on_log({"message": note})
+        return _train_prepared(cfg, events, commands, resume_from, warnings)
+
+
+def _train_prepared(cfg: TrainConfig, events: Events, commands: Commands | None, resume_from: Path | None,
+                    warnings: list[str]) -> TrainResult:
+    """Plan, build (and restore a saved state into) the run, then train."""
     prepared = prepare_data(cfg)
     plan = prepared.plan
     events.on_plan({**plan.to_dict(), "text": format_plan(plan), "warnings": warnings, "seed": cfg.seed})

@@ -1,0 +1,94 @@
+"""One training per output folder: `<output_dir>/.lorasmith-train.lock` names the running process.
+
+Two runs writing the same `<output_name>-000001.safetensors` and state folders
+would overwrite each other's files in an unpredictable mix. The lock is created
+with O_EXCL (atomic); a lock whose process no longer exists (a crash, kill -9)
+is stale and taken over with a note.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from library.errors import TrainingError
+
+LOCK_NAME = ".lorasmith-train.lock"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (signal 0 probes without sending anything)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _create(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(info))
+    return True
+
+
+def acquire(output_dir: Path) -> tuple[Path, list[str]]:
+    """Take the lock (returns its path and notes) or raise TrainingError naming the running process."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / LOCK_NAME
+    notes: list[str] = []
+    for _ in range(3):
+        if _create(path):
+            return path, notes
+        held = _read(path)
+        pid = int(held.get("pid", 0)) if str(held.get("pid", "")).isdigit() else 0
+        same_host = held.get("host") in (None, socket.gethostname())
+        if pid and pid != os.getpid() and (pid_alive(pid) or not same_host):
+            raise TrainingError(f"{output_dir} is in use by another training (process {pid} on {held.get('host')}, "
+                                f"started {held.get('started')})", [
+                f"lock file: {path}",
+                "wait for that training to finish, stop it, or choose another --output_dir",
+                "if no training is running there, delete the lock file"])
+        notes.append(f"took over a stale lock {path} (process {pid or '?'} is gone)")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    raise TrainingError(f"cannot take the lock {path}", ["another process keeps creating it; choose another --output_dir"])
+
+
+def release(path: Path) -> None:
+    """Remove the lock if it is still ours."""
+    if _read(path).get("pid") == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str | os.PathLike[str]) -> Iterator[list[str]]:
+    """Hold the output folder's lock for the duration; yields notes (stale lock taken over)."""
+    path, notes = acquire(Path(output_dir))
+    try:
+        yield notes
+    finally:
+        release(path)
