@@ -94,7 +94,7 @@ class TrainingTab:
         self.log = gr.Textbox(label="Log (tail)", lines=8, max_lines=8, interactive=False, elem_id="log-tail")
         self.queue = gr.Markdown(elem_id="queue")
         with gr.Row():
-            self.cancel_id = gr.Number(label="Queued job #", precision=0, minimum=1, elem_id="cancel-id")
+            self.cancel_id = gr.Number(label="Queued job #", value=None, precision=0, elem_id="cancel-id")
             self.cancel_btn = gr.Button("Remove from queue", elem_id="cancel-queued")
         self.tb_link = gr.Markdown(elem_id="tensorboard-link")
         self.issues = gr.Markdown(elem_id="issues")
