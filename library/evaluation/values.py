@@ -11,7 +11,6 @@ Unlike A1111 (numpy.arange), float ranges are counted with a tolerance so that
 from __future__ import annotations
 
 import csv
-import io
 import re
 
 from library.errors import SamplingError
@@ -25,8 +24,15 @@ _FLOAT_COUNT = re.compile(rf"\s*({_FLOAT})\s*-\s*({_FLOAT})\s*\[\s*(\d+)\s*\]\s*
 
 
 def split_csv(text: str) -> list[str]:
-    """Values of a comma list, CSV quoting honoured, each stripped; empty items dropped."""
-    rows = list(csv.reader(io.StringIO(text), skipinitialspace=True))
+    """Values of a comma list, CSV quoting honoured, each stripped; empty items dropped.
+
+    Line breaks separate values like commas (a list pasted one value per line).
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    try:
+        rows = [row for line in lines for row in csv.reader([line], skipinitialspace=True)]
+    except csv.Error as exc:
+        raise SamplingError(f"cannot read the value list {text!r}: {exc}", ["check the quotes: write \"red, blue\", green"]) from None
     return [v.strip() for row in rows for v in row if v.strip()]
 
 
