@@ -57,7 +57,8 @@ def make_accelerator(mixed_precision: str) -> Any:
 
     AcceleratorState._reset_state(False)
     try:
-        return Accelerator(mixed_precision=mixed_precision)
+        # cpu=True without CUDA: the same device, and under a multi-process launch it selects gloo
+        return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     except ValueError as exc:
         raise ConfigError(f"mixed_precision {mixed_precision}: {exc}", ["use mixed_precision no on this machine"]) from None
 

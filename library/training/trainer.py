@@ -25,7 +25,7 @@ from library.config_validate import validate
 from library.data.plan import format_plan
 from library.data.prepare import prepare_data
 from library.errors import DatasetError, LorasmithError, TrainingError
-from library.training import saving, state as run_state
+from library.training import distributed, saving, state as run_state
 from library.training.events import Commands, Events
 from library.training.lock import output_lock
 from library.training.metadata import RunMetadata
@@ -76,7 +76,10 @@ class Trainer:
         self.output_dir = Path(self.cfg.output_dir)
         self.ext = self.cfg.save_model_as
         self.save_dtype = saving.save_dtype(self.cfg.save_precision)
-        log_dir = run_log_dir(self.cfg.logging_dir, self.cfg.log_prefix) if self.cfg.logging_dir else None
+        self.world = parts.accelerator.num_processes
+        self.rank = parts.accelerator.process_index
+        self.is_main = self.rank == 0  # only the main process writes files and logs
+        log_dir = run_log_dir(self.cfg.logging_dir, self.cfg.log_prefix) if self.cfg.logging_dir and self.is_main else None
         self.tb = TensorBoardLog(log_dir)
         self.metadata = RunMetadata(parts, session_id=random.SystemRandom().randint(0, 2**32 - 1))
         self.samples = SampleHook(parts, self.events)
@@ -109,7 +112,7 @@ class Trainer:
     def _loop(self) -> bool:
         """True when stopped by a command before the planned end."""
         if self.cfg.sample_at_first and self.pos.global_step == 0:
-            self.samples.maybe(epoch=0, step=0, force=True)
+            self._sample(epoch=0, step=0, force=True)
         while self.pos.epoch <= self.plan.epochs and not self._done():
             if self._run_epoch():
                 return True
@@ -122,11 +125,9 @@ class Trainer:
     def _run_epoch(self) -> bool:
         p, epoch = self.parts, self.pos.epoch
         p.dataset.set_epoch(epoch, self.pos.batch)
-        loader = self._loader()
-        n_batches = len(p.dataset)
+        n_batches = distributed.rounds_per_epoch(len(p.dataset), self.world)
         accum = self.cfg.gradient_accumulation_steps
-        for batch in loader:
-            i = self.pos.batch
+        for i, batch in self._batches(epoch):
             started = time.perf_counter()
             loss_value = self._micro_step(batch, accum)
             self.recorder.add(epoch, i, loss_value if math.isfinite(loss_value) else 0.0)
@@ -140,6 +141,12 @@ class Trainer:
                 if self._done():
                     break
         return False
+
+    def _batches(self, epoch: int) -> Any:
+        """(index, batch) pairs from the current position: all batches, or this process's shard."""
+        if self.world > 1:
+            return distributed.sharded_batches(self.parts.dataset, epoch, self.pos.batch, self.rank, self.world)
+        return enumerate(self._loader(), start=self.pos.batch)
 
     def _loader(self) -> Any:
         from library.data.dataset import make_dataloader
@@ -177,6 +184,7 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         p = self.parts
+        distributed.average_gradients(p.trainable_params, self.world)
         if self.cfg.max_grad_norm:
             p.accelerator.clip_grad_norm_(p.trainable_params, self.cfg.max_grad_norm)
         p.optimizer.optimizer.step()
@@ -196,11 +204,16 @@ class Trainer:
         self.events.on_step(self._step_info(loss_value, lrs, dvals))
         if saving.should_save_step(step, self.cfg.save_every_n_steps) or self.commands.take("save_now"):
             self._save_numbered(saving.step_file_name(self.cfg.output_name, step, self.ext), "step")
-            saving.prune_step_files(self.output_dir, self.cfg.output_name, self.ext, step, self.cfg.save_last_n_steps)
+            if self.is_main:
+                saving.prune_step_files(self.output_dir, self.cfg.output_name, self.ext, step, self.cfg.save_last_n_steps)
         if self.cfg.sample_every_n_steps and step % self.cfg.sample_every_n_steps == 0:
-            self.samples.maybe(epoch=None, step=step, force=True)
+            self._sample(epoch=None, step=step, force=True)
         elif self.commands.take("sample_now"):
-            self.samples.maybe(epoch=None, step=step, force=True)
+            self._sample(epoch=None, step=step, force=True)
+
+    def _sample(self, **kwargs: Any) -> None:
+        if self.is_main:
+            self.samples.maybe(**kwargs)
 
     def _lrs(self) -> tuple[list[float], list[float | None]]:
         opt = self.parts.optimizer
@@ -231,10 +244,11 @@ class Trainer:
                               "step": self.pos.global_step})
         if saving.should_save_epoch(epoch, self.cfg.save_every_n_epochs, self.plan.epochs):
             self._save_numbered(saving.epoch_file_name(self.cfg.output_name, epoch, self.ext), "epoch")
-            saving.prune_epoch_files(self.output_dir, self.cfg.output_name, self.ext, epoch,
-                                     self.cfg.save_every_n_epochs or 1, self.cfg.save_last_n_epochs)
+            if self.is_main:
+                saving.prune_epoch_files(self.output_dir, self.cfg.output_name, self.ext, epoch,
+                                         self.cfg.save_every_n_epochs or 1, self.cfg.save_last_n_epochs)
         if self.cfg.sample_every_n_epochs and epoch % self.cfg.sample_every_n_epochs == 0:
-            self.samples.maybe(epoch=epoch, step=self.pos.global_step, force=True)
+            self._sample(epoch=epoch, step=self.pos.global_step, force=True)
         self.pos.epoch += 1
         self.pos.batch = 0
 
@@ -250,6 +264,8 @@ class Trainer:
         """The state folder beside a LoRA file; after an epoch's end it points at the next epoch's start."""
         pos = LoopPosition(self.pos.epoch + 1, 0, self.pos.global_step) if after_epoch else self.pos
         folder = self.output_dir / run_state.state_folder_name(lora_name, self.ext)
+        if not self.is_main:
+            return folder
         extra = {"recorder": self.recorder.state_dict(), "epoch_losses": list(self.epoch_losses),
                  "nan_steps": self.nan_steps}
         run_state.save_state(folder, self.parts, dataclasses.asdict(pos), extra)
@@ -272,6 +288,8 @@ class Trainer:
         return path
 
     def _write(self, path: Path, kind: str, epoch: int) -> Path:
+        if not self.is_main:
+            return path
         md = self.metadata.for_file(epoch=epoch, steps=self.pos.global_step)
         saving.write_lora(self.parts.network, path, self.ext, self.save_dtype, md)
         if path not in self.files:
@@ -295,18 +313,21 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
     if resume_from is not None:
         for change in run_state.check_config(resume_from, cfg):
             warnings.append(f"resumed with a changed setting: {change}")
-    if not cfg.output_dir:
-        return _train_prepared(cfg, events, commands, resume_from, warnings)
+    world, rank = distributed.process_info()
+    if rank != 0:
+        events = Events()  # only the main process reports and writes
+    if not cfg.output_dir or rank != 0:
+        return _train_prepared(cfg, events, commands, resume_from, warnings, world)
     with output_lock(cfg.output_dir) as lock_notes:
         for note in lock_notes:
             events.on_log({"message": note})
-        return _train_prepared(cfg, events, commands, resume_from, warnings)
+        return _train_prepared(cfg, events, commands, resume_from, warnings, world)
 
 
 def _train_prepared(cfg: TrainConfig, events: Events, commands: Commands | None, resume_from: Path | None,
-                    warnings: list[str]) -> TrainResult:
+                    warnings: list[str], world: int = 1) -> TrainResult:
     """Plan, build (and restore a saved state into) the run, then train."""
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(cfg, num_processes=world)
     plan = prepared.plan
     events.on_plan({**plan.to_dict(), "text": format_plan(plan), "warnings": warnings, "seed": cfg.seed})
     if plan.total_steps < 1:
