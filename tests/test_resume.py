@@ -126,3 +126,10 @@ def test_resume_latest_without_state_and_bad_folder(data: Path, tmp_path: Path) 
     (tmp_path / "x-state").mkdir()
     with pytest.raises(ConfigError, match="not a lorasmith state folder"):
         train(config(data, tmp_path, resume=str(tmp_path / "x-state")))
+
+
+def test_pruned_files_take_their_state_folders(data: Path, tmp_path: Path) -> None:
+    train(config(data, tmp_path, max_train_epochs=2, save_state=True, save_every_n_steps=1, save_last_n_steps=1))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["t-state", "t-step00000003-state", "t-step00000003.safetensors",
+                     "t-step00000004-state", "t-step00000004.safetensors", "t.safetensors"], names

@@ -45,6 +45,17 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
         p.grad.div_(world)
 
 
+def any_process(flag: bool, world: int, device: torch.device | str = "cpu") -> bool:
+    """True on every process when any has `flag` (a stop signal may reach only some; all must stop together)."""
+    if world <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)  # NCCL needs it on the GPU
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def sharded_batches(dataset: Any, epoch: int, start_round: int, rank: int, world: int):
     """Yield (round, batch) for this process from `start_round` to the end of the epoch."""
     n = len(dataset)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import shutil
 import statistics
 import time
 from collections import deque
@@ -136,7 +137,7 @@ class Trainer:
                 self._optimizer_step()
                 self.step_times.append(time.perf_counter() - started)
                 self._after_step(loss_value)
-                if self.commands.take("stop"):
+                if distributed.any_process(self.commands.take("stop"), self.world, self.parts.device):
                     return True
                 if self._done():
                     break
@@ -205,7 +206,8 @@ class Trainer:
         if saving.should_save_step(step, self.cfg.save_every_n_steps) or self.commands.take("save_now"):
             self._save_numbered(saving.step_file_name(self.cfg.output_name, step, self.ext), "step")
             if self.is_main:
-                saving.prune_step_files(self.output_dir, self.cfg.output_name, self.ext, step, self.cfg.save_last_n_steps)
+                self._drop_states(saving.prune_step_files(self.output_dir, self.cfg.output_name, self.ext, step,
+                                                          self.cfg.save_last_n_steps))
         if self.cfg.sample_every_n_steps and step % self.cfg.sample_every_n_steps == 0:
             self._sample(epoch=None, step=step, force=True)
         elif self.commands.take("sample_now"):
@@ -245,8 +247,8 @@ class Trainer:
         if saving.should_save_epoch(epoch, self.cfg.save_every_n_epochs, self.plan.epochs):
             self._save_numbered(saving.epoch_file_name(self.cfg.output_name, epoch, self.ext), "epoch")
             if self.is_main:
-                saving.prune_epoch_files(self.output_dir, self.cfg.output_name, self.ext, epoch,
-                                         self.cfg.save_every_n_epochs or 1, self.cfg.save_last_n_epochs)
+                self._drop_states(saving.prune_epoch_files(self.output_dir, self.cfg.output_name, self.ext, epoch,
+                                                           self.cfg.save_every_n_epochs or 1, self.cfg.save_last_n_epochs))
         if self.cfg.sample_every_n_epochs and epoch % self.cfg.sample_every_n_epochs == 0:
             self._sample(epoch=epoch, step=self.pos.global_step, force=True)
         self.pos.epoch += 1
@@ -272,6 +274,11 @@ class Trainer:
         self.events.on_save({"path": str(folder), "kind": "state", "epoch": min(pos.epoch, self.plan.epochs),
                              "step": pos.global_step})
         return folder
+
+    def _drop_states(self, pruned: list[Path]) -> None:
+        """State folders go with their pruned LoRA files (sd-scripts' save_last_n_* also drops states)."""
+        for path in pruned:
+            shutil.rmtree(path.parent / run_state.state_folder_name(path.name, self.ext), ignore_errors=True)
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """The loop's own bookkeeping from a state saved by `_save_state`."""
