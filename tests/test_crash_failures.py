@@ -72,6 +72,9 @@ def test_stale_lock_is_taken_over_with_a_note_and_released(data: Path, tmp_path:
     pid = dead_pid()
     assert not lock.pid_alive(pid)
     write_lock(tmp_path, pid)
+    (tmp_path / ".t.safetensors.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".t-state.xyz.tmp").mkdir()
+    (tmp_path / "keep.tmp").write_text("not ours: visible names are never touched")
     logs: list[str] = []
 
     class Log(Events):
@@ -82,6 +85,8 @@ def test_stale_lock_is_taken_over_with_a_note_and_released(data: Path, tmp_path:
     assert result.final_file.is_file()
     assert any("stale lock" in m and str(pid) in m for m in logs)
     assert not (tmp_path / lock.LOCK_NAME).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tmp", "t.safetensors"]
+    assert any("removed .t-state.xyz.tmp" in m for m in logs)
 
 
 def test_lock_is_held_during_training(data: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -72,9 +73,26 @@ def acquire(output_dir: Path) -> tuple[Path, list[str]]:
                 "wait for that training to finish, stop it, or choose another --output_dir",
                 "if no training is running there, delete the lock file"])
         notes.append(f"took over a stale lock {path} (process {pid or '?'} is gone)")
+        notes += [f"removed {name}, left half-written by that process" for name in remove_stale_temps(output_dir)]
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     raise TrainingError(f"cannot take the lock {path}", ["another process keeps creating it; choose another --output_dir"])
+
+
+def remove_stale_temps(output_dir: Path) -> list[str]:
+    """Delete the hidden temp files/folders (`.name.XXXX.tmp`, `.name.PID.old`) a killed run left behind.
+
+    Only called with the lock of a dead process in hand, so no live writer owns them.
+    """
+    removed = []
+    for entry in output_dir.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith((".tmp", ".old")):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return sorted(removed)
 
 
 def release(path: Path) -> None:
