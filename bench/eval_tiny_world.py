@@ -20,23 +20,18 @@ import numpy as np
 import torch
 from diffusers import EulerAncestralDiscreteScheduler
 from PIL import Image
-from safetensors.torch import load_file
 
 from library.models.configs import load_family_configs
 from library.world.classifier import accuracy, predict, train_classifier
 from library.world.generator import ALL_SHAPES, COLOURS, WORLD_SHAPES, generate_world
-from library.world.pretrain import build_modules, tokenize
+from library.world.model import build_tiny_world_bundle
+from library.world.pretrain import tokenize
 
 
 def load_world_modules(weights: Path, device: str) -> dict[str, torch.nn.Module]:
-    """The tiny architecture with the file's `unet.*`/`vae.*`/`text_encoder.*` weights, in fp32."""
-    state = load_file(str(weights))
-    modules = build_modules(0)
-    for name, module in modules.items():
-        part = {k[len(name) + 1:]: v.float() for k, v in state.items() if k.startswith(name + ".")}
-        module.load_state_dict(part, strict=True)
-        module.to(device).eval()
-    return modules
+    """The tiny architecture with the file's weights, through the same loader `tiny-world` uses, in fp32."""
+    bundle = build_tiny_world_bundle(torch.float32, path=weights)
+    return {name: module.to(device) for name, module in bundle.components().items()}
 
 
 @torch.no_grad()
