@@ -133,3 +133,13 @@ def test_pruned_files_take_their_state_folders(data: Path, tmp_path: Path) -> No
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["t-state", "t-step00000003-state", "t-step00000003.safetensors",
                      "t-step00000004-state", "t-step00000004.safetensors", "t.safetensors"], names
+
+
+def test_mid_epoch_state_needs_the_same_process_count(full_run: Path) -> None:
+    from library.training.state import check_processes, load_train_state
+
+    mid = load_train_state(full_run / "t-step00000003-state")
+    assert mid["num_processes"] == 1
+    with pytest.raises(ConfigError, match="saved mid-epoch with 1 process"):
+        check_processes(full_run, mid, 2)
+    check_processes(full_run, load_train_state(full_run / "t-000001-state"), 2)  # epoch boundary: any count

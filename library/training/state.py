@@ -220,3 +220,11 @@ def restore(folder: Path, parts: Any, state: dict[str, Any]) -> None:
         scaler.load_state_dict(state["scaler"])
     parts.rng.load_state_dict(rng_from_plain(state["rng"]))
     parts.dataset.load_state_dict(state["dataset"])
+
+
+def check_processes(folder: Path, state: dict[str, Any], world: int) -> None:
+    """Mid-epoch positions count rounds of `num_processes` batches, so they need the same process count."""
+    saved = int(state.get("num_processes", 1))
+    if saved != world and int(state["position"]["batch"]) != 0:
+        raise ConfigError(f"--resume {folder}: saved mid-epoch with {saved} process(es), resumed with {world}", [
+            "resume with the same number of processes, or from a state saved at the end of an epoch"])

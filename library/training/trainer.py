@@ -269,7 +269,7 @@ class Trainer:
         if not self.is_main:
             return folder
         extra = {"recorder": self.recorder.state_dict(), "epoch_losses": list(self.epoch_losses),
-                 "nan_steps": self.nan_steps}
+                 "nan_steps": self.nan_steps, "num_processes": self.world}
         run_state.save_state(folder, self.parts, dataclasses.asdict(pos), extra)
         self.events.on_save({"path": str(folder), "kind": "state", "epoch": min(pos.epoch, self.plan.epochs),
                              "step": pos.global_step})
@@ -345,6 +345,7 @@ def _train_prepared(cfg: TrainConfig, events: Events, commands: Commands | None,
     trainer = Trainer(parts, events, commands)
     if resume_from is not None:
         saved = run_state.load_train_state(resume_from)
+        run_state.check_processes(resume_from, saved, trainer.world)
         run_state.restore(resume_from, parts, saved)
         trainer.pos = LoopPosition(**saved["position"])
         trainer.load_extra_state(saved)
