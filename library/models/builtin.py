@@ -86,3 +86,13 @@ def build_tiny_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) -> Mode
 
 
 register_builtin("tiny", lambda dtype: build_tiny_bundle(0, dtype=dtype))
+
+
+def _build_tiny_world(dtype: torch.dtype) -> ModelBundle:
+    # Imported lazily: library.world builds on library.models.
+    from library.world.model import build_tiny_world_bundle
+
+    return build_tiny_world_bundle(dtype)
+
+
+register_builtin("tiny-world", _build_tiny_world)
