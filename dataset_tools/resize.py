@@ -24,22 +24,16 @@ from dataset_tools.images import (
     scan_folder,
     start_run,
 )
-from library.errors import DatasetError
+from library.config import parse_resolution
+from library.errors import ConfigError, DatasetError
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """'768' -> (768, 768); '512x768' or '512,768' -> (512, 768) as (width, height)."""
-    cleaned = text.lower().replace(",", "x")
-    parts = cleaned.split("x")
     try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        nums = []
-    if len(nums) == 1:
-        nums = nums * 2
-    if len(nums) != 2 or min(nums) <= 0:
-        raise DatasetError(f"bad size {text!r}", ["write it as N or WxH with positive integers, e.g. 768 or 512x768"])
-    return nums[0], nums[1]
+        return parse_resolution(text)
+    except ConfigError:
+        raise DatasetError(f"bad size {text!r}", ["write it as N or WxH with positive integers, e.g. 768 or 512x768"]) from None
 
 
 def max_side_size(width: int, height: int, max_side: int) -> tuple[int, int]:

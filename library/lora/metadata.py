@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from library.config import parse_resolution
+
 # (ss field, config field, value when the config lacks the field) — sd-scripts' defaults.
 _FROM_CONFIG: tuple[tuple[str, str, Any], ...] = (
     ("ss_output_name", "output_name", None),
@@ -85,15 +87,6 @@ MINIMUM_KEYS = (
     "ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
 )
 IMPLEMENTATION_VERSION = "lorasmith/0.1.0"
-
-
-def parse_resolution(value: Any) -> tuple[int, int]:
-    """sd-scripts' --resolution: "512" -> (512, 512); "512,768" -> (512, 768) as (width, height)."""
-    if isinstance(value, (tuple, list)):
-        parts = [int(v) for v in value]
-    else:
-        parts = [int(v) for v in str(value).split(",")]
-    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
 def parse_network_args(items: list[str] | None) -> dict[str, str]:
