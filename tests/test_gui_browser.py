@@ -252,7 +252,11 @@ def _start_long_run(page, workspace, name: str) -> None:
     _open_group(page, "Training")
     _fill(page, "max_train_epochs", "50")
     page.locator("#start").click()
-    page.wait_for_function("Number(document.querySelector('#ls-progress')?.dataset.step) >= 1", timeout=TRAIN_TIMEOUT * 1000)
+    # The bar shows the previous run until this one starts: wait for this run's name, running, past step 1.
+    page.wait_for_function(
+        "(() => { const el = document.querySelector('#ls-progress');"
+        f" return el && el.dataset.state === 'running' && el.innerText.includes('{name}')"
+        " && Number(el.dataset.step) >= 1; })()", timeout=TRAIN_TIMEOUT * 1000)
 
 
 def test_reload_reattaches_and_stop_ends_the_run(page, server, workspace):
@@ -269,7 +273,6 @@ def test_reload_reattaches_and_stop_ends_the_run(page, server, workspace):
     assert "stopped" in page.locator("#queue").inner_text()
 
 
-@pytest.mark.skip(reason="library.training.cli does not yet turn SIGINT into a graceful stop that saves <name>-interrupted")
 def test_stop_saves_an_interrupted_lora(page, workspace):
     _needs_trainer()
     _start_long_run(page, workspace, "graceful")
