@@ -84,3 +84,15 @@ def test_second_signal_stops_at_once_without_damage(data: Path, tmp_path: Path) 
     assert proc.returncode == 130, err[-2000:]
     assert "stopping now" in err or "stopping after this step" in err
     check_outputs(tmp_path)
+
+
+def test_signal_arriving_inside_commands_take_does_not_deadlock() -> None:
+    """The handler runs in the main thread, possibly while `take` holds the commands lock."""
+    from library.training.events import Commands
+    from library.training.signals import SignalStop
+
+    commands = Commands()
+    handler = SignalStop(commands)
+    with commands._lock:  # as if the signal interrupted take()
+        handler(signal.SIGINT, None)
+    assert commands.take("stop")

@@ -104,7 +104,8 @@ class Commands:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler runs in the main thread and may interrupt `take` while it holds the lock.
+        self._lock = threading.RLock()
         self.stop = False
         self.save_now = False
         self.sample_now = False
