@@ -11,6 +11,7 @@ Reference (sd-scripts on a 2-core CPU, same settings): tiny 0.34 s/step AdamW, 0
 sd15 6.7 s/step, 7.2 GB RSS.
 
     python bench/train_speed.py                 # tiny cases
+    python bench/train_speed.py --threads 1     # steadier on a shared machine (compare runs back to back)
     python bench/train_speed.py --case sd15     # heavy: many GB and minutes
 """
 from __future__ import annotations
@@ -107,10 +108,16 @@ def run_case(case: str, batch: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", choices=TINY_CASES + ("sd15",), help="default: the tiny cases")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in each run (default: torch's choice); 1 gives steadier numbers on a shared machine")
     parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)  # internal: one child run
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         print(json.dumps(run_case(args.case[0], args.batch or 1)), flush=True)
         return 0
     import torch
@@ -119,6 +126,7 @@ def main() -> int:
         batches = [1, 8] if case == "sd15" and torch.cuda.is_available() else [1]
         for batch in batches:
             cmd = [sys.executable, __file__, "--child", "--case", case, "--batch", str(batch)]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:

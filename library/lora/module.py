@@ -66,17 +66,36 @@ class LoRAModule(nn.Module):
         self.scale = effective_alpha(float(self.alpha), self.rank) / self.rank
 
     def delta(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The adapter's contribution to the layer output; None when it adds nothing."""
+        """The adapter's contribution to the layer output; None when it adds nothing.
+
+        Runs once per adapted layer per step (hundreds of times), so the plain path calls
+        the functional ops directly instead of the sublayers' `__call__`: same kernels,
+        bit-identical results, less Python per call. Dropout lives in `_delta_dropout`.
+        """
         if not self.enabled or self.multiplier == 0:
             return None
-        if self.training and self.module_dropout and torch.rand(1).item() < self.module_dropout:
+        if self.training and (self.module_dropout or self.dropout or self.rank_dropout):
+            return self._delta_dropout(x)
+        down, up = self.lora_down, self.lora_up
+        w = down.weight
+        if x.dtype != w.dtype:
+            x = x.to(w.dtype)
+        if type(down) is nn.Linear:
+            lx = F.linear(F.linear(x, w), up.weight)
+        else:
+            lx = up._conv_forward(down._conv_forward(x, w, None), up.weight, None)
+        return lx * (self.multiplier * self.scale)
+
+    def _delta_dropout(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`delta` with sd-scripts' module, neuron and rank dropout (training only)."""
+        if self.module_dropout and torch.rand(1).item() < self.module_dropout:
             return None
         dtype = self.lora_down.weight.dtype
         lx = self.lora_down(x.to(dtype))
-        if self.training and self.dropout:
+        if self.dropout:
             lx = F.dropout(lx, p=self.dropout)
         scale = self.scale
-        if self.training and self.rank_dropout:
+        if self.rank_dropout:
             mask = torch.rand((lx.size(0), self.rank), device=lx.device) > self.rank_dropout
             if lx.dim() == 3:
                 mask = mask.unsqueeze(1)
