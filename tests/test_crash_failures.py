@@ -74,6 +74,7 @@ def test_stale_lock_is_taken_over_with_a_note_and_released(data: Path, tmp_path:
     write_lock(tmp_path, pid)
     (tmp_path / ".t.safetensors.abc123.tmp").write_bytes(b"half")
     (tmp_path / ".t-state.xyz.tmp").mkdir()
+    (tmp_path / ".tmpAb12Cd").write_bytes(b"safetensors' own temp")
     (tmp_path / "keep.tmp").write_text("not ours: visible names are never touched")
     logs: list[str] = []
 

@@ -80,13 +80,14 @@ def acquire(output_dir: Path) -> tuple[Path, list[str]]:
 
 
 def remove_stale_temps(output_dir: Path) -> list[str]:
-    """Delete the hidden temp files/folders (`.name.XXXX.tmp`, `.name.PID.old`) a killed run left behind.
+    """Delete the hidden temp files/folders (`.name.XXXX.tmp`, `.name.PID.old`, `.tmpXXXXXX`) a killed run left.
 
     Only called with the lock of a dead process in hand, so no live writer owns them.
     """
     removed = []
     for entry in output_dir.iterdir():
-        if entry.name.startswith(".") and entry.name.endswith((".tmp", ".old")):
+        # ours: `.name.XXXX.tmp` / `.name.PID.old`; safetensors' writer: `.tmpXXXXXX` (Rust tempfile crate)
+        if entry.name.startswith(".") and (entry.name.endswith((".tmp", ".old")) or entry.name.startswith(".tmp")):
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
