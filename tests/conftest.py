@@ -35,3 +35,17 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `1_ohwx shape` folder of 4 generated images (2 square, 2 wide) with .txt captions.
+
+    Module-scoped: a test module may write caches into it without touching another's.
+    """
+    from library.training.demo import make_shapes_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes_dataset(root, count=4)
+    (root / "10_ohwx shape").rename(root / "1_ohwx shape")
+    return root

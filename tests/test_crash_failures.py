@@ -10,32 +10,21 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+import torch  # noqa: F401  (monkeypatch targets it by dotted name)
 from safetensors.torch import load_file
 
-import library.fileio
+import library.fileio  # noqa: F401  (monkeypatch targets it by dotted name)
 from library.config import TrainConfig
 from library.errors import TrainingError
 from library.training import lock
-from library.training.demo import make_shapes_dataset
 from library.training.events import Events
 from library.training.trainer import train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes_dataset(root, count=4)
-    (root / "10_ohwx shape").rename(root / "1_ohwx shape")
-    return root
+def data(shapes_data: Path) -> Path:
+    return shapes_data
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from library.training.demo import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -84,11 +83,8 @@ def test_kill_9_writer_never_leaves_a_truncated_file(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes_dataset(root, count=4)
-    (root / "10_ohwx shape").rename(root / "1_ohwx shape")
-    return root
+def data(shapes_data: Path) -> Path:
+    return shapes_data
 
 
 def train_cmd(data: Path, out: Path, resume: bool) -> list[str]:

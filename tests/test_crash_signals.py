@@ -12,17 +12,13 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from library.training.demo import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes_dataset(root, count=4)
-    (root / "10_ohwx shape").rename(root / "1_ohwx shape")
-    return root
+def data(shapes_data: Path) -> Path:
+    return shapes_data
 
 
 def start(data: Path, out: Path) -> subprocess.Popen:

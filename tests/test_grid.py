@@ -5,7 +5,6 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from library.errors import SamplingError
@@ -29,13 +28,6 @@ from library.sampling.pipeline import SampleRequest, generate
 BASE = CellSettings(SampleRequest(prompt="a red cube", negative_prompt="blurry", steps=2, width=64, height=64,
                                   seed=5), "tiny")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,10 @@
 """`lorasmith grid` end to end: the --lora/--weights shortcut on the tiny model."""
 from __future__ import annotations
 
-import pytest
-import torch
 from PIL import Image
 
 from library.cli import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_grid_command_epochs_by_weights(tmp_path, sdscripts_lora_dir, capsys):

@@ -25,13 +25,6 @@ from library.lora.network import LoRANetwork
 from library.models import build_tiny_bundle
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture()
 def bundle():

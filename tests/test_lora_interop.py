@@ -17,13 +17,6 @@ from library.models import build_tiny_bundle
 pytest.importorskip("peft", reason="diffusers' load_lora_weights needs peft (pip install peft)")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _pipeline(bundle):
     from diffusers import DDIMScheduler, StableDiffusionPipeline

@@ -12,7 +12,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from library.training.demo import make_shapes_dataset
 from library.training.distributed import rounds_per_epoch, shard_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,11 +26,8 @@ def test_shards_cover_the_epoch_and_wrap_like_even_batches() -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes_dataset(root, count=4)
-    (root / "10_ohwx shape").rename(root / "1_ohwx shape")
-    return root
+def data(shapes_data: Path) -> Path:
+    return shapes_data
 
 
 def args(data: Path, out: Path) -> list[str]:

@@ -10,25 +10,14 @@ from safetensors.torch import load_file
 
 from library.config import TrainConfig
 from library.errors import ConfigError
-from library.training.demo import make_shapes_dataset
 from library.training.events import Commands, Events
 from library.training.trainer import train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes_dataset(root, count=4)
-    (root / "10_ohwx shape").rename(root / "1_ohwx shape")
-    return root
+def data(shapes_data: Path) -> Path:
+    return shapes_data
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:

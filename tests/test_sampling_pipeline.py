@@ -21,13 +21,6 @@ from library.sampling.training_samples import (
 BASE = {"prompt": "a (red:1.2) cube", "negative_prompt": "blurry", "steps": 3, "width": 64, "height": 64, "seed": 1234}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def bundle():

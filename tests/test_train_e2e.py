@@ -11,7 +11,6 @@ from safetensors import safe_open
 
 import train_network
 from library.config_io import parse_train_args
-from library.training.demo import make_shapes_dataset
 from library.training.trainer import train
 
 FIXTURE_FLAGS = (
@@ -26,21 +25,10 @@ TIME_FIELDS = {"ss_training_started_at", "ss_training_finished_at", "ss_session_
                "sshs_model_hash", "sshs_legacy_hash"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: one intra-op thread avoids oversubscription stalls and keeps runs deterministic.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes_dataset(root, count=4)  # 2 square 128x128 + 2 wide 192x64
-    (root / "10_ohwx shape").rename(root / "1_ohwx shape")
-    return root
+def small_dataset(shapes_data: Path) -> Path:
+    return shapes_data
 
 
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -11,27 +11,16 @@ from library.config import TrainConfig
 from library.data.prepare import prepare_data
 from library.errors import TrainingError
 from library.training import step as step_module
-from library.training.demo import make_shapes_dataset
 from library.training.events import Commands, RecordingEvents
 from library.training.setup import build_run
 from library.training.step import StepMath
 from library.training.trainer import train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes_dataset(root, count=4)
-    (root / "10_ohwx shape").rename(root / "1_ohwx shape")
-    return root
+def data(shapes_data: Path) -> Path:
+    return shapes_data
 
 
 def scalars(log_root: Path) -> dict[str, list[tuple[int, float]]]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from library.config import TrainConfig
-from library.data.prepare import PreparedData, build_dataset, prepare_data
+from library.data.prepare import PreparedData, build_dataset
 from library.errors import ConfigError
 from library.training.optimizers import OptimizerChoice, build_optimizer
 from library.training.rng import TrainingRNG
