@@ -26,12 +26,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from dataset_tools.images import (
     ToolRun,
-    load_image,
-    output_path,
+    pending_images,
     refuse_overlap,
     resize_short_side,
     save_image,
@@ -184,16 +182,7 @@ def crop_folder(
     run.non_images = [p for p in run.non_images if p.suffix != FOCUS_SIDECAR_SUFFIX]
     if options.face and detector is None:
         detector = HaarFaceDetector()
-    for path in tqdm(scan.images, desc="crop", unit="img", disable=not progress):
-        dest = output_path(dst, path, options.fmt)
-        if dest.exists() and not options.overwrite:
-            run.skipped_existing.append(dest)
-            continue
-        try:
-            img = load_image(path)
-        except DatasetError as exc:
-            run.unreadable.append(exc.summary)
-            continue
+    for path, dest, img in pending_images(scan, dst, options.fmt, run, overwrite=options.overwrite, desc="crop", progress=progress):
         cropped, note = crop_image(img, path, options, detector)
         if note:
             run.notes.append(note)

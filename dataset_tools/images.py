@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from library.errors import DatasetError
 from library.fileio import atomic_path
@@ -102,6 +104,27 @@ def start_run(scan: FolderScan, list_non_images: bool = True) -> ToolRun:
         names = ", ".join(p.name for p in paths)
         run.duplicates.append(f"{stem}: {names} -> using {paths[0].name}")
     return run
+
+
+def pending_images(
+    scan: FolderScan, dst: Path, fmt: str | None, run: ToolRun, *, overwrite: bool, desc: str, progress: bool
+) -> Iterator[tuple[Path, Path, Image.Image]]:
+    """(source, destination, upright image) for each image still to write.
+
+    Existing outputs are skipped (re-runs are idempotent unless `overwrite`) and
+    unreadable images are listed in `run`; a progress bar covers the folder.
+    """
+    for path in tqdm(scan.images, desc=desc, unit="img", disable=not progress):
+        dest = output_path(dst, path, fmt)
+        if dest.exists() and not overwrite:
+            run.skipped_existing.append(dest)
+            continue
+        try:
+            img = load_image(path)
+        except DatasetError as exc:
+            run.unreadable.append(exc.summary)
+            continue
+        yield path, dest, img
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
 from dataset_tools.images import (
     ToolRun,
-    load_image,
-    output_path,
+    pending_images,
     refuse_overlap,
     save_image,
     scan_folder,
@@ -93,16 +91,7 @@ def resize_folder(
     scan = scan_folder(src)
     refuse_overlap([src], dst, nested_ok=True)
     run = start_run(scan)
-    for path in tqdm(scan.images, desc="resize", unit="img", disable=not progress):
-        dest = output_path(dst, path, options.fmt)
-        if dest.exists() and not options.overwrite:
-            run.skipped_existing.append(dest)
-            continue
-        try:
-            img = load_image(path)
-        except DatasetError as exc:
-            run.unreadable.append(exc.summary)
-            continue
+    for path, dest, img in pending_images(scan, dst, options.fmt, run, overwrite=options.overwrite, desc="resize", progress=progress):
         result, too_small = resize_image(img, options)
         if too_small:
             run.too_small.append(f"{path}: {img.width}x{img.height} is smaller than {options.exact}, kept at its size")
