@@ -212,11 +212,6 @@ def test_print_command_shows_cli_and_toml(page, workspace):
     _shot(page, "05-command")
 
 
-def _needs_trainer() -> None:
-    if importlib.util.find_spec("library.training.cli") is None:
-        pytest.skip("library.training.cli (the `lorasmith train` command) is not there yet")
-
-
 def _progress_state(pg) -> tuple[str, float]:
     bar = pg.locator("#ls-progress")
     return bar.get_attribute("data-state") or "", float(bar.get_attribute("data-fraction") or 0)
@@ -229,7 +224,6 @@ def _wait_state(pg, states: tuple[str, ...], timeout_s: float) -> None:
 
 
 def test_training_runs_to_the_end_with_samples(page, workspace):
-    _needs_trainer()
     _fill_tiny_form(page, workspace)
     page.locator("#start").click()
     page.wait_for_function("document.querySelector('#run-message').innerText.includes('Job #')")
@@ -260,7 +254,6 @@ def _start_long_run(page, workspace, name: str) -> None:
 
 
 def test_reload_reattaches_and_stop_ends_the_run(page, server, workspace):
-    _needs_trainer()
     _start_long_run(page, workspace, "reattached")
     _open(page, server)  # a reloaded page shows the running job
     page.wait_for_function("document.querySelector('#ls-progress')?.dataset.state === 'running'")
@@ -274,7 +267,6 @@ def test_reload_reattaches_and_stop_ends_the_run(page, server, workspace):
 
 
 def test_stop_saves_an_interrupted_lora(page, workspace):
-    _needs_trainer()
     _start_long_run(page, workspace, "graceful")
     page.locator("#stop").click()
     _wait_state(page, ("stopped", "failed", "finished"), TRAIN_TIMEOUT)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -49,20 +49,6 @@ class SafetensorsHeader:
     @property
     def data_start(self) -> int:
         return 8 + self.header_len
-
-
-@dataclass
-class LoRAFile:
-    """A loaded LoRA: tensors in Kohya layout plus what the file said about itself."""
-
-    tensors: dict[str, torch.Tensor]
-    metadata: dict[str, str] = field(default_factory=dict)
-    source_format: str = "kohya"
-    path: Path | None = None
-
-    @property
-    def modules(self) -> dict[str, dict[str, torch.Tensor]]:
-        return keys.group_by_module(self.tensors)[0]
 
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
