@@ -38,12 +38,26 @@ _SUPPRESS = argparse.SUPPRESS
 
 # --- argparse -------------------------------------------------------------------
 
-def add_config_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    names: Iterable[str] | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    required: Iterable[str] = (),
+) -> None:
     """Add one flag per TrainConfig field (or the named subset).
 
     Flags default to SUPPRESS so that only what the user typed overrides files.
+    Commands that read `args` directly instead of through `resolve_config`
+    (sample, grid, inspect-model) pass `defaults` (usually `config_defaults(names)`)
+    and `required`, so their flags keep the trainer's spelling, aliases and help.
     """
     wanted = set(names) if names is not None else None
+    defaults = dict(defaults or {})
+    required = set(required)
+    unknown = (set(wanted or ()) | set(defaults) | required) - {f.name for f in option_fields()}
+    if unknown:
+        raise ValueError(f"not TrainConfig fields: {sorted(unknown)}")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in option_fields():
         if wanted is not None and f.name not in wanted:
@@ -52,7 +66,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: Iterable[str] |
         group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
         flags = [f"--{f.name}"] + [f"--{n}" for n in ((spec.flag,) if spec.flag else ()) + spec.aliases]
         kind = base_type(f.name)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": _SUPPRESS, "help": spec.help}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": defaults.get(f.name, _SUPPRESS), "help": spec.help}
+        if f.name in required:
+            kwargs["required"] = True
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is list:
@@ -64,6 +80,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: Iterable[str] |
             if spec.choices is not None:
                 kwargs["help"] += " {" + ", ".join(str(c) for c in spec.choices if c is not None) + "}"
         group.add_argument(*flags, **kwargs)
+
+
+def config_defaults(names: Iterable[str]) -> dict[str, Any]:
+    """TrainConfig's default value for each named field (for `add_config_arguments(defaults=)`)."""
+    cfg = TrainConfig()
+    return {name: getattr(cfg, name) for name in names}
 
 
 def _cli_type(name: str, kind: type) -> Any:

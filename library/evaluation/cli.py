@@ -13,7 +13,11 @@ import argparse
 
 from library.errors import SamplingError
 from library.evaluation.axes import AXIS_TYPES
-from library.sampling.cli import add_sample_arguments, request_from_args
+from library.sampling.cli import (
+    add_sample_arguments,
+    load_bundle_from_args,
+    request_from_args,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +58,6 @@ def axis_specs(args: argparse.Namespace) -> list[tuple[str | None, str | None]]:
 def run_grid_command(args: argparse.Namespace) -> int:
     from library.evaluation.axes import CellSettings
     from library.evaluation.grid import parse_axes, run_grid
-    from library.models import load_model_bundle
 
     if args.batch_size != 1 or args.batch_count != 1:
         raise SamplingError("a grid cell is one image: --batch_size and --batch_count must be 1",
@@ -64,7 +67,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
     if not any(axes):
         raise SamplingError("a grid needs at least one axis", ["give --x_type/--x_values, or --lora/--weights"])
     result = run_grid(base, axes, args.output_dir,
-                      load_bundle=lambda name: load_model_bundle(name, vae=args.vae),
+                      load_bundle=lambda name: load_bundle_from_args(args, name),
                       max_batch=max(1, args.grid_batch_size), margin=max(0, args.margin),
                       max_megapixels=args.grid_max_megapixels, save_cells=not args.no_cells)
     for path in result.sub_grid_paths:

@@ -8,23 +8,25 @@ from pathlib import Path
 
 import torch
 
+from library.config_io import add_config_arguments, config_defaults
 from library.errors import ModelLoadError
 from library.models.bundle import ModelFacts
 from library.models.loading import load_model_bundle
 from library.models.saving import save_diffusers, save_single_file
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LOAD_OPTIONS = ("pretrained_model_name_or_path", "vae", "use_ema_weights")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser("inspect-model", help="show what a base model is (architecture, sizes, hashes)")
-    inspect.add_argument("model", help="built-in name (tiny), diffusers folder, or .safetensors/.ckpt file")
+    inspect.add_argument("model", nargs="?", default=None, help="the base model (or give --pretrained_model_name_or_path)")
     inspect.add_argument("--json", action="store_true", help="print the facts as JSON")
     _add_load_flags(inspect)
     inspect.set_defaults(func=inspect_model)
 
     convert = subparsers.add_parser("convert", help="convert a single-file checkpoint <-> diffusers folder")
-    convert.add_argument("src", help="built-in name, diffusers folder, or .safetensors/.ckpt file")
+    convert.add_argument("src", nargs="?", default=None, help="the base model (or give --pretrained_model_name_or_path)")
     convert.add_argument("dst", help="output: NAME.safetensors for a single file, any other path for a diffusers folder")
     convert.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                          help="precision to save in (default: what the source stores)")
@@ -34,9 +36,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_load_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--use_ema_weights", action="store_true",
-                        help="use the EMA UNet weights of a checkpoint that holds both sets")
-    parser.add_argument("--vae", default=None, help="replace the model's VAE with this file or diffusers folder")
+    """The trainer's model-loading flags, generated from TrainConfig (same names, aliases and help)."""
+    add_config_arguments(parser, LOAD_OPTIONS, defaults=config_defaults(LOAD_OPTIONS))
+
+
+def _model_source(positional: str | None, args: argparse.Namespace) -> str:
+    """The model named positionally or by --pretrained_model_name_or_path (not two different ones)."""
+    flag = args.pretrained_model_name_or_path
+    if positional and flag and positional != flag:
+        raise ModelLoadError(f"two models given: {positional!r} and --pretrained_model_name_or_path {flag!r}",
+                             ["give the model once"])
+    model = positional or flag
+    if not model:
+        raise ModelLoadError("no model given",
+                             ["name it first (tiny, a diffusers folder or a .safetensors/.ckpt file)",
+                              "or pass --pretrained_model_name_or_path"])
+    return model
 
 
 def format_facts(facts: ModelFacts) -> str:
@@ -69,7 +84,7 @@ def _weights_line(picked: str) -> str:
 
 
 def inspect_model(args: argparse.Namespace) -> int:
-    bundle = load_model_bundle(args.model, vae=args.vae, use_ema_weights=args.use_ema_weights)
+    bundle = load_model_bundle(_model_source(args.model, args), vae=args.vae, use_ema_weights=args.use_ema_weights)
     if args.json:
         print(json.dumps(bundle.facts.to_dict(), indent=2))
     else:
@@ -88,15 +103,16 @@ def convert_model(args: argparse.Namespace) -> int:
     if dst.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
         raise ModelLoadError(f"will not write {dst}: pickle checkpoints can carry code",
                              ["name the output .safetensors (single file) or give a folder path (diffusers)"])
-    src = Path(args.src).expanduser()
+    source = _model_source(args.src, args)
+    src = Path(source).expanduser()
     if src.exists() and dst.exists() and src.resolve() == dst.resolve():
         raise ModelLoadError(f"{dst} is the source itself", ["write the converted model to a different path"])
     if dst.exists() and not args.overwrite:
         raise ModelLoadError(f"{dst} already exists", ["choose another name, or pass --overwrite to replace it"])
-    print(f"loading {args.src} ...", file=sys.stderr)
-    bundle = load_model_bundle(args.src, vae=args.vae, use_ema_weights=args.use_ema_weights)
+    print(f"loading {source} ...", file=sys.stderr)
+    bundle = load_model_bundle(source, vae=args.vae, use_ema_weights=args.use_ema_weights)
     dtype = _save_dtype(args.dtype, bundle.facts.stored_dtype)
-    print(f"writing {dst} ({[k for k, v in DTYPES.items() if v == dtype][0]}) ...", file=sys.stderr)
+    print(f"writing {dst} ({next(k for k, v in DTYPES.items() if v == dtype)}) ...", file=sys.stderr)
     if dst.suffix.lower() == ".safetensors":
         save_single_file(bundle, dst, dtype)
     else:

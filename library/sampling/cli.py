@@ -1,21 +1,28 @@
 """`lorasmith sample`: txt2img with A1111 prompt syntax, LoRAs and dynamic prompts.
 
-Flags share the trainer's names where they mean the same thing
-(--pretrained_model_name_or_path, --output_dir, --seed, --clip_skip, --vae).
+The flags that mean the same as the trainer's (--pretrained_model_name_or_path,
+--vae, --use_ema_weights, --seed, --clip_skip) are generated from `TrainConfig`,
+so spelling, aliases and help cannot drift from `lorasmith train`.
 `add_sample_arguments` and `request_from_args` are reused by `lorasmith grid`.
 """
 from __future__ import annotations
 
 import argparse
 
+from library.config_io import add_config_arguments, config_defaults
 from library.errors import SamplingError
 from library.sampling.sampler_registry import sampler_names
 
+SHARED_OPTIONS = ("pretrained_model_name_or_path", "vae", "use_ema_weights", "seed", "clip_skip")
+# Where sampling's defaults genuinely differ from training's: A1111 writes "-1" for
+# "pick a random seed" (the trainer's unset seed means the same) and "1" for "no clip
+# skip" (the trainer's unset); both values end up in the PNG parameters as A1111 does.
+SAMPLE_DEFAULTS = {"seed": -1, "clip_skip": 1}
+
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pretrained_model_name_or_path", required=True,
-                   help="base model: 'tiny', a diffusers folder, or a .safetensors/.ckpt file")
-    p.add_argument("--vae", default=None, help="a separate VAE file or folder to decode with")
+    add_config_arguments(p, SHARED_OPTIONS, required=("pretrained_model_name_or_path",),
+                         defaults=config_defaults(SHARED_OPTIONS) | SAMPLE_DEFAULTS)
     p.add_argument("--output_dir", default="outputs/txt2img", help="folder for the PNGs (created if missing)")
     p.add_argument("--prompt", required=True, help="A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:0.8>, {a|b}")
     p.add_argument("--negative_prompt", default="", help="what to steer away from")
@@ -25,10 +32,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"A1111 name ({', '.join(sampler_names())}) or an sd-scripts name (euler_a, k_dpm_2, ddim, ...)")
     p.add_argument("--width", type=int, default=512, help="image width, a multiple of 8")
     p.add_argument("--height", type=int, default=512, help="image height, a multiple of 8")
-    p.add_argument("--seed", type=int, default=-1, help="-1 picks a random seed (printed and written into the PNG)")
     p.add_argument("--batch_size", type=int, default=1, help="images generated together")
     p.add_argument("--batch_count", type=int, default=1, help="how many batches")
-    p.add_argument("--clip_skip", type=int, default=1, help="use the text encoder's N-th layer from the end (2 = skip one)")
     p.add_argument("--lora_dir", default=None, help="folder where <lora:NAME:WEIGHT> tags find NAME.safetensors")
     p.add_argument("--wildcards_dir", default=None, help="folder of NAME.txt files for __NAME__ wildcards")
 
@@ -39,6 +44,9 @@ def request_from_args(args: argparse.Namespace, **overrides):
     names = ("prompt", "negative_prompt", "steps", "cfg_scale", "sampler", "width", "height", "seed", "batch_size",
              "batch_count", "clip_skip", "lora_dir", "wildcards_dir")
     fields = {name: getattr(args, name) for name in names}
+    for name, value in SAMPLE_DEFAULTS.items():  # "--seed none" / "--clip_skip none" mean unset
+        if fields[name] is None:
+            fields[name] = value
     fields.update(overrides)
     return SampleRequest(**fields)
 
@@ -46,7 +54,8 @@ def request_from_args(args: argparse.Namespace, **overrides):
 def load_bundle_from_args(args: argparse.Namespace, name: str | None = None):
     from library.models import load_model_bundle
 
-    return load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae)
+    return load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae,
+                             use_ema_weights=args.use_ema_weights)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
