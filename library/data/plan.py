@@ -4,16 +4,20 @@
 reg images used), items and batches per epoch, optimizer steps, and the
 warnings a careful user would want; `format_plan` renders it as a table and
 `TrainingPlan.to_dict()` gives the GUI and the progress file the same numbers.
-`dataset_dirs_info` / `tag_frequency` / `bucket_info` produce the JSON values of
-`ss_dataset_dirs`, `ss_reg_dataset_dirs`, `ss_tag_frequency` and `ss_bucket_info`.
+`dataset_summary` gathers the facts behind the dataset-side `ss_*` fields
+(`ss_dataset_dirs`, `ss_tag_frequency`, `ss_bucket_info`, ...); `dataset_metadata`
+formats them with `library.lora.metadata.dataset_fields`, the same call every saved
+LoRA goes through.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from library.data.balance import steps_per_epoch, total_steps
 from library.data.captions import tag_counts
 from library.data.layout import DatasetLayout
+from library.lora.metadata import dataset_fields
 
 FEW_IMAGES = 10
 MAX_LISTED = 5
@@ -180,25 +184,31 @@ def bucket_info(layouts: list[DatasetLayout]) -> dict | None:
     return layouts[0].bucket_info() if layouts else None
 
 
-def dataset_metadata(layouts: list[DatasetLayout]) -> dict[str, str]:
-    """The dataset-side `ss_*` fields, as the strings sd-scripts' train_network.py writes them."""
-    import json
+def dataset_summary(layouts: list[DatasetLayout]) -> dict[str, Any]:
+    """The plain facts behind the dataset-side `ss_*` fields, as sd-scripts counts them.
 
+    Images count with repeats; reg images with their folders' repeats, not the balanced
+    number used per epoch. Bucket and resolution settings are the first dataset's.
+    """
     train_dirs, reg_dirs = dataset_dirs_info(layouts)
-    first = layouts[0].spec if layouts else None
-    g = first.geometry if first else None
-    bucketed = bool(g and g.enable_bucket)
+    g = layouts[0].spec.geometry if layouts else None
     return {
-        "ss_num_train_images": str(sum(lay.num_train_images for lay in layouts)),
-        "ss_num_reg_images": str(sum(lay.num_reg_images for lay in layouts)),
-        "ss_num_batches_per_epoch": str(sum(lay.batch_count for lay in layouts)),
-        "ss_resolution": str(tuple(g.resolution)) if g else "None",
-        "ss_enable_bucket": str(bucketed),
-        "ss_min_bucket_reso": str(g.min_bucket_reso if bucketed else None),
-        "ss_max_bucket_reso": str(g.max_bucket_reso if bucketed else None),
-        "ss_bucket_no_upscale": str(bool(g and g.bucket_no_upscale)),
-        "ss_dataset_dirs": json.dumps(train_dirs),
-        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
-        "ss_tag_frequency": json.dumps(tag_frequency(layouts)),
-        "ss_bucket_info": json.dumps(bucket_info(layouts)),
+        "num_train_images": sum(lay.num_train_images for lay in layouts),
+        "num_reg_images": sum(lay.num_reg_images for lay in layouts),
+        "num_validation_images": 0,
+        "num_batches_per_epoch": sum(lay.batch_count for lay in layouts),
+        "resolution": tuple(g.resolution) if g else None,
+        "enable_bucket": bool(g and g.enable_bucket),
+        "min_bucket_reso": g.min_bucket_reso if g else None,
+        "max_bucket_reso": g.max_bucket_reso if g else None,
+        "bucket_no_upscale": bool(g and g.bucket_no_upscale),
+        "dataset_dirs": train_dirs,
+        "reg_dataset_dirs": reg_dirs,
+        "tag_frequency": tag_frequency(layouts),
+        "bucket_info": bucket_info(layouts),
     }
+
+
+def dataset_metadata(layouts: list[DatasetLayout]) -> dict[str, str]:
+    """The dataset-side `ss_*` strings a LoRA trained on `layouts` carries (one formatter: lora's)."""
+    return dataset_fields(dataset_summary(layouts))

@@ -243,10 +243,10 @@ def build_metadata(
     """Every field sd-scripts' train_network.py writes, plus modelspec and lorasmith_config.
 
     config: the resolved TrainConfig as a dict (sd-scripts field names).
-    dataset: num_train_images, num_reg_images, num_validation_images, dataset_dirs
-      ({folder: {"n_repeats", "img_count"}}), reg_dataset_dirs, tag_frequency
-      ({folder: {tag: count}}), bucket_info ({"buckets": {...}, "mean_img_ar_error": x});
-      optionally enable_bucket, bucket_no_upscale, min_bucket_reso, max_bucket_reso.
+    dataset: what `dataset_fields` formats (`library.data.plan.dataset_summary`): num_train_images,
+      num_reg_images, num_validation_images, dataset_dirs ({folder: {"n_repeats", "img_count"}}),
+      reg_dataset_dirs, tag_frequency ({folder: {tag: count}}), bucket_info; resolution,
+      enable_bucket, bucket_no_upscale, min/max_bucket_reso fall back to the config's.
     model: the output of `model_metadata_from_facts(bundle.facts)` or `model_metadata(path)`.
     With config["no_metadata"] true only MINIMUM_KEYS and modelspec are kept.
     """
@@ -264,11 +264,10 @@ def build_metadata(
         "ss_max_train_steps": max_train_steps,
         "ss_num_batches_per_epoch": num_batches_per_epoch,
         "ss_total_batch_size": batch * num_processes * (cfg.get("gradient_accumulation_steps") or 1),
-        "ss_resolution": parse_resolution(cfg.get("resolution", 512)),
         "ss_sd_scripts_commit_hash": IMPLEMENTATION_VERSION,
         "ss_optimizer": optimizer,
     })
-    md.update(_dataset_fields(cfg, dataset))
+    md.update(dataset_fields(_dataset_with_config_fallbacks(cfg, dataset)))
     net_args = parse_network_args(cfg.get("network_args"))
     if net_args:
         net_args.setdefault("dropout", cfg.get("network_dropout"))
@@ -293,20 +292,40 @@ def build_metadata(
     return out
 
 
-def _dataset_fields(cfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
-    def pick(name: str, default: Any = None) -> Any:
-        return dataset[name] if name in dataset else cfg.get(name, default)
+def dataset_fields(dataset: Mapping[str, Any]) -> dict[str, str]:
+    """The dataset-side `ss_*` strings exactly as sd-scripts' train_network.py writes them.
 
-    return {
+    The one formatter of these fields: `library.data.dataset_metadata` (checked against
+    an sd-scripts run) and `build_metadata` (every saved LoRA) both call it, so a trained
+    file carries the fixture-tested strings. `dataset` holds plain values, as
+    `library.data.plan.dataset_summary` returns them. Like sd-scripts' dataset, bucket
+    limits read "None" and no-upscale "False" when bucketing is off.
+    """
+    bucketed = bool(dataset.get("enable_bucket"))
+    resolution = dataset.get("resolution")
+    out: dict[str, Any] = {
         "ss_num_train_images": dataset.get("num_train_images", 0),
         "ss_num_validation_images": dataset.get("num_validation_images", 0),
         "ss_num_reg_images": dataset.get("num_reg_images", 0),
-        "ss_enable_bucket": bool(pick("enable_bucket", False)),
-        "ss_bucket_no_upscale": bool(pick("bucket_no_upscale", False)),
-        "ss_min_bucket_reso": pick("min_bucket_reso"),
-        "ss_max_bucket_reso": pick("max_bucket_reso"),
+        "ss_resolution": None if resolution is None else tuple(resolution),
+        "ss_enable_bucket": bucketed,
+        "ss_min_bucket_reso": dataset.get("min_bucket_reso") if bucketed else None,
+        "ss_max_bucket_reso": dataset.get("max_bucket_reso") if bucketed else None,
+        "ss_bucket_no_upscale": bucketed and bool(dataset.get("bucket_no_upscale")),
         "ss_dataset_dirs": json.dumps(dataset.get("dataset_dirs", {})),
         "ss_reg_dataset_dirs": json.dumps(dataset.get("reg_dataset_dirs", {})),
         "ss_tag_frequency": json.dumps(dataset.get("tag_frequency", {})),
         "ss_bucket_info": json.dumps(dataset.get("bucket_info")),
     }
+    if "num_batches_per_epoch" in dataset:
+        out["ss_num_batches_per_epoch"] = dataset["num_batches_per_epoch"]
+    return {k: _s(v) for k, v in out.items()}
+
+
+def _dataset_with_config_fallbacks(cfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """The dataset summary, with the config's bucket and resolution options where it lacks them."""
+    merged: dict[str, Any] = {name: cfg.get(name) for name in
+                              ("enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso")}
+    merged["resolution"] = parse_resolution(cfg.get("resolution", 512))
+    merged.update(dataset)
+    return merged

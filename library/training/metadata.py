@@ -10,23 +10,8 @@ import dataclasses
 import time
 from typing import Any
 
-from library.data.plan import bucket_info, dataset_dirs_info, tag_frequency
+from library.data.plan import dataset_summary
 from library.lora.metadata import build_metadata, model_metadata_from_facts
-
-
-def dataset_metadata(prepared: Any) -> dict[str, Any]:
-    """What build_metadata needs about the data (sd-scripts counts images × repeats)."""
-    layouts, plan = prepared.layouts, prepared.plan
-    train_dirs, reg_dirs = dataset_dirs_info(layouts)
-    return {
-        "num_train_images": plan.train_items,
-        "num_reg_images": plan.reg_items,
-        "num_validation_images": 0,
-        "dataset_dirs": train_dirs,
-        "reg_dataset_dirs": reg_dirs,
-        "tag_frequency": tag_frequency(layouts),
-        "bucket_info": bucket_info(layouts),
-    }
 
 
 class RunMetadata:
@@ -36,7 +21,8 @@ class RunMetadata:
         warmup = self.config["lr_warmup_steps"]
         if isinstance(warmup, float) and warmup >= 1 and warmup.is_integer():
             self.config["lr_warmup_steps"] = int(warmup)  # sd-scripts writes "4", not "4.0"
-        self.dataset = dataset_metadata(parts.prepared)
+        # Raw facts; build_metadata formats them with the same function as library.data's planner.
+        self.dataset = dataset_summary(parts.prepared.layouts)
         # Hashes come from the loaded bundle: no second pass over a multi-GB checkpoint,
         # and built-in models get their hashes too.
         self.model = model_metadata_from_facts(parts.bundle.facts, v2=cfg.v2, v_parameterization=cfg.v_parameterization)
