@@ -40,14 +40,15 @@ class Recipe:
 
     seed: int = 1234
     world_images: int = 12000
-    vae_steps: int = 900
-    vae_full_steps: int = 900
-    vae_crop: int = 64
+    vae_steps: int = 3500
+    vae_full_steps: int = 250
+    vae_crop: int = 32
     vae_batch: int = 8
-    vae_lr: float = 1e-3
+    vae_lr: float = 2e-3
     vae_kl_weight: float = 2e-6
     vae_colour_weight: float = 10.0
-    unet_steps: int = 1100
+    vae_logvar_init: float = -6.0
+    unet_steps: int = 1500
     unet_batch: int = 32
     unet_lr: float = 1e-3
     te_lr: float = 1e-3
@@ -83,7 +84,8 @@ def pretrain(recipe: Recipe, device: str = "cpu", log=print) -> tuple[dict[str, 
     vae = modules["vae"]
     vae_result = train_vae(vae, images, steps=recipe.vae_steps, batch_size=recipe.vae_batch, lr=recipe.vae_lr,
                            kl_weight=recipe.vae_kl_weight, generator=gen, crop=recipe.vae_crop,
-                           full_steps=recipe.vae_full_steps, colour_weight=recipe.vae_colour_weight, log=log)
+                           full_steps=recipe.vae_full_steps, colour_weight=recipe.vae_colour_weight,
+                           logvar_init=recipe.vae_logvar_init, log=log)
     vae.requires_grad_(False)
     mean, std = encode_posteriors(vae, images)
     stats = fold_latent_normalisation(vae, mean, std)

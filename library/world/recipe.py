@@ -48,7 +48,8 @@ def images_to_tensor(images_uint8: torch.Tensor) -> torch.Tensor:
 
 def train_vae(vae: torch.nn.Module, images: torch.Tensor, *, steps: int, batch_size: int, lr: float,
               kl_weight: float, generator: torch.Generator, crop: int = 32, full_steps: int = 0,
-              colour_weight: float = 0.0, log: Callable[[str], None] = print) -> PhaseResult:
+              colour_weight: float = 0.0, logvar_init: float | None = None,
+              log: Callable[[str], None] = print) -> PhaseResult:
     """Autoencoder training: L1 on pixels + kl_weight * KL(q(z|x) || N(0, I)) summed over latent elements.
 
     All but the last `full_steps` steps see random `crop`-pixel crops (a conv VAE learns
@@ -56,7 +57,15 @@ def train_vae(vae: torch.nn.Module, images: torch.Tensor, *, steps: int, batch_s
     so the mid-block attention and group norms settle on the full 8x8 latent.
     `colour_weight` multiplies the L1 of saturated (shape) pixels: shapes cover a few
     percent of a gray background, and without it the VAE learns backgrounds only.
+    `logvar_init` sets the encoder's initial log-variance (quant_conv bias): at the default
+    init the posterior std is ~1 and the decoder learns from latents drowned in noise, which
+    leaves shapes as blobs; starting near-deterministic (e.g. -6) lets it learn edges first,
+    and the KL term raises the variance only as far as it pays.
     """
+    if logvar_init is not None:
+        with torch.no_grad():
+            c = vae.quant_conv.out_channels // 2
+            vae.quant_conv.bias[c:] = logvar_init
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, steps // 20, 0.05))
     vae.train()
