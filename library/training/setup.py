@@ -16,6 +16,7 @@ import torch
 from library.config import TrainConfig
 from library.data.prepare import PreparedData, build_dataset
 from library.errors import ConfigError
+from library.training.attention import install_lean_attention
 from library.training.optimizers import OptimizerChoice, build_optimizer
 from library.training.rng import TrainingRNG
 from library.training import schedulers
@@ -73,6 +74,8 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
     bundle.vae.to(device)
     if cfg.xformers:
         bundle.unet.enable_xformers_memory_efficient_attention()
+    else:
+        install_lean_attention(bundle.unet)
     return bundle
 
 

@@ -1,0 +1,61 @@
+"""The small-head attention path: same values and gradients as torch's SDPA, installed on the tiny UNet."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from library.models import build_tiny_bundle
+from library.training.attention import SmallHeadAttention, attention, install_lean_attention, uses_small_head_path
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    b, _, c = q.shape
+    split = [x.view(b, -1, heads, c // heads).transpose(1, 2) for x in (q, k, v)]
+    return F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(b, -1, c)
+
+
+def _qkv(length: int, context: int, channels: int, dtype: torch.dtype = torch.float32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(2, length, channels), (2, context, channels), (2, context, channels)]
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def test_gradients_match_finite_differences_in_float64():
+    q, k, v = _qkv(6, 5, 8, torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b, c: SmallHeadAttention.apply(a, b, c, 2), (q, k, v))
+
+
+@pytest.mark.parametrize("length,context,channels,heads", [(256, 256, 32, 8), (64, 77, 64, 8), (4, 4, 64, 8)])
+def test_values_and_gradients_equal_sdpa(length, context, channels, heads):
+    q, k, v = _qkv(length, context, channels)
+    ours = SmallHeadAttention.apply(q, k, v, heads)
+    ref = _sdpa(q, k, v, heads)
+    assert ours.shape == ref.shape == (2, length, channels)
+    assert (ours - ref).abs().max() < 1e-5
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(ours, (q, k, v), g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    for mine, theirs in zip(grads, ref_grads):
+        assert (mine - theirs).abs().max() < 2e-5
+
+
+def test_wide_heads_and_long_sequences_stay_on_sdpa():
+    q, k, _ = _qkv(16, 16, 320)
+    assert not uses_small_head_path(q, k, heads=8)  # head width 40 (SD1.5)
+    q, k, _ = _qkv(4096, 4096, 32)
+    assert not uses_small_head_path(q, k, heads=8)  # 268M probabilities
+    q, k, v = _qkv(16, 16, 320)
+    assert torch.equal(attention(q, k, v, 8), _sdpa(q, k, v, 8))
+
+
+def test_installed_on_every_tiny_unet_attention_and_output_unchanged():
+    bundle = build_tiny_bundle(0)
+    g = torch.Generator().manual_seed(0)
+    x, cond, t = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 32, generator=g), torch.tensor([10, 900])
+    with torch.no_grad():
+        before = bundle.unet(x, t, cond).sample
+        assert install_lean_attention(bundle.unet) == 32  # 16 transformer blocks x (self, cross)
+        after = bundle.unet(x, t, cond).sample
+        assert install_lean_attention(bundle.unet) == 0  # already installed
+    assert (before - after).abs().max() < 1e-5
