@@ -5,9 +5,9 @@
 For every colour x shape of the pretraining world it samples "a <colour> <shape>"
 `--per_prompt` times (Euler ancestral, CFG), labels the images with the world
 classifier (library.world.classifier) and prints shape / colour / both accuracy
-plus the classifier's own accuracy on real world images. This script uses
-diffusers' EulerAncestralDiscreteScheduler for its loop only until it is moved
-onto the bundled sampler (library.sampling); it is an evaluation, not a sampler.
+plus the classifier's own accuracy on real world images. Images come from the
+bundled sampler (library.world.evaluate.sample_images, Euler a), so this measures
+what users and the tests see.
 """
 from __future__ import annotations
 
@@ -18,38 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import EulerAncestralDiscreteScheduler
 from PIL import Image
 
-from library.models.configs import load_family_configs
 from library.world.classifier import accuracy, predict, train_classifier
+from library.world.evaluate import sample_images
 from library.world.generator import ALL_SHAPES, COLOURS, WORLD_SHAPES, generate_world
 from library.world.model import build_tiny_world_bundle
-from library.world.pretrain import tokenize
 
 
-def load_world_modules(weights: Path, device: str) -> dict[str, torch.nn.Module]:
-    """The tiny architecture with the file's weights, through the same loader `tiny-world` uses, in fp32."""
-    bundle = build_tiny_world_bundle(torch.float32, path=weights)
-    return {name: module.to(device) for name, module in bundle.components().items()}
-
-
-@torch.no_grad()
-def sample(modules: dict, prompts: list[str], seed: int, steps: int, cfg: float, device: str) -> np.ndarray:
-    """Euler ancestral with classifier-free guidance; returns uint8 [N,64,64,3]."""
-    sched = EulerAncestralDiscreteScheduler.from_config(load_family_configs("tiny")["scheduler"])
-    sched.set_timesteps(steps)
-    te, unet, vae = modules["text_encoder"], modules["unet"], modules["vae"]
-    cond = te(tokenize(prompts).to(device)).last_hidden_state
-    uncond = te(tokenize([""] * len(prompts)).to(device)).last_hidden_state
-    gen = torch.Generator(device).manual_seed(seed)
-    x = torch.randn((len(prompts), 4, 8, 8), generator=gen, device=device) * sched.init_noise_sigma
-    for t in sched.timesteps:
-        inp = sched.scale_model_input(torch.cat([x, x]), t)
-        e_u, e_c = unet(inp, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-        x = sched.step(e_u + cfg * (e_c - e_u), t, x, generator=gen).prev_sample
-    img = vae.decode(x / vae.config.scaling_factor).sample
-    return ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+def sample(bundle, prompts: list[str], seed: int, steps: int, cfg: float) -> np.ndarray:
+    """One image per prompt, seeds seed, seed+1, ...; uint8 [N,64,64,3]."""
+    return sample_images(bundle, prompts, [seed + i for i in range(len(prompts))], steps=steps, cfg=cfg)
 
 
 def prompt_following(images: np.ndarray, wanted: list[tuple[str, str]], classifier) -> dict[str, float]:
@@ -62,11 +41,11 @@ def prompt_following(images: np.ndarray, wanted: list[tuple[str, str]], classifi
 
 
 @torch.no_grad()
-def reconstruction(modules: dict, classifier, device: str) -> tuple[dict[str, float], np.ndarray]:
+def reconstruction(bundle, classifier) -> tuple[dict[str, float], np.ndarray]:
     """VAE round trip of world images and of held-back stars: pixel L1 and whether labels survive."""
     world = generate_world(64, seed=4242, shapes=ALL_SHAPES)
-    x = torch.from_numpy(world.images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-    rec = modules["vae"].decode(modules["vae"].encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    x = torch.from_numpy(world.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    rec = bundle.vae.decode(bundle.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     rec_u8 = ((rec + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     pred = predict(classifier, rec_u8)
     stars = world.shape == ALL_SHAPES.index("star")
@@ -93,18 +72,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     classifier = train_classifier(seed=0)
     check = accuracy(classifier, generate_world(500, seed=99, shapes=ALL_SHAPES))
-    modules = load_world_modules(args.weights, args.device)
+    bundle = build_tiny_world_bundle(torch.float32, path=args.weights)
     wanted = [(c, s) for s in WORLD_SHAPES for c in COLOURS for _ in range(args.per_prompt)]
-    images = sample(modules, [f"a {c} {s}" for c, s in wanted], args.seed, args.steps, args.cfg, args.device)
+    images = sample(bundle, [f"a {c} {s}" for c, s in wanted], args.seed, args.steps, args.cfg)
     result = {"classifier_on_world": check, "prompt_following": prompt_following(images, wanted, classifier),
               "samples": len(images), "cfg": args.cfg, "steps": args.steps, "seconds": round(time.perf_counter() - t0, 1)}
-    result["vae_reconstruction"], recon_images = reconstruction(modules, classifier, args.device)
-    base_star = sample(modules, ["ohwx shape"] * 16 + ["a red star"] * 16, args.seed, args.steps, args.cfg, args.device)
+    result["vae_reconstruction"], recon_images = reconstruction(bundle, classifier)
+    base_star = sample(bundle, ["ohwx shape"] * 16 + ["a red star"] * 16, args.seed, args.steps, args.cfg)
     result["base_model_star_rate"] = float(np.mean([p == "star" for p in predict(classifier, base_star)["shape"]]))
     print(json.dumps(result, indent=2))
     if args.grid:

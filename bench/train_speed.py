@@ -70,7 +70,7 @@ def run_case(case: str, batch: int) -> dict:
     import torch
 
     from library.models.builtin import build_random_bundle, register_builtin
-    from library.training.demo import make_shapes_dataset
+    from library.world.bucket_dataset import make_shapes_dataset
     from library.training.events import Events
     from library.training.trainer import train
 

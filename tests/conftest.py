@@ -43,7 +43,7 @@ def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Module-scoped: a test module may write caches into it without touching another's.
     """
-    from library.training.demo import make_shapes_dataset
+    from library.world.bucket_dataset import make_shapes_dataset
 
     root = tmp_path_factory.mktemp("shapes")
     make_shapes_dataset(root, count=4)

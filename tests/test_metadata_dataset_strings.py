@@ -16,7 +16,7 @@ from library.config import TrainConfig
 from library.data import prepare_data
 from library.data.plan import dataset_metadata
 from library.lora.metadata import build_metadata, dataset_fields
-from library.training.demo import FOLDER, make_shapes_dataset
+from library.world.bucket_dataset import FOLDER, make_shapes_dataset
 from library.training.trainer import train
 
 DATASET_KEYS = (

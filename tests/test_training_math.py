@@ -238,7 +238,7 @@ def test_file_names_and_pruning(tmp_path) -> None:
 
 
 def test_demo_dataset_is_deterministic(tmp_path) -> None:
-    from library.training.demo import FOLDER, make_shapes_dataset
+    from library.world.bucket_dataset import FOLDER, make_shapes_dataset
 
     a = make_shapes_dataset(tmp_path / "a") / FOLDER
     b = make_shapes_dataset(tmp_path / "b") / FOLDER

@@ -14,6 +14,7 @@ from pathlib import Path
 from library.config_io import add_train_arguments, resolve_config, write_config
 from library.config_validate import validate
 from library.training.console import ConsoleEvents
+from library.training.demo import EPOCHS
 from library.training.events import Commands, JsonLinesEvents, MultiEvents
 from library.training.signals import stop_on_signals
 
@@ -66,15 +67,18 @@ def _train_handler(args: argparse.Namespace) -> int:
 
 
 def _demo_handler(args: argparse.Namespace) -> int:
-    from library.training.demo import run_demo
+    from library.training.demo import print_summary, run_demo
 
-    return run_demo(args.output_dir, steps_only=False)
+    print_summary(run_demo(args.output_dir, epochs=args.epochs))
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train_p = subparsers.add_parser("train", help="train a LoRA (sd-scripts flags, --config_file, --preset)")
     add_train_arguments(train_p)
     train_p.set_defaults(func=_train_handler)
-    demo_p = subparsers.add_parser("demo", help="train the built-in tiny model on a generated dataset (about 2 minutes on CPU)")
-    demo_p.add_argument("--output_dir", default="lorasmith_demo", help="folder for the dataset, LoRA files, logs and samples")
+    demo_p = subparsers.add_parser("demo", help="teach the built-in tiny-world model a star it never saw, then draw "
+                                   "an epochs x LoRA-weight grid (a few minutes on CPU)")
+    demo_p.add_argument("--output_dir", default="lorasmith_demo", help="folder for the dataset, LoRA files, logs, samples and grid")
+    demo_p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (one LoRA file each)")
     demo_p.set_defaults(func=_demo_handler)
