@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 
-from library.config import TrainConfig
+from library.config import TrainConfig, parse_key_value_args
 from library.data.prepare import PreparedData, build_dataset
 from library.errors import ConfigError
 from library.training.attention import install_lean_attention
-from library.training.optimizers import OptimizerChoice, build_optimizer
+from library.training.flat_params import FlatGroups, can_flatten
+from library.training.memory import keep_freed_memory
+from library.training.optimizers import OptimizerChoice, build_optimizer, resolve_class
 from library.training.rng import TrainingRNG
 from library.training import schedulers
 
@@ -45,6 +47,7 @@ class RunParts:
     train_text_encoder: bool
     v_prediction: bool
     notes: list[str] = field(default_factory=list)
+    flat: FlatGroups | None = None  # the optimizer's flat copies of the LoRA parameters, when used
 
     @property
     def trainable_params(self) -> list[torch.nn.Parameter]:
@@ -118,23 +121,33 @@ def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int,
                              text_encoder=bundle.text_encoder, vae_id=bundle.facts.model_hash, progress=False)
 
 
-def build_optimizer_and_schedule(cfg: TrainConfig, network: Any, total_steps: int) -> tuple[OptimizerChoice, Any, list[str]]:
+def build_optimizer_and_schedule(cfg: TrainConfig, network: Any,
+                                 total_steps: int) -> tuple[OptimizerChoice, Any, list[str], FlatGroups | None]:
     groups = network.prepare_optimizer_params(cfg.text_encoder_lr, cfg.unet_lr, cfg.learning_rate)
     if not groups:
         raise ConfigError("nothing to train", ["learning_rate, unet_lr and text_encoder_lr are all 0 or the network is empty"])
     names = [g.pop("name") for g in groups]
+    cls, _ = resolve_class(cfg.optimizer_type)
+    module_dropout = any(a.module_dropout for a in network.adapters)
+    flat = None
+    if can_flatten(cls, parse_key_value_args(cfg.optimizer_args, "optimizer_args"), module_dropout):
+        flat = FlatGroups(groups)
     choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, cfg.learning_rate)
+    if flat is not None:
+        flat.attach(choice.optimizer)
     if choice.adafactor_initial_lr is not None:
-        return choice, schedulers.make_adafactor_scheduler(choice.optimizer, choice.adafactor_initial_lr), names
+        return choice, schedulers.make_adafactor_scheduler(choice.optimizer, choice.adafactor_initial_lr), names, flat
     spec = schedulers.schedule_spec(cfg.lr_scheduler, cfg.lr_warmup_steps, total_steps, cfg.lr_scheduler_num_cycles,
                                     cfg.lr_scheduler_power, cfg.learning_rate, cfg.lr_scheduler_args)
-    return choice, schedulers.make_lr_scheduler(choice.optimizer, spec), names
+    return choice, schedulers.make_lr_scheduler(choice.optimizer, spec), names, flat
 
 
 def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     """Model, network, data, optimizer and schedule on the training device."""
     accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
+    if device.type == "cpu":
+        keep_freed_memory()
     weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
     rng = TrainingRNG(seed, device)
     bundle = load_bundle(cfg, device, weight_dtype)
@@ -146,7 +159,7 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     dataset = build_data(cfg, prepared, bundle, seed, train_te)
     if dataset.latents is not None:
         bundle.vae.to("cpu")  # only needed again for samples
-    choice, lr_scheduler, names = build_optimizer_and_schedule(cfg, network, prepared.plan.total_steps)
+    choice, lr_scheduler, names, flat = build_optimizer_and_schedule(cfg, network, prepared.plan.total_steps)
     choice.optimizer = accelerator.prepare(choice.optimizer)
     if cfg.full_fp16:
         allow_fp16_unscale(accelerator)
@@ -155,7 +168,7 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     ac = make_noise_scheduler(bundle).alphas_cumprod.to(device)
     v_pred = cfg.v_parameterization or bundle.facts.prediction_type == "v_prediction"
     return RunParts(cfg, accelerator, device, weight_dtype, bundle, network, prepared, dataset, choice,
-                    lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, list(choice.notes))
+                    lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, list(choice.notes), flat)
 
 
 def allow_fp16_unscale(accelerator: Any) -> None:

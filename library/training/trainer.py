@@ -185,12 +185,16 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         p = self.parts
+        if p.flat is not None:
+            p.flat.gather()  # clipping and averaging see the flat gradients; step() scatters back
         distributed.average_gradients(p.trainable_params, self.world)
         if self.cfg.max_grad_norm:
             p.accelerator.clip_grad_norm_(p.trainable_params, self.cfg.max_grad_norm)
         p.optimizer.optimizer.step()
         p.lr_scheduler.step()
         p.optimizer.optimizer.zero_grad(set_to_none=True)
+        if p.flat is not None:
+            p.flat.clear_grads()
         if self.cfg.scale_weight_norms:
             p.network.apply_max_norm(self.cfg.scale_weight_norms)
         self.pos.global_step += 1
