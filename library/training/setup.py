@@ -48,6 +48,7 @@ class RunParts:
     v_prediction: bool
     notes: list[str] = field(default_factory=list)
     flat: FlatGroups | None = None  # the optimizer's flat copies of the LoRA parameters, when used
+    unet_step: Any = None  # the UNet as the training step calls it (torch.compile'd with --torch_compile)
 
     @property
     def trainable_params(self) -> list[torch.nn.Parameter]:
@@ -144,6 +145,8 @@ def build_optimizer_and_schedule(cfg: TrainConfig, network: Any,
 
 def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     """Model, network, data, optimizer and schedule on the training device."""
+    if cfg.torch_compile:
+        check_dynamo_backend(cfg.dynamo_backend)
     accelerator = make_accelerator(cfg.mixed_precision)
     device = accelerator.device
     if device.type == "cpu":
@@ -168,7 +171,25 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     ac = make_noise_scheduler(bundle).alphas_cumprod.to(device)
     v_pred = cfg.v_parameterization or bundle.facts.prediction_type == "v_prediction"
     return RunParts(cfg, accelerator, device, weight_dtype, bundle, network, prepared, dataset, choice,
-                    lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, list(choice.notes), flat)
+                    lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, list(choice.notes), flat,
+                    compile_unet(bundle.unet, cfg.dynamo_backend) if cfg.torch_compile else bundle.unet)
+
+
+def check_dynamo_backend(backend: str) -> None:
+    """Refuse, before any model is loaded, a torch.compile backend this PyTorch does not have."""
+    import torch._dynamo
+
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(f"dynamo_backend {backend!r} is not available in this PyTorch", [
+            f"available: {', '.join(sorted(torch._dynamo.list_backends()))}; inductor is the usual choice"])
+
+
+def compile_unet(unet: torch.nn.Module, backend: str) -> Any:
+    """The UNet behind torch.compile for training steps only; samples keep the eager module.
+
+    Compiling happens at the first step (minutes on a CPU; again for each new bucket shape).
+    """
+    return torch.compile(unet, backend=backend)
 
 
 def allow_fp16_unscale(accelerator: Any) -> None:

@@ -46,7 +46,8 @@ class StepMath:
         cond = self.conditioning(batch)
         nb = noise_batch(latents, self.noise, p.rng.noise, p.alphas_cumprod)
         with p.accelerator.autocast():
-            pred = p.bundle.unet(nb.noisy_latents.to(p.weight_dtype), nb.timesteps, cond.to(p.weight_dtype)).sample
+            unet = p.unet_step if p.unet_step is not None else p.bundle.unet
+            pred = unet(nb.noisy_latents.to(p.weight_dtype), nb.timesteps, cond.to(p.weight_dtype)).sample
         target = velocity(latents, nb.noise, nb.timesteps, p.alphas_cumprod) if p.v_prediction else nb.noise
         delta = None
         if cfg.loss_type in ("huber", "smooth_l1"):
