@@ -5,6 +5,8 @@ Cases (one JSON line each, every case in its own process so peaks do not mix):
   tiny_adamw, tiny_dadapt  built-in tiny model, 128 px, batch 2, cached latents
   sd15                     SD1.5-sized model from the shipped configs with random weights, batch 1,
                            gradient checkpointing; 256 px fp32 on CPU, 512 px bf16 on CUDA (batch 1 and 8)
+  --compile                the tiny cases again with --torch_compile (inductor), labelled
+                           tiny_*_compiled; `first_step_s` (setup + compile + one step) shows the compile cost
 On a busy shared CPU, wall time stretches with the load; `cpu_s_per_step` (process CPU
 time per step) shows what an idle machine would need with that many threads.
 Reference (sd-scripts on a 2-core CPU, same settings): tiny 0.34 s/step AdamW, 0.30 DAdaptAdam, 0.59 GB RSS;
@@ -13,6 +15,7 @@ sd15 6.7 s/step, 7.2 GB RSS.
     python bench/train_speed.py                 # tiny cases
     python bench/train_speed.py --threads 1     # steadier on a shared machine (compare runs back to back)
     python bench/train_speed.py --case sd15     # heavy: many GB and minutes
+    python bench/train_speed.py --threads 1 --compile   # adds compiled tiny cases (minutes of compiling)
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REFERENCE = {"tiny_adamw": (0.34, 0.59), "tiny_dadapt": (0.30, 0.59), "sd15": (6.7, 7.2)}
 TINY_CASES = ("tiny_adamw", "tiny_dadapt")
+COMPILED_CASES = tuple(f"{c}_compiled" for c in TINY_CASES)
 
 
 class StepClock:
@@ -40,9 +44,12 @@ class StepClock:
         self.times: list[float] = []
         self.cpu_times: list[float] = []
         self.last: tuple[float, float] | None = None
+        self.first: float | None = None
 
     def on_step(self, info: dict) -> None:
         now = (time.perf_counter(), time.process_time())
+        if self.first is None:
+            self.first = now[0]
         if self.last is not None:
             self.times.append(now[0] - self.last[0])
             self.cpu_times.append(now[1] - self.last[1])
@@ -53,9 +60,9 @@ def case_config(case: str, data: Path, out: Path, cuda: bool, batch: int):
     from library.config import TrainConfig
 
     common = dict(train_data_dir=str(data), output_dir=str(out), output_name="bench", caption_extension=".txt",
-                  cache_latents=True, seed=0, save_model_as="safetensors")
+                  cache_latents=True, seed=0, save_model_as="safetensors", torch_compile=case.endswith("_compiled"))
     if case.startswith("tiny"):
-        opt = {"optimizer_type": "AdamW", "learning_rate": 1e-4} if case == "tiny_adamw" else {
+        opt = {"optimizer_type": "AdamW", "learning_rate": 1e-4} if case.startswith("tiny_adamw") else {
             "optimizer_type": "DAdaptAdam", "learning_rate": 1.0,
             "optimizer_args": ["decouple=True", "use_bias_correction=True", "weight_decay=0.20"]}
         return TrainConfig(pretrained_model_name_or_path="tiny", resolution="128", train_batch_size=2,
@@ -85,16 +92,18 @@ def run_case(case: str, batch: int) -> dict:
         started = time.perf_counter()
         train(cfg, events)
         total = time.perf_counter() - started
+    first_step = (clock.first or started) - started
     steady = clock.times[3:] or clock.times
     s_step = statistics.median(steady)
     peak_gb = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9
-    ref_s, ref_gb = REFERENCE[case]
+    ref_s, ref_gb = REFERENCE[case.removesuffix("_compiled")]
     result = {
         "case": case, "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(),
         "resolution": cfg.resolution, "batch": cfg.train_batch_size, "precision": cfg.mixed_precision,
         "s_per_step": round(s_step, 4),
         # CPU seconds the process used per step: on a shared machine this is what an idle one would take (1 thread)
         "cpu_s_per_step": round(statistics.median(clock.cpu_times[3:] or clock.cpu_times), 4), "steps_measured": len(steady), "total_s": round(total, 1),
+        "first_step_s": round(first_step, 1), "torch_compile": cfg.torch_compile,
         "peak_memory_gb": round(peak_gb, 3), "memory_kind": "cuda_max_allocated" if cuda else "rss",
     }
     if cuda:
@@ -107,7 +116,9 @@ def run_case(case: str, batch: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", action="append", choices=TINY_CASES + ("sd15",), help="default: the tiny cases")
+    parser.add_argument("--case", action="append", choices=TINY_CASES + COMPILED_CASES + ("sd15",),
+                        help="default: the tiny cases")
+    parser.add_argument("--compile", action="store_true", help="also run the tiny cases with --torch_compile")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in each run (default: torch's choice); 1 gives steadier numbers on a shared machine")
     parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)  # internal: one child run
@@ -122,7 +133,7 @@ def main() -> int:
         return 0
     import torch
 
-    for case in args.case or list(TINY_CASES):
+    for case in (args.case or list(TINY_CASES)) + (list(COMPILED_CASES) if args.compile else []):
         batches = [1, 8] if case == "sd15" and torch.cuda.is_available() else [1]
         for batch in batches:
             cmd = [sys.executable, __file__, "--child", "--case", case, "--batch", str(batch)]
