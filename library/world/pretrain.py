@@ -48,12 +48,13 @@ class Recipe:
     vae_kl_weight: float = 2e-6
     vae_colour_weight: float = 10.0
     vae_logvar_init: float = -6.0
-    unet_steps: int = 1500
+    unet_steps: int = 2000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     te_lr: float = 1e-3
     caption_dropout: float = 0.1
     ema_decay: float = 0.995
+    unet_min_snr_gamma: float = 5.0
 
 
 def build_modules(seed: int) -> dict[str, torch.nn.Module]:
@@ -99,7 +100,8 @@ def pretrain(recipe: Recipe, device: str = "cpu", log=print) -> tuple[dict[str, 
     unet_result, ema_unet, ema_te = train_diffusion(
         modules["unet"], modules["text_encoder"], scheduler, data, steps=recipe.unet_steps,
         batch_size=recipe.unet_batch, lr=recipe.unet_lr, te_lr=recipe.te_lr,
-        caption_dropout=recipe.caption_dropout, ema_decay=recipe.ema_decay, generator=gen, log=log)
+        caption_dropout=recipe.caption_dropout, ema_decay=recipe.ema_decay, generator=gen,
+        min_snr_gamma=recipe.unet_min_snr_gamma, log=log)
     shipped = {"unet": ema_unet.shadow, "vae": vae, "text_encoder": ema_te.shadow}
     state = {f"{name}.{k}": v.detach().cpu() for name, m in shipped.items() for k, v in m.state_dict().items()}
     facts = {
