@@ -183,6 +183,7 @@ class TrainConfig:
     ip_noise_gamma: float | None = option(None, "Input-perturbation noise (Ning et al. 2023); 0.1 recommended", group="Noise and loss", min=0.0)
     ip_noise_gamma_random_strength: bool = option(False, "Scale input perturbation by a random factor", group="Noise and loss")
     min_snr_gamma: float | None = option(None, "Min-SNR weighting gamma (Hang et al. 2023); 5 is the paper's value", group="Noise and loss", min=0.0)
+    debiased_estimation_loss: bool = option(False, "Weight the loss by 1/sqrt(SNR) (Yu et al. 2024): more weight on noisy timesteps, where layout and shape are learned", group="Noise and loss")
     min_timestep: int | None = option(None, "Smallest sampled timestep (default 0)", group="Noise and loss", min=0, max=1000)
     max_timestep: int | None = option(None, "Largest sampled timestep, exclusive (default 1000)", group="Noise and loss", min=1, max=1000)
     loss_type: str = option("l2", "Loss between prediction and target", group="Noise and loss", choices=("l2", "l1", "huber", "smooth_l1"))

@@ -43,6 +43,25 @@ def test_weighted_batch_loss_combines_prior_and_snr() -> None:
     assert out.item() == pytest.approx(1.5)
 
 
+def test_debiased_estimation_weights_match_hand_computed_values() -> None:
+    snr = torch.tensor([4.0, 0.25, 1e6, float("inf")])
+    w = L.debiased_estimation_weights(snr)
+    expected = [0.5, 2.0, 1 / 1000 ** 0.5, 1 / 1000 ** 0.5]  # 1/sqrt(SNR), SNR capped at 1000
+    assert w.tolist() == pytest.approx(expected, rel=1e-6)
+    assert L.debiased_estimation_weights(snr, v_prediction=True).tolist() == pytest.approx(
+        [0.2, 0.8, 1 / 1001, 1 / 1001], rel=1e-6)
+
+
+def test_weighted_batch_loss_multiplies_min_snr_and_debiasing() -> None:
+    per = torch.tensor([2.0, 4.0])
+    snr = torch.tensor([16.0, 0.25])
+    out = L.weighted_batch_loss(per, torch.ones(2), torch.tensor([0, 1]), snr, 5.0, debiased_estimation=True)
+    # sample 0: 2 * (5/16) * (1/4) = 0.15625; sample 1: 4 * 1 * 2 = 8; mean 4.078125
+    assert out.item() == pytest.approx(4.078125)
+    plain = L.weighted_batch_loss(per, torch.ones(2), torch.tensor([0, 1]), snr, None, debiased_estimation=True)
+    assert plain.item() == pytest.approx((2 * 0.25 + 4 * 2) / 2)
+
+
 def test_per_sample_loss_types() -> None:
     pred = torch.zeros(2, 1, 1, 2)
     target = torch.tensor([[[[1.0, 3.0]]], [[[0.0, -2.0]]]])

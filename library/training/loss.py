@@ -1,7 +1,8 @@
 """The training loss, term by term as sd-scripts computes it.
 
 loss_i = mean_{C,H,W}( ℓ(pred, target) ) · w_i (prior_loss_weight for
-regularization items) · snr_weight(t_i); the step loss is the batch mean.
+regularization items) · snr_weight(t_i) · debias_weight(t_i); the step loss
+is the batch mean.
 """
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ def min_snr_weights(snr_t: torch.Tensor, gamma: float, v_prediction: bool = Fals
     """
     clipped = torch.clamp(snr_t, max=gamma)
     return clipped / (snr_t + 1.0) if v_prediction else clipped / snr_t
+
+
+def debiased_estimation_weights(snr_t: torch.Tensor, v_prediction: bool = False) -> torch.Tensor:
+    """Debiased estimation (Yu et al. 2024, "Debias the Training of Diffusion Models"), as sd-scripts applies it.
+
+    ε-prediction: 1/√SNR; v-prediction: 1/(SNR + 1); SNR capped at 1000 (t = 0 has SNR → ∞).
+    It raises the weight of the noisy timesteps, where an image's layout is decided and the
+    ε-loss is small, and lowers that of the nearly clean ones, which only refine texture.
+    """
+    capped = torch.clamp(snr_t, max=1000.0)
+    return 1.0 / (capped + 1.0) if v_prediction else 1.0 / torch.sqrt(capped)
 
 
 def huber_threshold(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, huber_c: float,
@@ -77,12 +89,19 @@ def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "
 
 def weighted_batch_loss(per_sample: torch.Tensor, item_weights: torch.Tensor,
                         timesteps: torch.Tensor, snr: torch.Tensor | None,
-                        min_snr_gamma: float | None, v_prediction: bool = False) -> torch.Tensor:
-    """Batch mean of per-sample losses × item weight (prior_loss_weight) × min-SNR weight."""
+                        min_snr_gamma: float | None, v_prediction: bool = False,
+                        debiased_estimation: bool = False) -> torch.Tensor:
+    """Batch mean of per-sample losses × item weight (prior_loss_weight) × min-SNR and debiasing weights.
+
+    Both weightings may be on at once; sd-scripts multiplies them in this order.
+    """
     loss = per_sample * item_weights.to(per_sample.device, per_sample.dtype)
-    if min_snr_gamma:
+    if min_snr_gamma or debiased_estimation:
         if snr is None:
-            raise ValueError("min_snr_gamma needs the SNR table")
+            raise ValueError("min_snr_gamma and debiased_estimation need the SNR table")
         snr_t = snr.to(per_sample.device)[timesteps]
-        loss = loss * min_snr_weights(snr_t, min_snr_gamma, v_prediction)
+        if min_snr_gamma:
+            loss = loss * min_snr_weights(snr_t, min_snr_gamma, v_prediction)
+        if debiased_estimation:
+            loss = loss * debiased_estimation_weights(snr_t, v_prediction)
     return loss.mean()

@@ -17,7 +17,8 @@ class StepMath:
         cfg = parts.config
         self.parts = parts
         self.noise = NoiseSettings.from_config(cfg)
-        self.snr = snr_from_alphas(parts.alphas_cumprod) if cfg.min_snr_gamma else None
+        weighted = cfg.min_snr_gamma or cfg.debiased_estimation_loss
+        self.snr = snr_from_alphas(parts.alphas_cumprod) if weighted else None
         self.scaling = float(getattr(parts.bundle.vae.config, "scaling_factor", 0.18215))
 
     def latents(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -54,4 +55,5 @@ class StepMath:
             delta = huber_threshold(nb.timesteps, p.alphas_cumprod, cfg.huber_c, cfg.huber_schedule,
                                     int(p.alphas_cumprod.shape[0]))
         per = per_sample_loss(pred, target, cfg.loss_type, delta)
-        return weighted_batch_loss(per, batch["loss_weights"], nb.timesteps, self.snr, cfg.min_snr_gamma, p.v_prediction)
+        return weighted_batch_loss(per, batch["loss_weights"], nb.timesteps, self.snr, cfg.min_snr_gamma,
+                                   p.v_prediction, cfg.debiased_estimation_loss)
