@@ -47,6 +47,8 @@ def test_wide_heads_and_long_sequences_stay_on_sdpa():
     assert not uses_small_head_path(q, k, heads=8)  # 268M probabilities
     q, k, v = _qkv(16, 16, 320)
     assert torch.equal(attention(q, k, v, 8), _sdpa(q, k, v, 8))
+    q, k, _ = _qkv(16, 16, 32, torch.bfloat16)
+    assert not uses_small_head_path(q, k, heads=8)  # half precision: SDPA's float32 softmax
 
 
 def test_installed_on_every_tiny_unet_attention_and_output_unchanged():

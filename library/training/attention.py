@@ -71,10 +71,14 @@ class SmallHeadAttention(torch.autograd.Function):
 
 
 def uses_small_head_path(q: torch.Tensor, k: torch.Tensor, heads: int) -> bool:
-    """True for CPU float tensors with narrow heads and short sequences (see the module docstring)."""
+    """True for CPU float32 tensors with narrow heads and short sequences (see the module docstring).
+
+    Half precision stays on SDPA, which accumulates the softmax in float32.
+    """
     head_dim = q.shape[-1] // heads
     probs = q.shape[0] * heads * q.shape[1] * k.shape[1]
-    return q.device.type == "cpu" and head_dim <= SMALL_HEAD_MAX_DIM and probs <= SMALL_HEAD_MAX_PROBS
+    return (q.device.type == "cpu" and q.dtype is torch.float32 and k.dtype is torch.float32
+            and head_dim <= SMALL_HEAD_MAX_DIM and probs <= SMALL_HEAD_MAX_PROBS)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
