@@ -69,6 +69,10 @@ class LoRAModule(nn.Module):
         # The scale follows the loaded alpha (0 means alpha = rank, as in sd-scripts).
         self.scale = effective_alpha(float(self.alpha), self.rank) / self.rank
 
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lora_down.weight, lora_up.weight), read straight from the parameter dicts (hot path)."""
+        return self._modules["lora_down"]._parameters["weight"], self._modules["lora_up"]._parameters["weight"]
+
     def delta(self, x: torch.Tensor) -> torch.Tensor | None:
         """The adapter's contribution to the layer output; None when it adds nothing.
 
@@ -141,21 +145,22 @@ class LoRAHost(nn.Module):
         self.register_load_state_dict_pre_hook(_route_to_base)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        base = self._modules["base_layer"]
         if not args and not kwargs and self.adapters:
-            weight = self._weight_with_adapters(x)
+            weight = self._weight_with_adapters(base, x)
             if weight is not None:
-                base = self.base_layer
+                bias = base._parameters["bias"]
                 if type(base) is nn.Linear:
-                    return F.linear(x, weight, base.bias)
-                return base._conv_forward(x, weight, base.bias)
-        out = self.base_layer(x, *args, **kwargs)
+                    return F.linear(x, weight, bias)
+                return base._conv_forward(x, weight, bias)
+        out = base(x, *args, **kwargs)
         for adapter in self.adapters:
             delta = adapter.delta(x)
             if delta is not None:
                 out = out + delta.to(out.dtype)
         return out
 
-    def _weight_with_adapters(self, x: torch.Tensor) -> torch.Tensor | None:
+    def _weight_with_adapters(self, base: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         """W + sum of the adapters' scaled up @ down, when that is the cheaper way to the same output.
 
         For a small layer, folding the rank-r product into the weight replaces four tiny
@@ -163,12 +168,13 @@ class LoRAHost(nn.Module):
         the extra weight gradient (tokens x in x out multiply-adds) stays small, so only
         under `WEIGHT_SPACE_MAX_MACS`. Only float32 without autocast: in fp16/bf16 the
         small delta would be rounded away in the weight. Dropout keeps the usual path.
+        Runs for every adapted layer every step, hence the direct `_parameters` reads.
         """
-        base = self.base_layer
-        w = base.weight
+        w = base._parameters["weight"]
         if w.dtype is not torch.float32 or x.dtype is not torch.float32 or torch.is_autocast_enabled(x.device.type):
             return None
-        if type(base) is nn.Linear:
+        linear = type(base) is nn.Linear
+        if linear:
             macs = x.numel() * w.shape[0]
         elif type(base) is nn.Conv2d and base.groups == 1 and base.padding_mode == "zeros" and base.dilation == (1, 1):
             macs = x.numel() * w[0].numel() // (base.stride[0] * base.stride[1])
@@ -176,16 +182,19 @@ class LoRAHost(nn.Module):
             return None
         if macs > WEIGHT_SPACE_MAX_MACS:
             return None
-        active = [a for a in self.adapters if a.enabled and a.multiplier != 0]
-        if any(a.training and (a.module_dropout or a.dropout or a.rank_dropout) for a in active):
-            return None
-        if any(a.lora_down.weight.dtype is not torch.float32 for a in active):
-            return None
-        flat = w.reshape(w.shape[0], -1)
-        for a in active:
-            flat = torch.addmm(flat, a.lora_up.weight.reshape(w.shape[0], -1), a.lora_down.weight.reshape(a.rank, -1),
-                               alpha=a.multiplier * a.scale)
-        return flat.view(w.shape)
+        weight = w if linear else w.reshape(w.shape[0], -1)
+        for a in self.adapters:
+            if not a.enabled or a.multiplier == 0:
+                continue
+            if a.training and (a.module_dropout or a.dropout or a.rank_dropout):
+                return None
+            down, up = a.weights()
+            if down.dtype is not torch.float32 or up.dtype is not torch.float32:
+                return None
+            if not linear:
+                down, up = down.reshape(a.rank, -1), up.reshape(w.shape[0], -1)
+            weight = torch.addmm(weight, up, down, alpha=a.multiplier * a.scale)
+        return weight if linear else weight.view(w.shape)
 
     def __getattr__(self, name: str) -> Any:
         try:
