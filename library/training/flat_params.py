@@ -48,16 +48,20 @@ class FlatGroups:
     def __init__(self, groups: list[dict[str, Any]]) -> None:
         self.members: list[list[nn.Parameter]] = []
         self.flats: list[nn.Parameter] = []
-        self.views: list[list[torch.Tensor]] = []
+        self.grads: list[torch.Tensor] = []  # persistent flat gradient buffers
+        self.views: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []  # (value views, gradient views)
         for group in groups:
             params = list(group["params"])
             if len({(p.dtype, p.device) for p in params}) != 1:
                 continue  # mixed precision or devices: leave this group as it is
             flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-            flat.grad = torch.zeros_like(flat)
+            grad = torch.zeros_like(flat)
+            sizes = [p.numel() for p in params]
             self.members.append(params)
             self.flats.append(flat)
-            self.views.append([v.view_as(p) for v, p in zip(flat.detach().split([p.numel() for p in params]), params)])
+            self.grads.append(grad)
+            self.views.append(([v.view_as(p) for v, p in zip(flat.detach().split(sizes), params)],
+                               [v.view_as(p) for v, p in zip(grad.split(sizes), params)]))
             group["params"] = [flat]
         self._gathered = False
 
@@ -74,15 +78,21 @@ class FlatGroups:
         optimizer's step calls it.
         """
         self._gathered = True
-        for params, flat in zip(self.members, self.flats):
-            torch.cat([p.reshape(-1) for p in params], out=flat.data)
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            if flat.grad is None:
-                flat.grad = torch.empty_like(flat)
-            torch.cat([g.reshape(-1) for g in grads], out=flat.grad)
+        for params, flat, grad, (values, grad_views) in zip(self.members, self.flats, self.grads, self.views):
+            torch._foreach_copy_(values, params)
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads):
+                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            torch._foreach_copy_(grad_views, grads)
+            flat.grad = grad
 
-    def clear_grads(self) -> None:
-        """Drop the module parameters' gradients (a step that was skipped never scattered)."""
+    def finish_step(self) -> None:
+        """After the optimizer step (or a skipped one): no module parameter keeps a gradient."""
+        if self._gathered:  # step() never ran, so scatter did not clear them
+            self._gathered = False
+            self._clear_grads()
+
+    def _clear_grads(self) -> None:
         for params in self.members:
             for p in params:
                 p.grad = None
@@ -91,6 +101,6 @@ class FlatGroups:
     def scatter(self) -> None:
         """The optimizer's new values back into the module parameters; their gradients are cleared."""
         self._gathered = False
-        for params, views in zip(self.members, self.views):
-            torch._foreach_copy_([p.data for p in params], views)
-        self.clear_grads()
+        for params, (values, _) in zip(self.members, self.views):
+            torch._foreach_copy_(params, values)
+        self._clear_grads()

@@ -194,7 +194,7 @@ class Trainer:
         p.lr_scheduler.step()
         p.optimizer.optimizer.zero_grad(set_to_none=True)
         if p.flat is not None:
-            p.flat.clear_grads()
+            p.flat.finish_step()
         if self.cfg.scale_weight_norms:
             p.network.apply_max_norm(self.cfg.scale_weight_norms)
         self.pos.global_step += 1
