@@ -26,6 +26,15 @@ def test_gradients_match_finite_differences_in_float64():
     assert torch.autograd.gradcheck(lambda a, b, c: SmallHeadAttention.apply(a, b, c, 2), (q, k, v))
 
 
+def test_chunked_heads_give_the_same_gradients(monkeypatch):
+    import library.training.attention as attention_module
+
+    monkeypatch.setattr(attention_module, "CHUNK_PROBS", 30)  # 4 (batch, head) pairs of 6x5 -> chunks of 1
+    assert attention_module.heads_per_chunk(4, 6, 5) == 1
+    q, k, v = _qkv(6, 5, 8, torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b, c: SmallHeadAttention.apply(a, b, c, 2), (q, k, v))
+
+
 @pytest.mark.parametrize("length,context,channels,heads", [(256, 256, 32, 8), (64, 77, 64, 8), (4, 4, 64, 8)])
 def test_values_and_gradients_equal_sdpa(length, context, channels, heads):
     q, k, v = _qkv(length, context, channels)
