@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from library.models import build_tiny_bundle
-from library.training.attention import SmallHeadAttention, attention, install_lean_attention, uses_small_head_path
+from library.training.attention import (
+    SmallHeadAttention,
+    attention,
+    install_lean_attention,
+    uses_small_head_path,
+)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:

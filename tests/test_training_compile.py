@@ -14,15 +14,16 @@ from library.training.trainer import train
 
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(pretrained_model_name_or_path="tiny", train_data_dir=str(data), output_dir=str(out), output_name="c",
-                resolution="64", train_batch_size=2, max_train_steps=2, optimizer_type="AdamW", learning_rate=1e-3,
-                cache_latents=True, seed=3, caption_extension=".txt")
+    base: dict = {"pretrained_model_name_or_path": "tiny", "train_data_dir": str(data), "output_dir": str(out),
+                  "output_name": "c", "resolution": "64", "train_batch_size": 2, "max_train_steps": 2,
+                  "optimizer_type": "AdamW", "learning_rate": 1e-3, "cache_latents": True, "seed": 3,
+                  "caption_extension": ".txt"}
     base.update(kw)
     return TrainConfig(**base)
 
 
 def test_training_steps_call_the_compiled_unet(shapes_data: Path, tmp_path: Path, monkeypatch) -> None:
-    import library.training.setup as setup
+    from library.training import setup
 
     calls = []
 
