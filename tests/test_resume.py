@@ -132,3 +132,17 @@ def test_mid_epoch_state_needs_the_same_process_count(full_run: Path) -> None:
     with pytest.raises(ConfigError, match="saved mid-epoch with 1 process"):
         check_processes(full_run, mid, 2)
     check_processes(full_run, load_train_state(full_run / "t-000001-state"), 2)  # epoch boundary: any count
+
+
+def test_optimizer_state_of_another_layout_is_refused_with_the_way_out(data: Path, full_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "t-step00000006-state"
+    shutil.copytree(full_run / "t-step00000006-state", folder)
+    state = torch.load(folder / "train_state.pt", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    group["params"] = list(range(len(group["params"]) + 3))  # as a per-tensor (pre-flat) optimizer saved it
+    torch.save(state, folder / "train_state.pt")
+    with pytest.raises(ConfigError, match="saved optimizer state does not fit") as err:
+        train(config(data, tmp_path / "out", resume=str(folder)))
+    assert any("--network_weights" in p for p in err.value.problems)

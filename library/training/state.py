@@ -213,7 +213,12 @@ def restore(folder: Path, parts: Any, state: dict[str, Any]) -> None:
     if result.missing_keys or result.unexpected_keys:
         raise ConfigError(f"{folder}: the saved network does not match this one",
                           [f"missing: {k}" for k in result.missing_keys[:5]] + [f"unexpected: {k}" for k in result.unexpected_keys[:5]])
-    parts.optimizer.optimizer.load_state_dict(state["optimizer"])
+    try:
+        parts.optimizer.optimizer.load_state_dict(state["optimizer"])
+    except ValueError as exc:  # torch: "loaded state dict contains a parameter group that doesn't match ..."
+        raise ConfigError(f"{folder}: the saved optimizer state does not fit this run's optimizer ({exc})", [
+            "states saved before lorasmith kept the LoRA in one flat tensor per group (elementwise optimizers) "
+            "hold one entry per tensor; continue from the LoRA file instead: --network_weights <file>"]) from None
     parts.lr_scheduler.load_state_dict(state["lr_scheduler"])
     scaler = getattr(parts.accelerator, "scaler", None)
     if scaler is not None and state.get("scaler"):
