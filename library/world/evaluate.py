@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from library.world.classifier import WorldClassifier, predict
 
@@ -43,3 +44,36 @@ def label_rate(classifier: WorldClassifier, images: np.ndarray, **wanted: str) -
     for head, value in wanted.items():
         ok &= np.array([p == value for p in pred[head]])
     return float(ok.mean())
+
+
+@torch.no_grad()
+def denoising_loss(bundle, images_uint8: np.ndarray, prompt: str, *, loras: tuple[tuple[str, float], ...] = (),
+                   repeats: int = 16, seed: int = 0) -> float:
+    """ε-prediction MSE on these images at fixed noise and uniform timesteps (the training objective, unweighted).
+
+    The same seed gives the same noise and timesteps for every LoRA setting, so two
+    values differ only by what the LoRA changed; a LoRA that learned its images lowers it.
+    """
+    from diffusers import DDPMScheduler
+
+    from library.data.text import encode_tokens
+    from library.sampling.lora_stack import LoraStack
+
+    x = torch.from_numpy(np.asarray(images_uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    latents = bundle.vae.encode(x).latent_dist.mean * float(bundle.vae.config.scaling_factor)
+    latents = latents.repeat(repeats, 1, 1, 1)
+    scheduler = DDPMScheduler.from_config(bundle.scheduler_config)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+    noisy = scheduler.add_noise(latents, noise, t)
+    stack = LoraStack(bundle.unet, bundle.text_encoder)
+    try:
+        stack.activate(loras)
+        ids = bundle.tokenizer([prompt], padding="max_length", max_length=bundle.tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt").input_ids
+        cond = encode_tokens(bundle.text_encoder, ids, None).expand(latents.shape[0], -1, -1)
+        pred = bundle.unet(noisy, t, encoder_hidden_states=cond).sample
+    finally:
+        stack.clear()
+    return float((pred - noise).pow(2).mean())
