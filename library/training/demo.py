@@ -5,8 +5,10 @@ library.world), which never saw a star. The demo writes eight red stars as a
 DreamBooth-style `10_ohwx shape` folder, trains a LoRA on them with the seed
 guide's recipe (DAdaptAdam, lr 1, cosine, per-epoch files, TensorBoard logs,
 samples), then draws an epochs x LoRA-weight grid with the bundled grid tool:
-the weight-0 row is the base model's idea of "ohwx shape", and the star appears
-as epochs and weight grow.
+the weight-0 row is the base model's idea of "ohwx shape", and the other rows
+show what the LoRA changed as epochs and weight grow. With today's tiny-world the
+change is clear but the star is only roughly drawn (points appear on some seeds):
+the 64 px world's 8x8 latents limit how precisely this architecture draws shapes.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ BASE_MODEL = "tiny-world"
 OUTPUT_NAME = "ohwx_star"
 PROMPT = "ohwx shape"
 RESOLUTION = 64
-EPOCHS = 4
+EPOCHS = 8
 GRID_WEIGHTS = "0, 0.5, 1"
 GRID_SEEDS = "1, 2, 3, 4"
 # sd-scripts' per-line sample options: 20 Euler a steps at CFG 5 (tiny-world's sweet spot).
@@ -96,7 +98,7 @@ def run_demo(output_dir: str | Path, epochs: int = EPOCHS, progress: bool = True
 
 
 def print_summary(paths: DemoPaths) -> None:
-    print("\nDemo finished: tiny-world never saw a star; the LoRA taught it one as 'ohwx shape'.")
+    print("\nDemo finished: tiny-world never saw a star; the LoRA was trained on eight as 'ohwx shape'.")
     print(f"  dataset:      {paths.dataset}")
     print(f"  LoRA files:   {', '.join(str(f) for f in paths.lora_files)}")
     if paths.samples.is_dir():
