@@ -56,7 +56,7 @@ def denoising_loss(bundle, images_uint8: np.ndarray, prompt: str, *, loras: tupl
     """
     from diffusers import DDPMScheduler
 
-    from library.data.text import encode_tokens
+    from library.data.text import encode_tokens, tokenize_captions
     from library.sampling.lora_stack import LoraStack
 
     x = torch.from_numpy(np.asarray(images_uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -70,8 +70,7 @@ def denoising_loss(bundle, images_uint8: np.ndarray, prompt: str, *, loras: tupl
     stack = LoraStack(bundle.unet, bundle.text_encoder)
     try:
         stack.activate(loras)
-        ids = bundle.tokenizer([prompt], padding="max_length", max_length=bundle.tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt").input_ids
+        ids = tokenize_captions(bundle.tokenizer, [prompt])
         cond = encode_tokens(bundle.text_encoder, ids, None).expand(latents.shape[0], -1, -1)
         pred = bundle.unet(noisy, t, encoder_hidden_states=cond).sample
     finally:

@@ -22,6 +22,7 @@ import torch
 from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
+from library.data.text import tokenize_captions
 from library.fileio import atomic_path, atomic_write_text
 from library.models.configs import load_family_configs
 from library.models.modules import build_text_encoder, build_unet, build_vae
@@ -65,13 +66,6 @@ def build_modules(seed: int) -> dict[str, torch.nn.Module]:
             "text_encoder": build_text_encoder(configs["text_encoder"])}
 
 
-def tokenize(captions: list[str]) -> torch.Tensor:
-    """Token ids padded to 77 with the SD1.x CLIP tokenizer (what inference will feed the model)."""
-    tok = load_tokenizer()
-    return tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-               return_tensors="pt").input_ids
-
-
 def pretrain(recipe: Recipe, device: str = "cpu", log=print) -> tuple[dict[str, torch.Tensor], dict]:
     """Run both phases; return the fp32 state dict to ship and the provenance facts."""
     torch.manual_seed(recipe.seed)
@@ -94,8 +88,9 @@ def pretrain(recipe: Recipe, device: str = "cpu", log=print) -> tuple[dict[str, 
     gain = torch.tensor(stats["channel_gain"], device=mean.device)[None, :, None, None]
     shift = torch.tensor(stats["channel_mean"], device=mean.device)[None, :, None, None]
     mean, std = (mean - shift) * gain, std * gain  # what the folded encoder now outputs (saves a re-encode)
-    empty = tokenize([""])[0]
-    data = DiffusionData(mean, std, tokenize(world.captions).to(device), empty.to(device))
+    tok = load_tokenizer()  # ids exactly as the trainer makes them (library.data.text)
+    empty = tokenize_captions(tok, [""])[0]
+    data = DiffusionData(mean, std, tokenize_captions(tok, world.captions).to(device), empty.to(device))
     scheduler = DDPMScheduler.from_config(load_family_configs("tiny")["scheduler"])
     unet_result, ema_unet, ema_te = train_diffusion(
         modules["unet"], modules["text_encoder"], scheduler, data, steps=recipe.unet_steps,
