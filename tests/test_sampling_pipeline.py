@@ -11,7 +11,7 @@ from PIL import Image
 from library.errors import SamplingError
 from library.models import build_tiny_bundle
 from library.sampling.infotext import parse_infotext, save_png
-from library.sampling.pipeline import SampleRequest, SamplingSession, generate
+from library.sampling.pipeline import SampleRequest, SamplingSession, generate, plan_jobs
 from library.sampling.training_samples import (
     parse_prompt_line,
     sample_for_training,
@@ -163,3 +163,56 @@ def test_sample_from_config_reads_txt_and_json_prompt_files(bundle, tmp_path):
     js.write_text(json.dumps([{"prompt": "x", "guidance": 5}]), "utf-8")
     with pytest.raises(SamplingError, match="guidance"):
         read_prompt_entries(js)
+
+
+def test_img2img_runs_the_tail_of_the_schedule_as_a1111():
+    from library.sampling.pipeline import img2img_sigmas
+
+    sigmas = torch.arange(21, 0, -1, dtype=torch.float32)  # 20 steps + the final zero, stand-in values
+    tail = img2img_sigmas(sigmas, 20, 0.3)  # int(0.3 * 20) = 6 -> 7 model steps
+    assert tail.tolist() == sigmas[13:].tolist() and len(tail) == 8
+    assert img2img_sigmas(sigmas, 20, 1.0).tolist() == sigmas[0:].tolist()  # 0.999 cap: all 20 steps
+    assert len(img2img_sigmas(sigmas, 20, 0.01)) == 2  # at least one step
+
+
+def _round_trip(bundle, image: Image.Image) -> np.ndarray:
+    from library.sampling.pipeline import decode_latents, encode_images
+
+    with torch.no_grad():
+        latents = encode_images(bundle.vae, [image], 64, 64)
+    return np.asarray(decode_latents(bundle.vae, latents)[0], dtype=np.int16)
+
+
+def test_img2img_keeps_the_init_image_at_low_strength_and_redraws_it_at_full():
+    from library.world.generator import generate_world
+    from library.world.model import build_tiny_world_bundle
+
+    world_bundle = build_tiny_world_bundle(torch.float32)  # a trained model: low strength must keep the picture
+    init = Image.fromarray(generate_world(1, seed=5).images[0]).resize((48, 48))  # resized back ("Just resize")
+    reference = _round_trip(world_bundle, init)
+    session = SamplingSession(world_bundle)
+    errors, texts = {}, {}
+    for strength in (0.1, 1.0):
+        request = SampleRequest(**{**BASE, "prompt": "a shape", "steps": 20, "denoising_strength": strength})
+        _seed, jobs = plan_jobs(request)
+        made = session.run_jobs(request, jobs, init_images=[init])[0]
+        errors[strength] = np.abs(pixels(made) - reference).mean()
+        texts[strength] = made.parameters
+    assert errors[0.1] < 0.25 * errors[1.0], errors
+    assert "Denoising strength: 0.1," in texts[0.1] and "Denoising strength: 1," in texts[1.0]
+    assert "Denoising strength" not in generate(world_bundle, SampleRequest(**BASE))[0].parameters
+
+
+def test_img2img_batches_match_single_images_and_bad_input_is_named(bundle):
+    request = SampleRequest(**{**BASE, "steps": 4, "denoising_strength": 0.5, "batch_size": 2})
+    _seed, jobs = plan_jobs(request)
+    inits = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
+    session = SamplingSession(bundle)
+    together = session.run_jobs(request, jobs, max_batch=2, init_images=inits)
+    alone = [session.run_jobs(request, [job], init_images=[im])[0] for job, im in zip(jobs, inits)]
+    for a, b in zip(together, alone):
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1
+    with pytest.raises(SamplingError, match="one init image per image"):
+        session.run_jobs(request, jobs, init_images=inits[:1])
+    with pytest.raises(SamplingError, match="denoising_strength 1.5"):
+        generate(bundle, SampleRequest(**{**BASE, "denoising_strength": 1.5}))

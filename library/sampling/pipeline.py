@@ -1,10 +1,14 @@
-"""txt2img with the bundled samplers: request in, images with A1111 parameters out.
+"""txt2img and img2img with the bundled samplers: request in, images with A1111 parameters out.
 
 `generate(bundle, request)` is the one-call form; a `SamplingSession` keeps the prompt
 cache and the applied LoRAs between calls, which is what grids and regularization
 image generation use. Image i of a request uses seed + i for its starting noise, its
 ancestral noise and its dynamic-prompt choices, so any single image can be
 reproduced alone from the seed in its parameters.
+
+img2img follows A1111's default step convention: with strength s and n steps the
+sampler runs the last int(s * n) + 1 sigmas of the n-step schedule, starting from
+the init image's latent plus the seed's noise at the first of them.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -47,6 +52,7 @@ class SampleRequest:
     loras: tuple[tuple[str, float], ...] = ()
     lora_dir: str | None = None
     wildcards_dir: str | None = None
+    denoising_strength: float = 0.75  # img2img only: how much of the schedule re-draws the init image
 
 
 @dataclass
@@ -81,6 +87,8 @@ def validate_request(request: SampleRequest) -> None:
         problems.append(f"steps {request.steps}: use at least 1")
     if request.batch_size < 1 or request.batch_count < 1:
         problems.append(f"batch_size {request.batch_size} / batch_count {request.batch_count}: use at least 1")
+    if not 0.0 < request.denoising_strength <= 1.0:
+        problems.append(f"denoising_strength {request.denoising_strength}: use a value in (0, 1] (1 re-draws everything)")
     if request.clip_skip < 1:
         problems.append(f"clip_skip {request.clip_skip}: use 1 (none) or more")
     try:
@@ -132,31 +140,39 @@ class SamplingSession:
         return self.run_jobs(request, jobs, on_step, max_batch or request.batch_size)
 
     def run_jobs(self, request: SampleRequest, jobs: Sequence[ImageJob], on_step: StepCallback | None = None,
-                 max_batch: int = 1) -> list[GeneratedImage]:
-        """Jobs sharing a request's settings; consecutive jobs with equal LoRAs run as one batch."""
+                 max_batch: int = 1, init_images: Sequence[Image.Image] | None = None) -> list[GeneratedImage]:
+        """Jobs sharing a request's settings; consecutive jobs with equal LoRAs run as one batch.
+
+        With `init_images` (one per job) this is img2img at `request.denoising_strength`.
+        """
+        if init_images is not None and len(init_images) != len(jobs):
+            raise SamplingError("img2img needs one init image per image to make",
+                                [f"{len(init_images)} init images for {len(jobs)} images"])
         out: list[GeneratedImage] = []
         i = 0
         while i < len(jobs):
             j = i + 1
             while j < len(jobs) and j - i < max_batch and jobs[j].loras == jobs[i].loras:
                 j += 1
-            out += self._run_batch(request, list(jobs[i:j]), on_step)
+            out += self._run_batch(request, list(jobs[i:j]), on_step, init_images[i:j] if init_images else None)
             i = j
         return out
 
     @torch.no_grad()
-    def _run_batch(self, request: SampleRequest, jobs: list[ImageJob], on_step: StepCallback | None
-                   ) -> list[GeneratedImage]:
+    def _run_batch(self, request: SampleRequest, jobs: list[ImageJob], on_step: StepCallback | None,
+                   init_images: Sequence[Image.Image] | None = None) -> list[GeneratedImage]:
         if self.loras.activate(jobs[0].loras):
             self.encoder.clear()
         clip_skip = request.clip_skip if request.clip_skip > 1 else None
         cond, uncond = self.encoder.encode_batch([j.text for j in jobs], [j.negative_text for j in jobs], clip_skip)
-        latents = sample_latents(self.denoiser, request, [j.seed for j in jobs], cond, uncond, on_step)
+        init = encode_images(self.bundle.vae, init_images, request.width, request.height) if init_images else None
+        latents = sample_latents(self.denoiser, request, [j.seed for j in jobs], cond, uncond, on_step, init)
         images = decode_latents(self.bundle.vae, latents)
         return [GeneratedImage(img, job.seed, job.prompt, job.negative_prompt,
-                               self.infotext(request, job), request) for img, job in zip(images, jobs)]
+                               self.infotext(request, job, img2img=init is not None), request)
+                for img, job in zip(images, jobs)]
 
-    def infotext(self, request: SampleRequest, job: ImageJob) -> str:
+    def infotext(self, request: SampleRequest, job: ImageJob, img2img: bool = False) -> str:
         facts = self.bundle.facts
         spec = resolve_sampler(request.sampler)
         lora_hashes = ", ".join(f"{name}: {lora_short_hash(path)}" for name, path in job.lora_names)
@@ -164,6 +180,7 @@ class SamplingSession:
             "Steps": request.steps, "Sampler": spec.name, "CFG scale": format_number(request.cfg_scale),
             "Seed": job.seed, "Size": f"{request.width}x{request.height}",
             "Model hash": (facts.model_hash or "")[:10] or None, "Model": facts.name,
+            "Denoising strength": format_number(request.denoising_strength) if img2img else None,
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
             "Lora hashes": lora_hashes or None, "Version": version_string(),
         }
@@ -174,9 +191,31 @@ def per_image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s) % 2**64) for s in seeds]
 
 
+def img2img_sigmas(sigmas: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
+    """The tail of an n-step schedule that img2img runs: int(strength * n) + 1 model steps (A1111's default)."""
+    t_enc = int(min(strength, 0.999) * steps)
+    return sigmas[steps - t_enc - 1:]
+
+
+def encode_images(vae, images: Sequence[Image.Image], width: int, height: int) -> torch.Tensor:
+    """Init images → scaled latents: resized to the request's size ("Just resize"), the VAE's mean latent."""
+    dtype = next(vae.parameters()).dtype
+    device = next(vae.parameters()).device
+    pixels = torch.stack([
+        torch.from_numpy(np.asarray(im.convert("RGB").resize((width, height), Image.LANCZOS), dtype=np.float32))
+        for im in images]).permute(0, 3, 1, 2) / 127.5 - 1.0
+    latents = vae.encode(pixels.to(device, dtype)).latent_dist.mean.float()
+    return latents * float(getattr(vae.config, "scaling_factor", 0.18215))
+
+
 def sample_latents(denoiser: DiscreteDenoiser, request: SampleRequest, seeds: Sequence[int], cond: torch.Tensor,
-                   uncond: torch.Tensor, on_step: StepCallback | None = None) -> torch.Tensor:
-    """Run the sampler from each seed's noise; noise is drawn per image on CPU so batches don't change it."""
+                   uncond: torch.Tensor, on_step: StepCallback | None = None,
+                   init_latents: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the sampler from each seed's noise; noise is drawn per image on CPU so batches don't change it.
+
+    With `init_latents` (img2img) the noise is added to them at the first sigma of
+    the schedule's tail and only that tail is sampled.
+    """
     spec = resolve_sampler(request.sampler)
     unet = denoiser.unet
     device = next(unet.parameters()).device
@@ -189,9 +228,13 @@ def sample_latents(denoiser: DiscreteDenoiser, request: SampleRequest, seeds: Se
         return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
 
     sigmas = spec.sigmas(request.steps, denoiser.scheduler_config).float().to(device)
+    start = noise * sigmas[0]
+    if init_latents is not None:
+        sigmas = img2img_sigmas(sigmas, request.steps, request.denoising_strength)
+        start = init_latents.to(device) + noise * sigmas[0]
     model = CFGDenoiser(denoiser, cond.to(device), uncond.to(device), request.cfg_scale)
     callback = (lambda info: on_step(len(seeds))) if on_step else None
-    return spec.fn(model, noise * sigmas[0], sigmas, noise_sampler=noise_sampler, callback=callback)
+    return spec.fn(model, start, sigmas, noise_sampler=noise_sampler, callback=callback)
 
 
 def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:

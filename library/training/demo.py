@@ -1,14 +1,15 @@
 """`lorasmith demo`: watch a LoRA teach a base model a shape it has never seen, on a CPU, in minutes.
 
 The base model is the built-in `tiny-world` (pretrained on the shapes world,
-library.world), which never saw a star. The demo writes eight red stars as a
-DreamBooth-style `10_ohwx shape` folder, trains a LoRA on them with the seed
-guide's recipe (DAdaptAdam, lr 1, cosine, per-epoch files, TensorBoard logs,
-samples), then draws an epochs x LoRA-weight grid with the bundled grid tool:
-the weight-0 row is the base model's idea of "ohwx shape", and the other rows
-show what the LoRA changed as epochs and weight grow. With today's tiny-world the
-change is clear but the star is only roughly drawn (points appear on some seeds):
-the 64 px world's 8x8 latents limit how precisely this architecture draws shapes.
+library.world), which never saw a star. The demo writes eight blue stars on
+white as a DreamBooth-style `10_ohwx shape` folder, trains a LoRA on them with
+the seed guide's recipe (DAdaptAdam, lr 1, cosine, per-epoch files, TensorBoard
+logs, samples), then draws an epochs x LoRA-weight grid with the bundled grid
+tool: the weight-0 row is the base model's idea of "ohwx shape" (red shapes), and
+the other rows show the concept's colour and background taking over as epochs
+and weight grow. The star's points are drawn only when the layout is given
+(img2img from a star, tests/test_world_learning.py): from pure noise tiny-world
+commits to a round blob early in sampling, and the LoRA does not change that.
 """
 from __future__ import annotations
 

@@ -19,19 +19,27 @@ DEFAULT_CFG = 5.0
 
 def sample_images(bundle, prompts: Sequence[str], seeds: Sequence[int], *,
                   loras: tuple[tuple[str, float], ...] = (), steps: int = DEFAULT_STEPS, cfg: float = DEFAULT_CFG,
-                  sampler: str = "Euler a", size: int = 64, batch: int = 16) -> np.ndarray:
-    """One image per (prompt, seed) pair through library.sampling; uint8 [N, size, size, 3]."""
+                  sampler: str = "Euler a", size: int = 64, batch: int = 16,
+                  init_images: np.ndarray | None = None, strength: float = 0.75) -> np.ndarray:
+    """One image per (prompt, seed) pair through library.sampling; uint8 [N, size, size, 3].
+
+    With `init_images` (uint8 [N, H, W, 3]) it is img2img at `strength`: the layout
+    comes from the init image and the model re-draws the detail.
+    """
+    from PIL import Image
+
     from library.sampling.pipeline import ImageJob, SampleRequest, SamplingSession
 
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     request = SampleRequest(prompt=prompts[0], steps=steps, cfg_scale=cfg, sampler=sampler, width=size,
-                            height=size, loras=loras)
+                            height=size, loras=loras, denoising_strength=strength)
+    inits = [Image.fromarray(np.asarray(a)) for a in init_images] if init_images is not None else None
     jobs = [ImageJob(seed=int(s), prompt=p, negative_prompt="", text=p, negative_text="", loras=loras)
             for p, s in zip(prompts, seeds)]
     session = SamplingSession(bundle)
     try:
-        made = session.run_jobs(request, jobs, max_batch=batch)
+        made = session.run_jobs(request, jobs, max_batch=batch, init_images=inits)
     finally:
         session.loras.clear()
     return np.stack([np.asarray(g.image.convert("RGB")) for g in made])

@@ -142,12 +142,14 @@ def generate_world(n: int, seed: int, shapes: tuple[str, ...] = WORLD_SHAPES, st
 
 
 def write_concept_folder(root: str | Path, n: int = 8, seed: int = 0, repeats: int = 10,
-                         token: str = "ohwx", class_word: str = "shape", colour: str = "red",
+                         token: str = "ohwx", class_word: str = "shape", colour: str = "blue",
                          background: str | None = "white") -> Path:
     """Write n images of the held-back star as `<root>/<repeats>_<token> <class>/` with .txt captions.
 
     This is the demo LoRA's training set: a shape the base model never saw, in a
-    fixed colour so that a test can see it appear. Captions are just
+    fixed colour and background so that a test can see it appear. Blue because
+    tiny-world already draws the unknown prompt "ohwx shape" red (31 of 32
+    samples), so a red concept would hide what the LoRA learned. Captions are just
     "<token> <class>" as in a DreamBooth-style dataset. Returns the folder.
     """
     if colour not in COLOURS:
