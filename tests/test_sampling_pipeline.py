@@ -11,7 +11,12 @@ from PIL import Image
 from library.errors import SamplingError
 from library.models import build_tiny_bundle
 from library.sampling.infotext import parse_infotext, save_png
-from library.sampling.pipeline import SampleRequest, SamplingSession, generate, plan_jobs
+from library.sampling.pipeline import (
+    SampleRequest,
+    SamplingSession,
+    generate,
+    plan_jobs,
+)
 from library.sampling.training_samples import (
     parse_prompt_line,
     sample_for_training,

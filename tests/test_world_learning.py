@@ -21,8 +21,8 @@ beside it (the noise target replaced by unrelated noise). Measured:
 Measured (tiny-world of this commit, torch 2.13 CPU): nearest-image distance 0.349
 at weight 0, 0.280 at weight 1 (x0.80), 0.389 broken (x1.11); blue on white: 0/32
 at weight 0, 19/32 at weight 1, 3/32 broken; img2img star rate 5/32 at weight 0,
-17/32 at weight 1; denoising loss 0.1545 base, see LEARNED_MAX_RATIO for the LoRA,
-broken x6.9; "a red circle": 16/16 red, 9/16 red circles (chance for the shape 4/16).
+17/32 at weight 1; denoising loss 0.1618 base, 0.0845 with the LoRA (x0.52), 1.022
+broken (x6.3); "a red circle": 16/16 red, 9/16 red circles (chance for the shape 4/16).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ CONCEPT_AT_ZERO_MAX = 0.15
 IMG2IMG_STRENGTH = 0.5
 STAR_MIN = 0.35  # img2img from the training stars, measured 17/32
 STAR_MIN_GAIN = 2.0  # over weight 0, measured 5/32
-LEARNED_MAX_RATIO = 0.8  # trained loss / base loss
+LEARNED_MAX_RATIO = 0.8  # trained loss / base loss, measured 0.52
 BROKEN_MIN_RATIO = 0.95
 RED_MIN = 0.8  # measured 1.0
 RED_CIRCLE_MIN = 0.4  # measured 0.56; chance 0.25
@@ -127,7 +127,6 @@ def test_lora_samples_move_towards_its_images_and_broken_run_does_not(bundle, cl
     base, learned, broken = (_txt2img(bundle, star_lora, 0.0), _txt2img(bundle, star_lora, 1.0),
                              _txt2img(bundle, broken_lora, 1.0))
     d_base, d_learned, d_broken = (_nearest_distance(x, images) for x in (base, learned, broken))
-    print("DBG dist", d_base, d_learned, d_broken, [_concept_rate(classifier, x) for x in (base, learned, broken)])
     assert d_learned <= CLOSER_MAX_RATIO * d_base, f"weight 1 {d_learned:.4f} vs weight 0 {d_base:.4f}"
     assert d_broken > CLOSER_MAX_RATIO * d_base, f"the broken run passed: {d_broken:.4f} vs {d_base:.4f}"
     assert _concept_rate(classifier, base) <= CONCEPT_AT_ZERO_MAX
@@ -145,7 +144,6 @@ def test_lora_draws_the_star_from_its_layout_where_the_base_rounds_it(bundle, cl
         return label_rate(classifier, made, shape="star")
 
     at_zero, at_one = star_rate(0.0), star_rate(1.0)
-    print("DBG star", at_zero, at_one)
     assert at_one >= STAR_MIN and at_one >= STAR_MIN_GAIN * at_zero, f"star rate {at_one} vs {at_zero} at weight 0"
 
 
@@ -161,7 +159,6 @@ def test_lora_lowers_the_loss_on_its_images_and_weight_zero_is_the_base(bundle, 
     at_zero = denoising_loss(bundle, images, "ohwx shape", loras=((star_lora, 0.0),))
     at_one = denoising_loss(bundle, images, "ohwx shape", loras=((star_lora, 1.0),))
     assert at_zero == pytest.approx(base, rel=1e-6)
-    print("DBG loss", base, at_one)
     assert at_one <= LEARNED_MAX_RATIO * base, f"loss {at_one:.4f} with the LoRA vs {base:.4f} without"
 
 
@@ -169,5 +166,4 @@ def test_a_broken_run_does_not_pass_the_same_bar(bundle, broken_lora, tmp_path):
     _folder, images = _concept(tmp_path)
     base = denoising_loss(bundle, images, "ohwx shape")
     broken = denoising_loss(bundle, images, "ohwx shape", loras=((broken_lora, 1.0),))
-    print("DBG broken loss", base, broken)
     assert broken >= BROKEN_MIN_RATIO * base, f"a run trained on unrelated noise lowered the loss: {broken:.4f} vs {base:.4f}"
