@@ -88,7 +88,8 @@ def validate_request(request: SampleRequest) -> None:
     if request.batch_size < 1 or request.batch_count < 1:
         problems.append(f"batch_size {request.batch_size} / batch_count {request.batch_count}: use at least 1")
     if not 0.0 < request.denoising_strength <= 1.0:
-        problems.append(f"denoising_strength {request.denoising_strength}: use a value in (0, 1] (1 re-draws everything)")
+        problems.append(f"denoising_strength {request.denoising_strength}: use a value in (0, 1] "
+                        "(1 re-draws everything)")
     if request.clip_skip < 1:
         problems.append(f"clip_skip {request.clip_skip}: use 1 (none) or more")
     try:
