@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import pytest
@@ -183,3 +184,38 @@ def test_each_checkpoint_loads_once_even_as_innermost_axis(bundle, tmp_path):
     assert loads == ["tiny", "tiny-copy"]
     assert result.cell_paths == [] and sorted(result.images) == [(x, y, 0) for x in range(2) for y in range(2)]
     assert axes[0].labels == ["tiny", "tiny-copy"]
+
+
+INIT = Image.new("RGB", (64, 64), (220, 40, 40))
+
+
+def test_denoising_axis_needs_an_init_image_and_strengths_in_range():
+    with pytest.raises(SamplingError) as exc:
+        parse_axes(BASE, [("Denoising", "0.3, 0.5"), (None, None), (None, None)], None)
+    assert "X axis (Denoising): Denoising needs an init image" in str(exc.value)
+    img2img = CellSettings(BASE.request, "tiny", init_image=INIT)
+    with pytest.raises(SamplingError) as exc:
+        parse_axes(img2img, [(None, None), ("denoising", "0.5, 1.5, 0"), (None, None)], None)
+    assert "1.5, 0 outside (0, 1]" in str(exc.value)
+    axes = parse_axes(img2img, [("Denoising", "0.2-0.6 (+0.2)"), (None, None), (None, None)], None)
+    assert [c.settings.request.denoising_strength for c in plan_cells(img2img, axes)] == pytest.approx([0.2, 0.4, 0.6])
+
+
+def test_img2img_grid_with_denoising_axis_on_tiny_model(bundle, tmp_path):
+    from library.sampling.pipeline import SamplingSession, plan_jobs
+
+    base = CellSettings(dataclasses.replace(BASE.request, steps=4), "tiny", init_image=INIT)
+    axes = parse_axes(base, [("Denoising", "0.3, 0.6, 1"), ("Seed", "5, 6"), (None, None)], None)
+    assert axes[0].labels == ["Denoising: 0.3", "Denoising: 0.6", "Denoising: 1"]
+    result = run_grid(base, axes, tmp_path, load_bundle=lambda name: bundle, max_batch=4, progress=False)
+    assert len(result.cell_paths) == 3 * 2 and sorted(result.images) == [(x, y, 0) for x in range(3) for y in range(2)]
+    with Image.open(result.grid_path) as grid:
+        assert 'X Type: Denoising, X Values: "0.3, 0.6, 1"' in grid.text["parameters"]
+    cells = {k: np.asarray(v.image, dtype=np.int16) for k, v in result.images.items()}
+    for x in range(2):  # each strength gives its own image (cells with other strengths are never batched together)
+        assert np.abs(cells[(x, 0, 0)] - cells[(x + 1, 0, 0)]).max() > 1
+    assert "Denoising strength: 0.6," in result.images[(1, 1, 0)].parameters
+    # a cell is exactly the img2img image of its settings made alone
+    request = dataclasses.replace(base.request, denoising_strength=0.6, seed=6)
+    alone = SamplingSession(bundle).run_jobs(request, plan_jobs(request)[1], init_images=[INIT])[0]
+    assert np.abs(np.asarray(alone.image, dtype=np.int16) - cells[(1, 1, 0)]).max() <= 1

@@ -1,7 +1,8 @@
 """X/Y/Z axis types: how a value list is read, what a value changes, how it is labelled.
 
-A cell's settings are a `CellSettings` (a sampling request plus the checkpoint and the
-grid's own LoRA file and weight); each axis type is a pure `apply(settings, value)`.
+A cell's settings are a `CellSettings` (a sampling request plus the checkpoint, the
+grid's own LoRA file and weight, and the init image of an img2img grid); each axis type
+is a pure `apply(settings, value)`.
 `cost` orders the loops: switching checkpoints is the most expensive, then LoRA files,
 so those axes become the outermost loops when cells are run.
 """
@@ -12,9 +13,11 @@ import glob
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from library.errors import SamplingError
 from library.evaluation.values import (
@@ -36,6 +39,7 @@ class CellSettings:
     checkpoint: str
     lora_file: str | None = None
     lora_weight: float = 1.0
+    init_image: Image.Image | None = field(default=None, compare=False, repr=False)  # img2img when set
 
     def final_request(self) -> SampleRequest:
         """The request with the grid's LoRA added to its LoRAs."""
@@ -85,6 +89,19 @@ def _apply_prompt_sr(s: CellSettings, value: str, values: list[str]) -> CellSett
 
 def _apply_negative_sr(s: CellSettings, value: str, values: list[str]) -> CellSettings:
     return _req(s, negative_prompt=s.request.negative_prompt.replace(values[0], value))
+
+
+def _denoising(text: str, base: CellSettings, lora_dir: str | None) -> list[float]:
+    """Denoising strengths; only an img2img grid (one with an init image) has something to denoise."""
+    if base.init_image is None:
+        raise SamplingError("Denoising needs an init image (img2img)",
+                            ["add --init_image FILE; a txt2img grid starts from pure noise"])
+    values = parse_float_values(text, field="Denoising")
+    bad = [format_number(v) for v in values if not 0.0 < v <= 1.0]
+    if bad:
+        raise SamplingError(f"Denoising: {', '.join(bad)} outside (0, 1]",
+                            ["1 re-draws everything; 0.3 keeps most of the init image"])
+    return values
 
 
 def _samplers(text: str, base: CellSettings, lora_dir: str | None) -> list[str]:
@@ -173,6 +190,7 @@ AXIS_TYPES: dict[str, AxisType] = {t.name: t for t in (
     AxisType("Sampler", _samplers, lambda s, v, vals: _req(s, sampler=v), str, cost=3),
     AxisType("Steps", _numbers("int", "Steps"), lambda s, v, vals: _req(s, steps=v), _labelled("Steps"), cost=3),
     AxisType("CFG Scale", _numbers("float", "CFG Scale"), lambda s, v, vals: _req(s, cfg_scale=v), _labelled("CFG Scale"), 2),
+    AxisType("Denoising", _denoising, lambda s, v, vals: _req(s, denoising_strength=v), _labelled("Denoising"), 2),
     AxisType("Seed", _numbers("int", "Seed"), lambda s, v, vals: _req(s, seed=v), _labelled("Seed"), cost=0),
 )}
 

@@ -5,7 +5,9 @@ Pick the best epoch in one command:
         --lora 'out/name-*.safetensors' --weights "0.8-1.2 (+0.1)"
 gives epochs (columns, final file last) × LoRA weights (rows). Any axis type can be
 given with --x_type/--x_values (and y, z): Prompt S/R, LoRA, LoRA weight, CFG Scale,
-Seed, Steps, Sampler, Checkpoint, Clip skip, Size, Negative S/R.
+Seed, Steps, Sampler, Checkpoint, Clip skip, Size, Negative S/R, and Denoising for an
+img2img grid: --init_image FILE makes every cell start from that image, e.g.
+    lorasmith grid ... --init_image photo.png --x_type Denoising --x_values "0.3, 0.5, 0.7"
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from library.errors import SamplingError
 from library.evaluation.axes import AXIS_TYPES
 from library.sampling.cli import (
     add_sample_arguments,
+    init_images_from_args,
     load_bundle_from_args,
+    output_dir_from_args,
     request_from_args,
 )
 
@@ -55,6 +59,17 @@ def axis_specs(args: argparse.Namespace) -> list[tuple[str | None, str | None]]:
     return slots
 
 
+def grid_init_image(args: argparse.Namespace):
+    """The one init image of an img2img grid (None for txt2img): cells compare settings on the same image."""
+    images = init_images_from_args(args)
+    if images is None:
+        return None
+    if len(images) > 1:
+        raise SamplingError(f"--init_image {args.init_image} holds {len(images)} images; a grid uses one",
+                            ["give one image file: every cell starts from it, so the cells stay comparable"])
+    return images[0]
+
+
 def run_grid_command(args: argparse.Namespace) -> int:
     from library.evaluation.axes import CellSettings
     from library.evaluation.grid import parse_axes, run_grid
@@ -62,11 +77,12 @@ def run_grid_command(args: argparse.Namespace) -> int:
     if args.batch_size != 1 or args.batch_count != 1:
         raise SamplingError("a grid cell is one image: --batch_size and --batch_count must be 1",
                             ["add a Seed axis for several images per setting; --grid_batch_size sets batching"])
-    base = CellSettings(request_from_args(args), args.pretrained_model_name_or_path)
+    base = CellSettings(request_from_args(args), args.pretrained_model_name_or_path,
+                        init_image=grid_init_image(args))
     axes = parse_axes(base, axis_specs(args), args.lora_dir)
     if not any(axes):
         raise SamplingError("a grid needs at least one axis", ["give --x_type/--x_values, or --lora/--weights"])
-    result = run_grid(base, axes, args.output_dir,
+    result = run_grid(base, axes, output_dir_from_args(args),
                       load_bundle=lambda name: load_bundle_from_args(args, name),
                       max_batch=max(1, args.grid_batch_size), margin=max(0, args.margin),
                       max_megapixels=args.grid_max_megapixels, save_cells=not args.no_cells)

@@ -4,7 +4,8 @@ Order of work: the axis that is costliest to switch (checkpoint, then LoRA file)
 outermost loop, so each model loads once and each LoRA file is applied once; cells that
 differ only in seed or prompt are generated as one batch. Cells are saved as ordinary
 images (with their own parameters), then one labelled grid per Z value and the combined
-grid are written, the grid's `parameters` recording the axes.
+grid are written, the grid's `parameters` recording the axes. With an init image in the
+base settings every cell is img2img from that image (the Denoising axis needs one).
 """
 from __future__ import annotations
 
@@ -126,7 +127,8 @@ def execution_order(cells: Sequence[Cell], axes: Sequence[Axis | None]) -> list[
 def batch_key(cell: Cell) -> tuple:
     """Cells with equal keys differ at most in seed and prompt, so they can share a batch."""
     r = cell.settings.final_request()
-    return (cell.settings.checkpoint, cell.job.loras, r.steps, r.cfg_scale, r.sampler, r.width, r.height, r.clip_skip)
+    return (cell.settings.checkpoint, cell.job.loras, r.steps, r.cfg_scale, r.sampler, r.width, r.height, r.clip_skip,
+            r.denoising_strength, id(cell.settings.init_image))
 
 
 def batches(cells: Sequence[Cell], max_batch: int) -> list[list[Cell]]:
@@ -187,7 +189,9 @@ def _generate_cells(cells: Sequence[Cell], axes: Sequence[Axis | None], load_bun
                     checkpoint = group[0].settings.checkpoint
                     session = SamplingSession(load_bundle(checkpoint))
                 request = group[0].settings.final_request()
-                made = session.run_jobs(request, [c.job for c in group], max_batch=max_batch)
+                init = group[0].settings.init_image
+                made = session.run_jobs(request, [c.job for c in group], max_batch=max_batch,
+                                        init_images=[init] * len(group) if init is not None else None)
                 images.update({c.index: img for c, img in zip(group, made)})
                 bar.update(len(group))
         finally:

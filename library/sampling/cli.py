@@ -1,15 +1,21 @@
-"""`lorasmith sample`: txt2img with A1111 prompt syntax, LoRAs and dynamic prompts.
+"""`lorasmith sample`: txt2img (and img2img with --init_image) with A1111 prompt syntax, LoRAs and dynamic prompts.
 
 The flags that mean the same as the trainer's (--pretrained_model_name_or_path,
 --vae, --use_ema_weights, --seed, --clip_skip) are generated from `TrainConfig`,
 so spelling, aliases and help cannot drift from `lorasmith train`.
-`add_sample_arguments` and `request_from_args` are reused by `lorasmith grid`.
+`add_sample_arguments`, `request_from_args` and `init_images_from_args` are reused by
+`lorasmith grid`, so both commands read --init_image/--denoising_strength the same way.
 """
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+from PIL import Image
 
 from library.config_io import add_config_arguments, config_defaults
+from library.data.specs import IMAGE_EXTENSIONS
 from library.errors import SamplingError
 from library.sampling.sampler_registry import sampler_names
 
@@ -23,7 +29,8 @@ SAMPLE_DEFAULTS = {"seed": -1, "clip_skip": 1}
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, SHARED_OPTIONS, required=("pretrained_model_name_or_path",),
                          defaults=config_defaults(SHARED_OPTIONS) | SAMPLE_DEFAULTS)
-    p.add_argument("--output_dir", default="outputs/txt2img", help="folder for the PNGs (created if missing)")
+    p.add_argument("--output_dir", default=None,
+                   help="folder for the PNGs (created if missing; default outputs/txt2img, outputs/img2img with --init_image)")
     p.add_argument("--prompt", required=True, help="A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:0.8>, {a|b}")
     p.add_argument("--negative_prompt", default="", help="what to steer away from")
     p.add_argument("--steps", type=int, default=30, help="sampling steps")
@@ -36,6 +43,11 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_count", type=int, default=1, help="how many batches")
     p.add_argument("--lora_dir", default=None, help="folder where <lora:NAME:WEIGHT> tags find NAME.safetensors")
     p.add_argument("--wildcards_dir", default=None, help="folder of NAME.txt files for __NAME__ wildcards")
+    p.add_argument("--init_image", default=None,
+                   help="img2img: an image used for every image, or a folder whose images (sorted by name) are used "
+                        "in turn; each is resized to --width x --height")
+    p.add_argument("--denoising_strength", type=float, default=None,
+                   help="img2img only: how much of the init image is re-drawn, in (0, 1] (default 0.75)")
 
 
 def request_from_args(args: argparse.Namespace, **overrides):
@@ -47,8 +59,54 @@ def request_from_args(args: argparse.Namespace, **overrides):
     for name, value in SAMPLE_DEFAULTS.items():  # "--seed none" / "--clip_skip none" mean unset
         if fields[name] is None:
             fields[name] = value
+    if args.denoising_strength is not None:
+        if not getattr(args, "init_image", None):
+            raise SamplingError(f"--denoising_strength {args.denoising_strength} is given without --init_image",
+                                [("denoising strength only means something in img2img: add --init_image FILE "
+                                  "or leave --denoising_strength out")])
+        fields["denoising_strength"] = args.denoising_strength
     fields.update(overrides)
     return SampleRequest(**fields)
+
+
+def output_dir_from_args(args: argparse.Namespace) -> str:
+    """--output_dir, else A1111's habit of keeping txt2img and img2img results apart."""
+    return args.output_dir or ("outputs/img2img" if args.init_image else "outputs/txt2img")
+
+
+def init_images_from_args(args: argparse.Namespace) -> list[Image.Image] | None:
+    """The --init_image images (None for txt2img), read before any model is loaded."""
+    return load_init_images(args.init_image) if args.init_image else None
+
+
+def load_init_images(path: str | os.PathLike[str]) -> list[Image.Image]:
+    """An image file, or a folder's images sorted by name, as RGB images; every unreadable file named at once."""
+    path = Path(os.path.expanduser(str(path)))
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise SamplingError(f"--init_image {path}: the folder holds no images",
+                                [f"put {', '.join(IMAGE_EXTENSIONS)} files in it, or give one image file"])
+    elif path.is_file():
+        files = [path]
+    else:
+        raise SamplingError(f"--init_image {path}: no such file or folder", ["give an image file or a folder of images"])
+    images, problems = [], []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                images.append(im.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as exc:
+            problems.append(f"{file}: {exc}")
+    if problems:
+        raise SamplingError(f"--init_image {path}: cannot read {len(problems)} image(s)", problems)
+    return images
+
+
+def cycle_images(images: list[Image.Image], count: int) -> list[Image.Image]:
+    """One init image per image to make: a folder's images in turn, starting again after the last."""
+    return [images[i % len(images)] for i in range(count)]
 
 
 def load_bundle_from_args(args: argparse.Namespace, name: str | None = None):
@@ -73,17 +131,32 @@ def run_sample(args: argparse.Namespace) -> int:
 
     request = request_from_args(args)
     validate_request(request)
+    init = init_images_from_args(args)
     seed, jobs = plan_jobs(request)  # checks prompts, wildcards and LoRA tags before loading the model
     if request.seed < 0:
         print(f"seed: {seed}")
     bundle = load_bundle_from_args(args)
     session = SamplingSession(bundle)
-    total = len(jobs) * request.steps
-    with tqdm(total=total, desc="sampling", unit="step") as bar:
-        images = session.run_jobs(request, jobs, on_step=bar.update, max_batch=request.batch_size)
+    init_images = cycle_images(init, len(jobs)) if init else None
+    total = len(jobs) * model_steps(request, img2img=init is not None)
+    with tqdm(total=total, desc="img2img" if init else "sampling", unit="step") as bar:
+        images = session.run_jobs(request, jobs, on_step=bar.update, max_batch=request.batch_size,
+                                  init_images=init_images)
     if not images:
         raise SamplingError("nothing was generated")
+    output_dir = output_dir_from_args(args)
     for img in images:
-        path = save_png(img.image, next_image_path(args.output_dir, img.seed), img.parameters)
+        path = save_png(img.image, next_image_path(output_dir, img.seed), img.parameters)
         print(f"{path}  (seed {img.seed})")
     return 0
+
+
+def model_steps(request, img2img: bool) -> int:
+    """Sampler steps per image (for the progress bar): img2img runs only the schedule's tail."""
+    import torch
+
+    from library.sampling.pipeline import img2img_sigmas
+
+    if not img2img:
+        return request.steps
+    return len(img2img_sigmas(torch.zeros(request.steps + 1), request.steps, request.denoising_strength)) - 1
