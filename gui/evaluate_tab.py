@@ -19,7 +19,7 @@ from gui.safety import builtin_model_names
 from library.errors import ConfigError, LorasmithError
 
 AXIS_TYPES = ("Seed", "LoRA", "LoRA weight", "CFG Scale", "Steps", "Sampler", "Prompt S/R", "Negative S/R",
-              "Checkpoint", "Clip skip", "Size")
+              "Checkpoint", "Clip skip", "Size", "Denoising")
 NONE = "(none)"
 GRID_TIMEOUT_S = 3600
 
@@ -46,6 +46,11 @@ def grid_command(form: dict, guard) -> list[str]:
             argv += [f"--{axis}_type", kind, f"--{axis}_values", values]
     if form["lora"]:
         argv += ["--lora", _checked_files(form["lora"], guard, "LoRA")]
+    init = (form.get("init_image") or "").strip()
+    if init:  # img2img grid; the strength only matters then, so it is left out otherwise
+        strength = form.get("denoising")
+        argv += ["--init_image", str(guard.check(init, "init image")),
+                 "--denoising_strength", str(0.75 if strength is None else strength)]
     return argv
 
 
@@ -102,6 +107,11 @@ class EvaluateTab:
             f["width"] = gr.Number(label="Width", value=512, precision=0, minimum=8, step=8, elem_id="grid-width")
             f["height"] = gr.Number(label="Height", value=512, precision=0, minimum=8, step=8, elem_id="grid-height")
             f["sampler"] = gr.Textbox(label="Sampler", value="Euler a", elem_id="grid-sampler")
+        with gr.Row():
+            f["init_image"] = gr.Textbox(label="Init image for img2img (optional; an image file in an allowed folder)",
+                                         elem_id="grid-init-image", scale=3)
+            f["denoising"] = gr.Number(label="Denoising strength (img2img)", value=0.75, minimum=0.01, maximum=1,
+                                       step=0.05, elem_id="grid-denoising")
         for axis, default in (("x", "LoRA weight"), ("y", NONE), ("z", NONE)):
             with gr.Row():
                 f[f"{axis}_type"] = gr.Dropdown([NONE, *AXIS_TYPES], value=default, label=f"{axis.upper()} type",
