@@ -68,7 +68,7 @@ def case_config(case: str, data: Path, out: Path, cuda: bool, batch: int):
         return TrainConfig(pretrained_model_name_or_path="tiny", resolution="128", train_batch_size=2,
                            max_train_steps=40, **opt, **common)
     return TrainConfig(pretrained_model_name_or_path="sd15-random", resolution="512" if cuda else "256",
-                       train_batch_size=batch, max_train_steps=14 if cuda else 8, gradient_checkpointing=True,
+                       train_batch_size=batch, max_train_steps=14 if cuda else 12, gradient_checkpointing=True,
                        mixed_precision="bf16" if cuda else "no", network_train_unet_only=True,
                        optimizer_type="AdamW", learning_rate=1e-4, **common)
 
