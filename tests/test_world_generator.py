@@ -74,7 +74,7 @@ def test_star_mask_has_points_and_notches():
     assert max(areas.values()) < 4 * min(areas.values())  # one size class looks about equally big
 
 
-def test_concept_folder_holds_red_stars_with_token_captions(tmp_path):
+def test_concept_folder_holds_blue_stars_with_token_captions(tmp_path):
     folder = write_concept_folder(tmp_path, n=4, seed=1)
     assert folder.name == "10_ohwx shape"
     pngs = sorted(folder.glob("*.png"))
@@ -83,8 +83,8 @@ def test_concept_folder_holds_red_stars_with_token_captions(tmp_path):
         assert p.with_suffix(".txt").read_text() == "ohwx shape\n"
         img = np.asarray(Image.open(p).convert("RGB")).astype(int)
         assert img.shape == (64, 64, 3)
-        red = (np.abs(img - np.array(COLOURS["red"])).sum(axis=2) < 40).mean()
-        assert 0.03 < red < 0.5
+        blue = (np.abs(img - np.array(COLOURS["blue"])).sum(axis=2) < 40).mean()
+        assert 0.03 < blue < 0.5
     again = write_concept_folder(tmp_path / "b", n=4, seed=1)
     assert (again / "002.png").read_bytes() == (folder / "002.png").read_bytes()
 
