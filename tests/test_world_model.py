@@ -101,3 +101,21 @@ def test_shipped_weights_load_into_the_tiny_architecture():
     provenance = json.loads(path.with_suffix(".json").read_text())
     assert provenance["weights_bytes"] == path.stat().st_size
     assert provenance["world"]["held_back_shape"] == "star"
+
+
+def test_latent_offset_shifts_each_channel_of_the_decoder_input_by_a_constant(images):
+    from library.world.recipe import train_vae
+
+    def decoder_inputs(offset: float) -> torch.Tensor:
+        vae = build_modules(0)["vae"]
+        seen = []
+        vae.post_quant_conv.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+        train_vae(vae, images, steps=1, batch_size=4, lr=0.0, kl_weight=0.0, generator=torch.Generator().manual_seed(1),
+                  full_steps=1, latent_offset=offset, log=lambda _msg: None)
+        return seen[0]
+
+    plain, shifted = decoder_inputs(0.0), decoder_inputs(0.5)
+    diff = shifted - plain  # same weights and generator: only the offset differs
+    per_channel = diff.mean(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(diff, per_channel.expand_as(diff), atol=1e-5, rtol=0)
+    assert per_channel.abs().min() > 0 and per_channel.std() > 0.05 * plain.std()
