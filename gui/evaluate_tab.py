@@ -47,10 +47,10 @@ def grid_command(form: dict, guard) -> list[str]:
     if form["lora"]:
         argv += ["--lora", _checked_files(form["lora"], guard, "LoRA")]
     init = (form.get("init_image") or "").strip()
-    if init:  # img2img grid; the strength only matters then, so it is left out otherwise
-        strength = form.get("denoising")
-        argv += ["--init_image", str(guard.check(init, "init image")),
-                 "--denoising_strength", str(0.75 if strength is None else strength)]
+    if init:  # img2img grid; the strength only matters then (left out: the sampler's default)
+        argv += ["--init_image", str(guard.check(init, "init image"))]
+        if form.get("denoising") is not None:
+            argv += ["--denoising_strength", str(form["denoising"])]
     return argv
 
 

@@ -64,12 +64,14 @@ def denoising_loss(bundle, images_uint8: np.ndarray, prompt: str, *, loras: tupl
     """
     from diffusers import DDPMScheduler
 
+    from PIL import Image
+
     from library.data.text import encode_tokens, tokenize_captions
     from library.sampling.lora_stack import LoraStack
+    from library.sampling.pipeline import encode_images
 
-    x = torch.from_numpy(np.asarray(images_uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    latents = bundle.vae.encode(x).latent_dist.mean * float(bundle.vae.config.scaling_factor)
-    latents = latents.repeat(repeats, 1, 1, 1)
+    images = [Image.fromarray(np.asarray(a)) for a in images_uint8]
+    latents = encode_images(bundle.vae, images, images[0].width, images[0].height).repeat(repeats, 1, 1, 1)
     scheduler = DDPMScheduler.from_config(bundle.scheduler_config)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(latents.shape, generator=gen)
