@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -39,6 +38,8 @@ def resize(image: np.ndarray, size: Reso) -> np.ndarray:
     if (w, h) == tuple(size):
         return image
     if w >= size[0] and h >= size[1]:
+        import cv2  # imported on first use: OpenCV costs ~15 MB of memory a run whose images all fit never needs
+
         return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
     return np.array(Image.fromarray(image).resize(tuple(size), Image.Resampling.LANCZOS))
 
@@ -59,6 +60,8 @@ def color_aug(image: np.ndarray, rng: random.Random) -> np.ndarray:
     if rng.random() > 0.33:
         return image
     if rng.random() > 0.5:
+        import cv2
+
         hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
         shift = rng.uniform(-HUE_SHIFT_LIMIT, HUE_SHIFT_LIMIT)
         if shift < 0:
