@@ -40,6 +40,34 @@ def test_chunked_heads_give_the_same_gradients(monkeypatch):
     assert torch.autograd.gradcheck(lambda a, b, c: SmallHeadAttention.apply(a, b, c, 2), (q, k, v))
 
 
+def _saved_bytes_and_grads(monkeypatch, chunk_probs: int):
+    """Bytes the autograd graph keeps for backward, and the gradients, with chunks of `chunk_probs` elements."""
+    import library.training.attention as attention_module
+
+    monkeypatch.setattr(attention_module, "CHUNK_PROBS", chunk_probs)
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    q, k, v = _qkv(256, 256, 32)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = SmallHeadAttention.apply(q, k, v, 8)
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    return sum(storages.values()), grads
+
+
+def test_several_chunks_recompute_probabilities_with_the_same_bits(monkeypatch):
+    # 16 (batch, head) pairs of 256x256 probabilities = 4 MiB; q, k, v in heads-first layout = 3 x 64 KiB
+    one_saved, one_grads = _saved_bytes_and_grads(monkeypatch, 16 * 256 * 256)
+    many_saved, many_grads = _saved_bytes_and_grads(monkeypatch, 256 * 256)  # 16 chunks of one pair
+    assert one_saved == 3 * 2 * 256 * 32 * 4 + 16 * 256 * 256 * 4  # one chunk keeps its probabilities
+    assert many_saved == 3 * 2 * 256 * 32 * 4  # several chunks keep only q, k, v
+    for a, b in zip(one_grads, many_grads):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("length,context,channels,heads", [(256, 256, 32, 8), (64, 77, 64, 8), (4, 4, 64, 8)])
 def test_values_and_gradients_equal_sdpa(length, context, channels, heads):
     q, k, v = _qkv(length, context, channels)

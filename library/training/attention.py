@@ -5,10 +5,15 @@ Scaled dot-product attention (Vaswani et al. 2017, "Attention Is All You Need"):
 For head widths of a few channels (the built-in tiny model: 4 and 8) the CPU's fused
 SDPA kernel and BLAS products shaped (L x S) @ (S x d) are slow: a product whose
 *output* has only d columns runs at a fraction of the speed of the same product
-written with the d-row operand first. `small_head_attention` computes every product
-of the forward and backward pass in the fast orientation (d rows first) and keeps the
-probabilities for the backward pass, which is cheap for short sequences. Larger heads
-or long sequences (SD1.5) stay on torch's SDPA.
+written with the d-row operand first. `SmallHeadAttention` computes every product
+of the forward and backward pass in the fast orientation (d rows first), a chunk of
+(batch, head) pairs at a time. When a call needs several chunks, the backward pass
+recomputes each chunk's probabilities instead of keeping them from the forward pass (as
+FlashAttention does, Dao et al. 2022): the same operations on the same inputs give the
+same bits, and the step holds one chunk of probabilities instead of all of them (20 MB
+less at the tiny model's peak, for about one softmax per chunk). A call that fits in one
+chunk keeps its probabilities: they are small, and recomputing would cost a softmax.
+Larger heads or long sequences (SD1.5) stay on torch's SDPA.
 
 `install_lean_attention(unet)` gives every diffusers `Attention` of the model a
 processor that takes this path when it applies, and a forward that skips diffusers'
@@ -25,7 +30,7 @@ from torch import nn
 
 # Heads at most this wide take the small-head path ...
 SMALL_HEAD_MAX_DIM = 16
-# ... when the probabilities it keeps for backward stay below this many elements per call.
+# ... when a call's probabilities (all heads) number at most this many elements.
 SMALL_HEAD_MAX_PROBS = 16 * 1024 * 1024
 # Probabilities (elements) handled at once; 1 MB of float32 stays in a 1 MB L2 cache.
 CHUNK_PROBS = 256 * 1024
@@ -53,6 +58,21 @@ def heads_per_chunk(heads_total: int, length: int, context: int) -> int:
     return max(1, CHUNK_PROBS // (length * context))
 
 
+def _chunk_probs(q_rows: torch.Tensor, k_scaled: torch.Tensor, part: slice, scores: torch.Tensor,
+                 probs: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T * scale) of the (batch, head) pairs in `part`, written into `probs` (`scores` is scratch).
+
+    The forward and the backward pass both call this, so the recomputed probabilities are the forward's bits.
+    """
+    n = part.stop - part.start
+    torch.bmm(q_rows[part], k_scaled[part], out=scores[:n])
+    return torch.ops.aten._softmax.out(scores[:n], -1, False, out=probs[:n])
+
+
+def _chunks(pairs: int, step: int) -> list[slice]:
+    return [slice(i, min(i + step, pairs)) for i in range(0, pairs, step)]
+
+
 class SmallHeadAttention(torch.autograd.Function):
     """softmax(q k^T * scale) v with every product oriented so the head width is its row count."""
 
@@ -64,28 +84,36 @@ class SmallHeadAttention(torch.autograd.Function):
         q_rows, k_scaled = q_t.transpose(1, 2).contiguous(), k_t * scale
         out_t = torch.empty_like(q_t)
         step = heads_per_chunk(q_t.shape[0], q_t.shape[2], k_t.shape[2])
-        probs = []
-        for i in range(0, q_t.shape[0], step):
-            p = torch.softmax(torch.bmm(q_rows[i:i + step], k_scaled[i:i + step]), dim=-1)
-            torch.bmm(v_t[i:i + step], p.transpose(1, 2), out=out_t[i:i + step])
-            probs.append(p)
-        ctx.save_for_backward(q_t, k_t, v_t, *probs)
+        scores = q_t.new_empty(min(step, q_t.shape[0]), q_t.shape[2], k_t.shape[2])
+        probs = torch.empty_like(scores)
+        for part in _chunks(q_t.shape[0], step):
+            p = _chunk_probs(q_rows, k_scaled, part, scores, probs)
+            torch.bmm(v_t[part], p.transpose(1, 2), out=out_t[part])
+        one_chunk = step >= q_t.shape[0]
+        ctx.save_for_backward(q_t, k_t, v_t, *([probs] if one_chunk else []))
         ctx.scale, ctx.step = scale, step
         return _tokens_first(out_t, batch)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        q_t, k_t, v_t, *probs = ctx.saved_tensors
+        q_t, k_t, v_t, *kept = ctx.saved_tensors
         batch, heads = grad.shape[0], q_t.shape[0] // grad.shape[0]
         g_t = _heads_first(grad, heads)
         g_rows = g_t.transpose(1, 2).contiguous()
         grad_q, grad_k, grad_v = torch.empty_like(q_t), torch.empty_like(k_t), torch.empty_like(v_t)
-        for n, p in enumerate(probs):
-            part = slice(n * ctx.step, (n + 1) * ctx.step)
+        scratch = q_t.new_empty(min(ctx.step, q_t.shape[0]), q_t.shape[2], k_t.shape[2])
+        grad_probs, grad_scores = torch.empty_like(scratch), torch.empty_like(scratch)
+        if not kept:
+            q_rows, k_scaled = q_t.transpose(1, 2).contiguous(), k_t * ctx.scale  # as in forward: same bits
+            probs = torch.empty_like(scratch)
+        for part in _chunks(q_t.shape[0], ctx.step):
+            n = part.stop - part.start
+            p = kept[0] if kept else _chunk_probs(q_rows, k_scaled, part, scratch, probs)
             torch.bmm(g_t[part], p, out=grad_v[part])
-            grad_scores = torch._softmax_backward_data(torch.bmm(g_rows[part], v_t[part]), p, -1, p.dtype)
-            torch.bmm(k_t[part], grad_scores.transpose(1, 2), out=grad_q[part])
-            torch.bmm(q_t[part], grad_scores, out=grad_k[part])
+            torch.bmm(g_rows[part], v_t[part], out=grad_probs[:n])
+            ds = torch.ops.aten._softmax_backward_data.out(grad_probs[:n], p, -1, p.dtype, grad_input=grad_scores[:n])
+            torch.bmm(k_t[part], ds.transpose(1, 2), out=grad_q[part])
+            torch.bmm(q_t[part], ds, out=grad_k[part])
         grad_q.mul_(ctx.scale)
         grad_k.mul_(ctx.scale)
         return _tokens_first(grad_q, batch), _tokens_first(grad_k, batch), _tokens_first(grad_v, batch), None
