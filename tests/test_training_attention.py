@@ -31,13 +31,17 @@ def test_gradients_match_finite_differences_in_float64():
     assert torch.autograd.gradcheck(lambda a, b, c: SmallHeadAttention.apply(a, b, c, 2), (q, k, v))
 
 
-def test_chunked_heads_give_the_same_gradients(monkeypatch):
+@pytest.mark.parametrize("chunk_probs,channels,heads,step", [
+    (30, 8, 2, 1),  # 4 (batch, head) pairs of 6x5 -> chunks of 1
+    (120, 10, 5, 4),  # 10 pairs -> chunks of 4, 4 and 2
+])
+def test_chunked_heads_give_the_same_gradients(monkeypatch, chunk_probs, channels, heads, step):
     import library.training.attention as attention_module
 
-    monkeypatch.setattr(attention_module, "CHUNK_PROBS", 30)  # 4 (batch, head) pairs of 6x5 -> chunks of 1
-    assert attention_module.heads_per_chunk(4, 6, 5) == 1
-    q, k, v = _qkv(6, 5, 8, torch.float64)
-    assert torch.autograd.gradcheck(lambda a, b, c: SmallHeadAttention.apply(a, b, c, 2), (q, k, v))
+    monkeypatch.setattr(attention_module, "CHUNK_PROBS", chunk_probs)
+    assert attention_module.heads_per_chunk(2 * heads, 6, 5) == step
+    q, k, v = _qkv(6, 5, channels, torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b, c: SmallHeadAttention.apply(a, b, c, heads), (q, k, v))
 
 
 def _saved_bytes_and_grads(monkeypatch, chunk_probs: int):
