@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.world.classifier import accuracy, predict, train_classifier
 from library.world.evaluate import sample_images
@@ -37,7 +40,8 @@ def prompt_following(images: np.ndarray, wanted: list[tuple[str, str]], classifi
     shape_ok = np.array([p == w[1] for p, w in zip(pred["shape"], wanted)])
     colour_ok = np.array([p == w[0] for p, w in zip(pred["colour"], wanted)])
     return {"shape": float(shape_ok.mean()), "colour": float(colour_ok.mean()),
-            "both": float((shape_ok & colour_ok).mean()), "star_rate": float(np.mean([p == "star" for p in pred["shape"]]))}
+            "both": float((shape_ok & colour_ok).mean()),
+            "star_rate": float(np.mean([p == "star" for p in pred["shape"]]))}
 
 
 @torch.no_grad()
@@ -82,7 +86,8 @@ def main() -> None:
     wanted = [(c, s) for s in WORLD_SHAPES for c in COLOURS for _ in range(args.per_prompt)]
     images = sample(bundle, [f"a {c} {s}" for c, s in wanted], args.seed, args.steps, args.cfg)
     result = {"classifier_on_world": check, "prompt_following": prompt_following(images, wanted, classifier),
-              "samples": len(images), "cfg": args.cfg, "steps": args.steps, "seconds": round(time.perf_counter() - t0, 1)}
+              "samples": len(images), "cfg": args.cfg, "steps": args.steps,
+              "seconds": round(time.perf_counter() - t0, 1)}
     result["vae_reconstruction"], recon_images = reconstruction(bundle, classifier)
     base_star = sample(bundle, ["ohwx shape"] * 16 + ["a red star"] * 16, args.seed, args.steps, args.cfg)
     result["base_model_star_rate"] = float(np.mean([p == "star" for p in predict(classifier, base_star)["shape"]]))

@@ -8,21 +8,23 @@ beside it (the noise target replaced by unrelated noise). Measured:
   closer to the training images than at weight 0 (mean L1 distance to the
   nearest training image on 16x16 downsampled pixels) and mostly show the
   concept's colour on its background (world classifier trained in the test);
-- img2img from the training stars at strength 0.5: the LoRA keeps drawing stars
-  where the base model rounds them into blobs (the star's shape, given its layout;
-  from pure noise this tiny model commits to a round blob early and the LoRA
-  does not change that, so txt2img star rates are not asserted);
+- img2img from the training stars at strength 0.3: the LoRA keeps drawing stars
+  where the base model rounds them into blobs (txt2img star rates are not
+  asserted: the world classifier, trained on crisp shapes, calls 5 of 32 of the
+  LoRA's soft txt2img stars stars, and 4 of 32 of the base model's blobs);
 - the training objective on its own images at fixed noise and timesteps
   (library.world.evaluate.denoising_loss) falls well below the base model's, and
   LoRA weight 0 is exactly the base model;
 - the broken run fails the sample bars and the loss bar;
 - the base model draws the world it was pretrained on ("a red circle").
 
-Measured (tiny-world of this commit, torch 2.13 CPU): nearest-image distance 0.349
-at weight 0, 0.280 at weight 1 (x0.80), 0.389 broken (x1.11); blue on white: 0/32
-at weight 0, 19/32 at weight 1, 3/32 broken; img2img star rate 5/32 at weight 0,
-17/32 at weight 1; denoising loss 0.1618 base, 0.0845 with the LoRA (x0.52), 1.022
-broken (x6.3); "a red circle": 16/16 red, 9/16 red circles (chance for the shape 4/16).
+Measured (tiny-world of this commit, torch 2.13 CPU): nearest-image distance 0.142
+at weight 0, 0.081 at weight 1 (x0.57), 0.303 broken (x2.13); blue on white: 8/32
+at weight 0, 32/32 at weight 1, 14/32 broken; img2img star rate (strength 0.3,
+Euler) 0/32 at weight 0, 12/32 at weight 1; denoising loss 0.1147 base, 0.0734 with
+the LoRA (x0.64), 1.048 broken (x9.1); "a red circle": 16/16 red, 16/16 red circles
+(chance for the shape 4/16). Bars sit between the measured value and the broken
+run's (or chance) so that either side moving fails.
 """
 from __future__ import annotations
 
@@ -48,16 +50,16 @@ N_IMAGES = 16
 SEEDS = list(range(1000, 1000 + N_IMAGES))
 N_SAMPLES = 32
 SAMPLE_SEEDS = list(range(1000, 1000 + N_SAMPLES))
-CLOSER_MAX_RATIO = 0.9  # measured 0.80 (weight 1 / weight 0 nearest-image distance); broken 1.11
-CONCEPT_MIN = 0.4  # blue on white, measured 19/32; 0/32 at weight 0, 3/32 broken
-CONCEPT_AT_ZERO_MAX = 0.15
-IMG2IMG_STRENGTH = 0.5
-STAR_MIN = 0.35  # img2img from the training stars, measured 17/32
-STAR_MIN_GAIN = 2.0  # over weight 0, measured 5/32
-LEARNED_MAX_RATIO = 0.8  # trained loss / base loss, measured 0.52
+CLOSER_MAX_RATIO = 0.75  # measured 0.57 (weight 1 / weight 0 nearest-image distance); broken 2.13
+CONCEPT_MIN = 0.75  # blue on white, measured 32/32; 8/32 at weight 0, 14/32 broken
+CONCEPT_AT_ZERO_MAX = 0.4
+IMG2IMG_STRENGTH = 0.3
+STAR_MIN = 0.2  # img2img from the training stars, measured 12/32
+STAR_MIN_GAIN = 2.0  # over weight 0, measured 0/32
+LEARNED_MAX_RATIO = 0.8  # trained loss / base loss, measured 0.64
 BROKEN_MIN_RATIO = 0.95
 RED_MIN = 0.8  # measured 1.0
-RED_CIRCLE_MIN = 0.4  # measured 0.56; chance 0.25
+RED_CIRCLE_MIN = 0.6  # measured 1.0; chance 0.25
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ library.world), which never saw a star. The demo writes eight blue stars on
 white as a DreamBooth-style `10_ohwx shape` folder, trains a LoRA on them with
 the seed guide's recipe (DAdaptAdam, lr 1, cosine, per-epoch files, TensorBoard
 logs, samples), then draws an epochs x LoRA-weight grid with the bundled grid
-tool: the weight-0 row is the base model's idea of "ohwx shape" (red shapes), and
-the other rows show the concept's colour and background taking over as epochs
-and weight grow. The star's points are drawn only when the layout is given
-(img2img from a star, tests/test_world_learning.py): from pure noise tiny-world
-commits to a round blob early in sampling, and the LoRA does not change that.
+tool: the weight-0 row is the base model's idea of "ohwx shape" (world shapes,
+mostly yellow), and the other rows show blue stars on white taking over as epochs
+and weight grow. Some come out as blue blobs: tiny-world's VAE softens small
+shapes' corners and points (README, Models).
 """
 from __future__ import annotations
 

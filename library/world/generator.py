@@ -147,9 +147,10 @@ def write_concept_folder(root: str | Path, n: int = 8, seed: int = 0, repeats: i
     """Write n images of the held-back star as `<root>/<repeats>_<token> <class>/` with .txt captions.
 
     This is the demo LoRA's training set: a shape the base model never saw, in a
-    fixed colour and background so that a test can see it appear. Blue because
-    tiny-world already draws the unknown prompt "ohwx shape" red (31 of 32
-    samples), so a red concept would hide what the LoRA learned. Captions are just
+    fixed colour and background so that a test can see it appear. Pick a colour the
+    base model does not already give the unknown prompt "ohwx shape": blue on white
+    in 8 of 32 samples with the shipped tiny-world (an earlier build drew it red in
+    31 of 32, which would have hidden a red concept). Captions are just
     "<token> <class>" as in a DreamBooth-style dataset. Returns the folder.
     """
     if colour not in COLOURS:
