@@ -168,4 +168,5 @@ def test_a_broken_run_does_not_pass_the_same_bar(bundle, broken_lora, tmp_path):
     _folder, images = _concept(tmp_path)
     base = denoising_loss(bundle, images, "ohwx shape")
     broken = denoising_loss(bundle, images, "ohwx shape", loras=((broken_lora, 1.0),))
-    assert broken >= BROKEN_MIN_RATIO * base, f"a run trained on unrelated noise lowered the loss: {broken:.4f} vs {base:.4f}"
+    assert broken >= BROKEN_MIN_RATIO * base, \
+        f"a run trained on unrelated noise lowered the loss: {broken:.4f} vs {base:.4f}"

@@ -154,7 +154,8 @@ def write_concept_folder(root: str | Path, n: int = 8, seed: int = 0, repeats: i
     "<token> <class>" as in a DreamBooth-style dataset. Returns the folder.
     """
     if colour not in COLOURS:
-        raise ConfigError(f"concept colour {colour!r} is not one of the world's colours", [f"use one of {tuple(COLOURS)}"])
+        raise ConfigError(f"concept colour {colour!r} is not one of the world's colours",
+                          [f"use one of {tuple(COLOURS)}"])
     folder = Path(root) / f"{repeats}_{token} {class_word}"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
