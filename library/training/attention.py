@@ -69,6 +69,11 @@ def _chunk_probs(q_rows: torch.Tensor, k_scaled: torch.Tensor, part: slice, scor
     return torch.ops.aten._softmax.out(scores[:n], -1, False, out=probs[:n])
 
 
+def _score_operands(q_t: torch.Tensor, k_t: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """q as (pairs, L, d) rows and k scaled, for `_chunk_probs`; forward and recompute share it (same bits)."""
+    return q_t.transpose(1, 2).contiguous(), k_t * scale
+
+
 def _chunks(pairs: int, step: int) -> list[slice]:
     return [slice(i, min(i + step, pairs)) for i in range(0, pairs, step)]
 
@@ -81,7 +86,7 @@ class SmallHeadAttention(torch.autograd.Function):
         batch = q.shape[0]
         scale = (q.shape[-1] // heads) ** -0.5
         q_t, k_t, v_t = _heads_first(q, heads), _heads_first(k, heads), _heads_first(v, heads)
-        q_rows, k_scaled = q_t.transpose(1, 2).contiguous(), k_t * scale
+        q_rows, k_scaled = _score_operands(q_t, k_t, scale)
         out_t = torch.empty_like(q_t)
         step = heads_per_chunk(q_t.shape[0], q_t.shape[2], k_t.shape[2])
         scores = q_t.new_empty(min(step, q_t.shape[0]), q_t.shape[2], k_t.shape[2])
@@ -101,14 +106,14 @@ class SmallHeadAttention(torch.autograd.Function):
         g_t = _heads_first(grad, heads)
         g_rows = g_t.transpose(1, 2).contiguous()
         grad_q, grad_k, grad_v = torch.empty_like(q_t), torch.empty_like(k_t), torch.empty_like(v_t)
-        scratch = q_t.new_empty(min(ctx.step, q_t.shape[0]), q_t.shape[2], k_t.shape[2])
-        grad_probs, grad_scores = torch.empty_like(scratch), torch.empty_like(scratch)
-        if not kept:
-            q_rows, k_scaled = q_t.transpose(1, 2).contiguous(), k_t * ctx.scale  # as in forward: same bits
-            probs = torch.empty_like(scratch)
+        chunk_shape = (min(ctx.step, q_t.shape[0]), q_t.shape[2], k_t.shape[2])
+        grad_probs, grad_scores = q_t.new_empty(chunk_shape), q_t.new_empty(chunk_shape)
+        if not kept:  # recompute each chunk's probabilities exactly as forward did
+            q_rows, k_scaled = _score_operands(q_t, k_t, ctx.scale)
+            scores, probs = q_t.new_empty(chunk_shape), q_t.new_empty(chunk_shape)
         for part in _chunks(q_t.shape[0], ctx.step):
             n = part.stop - part.start
-            p = kept[0] if kept else _chunk_probs(q_rows, k_scaled, part, scratch, probs)
+            p = kept[0] if kept else _chunk_probs(q_rows, k_scaled, part, scores, probs)
             torch.bmm(g_t[part], p, out=grad_v[part])
             torch.bmm(g_rows[part], v_t[part], out=grad_probs[:n])
             ds = torch.ops.aten._softmax_backward_data.out(grad_probs[:n], p, -1, p.dtype, grad_input=grad_scores[:n])
