@@ -17,6 +17,7 @@ from library.config import TrainConfig, parse_key_value_args
 from library.data.prepare import PreparedData, build_dataset
 from library.errors import ConfigError
 from library.training.attention import install_lean_attention
+from library.training.conv_path import install_small_conv_path
 from library.training.flat_params import FlatGroups, can_flatten
 from library.training.memory import keep_freed_memory
 from library.training.optimizers import OptimizerChoice, build_optimizer, resolve_class
@@ -80,6 +81,7 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
         bundle.unet.enable_xformers_memory_efficient_attention()
     else:
         install_lean_attention(bundle.unet)
+    install_small_conv_path(bundle.unet)
     return bundle
 
 
