@@ -97,6 +97,16 @@ def test_wide_heads_and_long_sequences_stay_on_sdpa():
     assert not uses_small_head_path(q, k, heads=8)  # half precision: SDPA's float32 softmax
 
 
+def test_short_sequences_take_sdpa_and_mid_length_ones_the_small_head_path():
+    for length, context in ((4, 4), (16, 77)):
+        q, k, v = _qkv(length, context, 64)
+        assert not uses_small_head_path(q, k, heads=8)
+        assert torch.equal(attention(q, k, v, 8), _sdpa(q, k, v, 8))
+    for length, context in ((64, 64), (256, 77)):
+        q, k, _ = _qkv(length, context, 32)
+        assert uses_small_head_path(q, k, heads=8)
+
+
 def test_installed_on_every_tiny_unet_attention_and_output_unchanged():
     bundle = build_tiny_bundle(0)
     g = torch.Generator().manual_seed(0)
