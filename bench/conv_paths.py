@@ -23,14 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from library.training.conv_path import SMALL_CONV_MAX_MACS, conv_macs  # noqa: E402
+from library.training.conv_path import conv_macs, takes_direct_path  # noqa: E402
 
 # (batch, in channels, height, width, out channels, kernel, stride)
 TINY = [(2, 4, 16, 16, 32, 3, 1), (2, 32, 16, 16, 32, 3, 1), (2, 64, 16, 16, 32, 3, 1), (2, 32, 16, 16, 32, 3, 2),
         (2, 32, 8, 8, 32, 3, 1), (2, 64, 8, 8, 32, 3, 1), (2, 64, 4, 4, 64, 3, 1), (2, 128, 4, 4, 64, 3, 1),
         (2, 64, 2, 2, 64, 3, 1), (2, 32, 16, 16, 32, 1, 1), (2, 64, 4, 4, 64, 1, 1)]
-SD15 = [(1, 320, 32, 32, 320, 3, 1), (1, 640, 16, 16, 640, 3, 1), (1, 1280, 8, 8, 1280, 3, 1),
-        (1, 1280, 4, 4, 1280, 3, 1), (1, 320, 32, 32, 320, 1, 1)]
+SD15 = [(1, 320, 32, 32, 320, 3, 1), (1, 640, 32, 32, 320, 3, 1), (1, 640, 16, 16, 640, 3, 1),
+        (1, 1280, 16, 16, 640, 3, 1), (1, 1280, 16, 16, 1280, 3, 2), (1, 640, 8, 8, 1280, 3, 1),
+        (1, 1280, 8, 8, 1280, 3, 1), (1, 2560, 8, 8, 1280, 3, 1), (1, 1280, 8, 8, 1280, 3, 2),
+        (1, 1280, 4, 4, 1280, 3, 1), (1, 2560, 4, 4, 1280, 3, 1), (1, 320, 32, 32, 320, 1, 1)]
 
 
 def time_conv(shape: tuple[int, ...], onednn: bool, threads: int) -> float:
@@ -56,9 +58,10 @@ def main() -> int:
     args = parser.parse_args()
     for shape in TINY + ([] if args.tiny_only else SD15):
         n, ci, h, w, co, k, s = shape
-        macs = conv_macs(torch.empty(n, ci, h, w), torch.empty(co, ci, k, k), (s, s))
+        x, conv = torch.empty(n, ci, h, w), torch.nn.Conv2d(ci, co, k, s, k // 2, device="meta")
+        macs = conv_macs(x, conv.weight, (s, s))
         row: dict = {"shape": {"batch": n, "in": ci, "hw": [h, w], "out": co, "kernel": k, "stride": s}, "macs": macs,
-                     "trainer_path": "direct" if macs <= SMALL_CONV_MAX_MACS else "onednn"}
+                     "trainer_path": "direct" if takes_direct_path(conv, x, conv.weight) else "onednn"}
         for threads in (1, 2):
             for onednn in (True, False):
                 row[f"{'onednn' if onednn else 'direct'}_{threads}t_ms"] = round(time_conv(shape, onednn, threads), 3)

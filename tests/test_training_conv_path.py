@@ -39,6 +39,19 @@ def test_small_convolution_equals_pytorch_without_onednn(k, stride):
     assert torch.equal(y, want_y) and torch.equal(grad, want_grad)
 
 
+def test_wide_convolutions_on_small_grids_take_the_direct_path():
+    wide = _conv(512, 512, 3)  # SD1.5's low-resolution levels: many channels, 8x8 or fewer positions
+    x = torch.empty(1, 512, 8, 8)
+    assert conv_macs(x, wide.weight, (1, 1)) > SMALL_CONV_MAX_MACS
+    with torch.backends.mkldnn.flags(enabled=False):
+        want, _ = _run(wide, (1, 512, 8, 8))
+    install_small_conv_path(wide)
+    got, _ = _run(wide, (1, 512, 8, 8))
+    assert type(got.grad_fn).__name__ == "SlowConv2DBackward0" and torch.equal(got, want)
+    y, _ = _run(wide, (1, 512, 16, 16))  # 256 positions and 604M multiply-adds: oneDNN's
+    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+
+
 def test_large_half_precision_and_grouped_convolutions_keep_pytorchs_choice():
     big = _conv(320, 320, 3)
     x = torch.empty(1, 320, 32, 32)
