@@ -12,8 +12,8 @@ time per step) shows what an idle machine would need with that many threads.
 Reference (sd-scripts on a 2-core CPU, same settings): tiny 0.34 s/step AdamW, 0.30 DAdaptAdam, 0.59 GB RSS;
 sd15 6.7 s/step, 7.2 GB RSS.
 
-    python bench/train_speed.py                 # tiny cases
-    python bench/train_speed.py --threads 1     # steadier on a shared machine (compare runs back to back)
+    python bench/train_speed.py                 # tiny cases, torch's default threads (what a user gets)
+    python bench/train_speed.py --threads 1     # one thread: slower, but less sensitive to a busy machine
     python bench/train_speed.py --case sd15     # heavy: many GB and minutes
     python bench/train_speed.py --threads 1 --compile   # adds compiled tiny cases (minutes of compiling)
 """
