@@ -123,3 +123,14 @@ def test_loss_on_a_fixed_batch_and_noise_drops_after_training(data: Path, tmp_pa
     with torch.no_grad():
         after = fixed_loss().item()
     assert after < 0.9 * before, (before, after)
+
+
+def test_cyclic_gc_is_paused_during_steps_and_restored(data: Path, tmp_path: Path, monkeypatch) -> None:
+    import gc
+
+    seen: list[bool] = []
+    loss = StepMath.loss
+    monkeypatch.setattr(StepMath, "loss", lambda self, batch: (seen.append(gc.isenabled()), loss(self, batch))[1])
+    assert gc.isenabled()
+    train(config(data, tmp_path / "out", max_train_steps=2))
+    assert seen == [False, False] and gc.isenabled()

@@ -23,3 +23,24 @@ def test_freed_blocks_are_reused_without_page_faults():
         del a, b
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 100  # without it: ~2,000 pages per round trip (40,000 here)
+
+
+def test_gc_paused_restores_the_callers_setting():
+    import gc
+
+    from library.training.memory import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("a failing step")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # the caller's choice stands
+    finally:
+        gc.enable()

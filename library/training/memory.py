@@ -1,4 +1,4 @@
-"""Keep freed memory in the process between CPU training steps (glibc only).
+"""Memory housekeeping around CPU training steps: keep freed blocks (glibc), pause the cyclic GC.
 
 glibc hands blocks above 128 KB straight back to the kernel when they are freed and
 trims the heap top when it grows past twice that; the next step asks for the same
@@ -9,9 +9,12 @@ stays what the step needs, because that memory is in use at the peak anyway.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import gc
 import platform
+from collections.abc import Iterator
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -39,3 +42,21 @@ def keep_freed_memory() -> bool:
         return False
     _applied = ok
     return ok
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the duration (a training step).
+
+    A step creates and frees thousands of Python tensor objects; the collector's
+    generation-0 passes they trigger cost 1.5% of a tiny-model step (in-process A/B).
+    Tensors are freed by reference counting either way; cycles made during the step are
+    collected by the first pass after it. Leaves a collector the caller had disabled alone.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -29,6 +29,7 @@ from library.errors import DatasetError, LorasmithError, TrainingError
 from library.training import distributed, saving, state as run_state
 from library.training.events import Commands, Events
 from library.training.lock import output_lock
+from library.training.memory import gc_paused
 from library.training.metadata import RunMetadata
 from library.training.optimizers import check_group_lrs
 from library.training.rng import pick_seed
@@ -130,11 +131,13 @@ class Trainer:
         accum = self.cfg.gradient_accumulation_steps
         for i, batch in self._batches(epoch):
             started = time.perf_counter()
-            loss_value = self._micro_step(batch, accum)
+            with gc_paused():
+                loss_value = self._micro_step(batch, accum)
             self.recorder.add(epoch, i, loss_value if math.isfinite(loss_value) else 0.0)
             self.pos.batch += 1
             if (i + 1) % accum == 0 or i + 1 == n_batches:
-                self._optimizer_step()
+                with gc_paused():
+                    self._optimizer_step()
                 self.step_times.append(time.perf_counter() - started)
                 self._after_step(loss_value)
                 if distributed.any_process(self.commands.take("stop"), self.world, self.parts.device):
