@@ -4,7 +4,8 @@
 Cases (one JSON line each, every case in its own process so peaks do not mix):
   tiny_adamw, tiny_dadapt  built-in tiny model, 128 px, batch 2, cached latents
   sd15                     SD1.5-sized model from the shipped configs with random weights, batch 1,
-                           gradient checkpointing; 256 px fp32 on CPU, 512 px bf16 on CUDA (batch 1 and 8)
+                           gradient checkpointing; 256 px fp32 on CPU, 512 px bf16 on CUDA (batch 1 and 8,
+                           with samples/s and the fraction of the card's bf16 peak at 2.53 TFLOP a sample)
   --compile                the tiny cases again with --torch_compile (inductor), labelled
                            tiny_*_compiled; `first_step_s` (setup + compile + one step) shows the compile cost
 On a busy shared CPU, wall time stretches with the load; `cpu_s_per_step` (process CPU
@@ -34,6 +35,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REFERENCE = {"tiny_adamw": (0.34, 0.59), "tiny_dadapt": (0.30, 0.59), "sd15": (6.7, 7.2)}
 TINY_CASES = ("tiny_adamw", "tiny_dadapt")
+# Training FLOPs of one SD1.5 LoRA sample at 512 px (forward + backward), with gradient
+# checkpointing's second forward: the issue's figure, which this case runs with.
+SD15_TFLOP_PER_SAMPLE = 2.53
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, by device-name
+# fragment; the first fragment found in torch.cuda.get_device_name() wins, so longer names come first.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
+                    ("L40S", 362.1), ("L4", 121.0), ("RTX 4090", 165.2))
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The card's dense bf16 peak, or None for a card not in the table (pass --gpu_peak_tflops)."""
+    return next((peak for fragment, peak in BF16_PEAK_TFLOPS if fragment in device_name), None)
+
+
+def fraction_of_peak(samples_per_s: float, tflop_per_sample: float, peak_tflops: float) -> float:
+    """Achieved TFLOP/s over the card's peak."""
+    return samples_per_s * tflop_per_sample / peak_tflops
 COMPILED_CASES = tuple(f"{c}_compiled" for c in TINY_CASES)
 
 
@@ -73,13 +91,13 @@ def case_config(case: str, data: Path, out: Path, cuda: bool, batch: int):
                        optimizer_type="AdamW", learning_rate=1e-4, **common)
 
 
-def run_case(case: str, batch: int) -> dict:
+def run_case(case: str, batch: int, peak_override: float | None = None) -> dict:
     import torch
 
     from library.models.builtin import build_random_bundle, register_builtin
-    from library.world.bucket_dataset import make_shapes_dataset
     from library.training.events import Events
     from library.training.trainer import train
+    from library.world.bucket_dataset import make_shapes_dataset
 
     register_builtin("sd15-random", lambda dtype: build_random_bundle("sd15", 0, "sd15-random", dtype))
     cuda = torch.cuda.is_available()
@@ -95,19 +113,29 @@ def run_case(case: str, batch: int) -> dict:
     first_step = (clock.first or started) - started
     steady = clock.times[3:] or clock.times
     s_step = statistics.median(steady)
-    peak_gb = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9
+    rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_bytes = torch.cuda.max_memory_allocated() if cuda else rss_bytes
+    peak_gb = peak_bytes / 1e9
     ref_s, ref_gb = REFERENCE[case.removesuffix("_compiled")]
     result = {
         "case": case, "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(),
         "resolution": cfg.resolution, "batch": cfg.train_batch_size, "precision": cfg.mixed_precision,
         "s_per_step": round(s_step, 4),
         # CPU seconds the process used per step: on a shared machine this is what an idle one would take (1 thread)
-        "cpu_s_per_step": round(statistics.median(clock.cpu_times[3:] or clock.cpu_times), 4), "steps_measured": len(steady), "total_s": round(total, 1),
+        "cpu_s_per_step": round(statistics.median(clock.cpu_times[3:] or clock.cpu_times), 4),
+        "steps_measured": len(steady), "total_s": round(total, 1),
         "first_step_s": round(first_step, 1), "torch_compile": cfg.torch_compile,
         "peak_memory_gb": round(peak_gb, 3), "memory_kind": "cuda_max_allocated" if cuda else "rss",
     }
     if cuda:
-        result["samples_per_s"] = round(cfg.train_batch_size / s_step, 2)
+        samples = cfg.train_batch_size / s_step
+        name = torch.cuda.get_device_name()
+        result.update({"gpu": name, "samples_per_s": round(samples, 2)})
+        peak = peak_override or bf16_peak_tflops(name)
+        if case == "sd15":
+            result.update({"tflop_per_sample": SD15_TFLOP_PER_SAMPLE, "bf16_peak_tflops": peak,
+                           "fraction_of_bf16_peak": round(fraction_of_peak(samples, SD15_TFLOP_PER_SAMPLE, peak), 4)
+                           if peak else None})
     else:
         result.update({"reference_s_per_step": ref_s, "speedup_vs_reference": round(ref_s / s_step, 2),
                        "reference_peak_gb": ref_gb})
@@ -120,7 +148,9 @@ def main() -> int:
                         help="default: the tiny cases")
     parser.add_argument("--compile", action="store_true", help="also run the tiny cases with --torch_compile")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in each run (default: torch's choice); 1 gives steadier numbers on a shared machine")
+                        help="torch threads per run (default: torch's choice); 1 is less sensitive to a busy machine")
+    parser.add_argument("--gpu_peak_tflops", type=float, default=None,
+                        help="the GPU's dense bf16 peak in TFLOP/s, for a card the built-in table lacks")
     parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)  # internal: one child run
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -129,7 +159,7 @@ def main() -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        print(json.dumps(run_case(args.case[0], args.batch or 1)), flush=True)
+        print(json.dumps(run_case(args.case[0], args.batch or 1, args.gpu_peak_tflops)), flush=True)
         return 0
     import torch
 
@@ -138,6 +168,7 @@ def main() -> int:
         for batch in batches:
             cmd = [sys.executable, __file__, "--child", "--case", case, "--batch", str(batch)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
+            cmd += ["--gpu_peak_tflops", str(args.gpu_peak_tflops)] if args.gpu_peak_tflops else []
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode or not lines:
