@@ -9,16 +9,17 @@ gradient of the stride-2 32->32 3x3 convolution at 2x16x16 takes 0.35 ms in oneD
 the tiny model's whole training step gets 14% faster (in-process A/B, 2 threads).
 Wide convolutions on small grids gain too: SD1.5's 1280-channel layers at 8x8 and 4x4
 (256 px) take 12-24 ms instead of 30-57 ms forward, and its 256 px step drops from
-5.1 to 3.9 s. The direct kernel
-(`thnn_conv2d`: unfold, then one matrix product) is what PyTorch itself runs when
-oneDNN is switched off, so each convolution gives exactly the bits of
+5.1 to 3.9 s.
+
+The direct kernel (`thnn_conv2d`: unfold, then one matrix product) is what PyTorch
+itself runs when oneDNN is switched off, so each convolution gives exactly the bits of
 `torch.backends.mkldnn.flags(enabled=False)`; it has its own backward, so the gradient
 takes the same path.
 
 `install_small_conv_path(model)` gives each plain Conv2d of `model` a `_conv_forward`
 that makes this choice per call from the call's size; larger convolutions (SD1.5's
-high-resolution levels) keep PyTorch's choice. LoRA hosts call the base layer's `_conv_forward` with the folded
-weight, so they follow the same rule.
+high-resolution levels) keep PyTorch's choice. LoRA hosts call the base layer's
+`_conv_forward` with the folded weight, so they follow the same rule.
 """
 from __future__ import annotations
 
