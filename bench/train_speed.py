@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 REFERENCE = {"tiny_adamw": (0.34, 0.59), "tiny_dadapt": (0.30, 0.59), "sd15": (6.7, 7.2)}
 TINY_CASES = ("tiny_adamw", "tiny_dadapt")
+COMPILED_CASES = tuple(f"{c}_compiled" for c in TINY_CASES)
 # Training FLOPs of one SD1.5 LoRA sample at 512 px (forward + backward), with gradient
 # checkpointing's second forward: the issue's figure, which this case runs with.
 SD15_TFLOP_PER_SAMPLE = 2.53
@@ -52,7 +53,6 @@ def bf16_peak_tflops(device_name: str) -> float | None:
 def fraction_of_peak(samples_per_s: float, tflop_per_sample: float, peak_tflops: float) -> float:
     """Achieved TFLOP/s over the card's peak."""
     return samples_per_s * tflop_per_sample / peak_tflops
-COMPILED_CASES = tuple(f"{c}_compiled" for c in TINY_CASES)
 
 
 class StepClock:
