@@ -173,6 +173,10 @@ class TrainConfig:
     dynamo_backend: str = option("inductor", "torch.compile backend used with torch_compile", group="Precision and memory", advanced=True,
                                  choices=("eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs",
                                           "ofi", "fx2trt", "onnxrt", "tensort", "ipex", "tvm"))
+    # GPU speed and memory (issue 26): where caches and models live, fp8 base weights, memory layout
+    lowvram: bool = option(False, "Keep cached latents and text-encoder outputs in pinned RAM (copied per batch) instead of on the GPU, "
+                           "and empty the CUDA cache once caching is done; the VAE and frozen text encoder go to RAM as usual",
+                           group="Precision and memory", advanced=True)
 
     # --- Noise and loss -------------------------------------------------------
     noise_offset: float | None = option(None, "Noise offset (Guttenberg 2023): brighter brights, darker darks; 0.0357 is common", group="Noise and loss", min=0.0)

@@ -21,6 +21,7 @@ from library.training.conv_path import install_small_conv_path
 from library.training.flat_params import FlatGroups, can_flatten
 from library.training.memory import keep_freed_memory
 from library.training.optimizers import OptimizerChoice, build_optimizer, resolve_class
+from library.training.placement import place_caches
 from library.training.rng import TrainingRNG
 from library.training import schedulers
 
@@ -50,6 +51,7 @@ class RunParts:
     notes: list[str] = field(default_factory=list)
     flat: FlatGroups | None = None  # the optimizer's flat copies of the LoRA parameters, when used
     unet_step: Any = None  # the UNet as the training step calls it (torch.compile'd with --torch_compile)
+    pin_batches: bool = False  # the DataLoader hands out batches in pinned memory (CUDA, caches not on the GPU)
 
     @property
     def trainable_params(self) -> list[torch.nn.Parameter]:
@@ -164,6 +166,7 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     dataset = build_data(cfg, prepared, bundle, seed, train_te)
     if dataset.latents is not None:
         bundle.vae.to("cpu")  # only needed again for samples
+    caches_on_device, cache_note = place_caches(dataset, device, cfg.max_data_loader_n_workers, cfg.lowvram)
     choice, lr_scheduler, names, flat = build_optimizer_and_schedule(cfg, network, prepared.plan.total_steps)
     choice.optimizer = accelerator.prepare(choice.optimizer)
     if cfg.full_fp16:
@@ -172,9 +175,11 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
 
     ac = make_noise_scheduler(bundle).alphas_cumprod.to(device)
     v_pred = cfg.v_parameterization or bundle.facts.prediction_type == "v_prediction"
+    notes = list(choice.notes) + ([cache_note] if cache_note else [])
     return RunParts(cfg, accelerator, device, weight_dtype, bundle, network, prepared, dataset, choice,
-                    lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, list(choice.notes), flat,
-                    compile_unet(bundle.unet, cfg.dynamo_backend) if cfg.torch_compile else bundle.unet)
+                    lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, notes, flat,
+                    compile_unet(bundle.unet, cfg.dynamo_backend) if cfg.torch_compile else bundle.unet,
+                    pin_batches=device.type == "cuda" and not caches_on_device)
 
 
 def check_dynamo_backend(backend: str) -> None:

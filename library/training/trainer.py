@@ -159,7 +159,7 @@ class Trainer:
         from library.data.dataset import make_dataloader
 
         loader = make_dataloader(self.parts.dataset, self.cfg.max_data_loader_n_workers,
-                                 self.cfg.persistent_data_loader_workers)
+                                 self.cfg.persistent_data_loader_workers, self.parts.pin_batches)
         # Starting a DataLoader iterator draws a base seed from torch's global RNG; put it back so
         # the draw depends on nothing and a run resumed mid-epoch sees the same RNG as one never stopped.
         rng_state = torch.get_rng_state()
