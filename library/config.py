@@ -177,6 +177,9 @@ class TrainConfig:
     lowvram: bool = option(False, "Keep cached latents and text-encoder outputs in pinned RAM (copied per batch) instead of on the GPU, "
                            "and empty the CUDA cache once caching is done; the VAE and frozen text encoder go to RAM as usual",
                            group="Precision and memory", advanced=True)
+    unet_channels_last: bool = option(False, "lorasmith only (sd-scripts has no such flag): keep the UNet's convolution weights and inputs "
+                                      "in channels_last memory layout, which some GPUs' convolution kernels run faster; measure before keeping it on",
+                                      group="Precision and memory", advanced=True)
 
     # --- Noise and loss -------------------------------------------------------
     noise_offset: float | None = option(None, "Noise offset (Guttenberg 2023): brighter brights, darker darks; 0.0357 is common", group="Noise and loss", min=0.0)

@@ -81,10 +81,24 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
     bundle.vae.to(device)
     if cfg.xformers:
         bundle.unet.enable_xformers_memory_efficient_attention()
-    else:
-        install_lean_attention(bundle.unet)
-    install_small_conv_path(bundle.unet)
+    install_device_paths(bundle.unet, device)
+    if cfg.unet_channels_last:
+        bundle.unet.to(memory_format=torch.channels_last)
     return bundle
+
+
+def install_device_paths(unet: torch.nn.Module, device: torch.device) -> None:
+    """The UNet's attention and convolution paths for the training device.
+
+    Attention: the lean processor everywhere (it skips diffusers' per-call signature
+    inspection); its small-head kernel only ever runs on CPU tensors, so on CUDA every call
+    is torch's SDPA, which picks the flash or memory-efficient kernel. Convolutions: the
+    direct small-convolution kernel is a CPU path and is not installed on other devices.
+    Layers with another processor (xformers) keep it.
+    """
+    install_lean_attention(unet)
+    if device.type == "cpu":
+        install_small_conv_path(unet)
 
 
 def build_network(cfg: TrainConfig, bundle: Any, device: torch.device, weight_dtype: torch.dtype) -> Any:

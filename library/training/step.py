@@ -20,6 +20,7 @@ class StepMath:
         weighted = cfg.min_snr_gamma or cfg.debiased_estimation_loss
         self.snr = snr_from_alphas(parts.alphas_cumprod) if weighted else None
         self.scaling = float(getattr(parts.bundle.vae.config, "scaling_factor", 0.18215))
+        self.memory_format = torch.channels_last if cfg.unet_channels_last else torch.preserve_format
 
     def latents(self, batch: dict[str, Any]) -> torch.Tensor:
         """Scaled latents of the batch: cached ones, or the VAE's sample drawn from the run's generator."""
@@ -49,7 +50,8 @@ class StepMath:
         nb = noise_batch(latents, self.noise, p.rng.noise, p.alphas_cumprod)
         with p.accelerator.autocast():
             unet = p.unet_step if p.unet_step is not None else p.bundle.unet
-            pred = unet(nb.noisy_latents.to(p.weight_dtype), nb.timesteps, cond.to(p.weight_dtype)).sample
+            noisy = nb.noisy_latents.to(p.weight_dtype, memory_format=self.memory_format)
+            pred = unet(noisy, nb.timesteps, cond.to(p.weight_dtype)).sample
         target = velocity(latents, nb.noise, nb.timesteps, p.alphas_cumprod) if p.v_prediction else nb.noise
         delta = None
         if cfg.loss_type in ("huber", "smooth_l1"):
