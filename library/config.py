@@ -177,6 +177,9 @@ class TrainConfig:
     lowvram: bool = option(False, "Keep cached latents and text-encoder outputs in pinned RAM (copied per batch) instead of on the GPU, "
                            "and empty the CUDA cache once caching is done; the VAE and frozen text encoder go to RAM as usual",
                            group="Precision and memory", advanced=True)
+    fp8_base: bool = option(False, "Store the frozen UNet and text-encoder weights in float8 (e4m3fn), upcast layer by layer in the forward pass: "
+                            "about half the base model's memory in bf16; LoRA weights and math unchanged. Needs mixed_precision fp16 or bf16",
+                            group="Precision and memory")
     unet_channels_last: bool = option(False, "lorasmith only (sd-scripts has no such flag): keep the UNet's convolution weights and inputs "
                                       "in channels_last memory layout, which some GPUs' convolution kernels run faster; measure before keeping it on",
                                       group="Precision and memory", advanced=True)

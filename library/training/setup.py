@@ -19,6 +19,7 @@ from library.errors import ConfigError
 from library.training.attention import install_lean_attention
 from library.training.conv_path import install_small_conv_path
 from library.training.flat_params import FlatGroups, can_flatten
+from library.training.fp8 import store_fp8
 from library.training.memory import keep_freed_memory
 from library.training.optimizers import OptimizerChoice, build_optimizer, resolve_class
 from library.training.placement import place_caches
@@ -78,6 +79,9 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
     bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae, use_ema_weights=cfg.use_ema_weights)
     bundle.unet.to(device, dtype=weight_dtype)
     bundle.text_encoder.to(device, dtype=weight_dtype)
+    if cfg.fp8_base:  # frozen Linear/Conv2d weights in float8, before LoRA hosts wrap them
+        store_fp8(bundle.unet.requires_grad_(False))
+        store_fp8(bundle.text_encoder.requires_grad_(False))
     bundle.vae.to(device)
     if cfg.xformers:
         bundle.unet.enable_xformers_memory_efficient_attention()
