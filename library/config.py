@@ -168,7 +168,8 @@ class TrainConfig:
     xformers: bool = option(False, "Use xformers attention (must be installed)", group="Precision and memory")
     sdpa: bool = option(False, "Use PyTorch scaled-dot-product attention (the default anyway)", group="Precision and memory")
     mem_eff_attn: bool = option(False, "Memory-efficient attention (lorasmith uses SDPA, which already is)", group="Precision and memory", advanced=True)
-    lowram: bool = option(False, "Load models straight to the training device to lower peak RAM", group="Precision and memory", advanced=True)
+    lowram: bool = option(False, "For machines with more VRAM than RAM (Colab, Kaggle): after caching, the VAE and frozen text encoder "
+                          "stay on the GPU instead of moving to RAM (with --lowvram too, they move)", group="Precision and memory", advanced=True)
     torch_compile: bool = option(False, "Compile the UNet's training forward with torch.compile: faster steps after a compile that takes minutes (a C++ compiler on CPU)", group="Precision and memory", advanced=True)
     dynamo_backend: str = option("inductor", "torch.compile backend used with torch_compile", group="Precision and memory", advanced=True,
                                  choices=("eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs",

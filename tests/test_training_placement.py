@@ -62,3 +62,50 @@ def test_place_caches_leaves_cpu_runs_and_empty_caches_alone(moves: list) -> Non
     empty = SimpleNamespace(latents=None, text_encoder_outputs=None)
     assert placement.place_caches(empty, CUDA, 0, False) == (False, None)
     assert moves == []
+
+
+class Recorder(torch.nn.Module):
+    """A module that records where it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.sent: list[str] = []
+
+    def to(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        self.sent.append(str(args[0] if args else kwargs.get("device")))
+        return self
+
+
+@pytest.mark.parametrize("latents, te, lowram, lowvram, vae_to, te_to", [
+    (True, True, False, False, ["cpu"], ["cpu"]),  # default: both wait in RAM
+    (True, False, False, False, ["cpu"], []),  # a text encoder still in use stays
+    (False, True, False, False, [], ["cpu"]),  # pixels encoded every step: the VAE stays
+    (True, True, True, False, [], []),  # --lowram: no RAM copies
+    (True, True, True, True, ["cpu"], ["cpu"]),  # --lowvram wins over --lowram
+    (True, True, False, True, ["cpu"], ["cpu"]),
+])
+def test_offload_after_caching_moves_what_each_option_says(latents, te, lowram, lowvram, vae_to, te_to,
+                                                           monkeypatch) -> None:
+    emptied: list[bool] = []
+    monkeypatch.setattr(placement.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(placement.torch.cuda, "empty_cache", lambda: emptied.append(True))
+    bundle = SimpleNamespace(vae=Recorder(), text_encoder=Recorder())
+    moved = placement.offload_after_caching(bundle, latents, te, lowram, lowvram)
+    assert bundle.vae.sent == vae_to and bundle.text_encoder.sent == te_to
+    assert moved == [name for name, sent in (("VAE", vae_to), ("text encoder", te_to)) if sent]
+    assert emptied == ([True] if lowvram else [])
+
+
+def test_samples_bring_the_vae_and_text_encoder_back_and_return_them(monkeypatch, tmp_path) -> None:
+    from library.training import samples
+
+    bundle = SimpleNamespace(vae=Recorder(), text_encoder=Recorder())
+    cfg = SimpleNamespace(sample_prompts=None, sample_sampler="ddim", clip_skip=None, output_dir=str(tmp_path),
+                          output_name="t")
+    parts = SimpleNamespace(config=cfg, bundle=bundle, device=torch.device("meta"), rng=SimpleNamespace(seed=1),
+                            network=None)
+    hook = samples.SampleHook(parts, samples.Events())
+    hook.lines = []
+    assert hook._run(None, 1) == []
+    assert bundle.vae.sent == ["meta", "cpu"] and bundle.text_encoder.sent == ["meta", "cpu"]

@@ -1,4 +1,4 @@
-"""Where the cached latents and text-encoder outputs live during training.
+"""Where things live during training: cached tensors, and the VAE and text encoder once caching is done.
 
 A step that copies its latents from pageable host memory makes the GPU wait for the
 copy, and a blocking copy makes the host wait for the GPU. Cached latents and
@@ -6,6 +6,15 @@ text-encoder outputs are small next to the model (SD1.5 at 512 px: 64 KB of late
 and 236 KB of encoder output per image), so they move to the GPU once when they fit
 in a share of the free memory; otherwise the DataLoader hands out batches in pinned
 host memory and the step copies them with `non_blocking=True`.
+
+After caching, the models that only made the caches leave the GPU:
+
+    option        cached latents / TE outputs        VAE and frozen text encoder after caching
+    (default)     GPU when they fit, else pinned RAM  moved to RAM (back on the GPU for samples)
+    --lowvram     pinned RAM, copied per batch        moved to RAM; the CUDA cache is emptied
+    --lowram      GPU when they fit, else pinned RAM  stay on the GPU (no copy in RAM)
+
+A text encoder that is trained, or whose outputs are not cached, stays on the GPU.
 """
 from __future__ import annotations
 
@@ -60,6 +69,22 @@ def place_caches(dataset: Any, device: torch.device, workers: int, lowvram: bool
         return False, f"cached latents/text-encoder outputs ({size}) do not fit on the GPU; batches come from pinned host memory"
     move_caches(dataset, device)
     return True, f"cached latents/text-encoder outputs ({size}) kept on {device}"
+
+
+def offload_after_caching(bundle: Any, latents_cached: bool, te_cached: bool, lowram: bool, lowvram: bool) -> list[str]:
+    """Move the VAE and the frozen text encoder off the GPU once their outputs are cached (see the table above)."""
+    moved = []
+    if lowram and not lowvram:
+        return moved
+    if latents_cached:
+        bundle.vae.to("cpu")
+        moved.append("VAE")
+    if te_cached:
+        bundle.text_encoder.to("cpu")
+        moved.append("text encoder")
+    if lowvram and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return moved
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

@@ -22,7 +22,7 @@ from library.training.flat_params import FlatGroups, can_flatten
 from library.training.fp8 import store_fp8
 from library.training.memory import keep_freed_memory
 from library.training.optimizers import OptimizerChoice, build_optimizer, resolve_class
-from library.training.placement import place_caches
+from library.training.placement import offload_after_caching, place_caches
 from library.training.rng import TrainingRNG
 from library.training import schedulers
 
@@ -182,8 +182,8 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     if cfg.gradient_checkpointing:
         enable_checkpointing(bundle, train_te)
     dataset = build_data(cfg, prepared, bundle, seed, train_te)
-    if dataset.latents is not None:
-        bundle.vae.to("cpu")  # only needed again for samples
+    moved = offload_after_caching(bundle, dataset.latents is not None, dataset.text_encoder_outputs is not None,
+                                  cfg.lowram, cfg.lowvram)  # only needed again for samples
     caches_on_device, cache_note = place_caches(dataset, device, cfg.max_data_loader_n_workers, cfg.lowvram)
     choice, lr_scheduler, names, flat = build_optimizer_and_schedule(cfg, network, prepared.plan.total_steps)
     choice.optimizer = accelerator.prepare(choice.optimizer)
@@ -194,6 +194,8 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     ac = make_noise_scheduler(bundle).alphas_cumprod.to(device)
     v_pred = cfg.v_parameterization or bundle.facts.prediction_type == "v_prediction"
     notes = list(choice.notes) + ([cache_note] if cache_note else [])
+    if moved and device.type != "cpu":
+        notes.append(f"after caching, {' and '.join(moved)} moved to RAM (back on the GPU only for samples)")
     return RunParts(cfg, accelerator, device, weight_dtype, bundle, network, prepared, dataset, choice,
                     lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, notes, flat,
                     compile_unet(bundle.unet, cfg.dynamo_backend) if cfg.torch_compile else bundle.unet,
