@@ -89,7 +89,8 @@ class Trainer:
         self.files: list[Path] = []
         self.epoch_losses: list[float] = []
         self.nan_steps = 0
-        self.step_times: deque[float] = deque(maxlen=50)
+        self.step_times: deque[float] = deque(maxlen=50)  # wall time between step ends (see _timed)
+        self._last_step_end: float | None = None
         self.readback = StepReadback(parts.device)
         self._micro_losses: list[torch.Tensor] = []  # this step's micro-batch losses, still on the device
         self._micro_refs: list[tuple[int, list[str]]] = []  # (batch index, image paths) of each
@@ -134,20 +135,30 @@ class Trainer:
         n_batches = distributed.rounds_per_epoch(len(p.dataset), self.world)
         accum = self.cfg.gradient_accumulation_steps
         for i, batch in self._batches(epoch):
-            started = time.perf_counter()
             with gc_paused():
                 self._micro_step(batch, i, accum)
             self.pos.batch += 1
             if (i + 1) % accum == 0 or i + 1 == n_batches:
                 with gc_paused():
                     self._optimizer_step()
-                self.step_times.append(time.perf_counter() - started)
+                self._timed()
                 self._after_step()
                 if distributed.any_process(self.commands.take("stop"), self.world, self.parts.device):
                     return True
                 if self._done():
                     break
         return False
+
+    def _timed(self) -> None:
+        """Record the wall time since the previous step ended, data loading included.
+
+        Without host syncs the host runs ahead of a GPU and the time spent inside one step
+        says little; the interval between step ends is the real rate once the queue is full.
+        """
+        now = time.perf_counter()
+        if self._last_step_end is not None:
+            self.step_times.append(now - self._last_step_end)
+        self._last_step_end = now
 
     def _batches(self, epoch: int) -> Any:
         """(index, batch) pairs from the current position: all batches, or this process's shard."""
