@@ -105,3 +105,21 @@ def test_unet_channels_last_trains(shapes_data: Path, tmp_path: Path) -> None:
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     result = train(cfg)
     assert result.global_step == 2 and result.final_file.is_file()
+
+
+@pytest.mark.parametrize("full_bf16, lora_dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_bf16_base_weights_with_fp32_lora_unless_full_bf16(shapes_data: Path, tmp_path: Path, full_bf16: bool,
+                                                           lora_dtype: torch.dtype) -> None:
+    """sd-scripts' rule: mixed_precision sets the base weights' dtype; the LoRA stays fp32 unless --full_bf16."""
+    from library.data.prepare import prepare_data
+    from library.training.setup import build_run
+
+    cfg = TrainConfig(pretrained_model_name_or_path="tiny", train_data_dir=str(shapes_data), output_dir=str(tmp_path),
+                      caption_extension=".txt", resolution="64", enable_bucket=True, min_bucket_reso=64,
+                      max_bucket_reso=128, train_batch_size=2, cache_latents=True, seed=1, mixed_precision="bf16",
+                      full_bf16=full_bf16)
+    parts = build_run(cfg, prepare_data(cfg), seed=1)
+    base = [m.weight for m in parts.bundle.unet.modules() if type(m) is nn.Linear]
+    assert base and all(w.dtype is torch.bfloat16 for w in base)
+    assert {p.dtype for p in parts.network.parameters()} == {lora_dtype}
+    assert next(parts.bundle.vae.parameters()).dtype is torch.float32  # the VAE stays fp32
