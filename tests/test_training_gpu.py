@@ -127,6 +127,15 @@ def test_lowvram_batches_come_pinned_and_copy_without_sync(shapes_data: Path, tm
     assert next(parts.bundle.vae.parameters()).device.type == "cpu"
 
 
+def test_channels_last_and_full_bf16_steps_have_no_host_sync(shapes_data: Path, tmp_path: Path, monkeypatch) -> None:
+    watch = StepWatch(monkeypatch)
+    result = train(config(shapes_data, tmp_path, unet_channels_last=True, full_bf16=True, max_train_steps=4))
+    assert result.global_step == 4 and watch.guarded_steps >= 6
+    assert {p.dtype for p in watch.parts.network.parameters()} == {torch.bfloat16}
+    inner = watch.parts.optimizer.optimizer.optimizer
+    assert inner.defaults["fused"] is True  # fused AdamW over bf16 LoRA parameters
+
+
 def test_text_encoder_lora_steps_have_no_host_sync(shapes_data: Path, tmp_path: Path, monkeypatch) -> None:
     """The text encoder runs in every step when its LoRA is trained (transformers' CLIP code included)."""
     watch = StepWatch(monkeypatch)
