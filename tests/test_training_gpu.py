@@ -75,7 +75,7 @@ class StepWatch:
 
 def test_bf16_steps_have_no_host_sync_and_no_allocation_churn(shapes_data: Path, tmp_path: Path, monkeypatch) -> None:
     watch = StepWatch(monkeypatch)
-    result = train(config(shapes_data, tmp_path, logging_dir=str(tmp_path / "logs")))
+    result = train(config(shapes_data, tmp_path))  # no logging_dir: the GPU machine may lack tensorboard
     assert result.global_step == 6 and watch.guarded_steps >= 10  # 5 steps x (micro-step + optimizer step)
     parts = watch.parts
     assert parts.device.type == "cuda"
