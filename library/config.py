@@ -168,11 +168,22 @@ class TrainConfig:
     xformers: bool = option(False, "Use xformers attention (must be installed)", group="Precision and memory")
     sdpa: bool = option(False, "Use PyTorch scaled-dot-product attention (the default anyway)", group="Precision and memory")
     mem_eff_attn: bool = option(False, "Memory-efficient attention (lorasmith uses SDPA, which already is)", group="Precision and memory", advanced=True)
-    lowram: bool = option(False, "Load models straight to the training device to lower peak RAM", group="Precision and memory", advanced=True)
+    lowram: bool = option(False, "For machines with more VRAM than RAM (Colab, Kaggle): after caching, the VAE and frozen text encoder "
+                          "stay on the GPU instead of moving to RAM (with --lowvram too, they move)", group="Precision and memory", advanced=True)
     torch_compile: bool = option(False, "Compile the UNet's training forward with torch.compile: faster steps after a compile that takes minutes (a C++ compiler on CPU)", group="Precision and memory", advanced=True)
     dynamo_backend: str = option("inductor", "torch.compile backend used with torch_compile", group="Precision and memory", advanced=True,
                                  choices=("eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs",
                                           "ofi", "fx2trt", "onnxrt", "tensort", "ipex", "tvm"))
+    # GPU speed and memory (issue 26): where caches and models live, fp8 base weights, memory layout
+    lowvram: bool = option(False, "Keep cached latents and text-encoder outputs in pinned RAM (copied per batch) instead of on the GPU, "
+                           "and empty the CUDA cache once caching is done; the VAE and frozen text encoder go to RAM as usual",
+                           group="Precision and memory", advanced=True)
+    fp8_base: bool = option(False, "Store the frozen UNet and text-encoder weights in float8 (e4m3fn), upcast layer by layer in the forward pass: "
+                            "about half the base model's memory in bf16; LoRA weights and math unchanged. Needs mixed_precision fp16 or bf16",
+                            group="Precision and memory")
+    unet_channels_last: bool = option(False, "lorasmith only (sd-scripts has no such flag): keep the UNet's convolution weights and inputs "
+                                      "in channels_last memory layout, which some GPUs' convolution kernels run faster; measure before keeping it on",
+                                      group="Precision and memory", advanced=True)
 
     # --- Noise and loss -------------------------------------------------------
     noise_offset: float | None = option(None, "Noise offset (Guttenberg 2023): brighter brights, darker darks; 0.0357 is common", group="Noise and loss", min=0.0)

@@ -137,6 +137,8 @@ def _check_contradictions(cfg: TrainConfig, rep: ValidationReport) -> None:
         rep.error("full_fp16", "needs mixed_precision fp16")
     if cfg.full_bf16 and cfg.mixed_precision != "bf16":
         rep.error("full_bf16", "needs mixed_precision bf16")
+    if cfg.fp8_base and cfg.mixed_precision == "no":
+        rep.error("fp8_base", "needs mixed_precision bf16 or fp16 (float8 weights are upcast to that precision; sd-scripts has the same rule)")
     lo = cfg.min_timestep if cfg.min_timestep is not None else 0
     hi = cfg.max_timestep if cfg.max_timestep is not None else 1000
     if isinstance(lo, int) and isinstance(hi, int) and lo >= hi:

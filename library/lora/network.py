@@ -275,23 +275,25 @@ class LoRANetwork(nn.Module):
         return groups
 
     @torch.no_grad()
-    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scale down adapters whose delta-weight norm exceeds max_norm (sd-scripts --scale_weight_norms).
 
-        Returns (modules scaled, mean norm, max norm) after scaling.
+        Returns (modules scaled, mean norm, max norm) after scaling, as device scalars: the
+        training step runs this every step and must not wait for the GPU to read them.
+        Adapters within the limit are multiplied by exactly 1.
         """
-        scaled, norms = 0, []
-        for adapter in self.adapters:
-            norm = adapter.delta_weight(1.0).norm().item()
-            ratio = min(1.0, max_norm / norm) if norm > 0 else 1.0
-            if ratio < 1.0:
-                scaled += 1
-                adapter.lora_up.weight.mul_(ratio ** 0.5)
-                adapter.lora_down.weight.mul_(ratio ** 0.5)
-            norms.append(norm * ratio)
-        if not norms:
-            return 0, 0.0, 0.0
-        return scaled, sum(norms) / len(norms), max(norms)
+        if not self.adapters:
+            zero = torch.zeros(())
+            return zero, zero, zero
+        norms = torch.stack([a.delta_weight(1.0).norm() for a in self.adapters])
+        ratios = torch.where(norms > 0, (max_norm / norms).clamp(max=1.0), torch.ones_like(norms))
+        factors = ratios.sqrt()
+        for adapter, factor in zip(self.adapters, factors.unbind()):
+            adapter.lora_up.weight.mul_(factor.to(adapter.lora_up.weight.dtype))
+            adapter.lora_down.weight.mul_(factor.to(adapter.lora_down.weight.dtype))
+        kept = norms * ratios
+        return (ratios < 1.0).sum(), kept.mean(), kept.max()
 
 
 def _only_components(loaded: LoadedLoRA, unet: bool, text_encoder: bool) -> LoadedLoRA:

@@ -46,19 +46,17 @@ def huber_threshold(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, huber
 
     constant: c; exponential: exp(−t·(−ln c)/T); snr: (1 − c)/(1 + σ_t)² + c with σ_t = √((1−ᾱ)/ᾱ).
     """
-    t = timesteps.to("cpu")
+    t = timesteps  # computed where the timesteps are: no round trip to the host
     if schedule == "constant":
-        out = torch.full(t.shape, float(huber_c))
-    elif schedule == "exponential":
+        return torch.full(t.shape, float(huber_c), device=t.device)
+    if schedule == "exponential":
         alpha = -math.log(huber_c) / num_train_timesteps
-        out = torch.exp(-alpha * t.float())
-    elif schedule == "snr":
-        ac = alphas_cumprod.to("cpu").float()[t]
+        return torch.exp(-alpha * t.float())
+    if schedule == "snr":
+        ac = alphas_cumprod.to(t.device).float()[t]
         sigmas = ((1.0 - ac) / ac) ** 0.5
-        out = (1 - huber_c) / (1 + sigmas) ** 2 + huber_c
-    else:
-        raise ValueError(f"unknown huber_schedule {schedule!r}")
-    return out.to(timesteps.device)
+        return (1 - huber_c) / (1 + sigmas) ** 2 + huber_c
+    raise ValueError(f"unknown huber_schedule {schedule!r}")
 
 
 def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str,

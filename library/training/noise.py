@@ -37,8 +37,16 @@ def randn(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor) -> t
 
 
 def rand_scalar(gen: torch.Generator) -> float:
-    """One uniform draw in [0, 1) from `gen`."""
+    """One uniform draw in [0, 1) from `gen` as a Python number: on a GPU the host waits for it.
+
+    Only pyramid noise uses it (its scale factors set tensor sizes).
+    """
     return float(torch.rand((1,), generator=gen, device=gen.device).item())
+
+
+def rand_factor(gen: torch.Generator) -> torch.Tensor:
+    """One uniform draw in [0, 1) from `gen`, left on its device: a factor with no host round trip."""
+    return torch.rand((1,), generator=gen, device=gen.device)
 
 
 def sample_timesteps(batch: int, low: int, high: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -83,9 +91,9 @@ def make_noise(latents: torch.Tensor, settings: NoiseSettings, gen: torch.Genera
     """The noise target ε for a batch: Gaussian, then offset and pyramid noise when enabled."""
     noise = randn(tuple(latents.shape), gen, latents)
     if settings.noise_offset:
-        offset: float = settings.noise_offset
+        offset: float | torch.Tensor = settings.noise_offset
         if settings.noise_offset_random_strength:
-            offset = rand_scalar(gen) * settings.noise_offset
+            offset = rand_factor(gen) * settings.noise_offset
         noise = offset_noise(latents, noise, offset, gen, settings.adaptive_noise_scale)
     if settings.multires_noise_iterations:
         noise = pyramid_noise(noise, gen, settings.multires_noise_iterations, settings.multires_noise_discount)
@@ -101,7 +109,7 @@ def input_perturbation(noise: torch.Tensor, settings: NoiseSettings, gen: torch.
         return noise
     gamma = settings.ip_noise_gamma
     if settings.ip_noise_gamma_random_strength:
-        gamma = rand_scalar(gen) * gamma
+        gamma = rand_factor(gen) * gamma
     return noise + gamma * randn(tuple(noise.shape), gen, noise)
 
 

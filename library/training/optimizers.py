@@ -135,11 +135,7 @@ def build_optimizer(optimizer_type: str, optimizer_args: list[str], param_groups
         if len(lrs) > 1:
             notes.append(f"{optimizer_type}: the learning rates differ between groups ({sorted(lrs)}); "
                          "they multiply one shared adapted step size d")
-    run_kwargs = dict(kwargs)
-    if cls.__module__.startswith("torch.optim") and not {"foreach", "fused"} & set(kwargs):
-        # torch picks the per-tensor loop on CPU; the foreach path is bitwise identical and faster
-        # for hundreds of small LoRA tensors. Not recorded in ss_optimizer: it changes no result.
-        run_kwargs["foreach"] = True
+    run_kwargs = {**kwargs, **speed_kwargs(cls, kwargs, _device_type(param_groups))}
     try:
         optimizer = cls(param_groups, lr=lr, **run_kwargs) if lr is not None else cls(param_groups, **run_kwargs)
     except TypeError as exc:
@@ -150,6 +146,32 @@ def build_optimizer(optimizer_type: str, optimizer_args: list[str], param_groups
     return OptimizerChoice(
         optimizer=optimizer, class_path=f"{cls.__module__}.{cls.__name__}", kwargs=kwargs,
         adaptive=is_adaptive_name(optimizer_type), adafactor_initial_lr=initial_lr, notes=notes)
+
+
+# torch optimizers with a fused CUDA kernel (one launch for all tensors, and the loss scaler's
+# skip-on-overflow without a host read-back: `_step_supports_amp_scaling`).
+FUSED_CLASSES = ("Adam", "AdamW")
+
+
+def _device_type(param_groups: list[dict[str, Any]]) -> str:
+    for group in param_groups:
+        for p in group["params"]:
+            return p.device.type
+    return "cpu"
+
+
+def speed_kwargs(cls: type, kwargs: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """How a torch optimizer should run its update here; nothing when the user chose foreach/fused.
+
+    CUDA: fused Adam/AdamW (one kernel for every LoRA tensor, and fp16 loss scaling with no
+    host sync); CPU: foreach, bitwise identical to torch's per-tensor loop and faster for
+    hundreds of small tensors. Not recorded in ss_optimizer: neither changes the algorithm.
+    """
+    if not cls.__module__.startswith("torch.optim") or {"foreach", "fused"} & set(kwargs):
+        return {}
+    if device_type == "cuda" and cls.__name__ in FUSED_CLASSES:
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def d_times_lr(optimizer: torch.optim.Optimizer, group: int) -> float | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from library.errors import SamplingError
 from library.training.events import Events
+from library.training.placement import module_device
 
 
 class SampleHook:
@@ -43,8 +44,10 @@ class SampleHook:
         from library.sampling.training_samples import sample_for_training, save_training_sample, training_sample_path
 
         p, cfg = self.parts, self.parts.config
-        vae_device = next(p.bundle.vae.parameters()).device
-        p.bundle.vae.to(p.device)
+        models = (p.bundle.vae, p.bundle.text_encoder)  # may wait in RAM after caching (training.placement)
+        homes = [module_device(m) for m in models]
+        for model in models:
+            model.to(p.device)
         paths = []
         try:
             for index, line in enumerate(self.lines):
@@ -55,5 +58,6 @@ class SampleHook:
                                             epoch=epoch, step=None if epoch is not None else step)
                 paths.append(str(save_training_sample(image, dest)))
         finally:
-            p.bundle.vae.to(vae_device)
+            for model, home in zip(models, homes):
+                model.to(home)
         return paths

@@ -19,8 +19,10 @@ from library.errors import ConfigError
 from library.training.attention import install_lean_attention
 from library.training.conv_path import install_small_conv_path
 from library.training.flat_params import FlatGroups, can_flatten
+from library.training.fp8 import store_fp8
 from library.training.memory import keep_freed_memory
 from library.training.optimizers import OptimizerChoice, build_optimizer, resolve_class
+from library.training.placement import offload_after_caching, place_caches
 from library.training.rng import TrainingRNG
 from library.training import schedulers
 
@@ -50,6 +52,7 @@ class RunParts:
     notes: list[str] = field(default_factory=list)
     flat: FlatGroups | None = None  # the optimizer's flat copies of the LoRA parameters, when used
     unet_step: Any = None  # the UNet as the training step calls it (torch.compile'd with --torch_compile)
+    pin_batches: bool = False  # the DataLoader hands out batches in pinned memory (CUDA, caches not on the GPU)
 
     @property
     def trainable_params(self) -> list[torch.nn.Parameter]:
@@ -76,13 +79,30 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
     bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae, use_ema_weights=cfg.use_ema_weights)
     bundle.unet.to(device, dtype=weight_dtype)
     bundle.text_encoder.to(device, dtype=weight_dtype)
+    if cfg.fp8_base:  # frozen Linear/Conv2d weights in float8, before LoRA hosts wrap them
+        store_fp8(bundle.unet.requires_grad_(False))
+        store_fp8(bundle.text_encoder.requires_grad_(False))
     bundle.vae.to(device)
     if cfg.xformers:
         bundle.unet.enable_xformers_memory_efficient_attention()
-    else:
-        install_lean_attention(bundle.unet)
-    install_small_conv_path(bundle.unet)
+    install_device_paths(bundle.unet, device)
+    if cfg.unet_channels_last:
+        bundle.unet.to(memory_format=torch.channels_last)
     return bundle
+
+
+def install_device_paths(unet: torch.nn.Module, device: torch.device) -> None:
+    """The UNet's attention and convolution paths for the training device.
+
+    Attention: the lean processor everywhere (it skips diffusers' per-call signature
+    inspection); its small-head kernel only ever runs on CPU tensors, so on CUDA every call
+    is torch's SDPA, which picks the flash or memory-efficient kernel. Convolutions: the
+    direct small-convolution kernel is a CPU path and is not installed on other devices.
+    Layers with another processor (xformers) keep it.
+    """
+    install_lean_attention(unet)
+    if device.type == "cpu":
+        install_small_conv_path(unet)
 
 
 def build_network(cfg: TrainConfig, bundle: Any, device: torch.device, weight_dtype: torch.dtype) -> Any:
@@ -162,8 +182,9 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     if cfg.gradient_checkpointing:
         enable_checkpointing(bundle, train_te)
     dataset = build_data(cfg, prepared, bundle, seed, train_te)
-    if dataset.latents is not None:
-        bundle.vae.to("cpu")  # only needed again for samples
+    moved = offload_after_caching(bundle, dataset.latents is not None, dataset.text_encoder_outputs is not None,
+                                  cfg.lowram, cfg.lowvram)  # only needed again for samples
+    caches_on_device, cache_note = place_caches(dataset, device, cfg.max_data_loader_n_workers, cfg.lowvram)
     choice, lr_scheduler, names, flat = build_optimizer_and_schedule(cfg, network, prepared.plan.total_steps)
     choice.optimizer = accelerator.prepare(choice.optimizer)
     if cfg.full_fp16:
@@ -172,9 +193,13 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
 
     ac = make_noise_scheduler(bundle).alphas_cumprod.to(device)
     v_pred = cfg.v_parameterization or bundle.facts.prediction_type == "v_prediction"
+    notes = list(choice.notes) + ([cache_note] if cache_note else [])
+    if moved and device.type != "cpu":
+        notes.append(f"after caching, {' and '.join(moved)} moved to RAM (back on the GPU only for samples)")
     return RunParts(cfg, accelerator, device, weight_dtype, bundle, network, prepared, dataset, choice,
-                    lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, list(choice.notes), flat,
-                    compile_unet(bundle.unet, cfg.dynamo_backend) if cfg.torch_compile else bundle.unet)
+                    lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, notes, flat,
+                    compile_unet(bundle.unet, cfg.dynamo_backend) if cfg.torch_compile else bundle.unet,
+                    pin_batches=device.type == "cuda" and not caches_on_device)
 
 
 def check_dynamo_backend(backend: str) -> None:

@@ -20,15 +20,16 @@ class StepMath:
         weighted = cfg.min_snr_gamma or cfg.debiased_estimation_loss
         self.snr = snr_from_alphas(parts.alphas_cumprod) if weighted else None
         self.scaling = float(getattr(parts.bundle.vae.config, "scaling_factor", 0.18215))
+        self.memory_format = torch.channels_last if cfg.unet_channels_last else torch.preserve_format
 
     def latents(self, batch: dict[str, Any]) -> torch.Tensor:
         """Scaled latents of the batch: cached ones, or the VAE's sample drawn from the run's generator."""
         p = self.parts
         if batch.get("latents") is not None:
-            lat = batch["latents"].to(p.device, torch.float32)
+            lat = batch["latents"].to(p.device, torch.float32, non_blocking=True)  # no-op when cached on the GPU
         else:
             with torch.no_grad():
-                pixels = batch["images"].to(p.device, p.bundle.vae.dtype)
+                pixels = batch["images"].to(p.device, p.bundle.vae.dtype, non_blocking=True)
                 lat = p.bundle.vae.encode(pixels).latent_dist.sample(generator=p.rng.noise).float()
         lat = torch.nan_to_num(lat, 0.0)  # sd-scripts replaces NaN latents with zeros
         return lat * self.scaling
@@ -36,9 +37,10 @@ class StepMath:
     def conditioning(self, batch: dict[str, Any]) -> torch.Tensor:
         p = self.parts
         if batch.get("text_encoder_outputs") is not None:
-            return batch["text_encoder_outputs"].to(p.device, p.weight_dtype)
+            return batch["text_encoder_outputs"].to(p.device, p.weight_dtype, non_blocking=True)
         with torch.set_grad_enabled(p.train_text_encoder), p.accelerator.autocast():
-            return encode_tokens(p.bundle.text_encoder, batch["input_ids"].to(p.device), p.config.clip_skip)
+            return encode_tokens(p.bundle.text_encoder, batch["input_ids"].to(p.device, non_blocking=True),
+                                 p.config.clip_skip)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """The step loss (sd-scripts train_network.py): per-sample mean over C,H,W, weighted, batch mean."""
@@ -48,12 +50,14 @@ class StepMath:
         nb = noise_batch(latents, self.noise, p.rng.noise, p.alphas_cumprod)
         with p.accelerator.autocast():
             unet = p.unet_step if p.unet_step is not None else p.bundle.unet
-            pred = unet(nb.noisy_latents.to(p.weight_dtype), nb.timesteps, cond.to(p.weight_dtype)).sample
+            noisy = nb.noisy_latents.to(p.weight_dtype, memory_format=self.memory_format)
+            pred = unet(noisy, nb.timesteps, cond.to(p.weight_dtype)).sample
         target = velocity(latents, nb.noise, nb.timesteps, p.alphas_cumprod) if p.v_prediction else nb.noise
         delta = None
         if cfg.loss_type in ("huber", "smooth_l1"):
             delta = huber_threshold(nb.timesteps, p.alphas_cumprod, cfg.huber_c, cfg.huber_schedule,
                                     int(p.alphas_cumprod.shape[0]))
         per = per_sample_loss(pred, target, cfg.loss_type, delta)
-        return weighted_batch_loss(per, batch["loss_weights"], nb.timesteps, self.snr, cfg.min_snr_gamma,
+        weights = batch["loss_weights"].to(p.device, non_blocking=True)
+        return weighted_batch_loss(per, weights, nb.timesteps, self.snr, cfg.min_snr_gamma,
                                    p.v_prediction, cfg.debiased_estimation_loss)

@@ -32,6 +32,7 @@ from library.training.lock import output_lock
 from library.training.memory import gc_paused
 from library.training.metadata import RunMetadata
 from library.training.optimizers import check_group_lrs
+from library.training.readback import StepReadback, StepRecord
 from library.training.rng import pick_seed
 from library.training.samples import SampleHook
 from library.training.setup import RunParts, build_run
@@ -88,7 +89,11 @@ class Trainer:
         self.files: list[Path] = []
         self.epoch_losses: list[float] = []
         self.nan_steps = 0
-        self.step_times: deque[float] = deque(maxlen=50)
+        self.step_times: deque[float] = deque(maxlen=50)  # wall time between step ends (see _timed)
+        self._last_step_end: float | None = None
+        self.readback = StepReadback(parts.device)
+        self._micro_losses: list[torch.Tensor] = []  # this step's micro-batch losses, still on the device
+        self._micro_refs: list[tuple[int, list[str]]] = []  # (batch index, image paths) of each
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -130,21 +135,30 @@ class Trainer:
         n_batches = distributed.rounds_per_epoch(len(p.dataset), self.world)
         accum = self.cfg.gradient_accumulation_steps
         for i, batch in self._batches(epoch):
-            started = time.perf_counter()
             with gc_paused():
-                loss_value = self._micro_step(batch, accum)
-            self.recorder.add(epoch, i, loss_value if math.isfinite(loss_value) else 0.0)
+                self._micro_step(batch, i, accum)
             self.pos.batch += 1
             if (i + 1) % accum == 0 or i + 1 == n_batches:
                 with gc_paused():
                     self._optimizer_step()
-                self.step_times.append(time.perf_counter() - started)
-                self._after_step(loss_value)
+                self._timed()
+                self._after_step()
                 if distributed.any_process(self.commands.take("stop"), self.world, self.parts.device):
                     return True
                 if self._done():
                     break
         return False
+
+    def _timed(self) -> None:
+        """Record the wall time since the previous step ended, data loading included.
+
+        Without host syncs the host runs ahead of a GPU and the time spent inside one step
+        says little; the interval between step ends is the real rate once the queue is full.
+        """
+        now = time.perf_counter()
+        if self._last_step_end is not None:
+            self.step_times.append(now - self._last_step_end)
+        self._last_step_end = now
 
     def _batches(self, epoch: int) -> Any:
         """(index, batch) pairs from the current position: all batches, or this process's shard."""
@@ -156,7 +170,7 @@ class Trainer:
         from library.data.dataset import make_dataloader
 
         loader = make_dataloader(self.parts.dataset, self.cfg.max_data_loader_n_workers,
-                                 self.cfg.persistent_data_loader_workers)
+                                 self.cfg.persistent_data_loader_workers, self.parts.pin_batches)
         # Starting a DataLoader iterator draws a base seed from torch's global RNG; put it back so
         # the draw depends on nothing and a run resumed mid-epoch sees the same RNG as one never stopped.
         rng_state = torch.get_rng_state()
@@ -164,32 +178,46 @@ class Trainer:
         torch.set_rng_state(rng_state)
         return iterator
 
-    def _micro_step(self, batch: dict[str, Any], accum: int) -> float:
+    def _micro_step(self, batch: dict[str, Any], index: int, accum: int) -> None:
+        """Forward and backward of one batch; its loss stays on the device (no host sync, see readback)."""
         loss = self.math.loss(batch)
-        value = float(loss.detach().item())
-        if not math.isfinite(value):
-            self._non_finite(value, batch)
-            return value
+        self._micro_losses.append(loss.detach())
+        self._micro_refs.append((index, batch.get("image_paths", [])))
         self.parts.accelerator.backward(loss / accum)
-        return value
 
-    def _non_finite(self, value: float, batch: dict[str, Any]) -> None:
-        """Stop on a NaN/inf loss, naming the step and the images; skip_nan_steps tolerates that many."""
+    def _non_finite(self, record: StepRecord, value: float, batch: int, paths: list[str]) -> None:
+        """Stop on a NaN/inf loss, naming the step and the images; skip_nan_steps tolerates that many.
+
+        Seen when the step's values are read back (up to a step late on a GPU); with
+        skip_nan_steps the step's gradients were already zeroed on the device (`_drop_bad_step`).
+        """
         self.nan_steps += 1
-        step = self.pos.global_step + 1
         if self.nan_steps <= self.cfg.skip_nan_steps:
-            self.parts.notes.append(f"step {step}: loss {value}, batch skipped ({self.nan_steps}/{self.cfg.skip_nan_steps})")
+            self.parts.notes.append(f"step {record.step}: loss {value}, batch skipped ({self.nan_steps}/{self.cfg.skip_nan_steps})")
             return
         raise TrainingError(
-            f"the loss became {value} at step {step} (epoch {self.pos.epoch}, batch {self.pos.batch + 1}); training stopped",
-            [f"image: {path}" for path in batch.get("image_paths", [])]
+            f"the loss became {value} at step {record.step} (epoch {record.epoch}, batch {batch + 1}); training stopped",
+            [f"image: {path}" for path in paths]
             + ["lower the learning rate, use mixed_precision bf16 instead of fp16, or check these images",
                "--skip_nan_steps N skips up to N such batches instead of stopping"])
+
+    def _drop_bad_step(self) -> None:
+        """With skip_nan_steps, zero every gradient of a step whose loss is not finite, on the device.
+
+        The host does not know yet (no sync), so the mask is applied unconditionally:
+        `masked_fill_` with a one-element mask clears a whole tensor or leaves it as it is.
+        """
+        bad = ~torch.isfinite(torch.stack(self._micro_losses)).all()
+        for param in self.parts.trainable_params:
+            if param.grad is not None:
+                param.grad.masked_fill_(bad, 0.0)
 
     def _optimizer_step(self) -> None:
         p = self.parts
         if p.flat is not None:
             p.flat.gather()  # clipping and averaging see the flat gradients; step() scatters back
+        if self.cfg.skip_nan_steps:
+            self._drop_bad_step()
         distributed.average_gradients(p.trainable_params, self.world)
         if self.cfg.max_grad_norm:
             p.accelerator.clip_grad_norm_(p.trainable_params, self.cfg.max_grad_norm)
@@ -203,13 +231,14 @@ class Trainer:
         self.pos.global_step += 1
 
     # -- after each step / epoch -------------------------------------------------------------
-    def _after_step(self, loss_value: float) -> None:
+    def _after_step(self) -> None:
         step = self.pos.global_step
         lrs, dvals = self._lrs()
-        logs = {"loss/current": loss_value, "loss/average": self.recorder.moving_average}
-        logs.update(lr_logs(lrs, self.parts.group_names, dvals))
-        self.tb.scalars(logs, step)
-        self.events.on_step(self._step_info(loss_value, lrs, dvals))
+        refs, self._micro_refs = self._micro_refs, []
+        record = StepRecord(step, self.pos.epoch, [i for i, _ in refs], [paths for _, paths in refs], lrs, dvals)
+        self.readback.push(record, self._micro_losses)
+        self._micro_losses = []
+        self._publish(self.readback.ready())
         if saving.should_save_step(step, self.cfg.save_every_n_steps) or self.commands.take("save_now"):
             self._save_numbered(saving.step_file_name(self.cfg.output_name, step, self.ext), "step")
             if self.is_main:
@@ -220,7 +249,26 @@ class Trainer:
         elif self.commands.take("sample_now"):
             self._sample(epoch=None, step=step, force=True)
 
+    def _publish(self, records: list[StepRecord]) -> None:
+        """Read-back steps into the moving average, TensorBoard and the step event, in step order."""
+        for record in records:
+            for value, batch, paths in zip(record.losses, record.batches, record.image_paths):
+                finite = math.isfinite(value)
+                self.recorder.add(record.epoch, batch, value if finite else 0.0)
+                if not finite:
+                    self._non_finite(record, value, batch, paths)
+            loss_value = record.losses[-1]
+            logs = {"loss/current": loss_value, "loss/average": self.recorder.moving_average}
+            logs.update(lr_logs(record.lrs, self.parts.group_names, record.dvals))
+            self.tb.scalars(logs, record.step)
+            self.events.on_step(self._step_info(record))
+
+    def _catch_up(self) -> None:
+        """Wait for every step's values: before saving, sampling or averaging an epoch."""
+        self._publish(self.readback.drain())
+
     def _sample(self, **kwargs: Any) -> None:
+        self._catch_up()
         if self.is_main:
             self.samples.maybe(**kwargs)
 
@@ -230,20 +278,21 @@ class Trainer:
         dvals = [g.get("d") if opt.adaptive else None for g in opt.optimizer.param_groups]
         return lrs, [float(d) if d is not None else None for d in dvals]
 
-    def _step_info(self, loss_value: float, lrs: list[float], dvals: list[float | None]) -> dict[str, Any]:
-        names = self.parts.group_names
+    def _step_info(self, record: StepRecord) -> dict[str, Any]:
+        names, lrs, dvals = self.parts.group_names, record.lrs, record.dvals
         s_per_step = statistics.median(self.step_times) if self.step_times else None
-        remaining = self.plan.total_steps - self.pos.global_step
+        remaining = self.plan.total_steps - record.step
         return {
-            "step": self.pos.global_step, "total_steps": self.plan.total_steps,
-            "epoch": self.pos.epoch, "num_epochs": self.plan.epochs,
-            "loss": loss_value, "avg_loss": self.recorder.moving_average,
+            "step": record.step, "total_steps": self.plan.total_steps,
+            "epoch": record.epoch, "num_epochs": self.plan.epochs,
+            "loss": record.losses[-1], "avg_loss": self.recorder.moving_average,
             "lr": dict(zip(names, lrs)),
             "dlr": {n: d * lr for n, d, lr in zip(names, dvals, lrs) if d is not None} or None,
             "s_per_step": s_per_step, "eta_s": s_per_step * remaining if s_per_step else None,
         }
 
     def _end_epoch(self) -> None:
+        self._catch_up()
         epoch = self.pos.epoch
         avg = self.recorder.moving_average
         self.epoch_losses.append(avg)
@@ -263,6 +312,7 @@ class Trainer:
 
     # -- files ---------------------------------------------------------------------------------
     def _save_numbered(self, name: str, kind: str) -> Path:
+        self._catch_up()  # a NaN step stops the run before its weights are written
         epoch = min(self.pos.epoch, self.plan.epochs)
         path = self._write(self.output_dir / name, kind, epoch)
         if self.cfg.save_state:
@@ -294,6 +344,7 @@ class Trainer:
         self.nan_steps = int(state.get("nan_steps", 0))
 
     def _save_final(self, stopped: bool) -> Path:
+        self._catch_up()
         name = f"{self.cfg.output_name}-interrupted.{self.ext}" if stopped else saving.final_file_name(self.cfg.output_name, self.ext)
         epoch = min(self.pos.epoch, self.plan.epochs) if stopped else self.plan.epochs
         path = self._write(self.output_dir / name, "interrupted" if stopped else "final", epoch)
