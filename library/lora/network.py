@@ -275,7 +275,6 @@ class LoRANetwork(nn.Module):
         return groups
 
     @torch.no_grad()
-    @torch.no_grad()
     def apply_max_norm(self, max_norm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scale down adapters whose delta-weight norm exceeds max_norm (sd-scripts --scale_weight_norms).
 
