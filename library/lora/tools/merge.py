@@ -121,7 +121,10 @@ def merged_metadata(sources: Sequence[LoRASource], dims: set[int], new_rank: int
     """The first LoRA's ss_*/modelspec fields, with the network fields of the merged file."""
     md = {k: v for k, v in sources[0].metadata.items() if k.startswith(("ss_", "modelspec."))}
     md["ss_network_module"] = "networks.lora"
-    md["ss_network_dim"] = str(dims.pop()) if len(dims) == 1 else "Dynamic"
+    if new_rank is not None:  # svd_merge_lora.py writes the requested rank
+        md["ss_network_dim"] = str(new_rank)
+    else:
+        md["ss_network_dim"] = str(dims.pop()) if len(dims) == 1 else "Dynamic"
     md["ss_network_alpha"] = md["ss_network_dim"]
     if new_rank is not None and new_conv_rank is not None:
         md["ss_network_args"] = json.dumps({"conv_dim": str(new_conv_rank), "conv_alpha": str(new_conv_rank)})
