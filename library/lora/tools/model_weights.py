@@ -4,7 +4,7 @@
 built-in name (`tiny`, `tiny-world`), a diffusers folder, or a single-file
 checkpoint in the original LDM layout. It lists every weight as a `WeightEntry`
 (component, diffusers key, LDM key, shape, dtype) from the file headers alone and
-reads a tensor only when asked (`safe_open`), so a merge or an extraction holds
+reads a tensor only when asked (a positioned read at the header's offsets), so a merge or an extraction holds
 one layer at a time, not the model. Pickled `.ckpt`/`.bin` files cannot be read
 lazily; they are loaded whole (code-free, as everywhere in lorasmith).
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors import safe_open
 
-from library.errors import ModelLoadError
+from library.errors import LorasmithError, ModelLoadError
+from library.lora.file import read_header
 from library.lora import keys
 from library.models.architecture import check_ldm_keys
 from library.models.builtin import BUILTIN_MODELS, builtin_names
@@ -45,32 +45,45 @@ class _Store(Protocol):
 
 
 class _SafetensorsStore:
-    """Tensors of one .safetensors file, read on demand."""
+    """Tensors of one .safetensors file, each read on demand with a plain positioned read.
+
+    Not through safe_open's memory map: every page of a mapped file that has been
+    read stays in the process's resident set until the file is closed, so a merge
+    streamed through the map still ends up "holding" the whole input (measured: 1.31x
+    the checkpoint's size vs. well under 1x with positioned reads).
+    """
 
     def __init__(self, path: Path) -> None:
         try:
-            self._fh = safe_open(str(path), framework="pt", device="cpu")
-            self._names = list(self._fh.keys())
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ModelLoadError(f"{path} is not a readable .safetensors file ({exc})",
-                                 ["the file is probably truncated or damaged: download it again"]) from exc
-        self.path = path
+            header = read_header(path)
+        except LorasmithError as exc:
+            raise ModelLoadError(f"{path} is not a readable .safetensors file ({exc.summary})",
+                                 exc.problems + ["the file is probably truncated or damaged: download it again"]) from exc
+        self.path, self._start, self._entries = path, header.data_start, header.entries
 
     def names(self) -> list[str]:
-        return self._names
+        return list(self._entries)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._fh.get_slice(name).get_shape())
+        return tuple(self._entries[name]["shape"])
 
     def dtype(self, name: str) -> torch.dtype:
-        return _ST_DTYPES.get(self._fh.get_slice(name).get_dtype(), torch.float32)
+        dtype = _ST_DTYPES.get(self._entries[name]["dtype"])
+        if dtype is None:
+            raise ModelLoadError(f"{self.path}: {name} has dtype {self._entries[name]['dtype']}, which lorasmith "
+                                 "cannot merge", ["convert the checkpoint to fp16/bf16/fp32 first"])
+        return dtype
 
     def get(self, name: str) -> torch.Tensor:
-        try:
-            return self._fh.get_tensor(name)
-        except Exception as exc:
-            raise ModelLoadError(f"{self.path}: could not read {name} ({exc})",
-                                 ["the file is probably truncated or damaged"]) from exc
+        begin, end = self._entries[name]["data_offsets"]
+        buffer = bytearray(end - begin)
+        with open(self.path, "rb") as fh:
+            fh.seek(self._start + begin)
+            if fh.readinto(buffer) != len(buffer):
+                raise ModelLoadError(f"{self.path}: {name} is cut short (truncated file)", ["download it again"])
+        if not buffer:
+            return torch.empty(self.shape(name), dtype=self.dtype(name))
+        return torch.frombuffer(buffer, dtype=self.dtype(name)).reshape(self.shape(name))
 
 
 class _DictStore:
