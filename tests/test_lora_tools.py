@@ -257,6 +257,23 @@ def test_merge_into_diffusers_folder(files, tmp_path):
     key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     assert torch.allclose(merged.unet.state_dict()[key], base.unet.state_dict()[key], atol=1e-6)
     assert json.loads((out / "lorasmith_tool.json").read_text())["tool"] == "merge"
+    # a diffusers folder and a pickled .ckpt are model sources too
+    ckpt = tmp_path / "base.ckpt"
+    torch.save({"state_dict": safetensors.torch.load_file(str(_single_file_tiny(tmp_path)))}, ckpt)
+    x = tmp_path / "x.safetensors"
+    extract_lora(str(ckpt), str(out), x, ExtractOptions(dim=4, clamp_quantile=1.0))
+    lora, got = _deltas(files / "b.safetensors"), _deltas(x)
+    assert got.keys() == lora.keys()
+    assert max(float((got[n] - d).norm() / d.norm()) for n, d in lora.items()) < 1e-4
+
+
+def _single_file_tiny(folder):
+    """The built-in tiny model written as an LDM single file."""
+    path = folder / "tiny.safetensors"
+    from library.models.saving import save_single_file
+
+    save_single_file(load_model_bundle("tiny"), path)
+    return path
 
 
 def test_merge_refuses_lora_for_another_architecture(files, tmp_path):
@@ -271,7 +288,7 @@ def test_merge_refuses_lora_for_another_architecture(files, tmp_path):
     with pytest.raises(LoRAFileError) as err:
         merge_into_checkpoint("tiny", [LoRAWeight(str(path))], tmp_path / "m.safetensors")
     message = str(err.value)
-    assert "only 0 of 2 LoRA modules match tiny" in message and str(path) in message
+    assert "only 0 of 2 LoRA modules (4 keys) match tiny" in message and str(path) in message
     assert "adaptable layers" in message and not (tmp_path / "m.safetensors").exists()
 
 
@@ -317,8 +334,8 @@ def test_extract_leaves_out_an_unchanged_text_encoder(files, tmp_path):
 
 def test_a_registered_format_works_in_every_tool(files, tmp_path):
     """A made-up algorithm storing the full delta as `diff_test.weight`: registered by suffix, then used."""
-    fmt = delta.DeltaFormat(name="full-diff", marker="diff_test.weight", suffixes=("diff_test.weight",),
-                            required=("diff_test.weight",), delta=lambda p: p["diff_test.weight"].float(),
+    fmt = delta.DeltaFormat(name="full-diff", markers=("diff_test.weight",), suffixes=("diff_test.weight",),
+                            required=("diff_test.weight",), delta=lambda p, shape, base: p["diff_test.weight"].float(),
                             rank=lambda p: min(p["diff_test.weight"].shape[:2]))
     delta.register_delta_format(fmt)
     try:
@@ -338,5 +355,26 @@ def test_a_registered_format_works_in_every_tool(files, tmp_path):
         got = _deltas(resized)[name]
         assert float((got - full).norm()) == pytest.approx(_tail_bound(full, 4), rel=1e-3)
     finally:
-        delta.DELTA_FORMATS.pop(fmt.marker)
+        delta.DELTA_FORMATS.pop(fmt.name)
     assert math.isfinite(float(full.norm()))
+
+
+def test_a_format_that_needs_the_base_weight(tmp_path):
+    """DoRA-like: the change depends on W (here W * (s - 1)); merged into a model it works, resized it is refused."""
+    fmt = delta.DeltaFormat(name="scale-test", markers=("scale_test",), suffixes=("scale_test",),
+                            required=("scale_test",), delta=lambda p, shape, base: base.float() * (float(p["scale_test"]) - 1),
+                            rank=lambda p: 1, needs_base=True)
+    delta.register_delta_format(fmt)
+    try:
+        name = "lora_te_text_model_encoder_layers_0_mlp_fc1"
+        path = tmp_path / "scale.safetensors"
+        safetensors.torch.save_file({f"{name}.scale_test": torch.tensor(1.5)}, str(path))
+        out = tmp_path / "m.safetensors"
+        merge_into_checkpoint("tiny", [LoRAWeight(str(path), 1.0)], out)
+        base = load_model_bundle("tiny").text_encoder.state_dict()["encoder.layers.0.mlp.fc1.weight"]
+        merged = load_model_bundle(str(out)).text_encoder.state_dict()["encoder.layers.0.mlp.fc1.weight"]
+        assert torch.allclose(merged, base * 1.5, atol=1e-6)
+        with pytest.raises(LoRAFileError, match="depends on the base weight"):
+            resize_lora(path, tmp_path / "r.safetensors", ResizeOptions(new_rank=2))
+    finally:
+        delta.DELTA_FORMATS.pop(fmt.name)

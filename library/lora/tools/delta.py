@@ -4,10 +4,10 @@
 with: `parts` maps a key suffix (`lora_down.weight`, `lora_up.weight`, `alpha`...)
 to the tensor the file holds under `<module>.<suffix>`. The algorithm is picked by
 a *marker* suffix only it uses. The plug-in point for other algorithms is
-`register_delta_format`: a LoHa module, for instance, registers marker
-`hada_w1_a` with its suffixes and a `delta` function, and resize, merge and
-extract handle it from then on (merge into a checkpoint and SVD merge exactly;
-resize re-factorises it as a standard LoRA).
+`register_delta_format`: a LoHa module, for instance, registers markers
+`("hada_w1_a",)` with its suffixes and a `delta` function, and resize and merge
+handle it from then on (merge into a checkpoint and SVD merge exactly; resize
+re-factorises it as a standard LoRA; concatenation needs `factors`).
 """
 from __future__ import annotations
 
@@ -23,30 +23,41 @@ from library.lora.module import delta_weight
 Parts = Mapping[str, torch.Tensor]
 # (up as [out, r], down as [r, in*k*k], scale): the delta is scale * up @ down.
 Factors = tuple[torch.Tensor, torch.Tensor, float]
+# delta(parts, weight shape or None, base weight or None) -> float32 delta, alpha scale applied.
+DeltaFn = Callable[[Parts, "tuple[int, ...] | None", "torch.Tensor | None"], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class DeltaFormat:
-    """One algorithm's key layout and its delta formula."""
+    """One algorithm's key layout and its delta formula.
+
+    `markers`: suffixes only this algorithm writes; any of them picks the format.
+    `delta` gets the layer's weight shape when known (formats that store convolutions
+    flat reshape with it) and, for `needs_base` formats (DoRA), the base weight.
+    When several formats match (DoRA's `dora_scale` beside `lora_down`), the highest
+    `priority` wins.
+    """
 
     name: str
-    marker: str  # suffix only this algorithm writes; its presence picks the format
+    markers: tuple[str, ...]
     suffixes: tuple[str, ...]  # every suffix a module of this format may hold (alpha included)
     required: tuple[str, ...]
-    delta: Callable[[Parts], torch.Tensor]  # float32 delta, alpha scale applied, shaped like the layer weight
+    delta: DeltaFn
     rank: Callable[[Parts], int]
     # Optional: the delta as a low-rank product, so SVDs run on r x r cores instead of the full matrix.
     factors: Callable[[Parts], Factors] | None = None
+    needs_base: bool = False
+    priority: int = 0
 
 
 DELTA_FORMATS: dict[str, DeltaFormat] = {}
 
 
 def register_delta_format(fmt: DeltaFormat) -> None:
-    """Make the tools understand modules whose keys carry `fmt.marker`."""
-    if fmt.marker in DELTA_FORMATS:
-        raise ValueError(f"a delta format with marker {fmt.marker!r} is already registered")
-    DELTA_FORMATS[fmt.marker] = fmt
+    """Make the tools understand modules whose keys carry one of `fmt.markers` (the plug-in point)."""
+    if fmt.name in DELTA_FORMATS:
+        raise ValueError(f"a delta format named {fmt.name!r} is already registered")
+    DELTA_FORMATS[fmt.name] = fmt
 
 
 def all_suffixes() -> list[str]:
@@ -77,23 +88,42 @@ def group_keys(names: Iterable[str]) -> tuple[dict[str, dict[str, str]], list[st
 
 
 def format_of(parts: Iterable[str], label: str = "module") -> DeltaFormat:
-    """The registered format whose marker is among `parts`' suffixes."""
+    """The registered format whose marker is among `parts`' suffixes (highest priority on a tie)."""
     present = set(parts)
-    found = [fmt for marker, fmt in DELTA_FORMATS.items() if marker in present]
-    if len(found) != 1:
-        known = ", ".join(f"{f.name} ({f.marker})" for f in DELTA_FORMATS.values())
+    found = [fmt for fmt in DELTA_FORMATS.values() if present & set(fmt.markers)]
+    top = [f for f in found if f.priority == max((g.priority for g in found), default=0)]
+    if len(top) != 1:
+        known = ", ".join(f"{f.name} ({'/'.join(f.markers)})" for f in DELTA_FORMATS.values())
         what = "no" if not found else "several"
         raise LoRAFileError(f"{label}: {what} known LoRA algorithm in keys {sorted(present)}", [f"known: {known}"])
-    fmt = found[0]
+    fmt = top[0]
     missing = [s for s in fmt.required if s not in present]
     if missing:
         raise LoRAFileError(f"{label}: {fmt.name} module lacks {', '.join(missing)}")
     return fmt
 
 
-def module_delta(parts: Parts, label: str = "module") -> torch.Tensor:
-    """The float32 weight change of one module (alpha / rank applied, multiplier 1)."""
-    return format_of(parts, label).delta(parts)
+def module_delta(parts: Parts, label: str = "module", *, shape: tuple[int, ...] | None = None,
+                 base_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The float32 weight change of one module (alpha / rank applied, multiplier 1).
+
+    The one function every tool computes a module's change with. `shape` is the
+    layer's weight shape when known; `base_weight` is needed by formats whose change
+    depends on the weight (DoRA) and refused-for-want-of otherwise.
+    """
+    fmt = format_of(parts, label)
+    if fmt.needs_base and base_weight is None:
+        raise LoRAFileError(f"{label}: a {fmt.name} module's change depends on the base weight",
+                            ["merge it into a checkpoint (lorasmith lora merge --pretrained_model_name_or_path ...)"])
+    out = fmt.delta(parts, shape, base_weight)
+    return out.reshape(shape) if shape is not None and out.numel() == _numel(shape) else out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def module_rank(parts: Parts, label: str = "module") -> int:
@@ -115,7 +145,7 @@ def lora_scale(parts: Parts) -> float:
     return keys.effective_alpha(None if alpha is None else float(alpha), rank) / rank
 
 
-def _lora_delta(parts: Parts) -> torch.Tensor:
+def _lora_delta(parts: Parts, shape: tuple[int, ...] | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
     return delta_weight(parts[keys.UP], parts[keys.DOWN], lora_scale(parts))
 
 
@@ -126,7 +156,7 @@ def _lora_factors(parts: Parts) -> Factors:
 
 STANDARD_LORA = DeltaFormat(
     name="LoRA",
-    marker=keys.DOWN,
+    markers=(keys.DOWN,),
     suffixes=(keys.DOWN, keys.UP, keys.ALPHA),
     required=(keys.DOWN, keys.UP),
     delta=_lora_delta,

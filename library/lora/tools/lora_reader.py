@@ -42,7 +42,10 @@ class LoRASource:
         loaded = load_lora(self.path)  # raises a LoRAFileError naming unplaced keys
         self.metadata = dict(loaded.metadata)
         self._tensors = loaded.tensors
-        self._keys = delta.group_keys(loaded.tensors)[0]
+        self._keys, other = delta.group_keys(loaded.tensors)
+        if other:  # never drop tensors silently (a DoRA magnitude would change the result)
+            raise LoRAFileError(f"{self.label}: the toolbox has no formula for {len(other)} of its tensors",
+                                other[:10] + ["known: " + ", ".join(delta.DELTA_FORMATS)])
 
     @property
     def label(self) -> str:

@@ -40,11 +40,13 @@ def _core_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape[:2] if len(shape) == 4 and shape[2:] == (1, 1) else shape
 
 
-def delta_shape(parts: dict[str, torch.Tensor], label: str) -> tuple[int, ...]:
+def delta_shape(parts: dict[str, torch.Tensor], label: str, entry: WeightEntry, weights: ModelWeights
+                ) -> tuple[int, ...]:
     """The shape of a module's delta, from the factor shapes when the format has factors."""
     if delta.module_factors(parts, label) is not None:
         return (int(parts[keys.UP].shape[0]), *parts[keys.DOWN].shape[1:])
-    return tuple(delta.module_delta(parts, label).shape)
+    base = weights.get(entry) if delta.format_of(parts, label).needs_base else None
+    return tuple(delta.module_delta(parts, label, shape=entry.shape, base_weight=base).shape)
 
 
 def match_lora(lora: LoRASource, weights: ModelWeights) -> dict[str, WeightEntry]:
@@ -56,15 +58,15 @@ def match_lora(lora: LoRASource, weights: ModelWeights) -> dict[str, WeightEntry
         if entry is None:
             problems.append(f"{name}: no such layer in the base model")
             continue
-        shape = delta_shape(lora.parts(name), f"{lora.label}: {name}")
+        shape = delta_shape(lora.parts(name), f"{lora.label}: {name}", entry, weights)
         if _core_shape(shape) != _core_shape(entry.shape):
             problems.append(f"{name}: LoRA delta {list(shape)}, base layer {list(entry.shape)}")
             continue
         matched[name] = entry
     if problems:
-        total = len(lora.modules())
+        total, n_keys = len(lora.modules()), sum(len(lora.suffixes(n)) for n in lora.modules())
         raise LoRAFileError(
-            f"{lora.label}: only {len(matched)} of {total} LoRA modules match {weights.label} "
+            f"{lora.label}: only {len(matched)} of {total} LoRA modules ({n_keys} keys) match {weights.label} "
             f"({weights.family}, {len(layers)} adaptable layers); the LoRA was made for another architecture",
             problems[:_SHOWN] + ([f"... and {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else []))
     return matched
@@ -94,9 +96,10 @@ class _Merger:
     def touches(self, entry: WeightEntry) -> bool:
         return entry.key + "@" + entry.component in self.by_layer
 
-    def deltas(self, entry: WeightEntry) -> list[torch.Tensor]:
+    def deltas(self, entry: WeightEntry, base: torch.Tensor) -> list[torch.Tensor]:
         found = self.by_layer.get(entry.key + "@" + entry.component, [])
-        return [delta.module_delta(self.sources[i].parts(name), name) * self.loras[i].weight for i, name in found]
+        return [delta.module_delta(self.sources[i].parts(name), name, shape=entry.shape, base_weight=base)
+                * self.loras[i].weight for i, name in found]
 
 
 def output_kind(out: Path, save_as: str | None) -> str:
@@ -141,7 +144,7 @@ def _write_single_file(weights: ModelWeights, merger: _Merger, out: Path, dtype:
             return position_ids(weights)
         entry = by_ldm[name]
         tensor = weights.get(entry)
-        deltas = merger.deltas(entry)
+        deltas = merger.deltas(entry, tensor)
         if deltas:
             tensor = merged_weight(tensor, deltas, entry.lora_name or entry.key)
         return to_ldm_tensor(name, tensor)
@@ -163,7 +166,7 @@ def _write_diffusers(base: str, weights: ModelWeights, merger: _Merger, out: Pat
     targets = [e for e in weights.entries if merger.touches(e)]
     for i, entry in enumerate(targets):
         param = states[entry.component][entry.key]
-        param.copy_(merged_weight(param, merger.deltas(entry), entry.lora_name or entry.key))
+        param.copy_(merged_weight(param, merger.deltas(entry, param), entry.lora_name or entry.key))
         if progress is not None:
             progress(i + 1, len(targets), entry.key)
     return save_diffusers(bundle, out, dtype or weights.stored_dtype)
