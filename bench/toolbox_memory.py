@@ -69,7 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    base, lora, out = work / "sd15_random.safetensors", work / f"locon_r{args.rank}.safetensors", work / "merged.safetensors"
+    base, out = work / "sd15_random.safetensors", work / "merged.safetensors"
+    lora = work / f"locon_r{args.rank}.safetensors"
     if not base.exists():
         write_random_sd15(base)
     if not lora.exists():
@@ -80,8 +81,9 @@ def main() -> None:
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     size = base.stat().st_size
-    print(json.dumps({"checkpoint_bytes": size, "lora_bytes": lora.stat().st_size, "merge_seconds": round(time.time() - start, 1),
-                      "peak_rss_bytes": peak, "peak_rss_over_checkpoint": round(peak / size, 3)}))
+    print(json.dumps({"checkpoint_bytes": size, "lora_bytes": lora.stat().st_size,
+                      "merge_seconds": round(time.time() - start, 1), "peak_rss_bytes": peak,
+                      "peak_rss_over_checkpoint": round(peak / size, 3)}))
 
 
 if __name__ == "__main__":

@@ -153,11 +153,16 @@ class UtilitiesTab:
             return "**Error:** " + str(exc).replace("\n", "  \n")
 
     @staticmethod
+    def _rank(label: str, value: int, elem_id: str, minimum: int = 0) -> gr.Number:
+        return gr.Number(label=label, value=value, precision=0, minimum=minimum, elem_id=elem_id)
+
+    @staticmethod
     def _common(f: dict, prefix: str) -> None:
         with gr.Row():
             f["save_precision"] = gr.Dropdown(list(PRECISIONS), value=None, label="Save precision (empty: default)",
                                               elem_id=f"{prefix}-precision")
-            f["overwrite"] = gr.Checkbox(label="Overwrite an existing output", value=False, elem_id=f"{prefix}-overwrite")
+            f["overwrite"] = gr.Checkbox(label="Overwrite an existing output", value=False,
+                                         elem_id=f"{prefix}-overwrite")
 
     def _resize_form(self) -> dict:
         f: dict = {}
@@ -165,9 +170,8 @@ class UtilitiesTab:
             f["input"] = gr.Textbox(label="LoRA to resize", elem_id="resize-input")
             f["output"] = gr.Textbox(label="Output LoRA (.safetensors)", elem_id="resize-output")
         with gr.Row():
-            f["new_rank"] = gr.Number(label="New rank", value=4, precision=0, minimum=1, elem_id="resize-rank")
-            f["new_conv_rank"] = gr.Number(label="New conv rank (0: same)", value=0, precision=0, minimum=0,
-                                           elem_id="resize-conv-rank")
+            f["new_rank"] = self._rank("New rank", 4, "resize-rank", minimum=1)
+            f["new_conv_rank"] = self._rank("New conv rank (0: same)", 0, "resize-conv-rank")
             f["dynamic_method"] = gr.Dropdown(list(DYNAMIC), value=DYNAMIC[0], label="Dynamic method",
                                               elem_id="resize-dynamic")
             f["dynamic_param"] = gr.Number(label="Dynamic parameter", value=0.9, elem_id="resize-dynamic-param")
@@ -181,10 +185,8 @@ class UtilitiesTab:
             f["base"] = gr.Textbox(label="Base model to merge into (empty: merge into one LoRA)", elem_id="merge-base")
             f["output"] = gr.Textbox(label="Output (.safetensors, or a folder for diffusers)", elem_id="merge-output")
         with gr.Row():
-            f["new_rank"] = gr.Number(label="LoRA merge: new rank (0: concatenate, exact)", value=0, precision=0,
-                                      minimum=0, elem_id="merge-rank")
-            f["new_conv_rank"] = gr.Number(label="LoRA merge: new conv rank (0: same)", value=0, precision=0,
-                                           minimum=0, elem_id="merge-conv-rank")
+            f["new_rank"] = self._rank("LoRA merge: new rank (0: concatenate, exact)", 0, "merge-rank")
+            f["new_conv_rank"] = self._rank("LoRA merge: new conv rank (0: same)", 0, "merge-conv-rank")
         self._common(f, "merge")
         return f
 
@@ -195,9 +197,8 @@ class UtilitiesTab:
             f["tuned"] = gr.Textbox(label="Fine-tuned / DreamBooth model", elem_id="extract-tuned")
             f["output"] = gr.Textbox(label="Output LoRA (.safetensors)", elem_id="extract-output")
         with gr.Row():
-            f["dim"] = gr.Number(label="Rank (dim)", value=4, precision=0, minimum=1, elem_id="extract-dim")
-            f["conv_dim"] = gr.Number(label="Conv rank (0: no conv modules)", value=0, precision=0, minimum=0,
-                                      elem_id="extract-conv-dim")
+            f["dim"] = self._rank("Rank (dim)", 4, "extract-dim", minimum=1)
+            f["conv_dim"] = self._rank("Conv rank (0: no conv modules)", 0, "extract-conv-dim")
             f["clamp_quantile"] = gr.Number(label="Clamp quantile (1: none)", value=0.99, minimum=0.01, maximum=1,
                                             elem_id="extract-clamp")
             f["min_diff"] = gr.Number(label="Min. text-encoder difference", value=0.01, minimum=0,

@@ -78,7 +78,8 @@ def test_resized_module_is_the_best_rank_k_approximation(down_shape, up_shape):
     best = (u[:, :k] * s[:k]) @ vh[:k]
     got = svd.as_matrix(delta.module_delta(new)).double()
     assert torch.allclose(got, best, atol=1e-5 * float(s[0]))
-    assert float((got - svd.as_matrix(old).double()).norm()) == pytest.approx(_tail_bound(svd.as_matrix(old), k), rel=1e-4)
+    error = float((got - svd.as_matrix(old).double()).norm())
+    assert error == pytest.approx(_tail_bound(svd.as_matrix(old), k), rel=1e-4)
     assert info.fro_retained == pytest.approx(float(s[:k].norm() / s.norm()), rel=1e-5)
 
 
@@ -106,8 +107,8 @@ def test_choose_rank_follows_sd_scripts_rank_resize():
 def test_streaming_writer_round_trip(tmp_path):
     tensors = {"w": torch.randn(3, 4), "h": torch.randn(5).half(), "b": torch.tensor(2.0).bfloat16(),
                "i": torch.arange(7), "e": torch.zeros(0)}
-    path = write_safetensors_streaming(tmp_path / "s.safetensors", [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()],
-                                       tensors.__getitem__, {"note": "x"})
+    specs = [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
+    path = write_safetensors_streaming(tmp_path / "s.safetensors", specs, tensors.__getitem__, {"note": "x"})
     back = safetensors.torch.load_file(str(path))
     assert all(torch.equal(back[k], v) for k, v in tensors.items())
     assert read_header(path).metadata == {"note": "x"}
@@ -142,7 +143,8 @@ def test_resize_cli_writes_best_approximation_with_metadata(files, tmp_path, cap
             bound = _tail_bound(svd.as_matrix(old[name]), k)
             assert err <= bound * 1.01 + 2e-3 * float(old[name].norm())  # fp16 storage rounding on top
     md = read_header(out).metadata
-    assert md["ss_network_dim"] == "4" and md["ss_training_comment"].startswith("dimension is resized from 8 to 4 (conv: 2)")
+    assert md["ss_network_dim"] == "4"
+    assert md["ss_training_comment"].startswith("dimension is resized from 8 to 4 (conv: 2)")
     assert md["ss_output_name"] == "lora1"  # the input's ss_* fields are kept
     record = json.loads(md[PROVENANCE_KEY])
     assert record["tool"] == "resize" and record["inputs"]["lora"]["sha256"] == file_sha256(files / "a.safetensors")
@@ -362,8 +364,8 @@ def test_a_registered_format_works_in_every_tool(files, tmp_path):
 def test_a_format_that_needs_the_base_weight(tmp_path):
     """DoRA-like: the change depends on W (here W * (s - 1)); merged into a model it works, resized it is refused."""
     fmt = delta.DeltaFormat(name="scale-test", markers=("scale_test",), suffixes=("scale_test",),
-                            required=("scale_test",), delta=lambda p, shape, base: base.float() * (float(p["scale_test"]) - 1),
-                            rank=lambda p: 1, needs_base=True)
+                            required=("scale_test",), rank=lambda p: 1, needs_base=True,
+                            delta=lambda p, shape, base: base.float() * (float(p["scale_test"]) - 1))
     delta.register_delta_format(fmt)
     try:
         name = "lora_te_text_model_encoder_layers_0_mlp_fc1"

@@ -67,7 +67,8 @@ def _register_merge(sub: argparse._SubParsersAction) -> None:
                        description="With --pretrained_model_name_or_path: merge the LoRAs into that model "
                        "(OUT.safetensors single file in the LDM layout, or a diffusers folder). Without it: "
                        "merge the LoRAs into one LoRA, by concatenating ranks (exact) or, with --new_rank, by SVD.")
-    add_config_arguments(p, ("pretrained_model_name_or_path",), defaults=config_defaults(("pretrained_model_name_or_path",)))
+    base_flag = ("pretrained_model_name_or_path",)
+    add_config_arguments(p, base_flag, defaults=config_defaults(base_flag))
     p.add_argument("--lora", action="append", required=True, metavar="FILE[:WEIGHT]",
                    help="a LoRA and its weight (default 1.0); repeat for several")
     p.add_argument("-o", "--output", "--save_to", dest="output", required=True, metavar="OUT",
@@ -75,7 +76,8 @@ def _register_merge(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save_as", choices=("safetensors", "diffusers"), default=None,
                    help="checkpoint output format (default: from OUT's name)")
     p.add_argument("--new_rank", type=int, default=None, help="LoRA merge: SVD-merge to this rank")
-    p.add_argument("--new_conv_rank", type=int, default=None, help="LoRA merge: rank for 3x3 convs (default --new_rank)")
+    p.add_argument("--new_conv_rank", type=int, default=None,
+                   help="LoRA merge: rank for 3x3 convs (default --new_rank)")
     p.add_argument("--clamp_quantile", type=float, default=0.99,
                    help="SVD merge: clamp factors at this quantile (1 = no clamping)")
     _common(p)

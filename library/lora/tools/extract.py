@@ -27,7 +27,7 @@ from library.lora.targets import find_targets
 from library.lora.tools import svd
 from library.lora.tools.lora_reader import is_conv3x3
 from library.lora.tools.model_weights import ModelWeights, WeightEntry, open_model
-from library.lora.tools.output import Progress, check_output, provenance
+from library.lora.tools.output import Progress, check_output, provenance, rank_problems
 from library.models.configs import load_family_configs
 from library.models.modules import build_component
 
@@ -43,11 +43,7 @@ class ExtractOptions:
     no_metadata: bool = False
 
     def check(self) -> None:
-        problems = []
-        if self.dim < 1:
-            problems.append(f"--dim {self.dim}: give a rank of 1 or more")
-        if self.conv_dim is not None and self.conv_dim < 1:
-            problems.append(f"--conv_dim {self.conv_dim}: give a rank of 1 or more (or leave it out)")
+        problems = rank_problems(dim=self.dim, conv_dim=self.conv_dim)
         if not 0 < self.clamp_quantile <= 1:
             problems.append(f"--clamp_quantile {self.clamp_quantile}: give a number in (0, 1] (1 = no clamping)")
         if self.min_diff < 0:
@@ -124,7 +120,8 @@ def extract_lora(base: str, tuned: str, out: str | os.PathLike[str], opts: Extra
     opts.check()
     out_path = check_output(out, [base, tuned], overwrite=overwrite, error=LoRAFileError)
     if out_path.suffix.lower() != ".safetensors":
-        raise LoRAFileError(f"{out_path}: LoRA files are written as .safetensors", ["choose a name ending in .safetensors"])
+        raise LoRAFileError(f"{out_path}: LoRA files are written as .safetensors",
+                            ["choose a name ending in .safetensors"])
     base_w, tuned_w = open_model(base), open_model(tuned)
     _check_same_architecture(base_w, tuned_w)
     tuned_entries = {(e.component, e.key): e for e in tuned_w.entries}

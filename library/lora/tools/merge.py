@@ -27,7 +27,7 @@ from library.lora import keys
 from library.lora.file import resolve_dtype, save_lora
 from library.lora.tools import delta, svd
 from library.lora.tools.lora_reader import LoRASource, is_conv3x3
-from library.lora.tools.output import Progress, check_output, provenance
+from library.lora.tools.output import Progress, check_output, provenance, rank_problems
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,9 @@ def merge_loras(loras: Sequence[LoRAWeight], out: str | os.PathLike[str], *, new
     """Merge LoRAs into one file: concatenation (exact) without new_rank, SVD merge with it."""
     if len(loras) < 1:
         raise LoRAFileError("no LoRA to merge", ["give --lora FILE[:WEIGHT] at least once"])
-    if new_rank is not None and new_rank < 1:
-        raise LoRAFileError(f"--new_rank {new_rank}: give a rank of 1 or more")
+    problems = rank_problems(new_rank=new_rank, new_conv_rank=new_conv_rank)
+    if problems:
+        raise LoRAFileError("merge options are not usable", problems)
     out_path = check_output(out, [lo.path for lo in loras], overwrite=overwrite, error=LoRAFileError)
     conv_rank = new_conv_rank if new_conv_rank is not None else new_rank
     tensors: dict[str, torch.Tensor] = {}

@@ -58,7 +58,8 @@ class _SafetensorsStore:
             header = read_header(path)
         except LorasmithError as exc:
             raise ModelLoadError(f"{path} is not a readable .safetensors file ({exc.summary})",
-                                 exc.problems + ["the file is probably truncated or damaged: download it again"]) from exc
+                                 [*exc.problems, "the file is probably truncated or damaged: download it again"]
+                                 ) from exc
         self.path, self._start, self._entries = path, header.data_start, header.entries
 
     def names(self) -> list[str]:

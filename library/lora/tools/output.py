@@ -32,6 +32,12 @@ _ST_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", t
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
 
+def rank_problems(**ranks: int | None) -> list[str]:
+    """One line per rank option below 1 (None means 'not given' and is fine)."""
+    return [f"--{flag} {value}: give a rank of 1 or more" for flag, value in ranks.items()
+            if value is not None and value < 1]
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)

@@ -24,7 +24,7 @@ from library.lora import keys
 from library.lora.file import resolve_dtype, save_lora
 from library.lora.tools import delta, svd
 from library.lora.tools.lora_reader import LoRASource, is_conv3x3
-from library.lora.tools.output import Progress, check_output, provenance
+from library.lora.tools.output import Progress, check_output, provenance, rank_problems
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,7 @@ class ResizeOptions:
     verbose: bool = False
 
     def check(self) -> None:
-        problems = []
-        if self.new_rank < 1:
-            problems.append(f"--new_rank {self.new_rank}: give a rank of 1 or more")
-        if self.new_conv_rank is not None and self.new_conv_rank < 1:
-            problems.append(f"--new_conv_rank {self.new_conv_rank}: give a rank of 1 or more")
+        problems = rank_problems(new_rank=self.new_rank, new_conv_rank=self.new_conv_rank)
         if self.dynamic_method is not None and self.dynamic_method not in svd.DYNAMIC_METHODS:
             problems.append(f"--dynamic_method {self.dynamic_method!r}: use one of {', '.join(svd.DYNAMIC_METHODS)}")
         if self.dynamic_method and self.dynamic_param is None:
