@@ -319,6 +319,20 @@ def test_extract_recovers_merged_lora_to_the_svd_bound(files, tmp_path):
     assert json.loads(md[PROVENANCE_KEY])["inputs"]["tuned"]["sha256"] == file_sha256(tuned)
 
 
+def test_extract_refuses_models_of_different_architectures():
+    from types import SimpleNamespace
+
+    from library.errors import ModelLoadError
+    from library.lora.tools.extract import _check_same_architecture
+    from library.lora.tools.model_weights import open_model
+
+    tiny = open_model("tiny")
+    other = SimpleNamespace(label="sd15.safetensors", family="sd15", entries=[None] * 1130)
+    with pytest.raises(ModelLoadError, match=r"base tiny and tuned sd15.safetensors are different architectures "
+                                             r"\(tiny with 896 tensors, sd15 with 1130\)"):
+        _check_same_architecture(tiny, other)
+
+
 def test_extract_leaves_out_an_unchanged_text_encoder(files, tmp_path):
     unet_only = tmp_path / "unet_only.safetensors"
     tensors = safetensors.torch.load_file(str(files / "b.safetensors"))

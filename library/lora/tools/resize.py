@@ -5,7 +5,9 @@ up @ down is truncated to its best rank-k approximation (Eckart & Young 1936),
 up = U_k diag(S_k), down = Vh_k, and alpha = (old alpha / old rank) * k, so the
 scale of the delta is unchanged. `--dynamic_method sv_ratio | sv_fro |
 sv_cumulative` with `--dynamic_param` picks k per module (at most --new_rank);
-`--new_conv_rank` applies to k x k (k > 1) convolutions. Every module's retained
+`--new_conv_rank` applies to k x k (k > 1) convolutions, as its sd-scripts help text
+says and as ranks are given in training (sd-scripts' code applies it to every 4-D
+module, 1x1 projections included; the two differ only when both ranks are given). Every module's retained
 Frobenius fraction ||A_k||_F / ||A||_F is reported. A module with more singular
 directions than its old rank cannot gain any: k never exceeds the old rank.
 Modules of another registered algorithm (LoHa, LoKr...) are re-factorised from
