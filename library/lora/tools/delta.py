@@ -18,6 +18,7 @@ import torch
 
 from library.errors import LoRAFileError
 from library.lora import keys
+from library.lora.file import structure_problems
 from library.lora.module import delta_weight
 
 Parts = Mapping[str, torch.Tensor]
@@ -48,6 +49,8 @@ class DeltaFormat:
     factors: Callable[[Parts], Factors] | None = None
     needs_base: bool = False
     priority: int = 0
+    # Optional: one line per problem with a module's tensors (pairing, shapes, NaN); default: finiteness only.
+    problems: Callable[[str, Parts], list[str]] | None = None
 
 
 DELTA_FORMATS: dict[str, DeltaFormat] = {}
@@ -162,5 +165,6 @@ STANDARD_LORA = DeltaFormat(
     delta=_lora_delta,
     rank=lambda parts: int(parts[keys.DOWN].shape[0]),
     factors=_lora_factors,
+    problems=lambda name, parts: structure_problems({f"{name}.{s}": t for s, t in parts.items()}),
 )
 register_delta_format(STANDARD_LORA)

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from library.errors import LoRAFileError
-from library.lora.file import read_header, structure_problems
+from library.lora.file import read_header
 from library.lora.loading import load_lora
 from library.lora.tools import delta
 
@@ -74,8 +74,8 @@ class LoRASource:
 
     def _check(self, name: str, parts: dict[str, torch.Tensor]) -> None:
         fmt = delta.format_of(parts, f"{self.label}: {name}")
-        if fmt is delta.STANDARD_LORA:
-            problems = structure_problems({f"{name}.{s}": t for s, t in parts.items()})
+        if fmt.problems is not None:
+            problems = fmt.problems(name, parts)
         else:
             bad = [s for s, t in parts.items() if t.is_floating_point() and not torch.isfinite(t).all()]
             problems = [f"{name}: non-finite values (NaN/inf) in {', '.join(sorted(bad))}"] if bad else []

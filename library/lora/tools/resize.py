@@ -99,7 +99,8 @@ def resize_module(name: str, parts: dict[str, torch.Tensor], opts: ResizeOptions
     u, s, vh, scale, shape, old_rank = _spectrum(parts, name, opts.device)
     max_rank = (opts.new_conv_rank or opts.new_rank) if is_conv3x3(shape) else opts.new_rank
     full_length = min(shape[0], int(torch.tensor(shape[1:]).prod()))
-    rank = svd.choose_rank(s, min(max_rank, old_rank), opts.dynamic_method, opts.dynamic_param, full_length)
+    cap = min(max_rank, old_rank or full_length)  # 0: the format has no rank (LoKr full matrix)
+    rank = svd.choose_rank(s, cap, opts.dynamic_method, opts.dynamic_param, full_length)
     up, down = svd.truncate(u, s, vh, rank)
     new_alpha = float(scale * rank)
     if len(shape) == 4:
