@@ -94,7 +94,7 @@ def run_resize(request: dict[str, Any], progress: Callable | None = None) -> str
     from library.lora.tools.resize import resize_lora
 
     report = resize_lora(**request, progress=progress)
-    return f"Wrote `{request['out']}`: {len(report.modules)} modules, {report.lines()[-1]}."
+    return f"Wrote `{request['out']}`. {report.lines()[-1].capitalize()}."
 
 
 def run_merge(request: dict[str, Any], progress: Callable | None = None) -> str:
