@@ -94,7 +94,8 @@ def run_resize(request: dict[str, Any], progress: Callable | None = None) -> str
     from library.lora.tools.resize import resize_lora
 
     report = resize_lora(**request, progress=progress)
-    return f"Wrote `{request['out']}`. {report.lines()[-1].capitalize()}."
+    summary = report.lines()[-1]
+    return f"Wrote `{request['out']}`. {summary[:1].upper()}{summary[1:]}."
 
 
 def run_merge(request: dict[str, Any], progress: Callable | None = None) -> str:

@@ -53,7 +53,7 @@ def test_tab_runs_the_tools_with_progress_and_reports_errors(lora_file):
         seen = []
         message = tab.run_form("resize", {"input": str(lora_file), "output": "r2.safetensors", "new_rank": 2},
                                resize_request, run_resize, lambda frac, desc: seen.append((frac, desc)))
-        assert message.startswith("Wrote") and "average Frobenius retention" in message
+        assert message.startswith("Wrote") and "Average Frobenius retention" in message
         assert seen[-1][0] == 1.0 and seen[-1][1].startswith("resize: lora_")
         assert read_header(lora_file.parent / "r2.safetensors").metadata["ss_network_dim"] == "2"
         again = tab.run_form("resize", {"input": str(lora_file), "output": "r2.safetensors", "new_rank": 2},
