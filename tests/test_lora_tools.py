@@ -130,7 +130,8 @@ def test_resize_cli_writes_best_approximation_with_metadata(files, tmp_path, cap
     assert main(["lora", "resize", str(files / "a.safetensors"), str(out), "--new_rank", "4",
                  "--new_conv_rank", "2", "--save_precision", "fp16", "--verbose"]) == 0
     printed = capsys.readouterr().out
-    assert "fro retained" in printed and "average Frobenius retention" in printed
+    assert "fro retained" in printed and "sum(S) retained" in printed and "average Frobenius retention" in printed
+    assert len([ln for ln in printed.splitlines() if "fro retained" in ln]) == len(_deltas(files / "a.safetensors"))
     old, new = _deltas(files / "a.safetensors"), _deltas(out)
     assert old.keys() == new.keys()
     with LoRASource(out) as src:

@@ -57,7 +57,8 @@ def _register_resize(sub: argparse._SubParsersAction) -> None:
                    help="pick each module's rank from its singular values")
     p.add_argument("--dynamic_param", type=float, default=None,
                    help="sv_ratio: max S[0]/S[k]; sv_fro, sv_cumulative: fraction to keep (e.g. 0.9)")
-    p.add_argument("--verbose", action="store_true", help="print every module's retained energy")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print each module's sum(S) retained and max(S) ratio (sd-scripts' columns)")
     _common(p)
     p.set_defaults(func=_resize)
 
@@ -108,8 +109,7 @@ def _resize(args: argparse.Namespace) -> int:
                          args.save_precision, args.device, args.verbose)
     report = resize_lora(args.input, args.output, opts, overwrite=args.overwrite, progress=_progress("resizing"),
                          command=sys.argv)
-    lines = report.lines()
-    print("\n".join(lines if args.verbose else lines[-1:]))
+    print("\n".join(report.lines(verbose=args.verbose)))
     print(f"wrote {args.output}")
     return 0
 

@@ -121,10 +121,11 @@ def merge_into_checkpoint(base: str, loras: Sequence[LoRAWeight], out: str | os.
     kind = output_kind(out_path, save_as)
     dtype = resolve_dtype(save_precision)
     options = {"save_precision": save_precision, "save_as": kind, "weights": [lo.weight for lo in loras]}
-    meta = provenance("merge", {"base": base, "loras": [lo.path for lo in loras]}, options, command)
     with ExitStack() as stack, torch.no_grad():
         weights = open_model(base)
         merger = _Merger([stack.enter_context(LoRASource(lo.path)) for lo in loras], loras, weights)
+        # hashed only once the inputs are known to fit (hashing a 2 GB base takes a while)
+        meta = provenance("merge", {"base": base, "loras": [lo.path for lo in loras]}, options, command)
         if kind == "safetensors":
             return _write_single_file(weights, merger, out_path, dtype, meta, progress)
         folder = _write_diffusers(base, weights, merger, out_path, dtype, progress)

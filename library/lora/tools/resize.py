@@ -71,10 +71,12 @@ class ResizeReport:
     def mean_fro_retained(self) -> float:
         return sum(m.fro_retained for m in self.modules) / max(1, len(self.modules))
 
-    def lines(self) -> list[str]:
+    def lines(self, verbose: bool = True) -> list[str]:
+        """One line per module (retained Frobenius fraction; verbose adds sd-scripts' other columns), then the mean."""
         out = [f"{m.name:<75} | rank {m.old_rank} -> {m.new_rank}, alpha {m.new_alpha:g}, "
-               f"fro retained {m.fro_retained:.1%}, sum(S) retained {m.sum_retained:.1%}, "
-               f"max(S) ratio {m.max_ratio:0.1f}" for m in self.modules]
+               f"fro retained {m.fro_retained:.1%}"
+               + (f", sum(S) retained {m.sum_retained:.1%}, max(S) ratio {m.max_ratio:0.1f}" if verbose else "")
+               for m in self.modules]
         out.append(f"average Frobenius retention: {self.mean_fro_retained:.2%} over {len(self.modules)} modules")
         return out
 
