@@ -1,4 +1,4 @@
-"""Dataset, Regularization and Evaluate tabs, each shown when the module it drives is installed."""
+"""Dataset, Regularization, Evaluate and Utilities tabs, each shown when the module it drives is installed."""
 from __future__ import annotations
 
 import importlib.util
@@ -29,3 +29,8 @@ def build_tool_tabs(ctx, training) -> None:
 
         with gr.Tab("Evaluate", id="evaluate"):
             EvaluateTab(ctx, training)
+    if _have("library.lora.tools.resize"):
+        from gui.utilities_tab import UtilitiesTab
+
+        with gr.Tab("Utilities", id="utilities"):
+            UtilitiesTab(ctx)

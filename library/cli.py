@@ -23,6 +23,7 @@ _LIBRARY_COMMAND_MODULES = (
     "library.config_cli",
     "library.models.cli",
     "library.lora.cli",
+    "library.lora.tools.cli",
     "library.sampling.cli",
     "library.evaluation.cli",
 )

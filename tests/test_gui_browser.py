@@ -321,6 +321,29 @@ def test_evaluate_makes_a_2x2_grid(page, workspace):
     _shot(page, "11-grid")
 
 
+def test_utilities_resize_writes_a_lora(page, workspace):
+    import safetensors.torch
+    import torch
+
+    torch.manual_seed(0)
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    tensors = {f"{name}.lora_down.weight": torch.randn(8, 32), f"{name}.lora_up.weight": torch.randn(32, 8),
+               f"{name}.alpha": torch.tensor(4.0)}
+    safetensors.torch.save_file(tensors, str(workspace / "r8.safetensors"))
+    _tab(page, "Utilities")
+    _tab(page, "Resize")
+    page.locator("#resize-input textarea").fill(str(workspace / "r8.safetensors"))
+    page.locator("#resize-output textarea").fill(str(workspace / "r2.safetensors"))
+    page.locator("#resize-rank input").fill("2")
+    page.locator("#utilities-resize-run").click()
+    page.wait_for_function("document.querySelector('#utilities-resize-message').innerText.match(/Wrote|Error/)",
+                           timeout=120_000)
+    assert "Wrote" in page.locator("#utilities-resize-message").inner_text()
+    resized = safetensors.torch.load_file(str(workspace / "r2.safetensors"))
+    assert resized[f"{name}.lora_down.weight"].shape == (2, 32) and float(resized[f"{name}.alpha"]) == 1.0
+    _shot(page, "13-utilities-resize")
+
+
 def test_server_serves_no_file_outside_allowed_folders(server, workspace):
     import urllib.error
 
