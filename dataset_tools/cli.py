@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_caption(sub)
     _add_prepare(sub)
     _add_report(sub)
+    _add_check(sub)
 
 
 def _io(p: argparse.ArgumentParser) -> None:
@@ -234,3 +235,27 @@ def _report(args: argparse.Namespace) -> int:
     else:
         print(format_report(report, show_images=not args.no_images))
     return 0
+
+
+def _add_check(sub) -> None:
+    from dataset_tools.report import REPORT_OPTIONS
+
+    p = sub.add_parser(
+        "check", help="the report plus per-image checks: faces, blur, size, aspect, near-duplicates, diversity",
+        description="Checks a training folder the way a person-LoRA guide asks: one sharp photo of one person "
+                    "each, at or above the training resolution, varied, 10-50 of them, and the repeats/batch/steps "
+                    "arithmetic. Exit code: 0 when nothing was found, 1 when there are findings (each names the "
+                    "file and what to do).")
+    p.add_argument("train_data_dir", metavar="DIR", help="folder of '<repeats>_<class tokens>' subfolders")
+    p.add_argument("--json", action="store_true", help="print images, findings and report as JSON")
+    p.add_argument("--no_faces", action="store_true", help="skip face counting (style or object datasets)")
+    add_config_arguments(p, REPORT_OPTIONS)
+    p.set_defaults(func=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from dataset_tools.check import check_dataset, format_check
+
+    check = check_dataset(args.train_data_dir, resolve_config(args), faces=not args.no_faces)
+    print(json.dumps(check.to_dict(), indent=2) if args.json else format_check(check))
+    return 1 if check.findings else 0

@@ -119,7 +119,8 @@ def guide_warnings(folders: list[FolderSummary]) -> list[str]:
     out = []
     lo, hi = GUIDE_IMAGES
     if not lo <= images <= hi:
-        out.append(f"{images} training images; the guide uses {lo}–{hi}")
+        out.append(f"{images} training images; the guide uses {lo}–{hi} (the person-LoRA guide "
+                   "InfluxOW/Stable-Diffusion-Text-To-Person: fewer overfit a few poses, more add little; add or drop photos)")
     not_square = sum(f.images - f.square for f in train)
     if not_square:
         out.append(f"{not_square} training image(s) are not 1:1; the guide crops to 1:1 (lorasmith dataset crop)")
