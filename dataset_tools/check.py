@@ -21,6 +21,7 @@ from dataset_tools.crop import FaceDetector, HaarFaceDetector
 from dataset_tools.images import load_image
 from dataset_tools.report import DatasetReport, build_report, format_report
 from library.config import TrainConfig
+from library.data.advice import instance_token_advice
 from library.data.buckets import make_bucket_resolutions
 from library.data.quality import Finding, ImageQuality, bucket_aspect_limit, image_findings, measure, set_findings
 from library.errors import DatasetError
@@ -92,6 +93,8 @@ def check_dataset(train_data_dir: str | os.PathLike[str], cfg: TrainConfig, *, f
     findings += [Finding("unreadable", s, "cannot be read", "re-export or remove it") for s in skipped + report.plan.skipped]
     findings += [Finding("guide", None, w, "see the numbers above") for w in report.guide_warnings]
     findings += [Finding("plan", None, w, "see the training plan") for w in report.plan.warnings]
+    class_tokens = [f.folder.partition("_")[2] for f in report.folders if not f.is_reg]
+    findings += [Finding("token", None, problem, fix) for problem, fix in instance_token_advice(class_tokens)]
     return DatasetCheck(report, rows, findings)
 
 

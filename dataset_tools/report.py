@@ -28,7 +28,7 @@ from library.data.prepare import prepare_data
 REPORT_OPTIONS = (
     "reg_data_dir", "dataset_config", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
     "bucket_no_upscale", "train_batch_size", "max_train_epochs", "max_train_steps",
-    "gradient_accumulation_steps", "caption_extension", "prior_loss_weight",
+    "gradient_accumulation_steps", "caption_extension", "prior_loss_weight", "optimizer_type", "target_steps",
 )
 GUIDE_IMAGES = (10, 50)
 GUIDE_ITEMS_PER_EPOCH = (300, 600)

@@ -155,6 +155,8 @@ class TrainConfig:
     train_batch_size: int = option(1, "Images per batch", group="Training", min=1)
     max_train_epochs: int | None = option(None, "Epochs to train (overrides max_train_steps)", group="Training", min=1)
     max_train_steps: int = option(1600, "Steps to train when max_train_epochs is unset", group="Training", min=1)
+    target_steps: int | None = option(None, "lorasmith only (not an sd-scripts flag): the plan and dataset check suggest the repeats "
+                                      "that give about this many optimizer steps over max_train_epochs", group="Training", min=1)
     gradient_accumulation_steps: int = option(1, "Batches accumulated per optimizer step", group="Training", min=1)
     seed: int | None = option(None, "Seed for everything random; unset = a random seed, reported and stored", group="Training", min=0)
     clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models)", group="Training", min=1, max=12)

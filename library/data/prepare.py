@@ -103,6 +103,7 @@ def prepare_data(config, *, num_processes: int = 1) -> PreparedData:
         layouts, gradient_accumulation_steps=int(opt(config, "gradient_accumulation_steps", 1)),
         max_train_epochs=opt(config, "max_train_epochs"), max_train_steps=int(opt(config, "max_train_steps", 1600)),
         num_processes=num_processes, skipped=description.skipped,
+        optimizer_type=opt(config, "optimizer_type"), target_steps=opt(config, "target_steps"),
     )
     return PreparedData(description, layouts, plan)
 
