@@ -1,4 +1,4 @@
-"""`lorasmith dataset …`: crop, resize, caption, prepare and report, each INPUT then OUTPUT.
+"""`lorasmith dataset …`: crop, resize, caption, prepare, report, check and mask, each INPUT then OUTPUT.
 
 Every tool prints what it wrote, what it skipped because it was already done
 (re-running is safe; ``--overwrite`` redoes it) and every file it could not use,
@@ -16,7 +16,7 @@ from library.config_io import add_config_arguments, resolve_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("dataset", help="prepare a dataset: crop, resize, caption, folders, report",
+    parser = subparsers.add_parser("dataset", help="prepare a dataset: crop, resize, caption, folders, report, check, masks",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset_tool", metavar="TOOL", required=True)
     _add_crop(sub)
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_prepare(sub)
     _add_report(sub)
     _add_check(sub)
+    _add_mask(sub)
 
 
 def _io(p: argparse.ArgumentParser) -> None:
@@ -259,3 +260,17 @@ def _check(args: argparse.Namespace) -> int:
     check = check_dataset(args.train_data_dir, resolve_config(args), faces=not args.no_faces)
     print(json.dumps(check.to_dict(), indent=2) if args.json else format_check(check))
     return 1 if check.findings else 0
+
+
+def _add_mask(sub) -> None:
+    p = sub.add_parser("mask", help="loss masks for --masked_loss from detected faces (learn the face, not the rest)")
+    _io(p)
+    p.add_argument("--face", action="store_true", required=True, help="white inside each detected face, black elsewhere")
+    p.add_argument("--margin", type=float, default=0.2, help="grow each face box by this fraction of its size per side (default 0.2)")
+    p.set_defaults(func=_mask)
+
+
+def _mask(args: argparse.Namespace) -> int:
+    from dataset_tools.face_masks import face_masks
+
+    return _finish(face_masks(args.src, args.dst, margin=args.margin, overwrite=args.overwrite, progress=not args.no_progress))
