@@ -216,14 +216,21 @@ def _prepare(args: argparse.Namespace) -> int:
     return code
 
 
-def _add_report(sub) -> None:
+def _dataset_parser(sub, name: str, json_help: str, **kwargs) -> argparse.ArgumentParser:
+    """A tool reading a training folder with the trainer's dataset options (report, check)."""
     from dataset_tools.report import REPORT_OPTIONS
 
-    p = sub.add_parser("report", help="counts, sizes, captions, buckets, steps and the seed guide's advice")
+    p = sub.add_parser(name, **kwargs)
     p.add_argument("train_data_dir", metavar="DIR", help="folder of '<repeats>_<class tokens>' subfolders")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no_images", action="store_true", help="leave out the per-image bucket list")
+    p.add_argument("--json", action="store_true", help=json_help)
     add_config_arguments(p, REPORT_OPTIONS)
+    return p
+
+
+def _add_report(sub) -> None:
+    p = _dataset_parser(sub, "report", "print the report as JSON",
+                        help="counts, sizes, captions, buckets, steps and the seed guide's advice")
+    p.add_argument("--no_images", action="store_true", help="leave out the per-image bucket list")
     p.set_defaults(func=_report)
 
 
@@ -239,18 +246,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_check(sub) -> None:
-    from dataset_tools.report import REPORT_OPTIONS
-
-    p = sub.add_parser(
-        "check", help="the report plus per-image checks: faces, blur, size, aspect, near-duplicates, diversity",
+    p = _dataset_parser(
+        sub, "check", "print images, findings and report as JSON",
+        help="the report plus per-image checks: faces, blur, size, aspect, near-duplicates, diversity",
         description="Checks a training folder the way a person-LoRA guide asks: one sharp photo of one person "
                     "each, at or above the training resolution, varied, 10-50 of them, and the repeats/batch/steps "
                     "arithmetic. Exit code: 0 when nothing was found, 1 when there are findings (each names the "
                     "file and what to do).")
-    p.add_argument("train_data_dir", metavar="DIR", help="folder of '<repeats>_<class tokens>' subfolders")
-    p.add_argument("--json", action="store_true", help="print images, findings and report as JSON")
     p.add_argument("--no_faces", action="store_true", help="skip face counting (style or object datasets)")
-    add_config_arguments(p, REPORT_OPTIONS)
     p.set_defaults(func=_check)
 
 

@@ -62,28 +62,12 @@ class DatasetTab:
         self.report_btn.click(self.build_report, inputs=inputs, outputs=[self.report, self.gallery, self.message])
         self.check_btn.click(self.check_images, inputs=inputs, outputs=[self.report, self.gallery, self.message])
 
-    def _report_config(self, data: dict):
-        """(training folder, absolutized config) from the form, every path checked; None without train_data_dir."""
-        cfg = values_to_config(self.training.named(data))
-        if not cfg.train_data_dir:
-            return None, None
-        folder = self.guard.check(cfg.train_data_dir, "train_data_dir")
-        cfg = self.guard.absolutize(cfg)
-        for name in ("reg_data_dir", "dataset_config"):
-            if getattr(cfg, name):
-                self.guard.check(getattr(cfg, name), name)
-        return folder, cfg
-
     def build_report(self, data: dict) -> dict:
         from dataset_tools.report import build_report, format_report
 
-        try:
-            folder, cfg = self._report_config(data)
-            if folder is None:
-                return {self.message: "Set train_data_dir in the Training tab first."}
-            report = build_report(folder, cfg)
-        except LorasmithError as exc:
-            return {self.message: _error(exc)}
+        report = self._on_form_folders(data, build_report)
+        if isinstance(report, dict):
+            return report
         paths = [Path(f.path) / r.file for f in report.folders for r in report.images if r.folder == f.folder]
         return {self.report: format_report(report), self.gallery: previews(paths, self.guard),
                 self.message: f"{len(report.images)} images in {len(report.folders)} folder(s)."}
@@ -92,13 +76,9 @@ class DatasetTab:
         """`lorasmith dataset check` on the form's folders: findings first in the message, the full check below."""
         from dataset_tools.check import check_dataset, format_check
 
-        try:
-            folder, cfg = self._report_config(data)
-            if folder is None:
-                return {self.message: "Set train_data_dir in the Training tab first."}
-            check = check_dataset(folder, cfg)
-        except LorasmithError as exc:
-            return {self.message: _error(exc)}
+        check = self._on_form_folders(data, check_dataset)
+        if isinstance(check, dict):
+            return check
         folders = {f.folder: Path(f.path) for f in check.report.folders}
         flagged = [folders[f.file.split("/")[0]] / f.file.split("/", 1)[1] for f in check.findings
                    if f.file and "/" in f.file and f.file.split("/")[0] in folders]
@@ -107,6 +87,21 @@ class DatasetTab:
         head = f"**{len(check.findings)} finding(s)**" if check.findings else "**No findings.**"
         return {self.report: format_check(check), self.gallery: previews(list(dict.fromkeys(flagged)), self.guard),
                 self.message: "  \n".join([head, *lines, *more])}
+
+    def _on_form_folders(self, data: dict, tool):
+        """tool(train_data_dir, config) on the form's checked paths, or the message dict to show instead."""
+        try:
+            cfg = values_to_config(self.training.named(data))
+            if not cfg.train_data_dir:
+                return {self.message: "Set train_data_dir in the Training tab first."}
+            folder = self.guard.check(cfg.train_data_dir, "train_data_dir")
+            cfg = self.guard.absolutize(cfg)
+            for name in ("reg_data_dir", "dataset_config"):
+                if getattr(cfg, name):
+                    self.guard.check(getattr(cfg, name), name)
+            return tool(folder, cfg)
+        except LorasmithError as exc:
+            return {self.message: _error(exc)}
 
     # --- prepare ----------------------------------------------------------------------------
     def _build_prepare(self) -> None:
