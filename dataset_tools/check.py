@@ -91,8 +91,9 @@ def check_dataset(train_data_dir: str | os.PathLike[str], cfg: TrainConfig, *, f
     res = (report.resolution[0], report.resolution[1])
     findings = image_findings(rows, min(res), aspect_limit(cfg, res)) + face_findings(rows) + set_findings(rows)
     findings += [Finding("unreadable", s, "cannot be read", "re-export or remove it") for s in skipped + report.plan.skipped]
-    findings += [Finding("guide", None, w, "see the numbers above") for w in report.guide_warnings]
-    findings += [Finding("plan", None, w, "see the training plan") for w in report.plan.warnings]
+    findings += [Finding("guide", None, w, "adjust the dataset as the message says (folder table above)") for w in report.guide_warnings]
+    findings += [Finding("plan", None, w, "adjust repeats, batch size or epochs as the message says (training plan above)")
+                 for w in report.plan.warnings]
     class_tokens = [f.folder.partition("_")[2] for f in report.folders if not f.is_reg]
     findings += [Finding("token", None, problem, fix) for problem, fix in instance_token_advice(class_tokens)]
     return DatasetCheck(report, rows, findings)
