@@ -35,7 +35,7 @@ MaskSource = Path | str | None  # a mask file, ALPHA, or None (all ones)
 
 
 def find_mask_file(mask_dir: Path, image_path: Path) -> Path | None:
-    """The mask beside nothing but in `mask_dir`: same stem, any image extension (sd-scripts' lookup)."""
+    """The mask of `image_path` in `mask_dir`: same stem, any image extension (sd-scripts' lookup)."""
     for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
         candidate = mask_dir / (image_path.stem + ext)
         if candidate.is_file():
