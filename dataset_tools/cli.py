@@ -1,4 +1,4 @@
-"""`lorasmith dataset …`: crop, resize, caption, prepare and report, each INPUT then OUTPUT.
+"""`lorasmith dataset …`: crop, resize, caption, prepare, report, check and mask, each INPUT then OUTPUT.
 
 Every tool prints what it wrote, what it skipped because it was already done
 (re-running is safe; ``--overwrite`` redoes it) and every file it could not use,
@@ -16,7 +16,7 @@ from library.config_io import add_config_arguments, resolve_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("dataset", help="prepare a dataset: crop, resize, caption, folders, report",
+    parser = subparsers.add_parser("dataset", help="prepare a dataset: crop, resize, caption, folders, report, check, masks",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset_tool", metavar="TOOL", required=True)
     _add_crop(sub)
@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_caption(sub)
     _add_prepare(sub)
     _add_report(sub)
+    _add_check(sub)
+    _add_mask(sub)
 
 
 def _io(p: argparse.ArgumentParser) -> None:
@@ -214,14 +216,21 @@ def _prepare(args: argparse.Namespace) -> int:
     return code
 
 
-def _add_report(sub) -> None:
+def _dataset_parser(sub, name: str, json_help: str, **kwargs) -> argparse.ArgumentParser:
+    """A tool reading a training folder with the trainer's dataset options (report, check)."""
     from dataset_tools.report import REPORT_OPTIONS
 
-    p = sub.add_parser("report", help="counts, sizes, captions, buckets, steps and the seed guide's advice")
+    p = sub.add_parser(name, **kwargs)
     p.add_argument("train_data_dir", metavar="DIR", help="folder of '<repeats>_<class tokens>' subfolders")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no_images", action="store_true", help="leave out the per-image bucket list")
+    p.add_argument("--json", action="store_true", help=json_help)
     add_config_arguments(p, REPORT_OPTIONS)
+    return p
+
+
+def _add_report(sub) -> None:
+    p = _dataset_parser(sub, "report", "print the report as JSON",
+                        help="counts, sizes, captions, buckets, steps and the seed guide's advice")
+    p.add_argument("--no_images", action="store_true", help="leave out the per-image bucket list")
     p.set_defaults(func=_report)
 
 
@@ -234,3 +243,37 @@ def _report(args: argparse.Namespace) -> int:
     else:
         print(format_report(report, show_images=not args.no_images))
     return 0
+
+
+def _add_check(sub) -> None:
+    p = _dataset_parser(
+        sub, "check", "print images, findings and report as JSON",
+        help="the report plus per-image checks: faces, blur, size, aspect, near-duplicates, diversity",
+        description="Checks a training folder the way a person-LoRA guide asks: one sharp photo of one person "
+                    "each, at or above the training resolution, varied, 10-50 of them, and the repeats/batch/steps "
+                    "arithmetic. Exit code: 0 when nothing was found, 1 when there are findings (each names the "
+                    "file and what to do).")
+    p.add_argument("--no_faces", action="store_true", help="skip face counting (style or object datasets)")
+    p.set_defaults(func=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from dataset_tools.check import check_dataset, format_check
+
+    check = check_dataset(args.train_data_dir, resolve_config(args), faces=not args.no_faces)
+    print(json.dumps(check.to_dict(), indent=2) if args.json else format_check(check))
+    return 1 if check.findings else 0
+
+
+def _add_mask(sub) -> None:
+    p = sub.add_parser("mask", help="loss masks for --masked_loss from detected faces (learn the face, not the rest)")
+    _io(p)
+    p.add_argument("--face", action="store_true", required=True, help="white inside each detected face, black elsewhere")
+    p.add_argument("--margin", type=float, default=0.2, help="grow each face box by this fraction of its size per side (default 0.2)")
+    p.set_defaults(func=_mask)
+
+
+def _mask(args: argparse.Namespace) -> int:
+    from dataset_tools.face_masks import face_masks
+
+    return _finish(face_masks(args.src, args.dst, margin=args.margin, overwrite=args.overwrite, progress=not args.no_progress))

@@ -28,7 +28,7 @@ from library.data.prepare import prepare_data
 REPORT_OPTIONS = (
     "reg_data_dir", "dataset_config", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
     "bucket_no_upscale", "train_batch_size", "max_train_epochs", "max_train_steps",
-    "gradient_accumulation_steps", "caption_extension", "prior_loss_weight",
+    "gradient_accumulation_steps", "caption_extension", "prior_loss_weight", "optimizer_type", "target_steps",
 )
 GUIDE_IMAGES = (10, 50)
 GUIDE_ITEMS_PER_EPOCH = (300, 600)
@@ -119,7 +119,8 @@ def guide_warnings(folders: list[FolderSummary]) -> list[str]:
     out = []
     lo, hi = GUIDE_IMAGES
     if not lo <= images <= hi:
-        out.append(f"{images} training images; the guide uses {lo}–{hi}")
+        out.append(f"{images} training images; the guide uses {lo}–{hi} (the person-LoRA guide "
+                   "InfluxOW/Stable-Diffusion-Text-To-Person: fewer overfit a few poses, more add little; add or drop photos)")
     not_square = sum(f.images - f.square for f in train)
     if not_square:
         out.append(f"{not_square} training image(s) are not 1:1; the guide crops to 1:1 (lorasmith dataset crop)")

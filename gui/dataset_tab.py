@@ -52,15 +52,44 @@ class DatasetTab:
 
     # --- report ---------------------------------------------------------------------------
     def _build_report(self) -> None:
-        gr.Markdown("Uses the Training tab's folders, resolution, buckets, batch size and epochs.")
-        self.report_btn = gr.Button("Build report from the training form", elem_id="dataset-report-run")
+        gr.Markdown("Uses the Training tab's folders, resolution, buckets, batch size, epochs, optimizer and target_steps. "
+                    "The check also reads every training image: faces, sharpness, size, aspect, near-duplicates.")
+        with gr.Row():
+            self.report_btn = gr.Button("Build report from the training form", elem_id="dataset-report-run")
+            self.check_btn = gr.Button("Check images (faces, blur, duplicates, token, steps)", elem_id="dataset-check-run")
         self.report = gr.Textbox(label="Report", lines=16, interactive=False, elem_id="dataset-report")
         inputs = self.training.form_inputs
         self.report_btn.click(self.build_report, inputs=inputs, outputs=[self.report, self.gallery, self.message])
+        self.check_btn.click(self.check_images, inputs=inputs, outputs=[self.report, self.gallery, self.message])
 
     def build_report(self, data: dict) -> dict:
         from dataset_tools.report import build_report, format_report
 
+        report = self._on_form_folders(data, build_report)
+        if isinstance(report, dict):
+            return report
+        paths = [Path(f.path) / r.file for f in report.folders for r in report.images if r.folder == f.folder]
+        return {self.report: format_report(report), self.gallery: previews(paths, self.guard),
+                self.message: f"{len(report.images)} images in {len(report.folders)} folder(s)."}
+
+    def check_images(self, data: dict) -> dict:
+        """`lorasmith dataset check` on the form's folders: findings first in the message, the full check below."""
+        from dataset_tools.check import check_dataset, format_check
+
+        check = self._on_form_folders(data, check_dataset)
+        if isinstance(check, dict):
+            return check
+        folders = {f.folder: Path(f.path) for f in check.report.folders}
+        flagged = [folders[f.file.split("/")[0]] / f.file.split("/", 1)[1] for f in check.findings
+                   if f.file and "/" in f.file and f.file.split("/")[0] in folders]
+        lines = [f"- {f.line()}" for f in check.findings[:20]]
+        more = [f"- … and {len(check.findings) - 20} more (see the report)"] if len(check.findings) > 20 else []
+        head = f"**{len(check.findings)} finding(s)**" if check.findings else "**No findings.**"
+        return {self.report: format_check(check), self.gallery: previews(list(dict.fromkeys(flagged)), self.guard),
+                self.message: "  \n".join([head, *lines, *more])}
+
+    def _on_form_folders(self, data: dict, tool):
+        """tool(train_data_dir, config) on the form's checked paths, or the message dict to show instead."""
         try:
             cfg = values_to_config(self.training.named(data))
             if not cfg.train_data_dir:
@@ -70,12 +99,9 @@ class DatasetTab:
             for name in ("reg_data_dir", "dataset_config"):
                 if getattr(cfg, name):
                     self.guard.check(getattr(cfg, name), name)
-            report = build_report(folder, cfg)
+            return tool(folder, cfg)
         except LorasmithError as exc:
             return {self.message: _error(exc)}
-        paths = [Path(f.path) / r.file for f in report.folders for r in report.images if r.folder == f.folder]
-        return {self.report: format_report(report), self.gallery: previews(paths, self.guard),
-                self.message: f"{len(report.images)} images in {len(report.folders)} folder(s)."}
 
     # --- prepare ----------------------------------------------------------------------------
     def _build_prepare(self) -> None:

@@ -84,6 +84,9 @@ class TrainConfig:
 
     # --- Folders ------------------------------------------------------------
     train_data_dir: str | None = option(None, "Folder holding '<repeats>_<class tokens>' image subfolders", group="Folders", kind="dir")
+    conditioning_data_dir: str | None = option(
+        None, "With masked_loss: folder of loss masks mirroring train_data_dir (<dir>/10_ohwx woman/<image stem>.png, "
+        "same size as the image, white = learn, black = ignore; R channel)", group="Folders", kind="dir")
     reg_data_dir: str | None = option(None, "Folder holding regularization subfolders ('1_woman')", group="Folders", kind="dir")
     dataset_config: str | None = option(None, "sd-scripts dataset TOML ([[datasets]]/[[datasets.subsets]]) instead of the folder options", group="Folders", kind="file")
     output_dir: str | None = option(None, "Where LoRA files, states and samples are written", group="Folders", kind="dir")
@@ -94,6 +97,7 @@ class TrainConfig:
     training_comment: str | None = option(None, "Free text stored in the LoRA metadata (ss_training_comment)", group="Folders")
 
     # --- Dataset ------------------------------------------------------------
+    alpha_mask: bool = option(False, "With masked_loss: use each image's alpha channel as its loss mask (transparent = not learned)", group="Dataset")
     caption_extension: str = option(".caption", "Extension of caption files beside images ('.txt' is common)", group="Dataset", aliases=("caption_extention",))
     shuffle_caption: bool = option(False, "Shuffle caption tags (split on caption_separator) every time an image is used", group="Dataset")
     caption_separator: str = option(",", "Separator between caption tags", group="Dataset")
@@ -155,6 +159,8 @@ class TrainConfig:
     train_batch_size: int = option(1, "Images per batch", group="Training", min=1)
     max_train_epochs: int | None = option(None, "Epochs to train (overrides max_train_steps)", group="Training", min=1)
     max_train_steps: int = option(1600, "Steps to train when max_train_epochs is unset", group="Training", min=1)
+    target_steps: int | None = option(None, "lorasmith only (not an sd-scripts flag): the plan and dataset check suggest the repeats "
+                                      "that give about this many optimizer steps over max_train_epochs", group="Training", min=1)
     gradient_accumulation_steps: int = option(1, "Batches accumulated per optimizer step", group="Training", min=1)
     seed: int | None = option(None, "Seed for everything random; unset = a random seed, reported and stored", group="Training", min=0)
     clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models)", group="Training", min=1, max=12)
@@ -197,6 +203,8 @@ class TrainConfig:
     debiased_estimation_loss: bool = option(False, "Weight the loss by 1/sqrt(SNR) (Yu et al. 2024): more weight on noisy timesteps, where layout and shape are learned", group="Noise and loss")
     min_timestep: int | None = option(None, "Smallest sampled timestep (default 0)", group="Noise and loss", min=0, max=1000)
     max_timestep: int | None = option(None, "Largest sampled timestep, exclusive (default 1000)", group="Noise and loss", min=1, max=1000)
+    masked_loss: bool = option(False, "Learn only where the mask is white: the per-pixel loss is multiplied by the mask "
+                               "(alpha_mask or conditioning_data_dir), shrunk to latent size", group="Noise and loss")
     loss_type: str = option("l2", "Loss between prediction and target", group="Noise and loss", choices=("l2", "l1", "huber", "smooth_l1"))
     huber_c: float = option(0.1, "Huber loss threshold", group="Noise and loss", min=0.0, advanced=True)
     huber_schedule: str = option("snr", "How the Huber threshold varies with the timestep", group="Noise and loss", choices=("constant", "exponential", "snr"), advanced=True)

@@ -74,7 +74,8 @@ def test_report_without_reg_and_unused_reg(tmp_path):
     assert any("zz_truncated.png" in s for s in report.plan.skipped)
     assert any("no_repeats" in s for s in report.plan.skipped)
     assert report.guide_warnings == [
-        "4 training images; the guide uses 10–50",
+        "4 training images; the guide uses 10–50 (the person-LoRA guide InfluxOW/Stable-Diffusion-Text-To-Person: "
+        "fewer overfit a few poses, more add little; add or drop photos)",
         "no regularization images; the guide uses 8 (images × repeats) real class photos",
         "8 image-repeats per epoch (images × repeats); the guide aims for 300–600 (change repeats)",
     ]

@@ -160,3 +160,28 @@ def test_cli_output_collapses_progress_redraws():
     from gui.cli_runner import clean_output
 
     assert clean_output("start\ngrid:  50%\rgrid: 100%\r   \nsaved x\n") == ["start", "grid: 100%", "saved x"]
+
+
+def test_dataset_tab_check_shows_findings(tmp_path, monkeypatch):
+    import gradio as gr
+    from PIL import Image, ImageFilter
+
+    from gui.dataset_tab import DatasetTab
+    from gui.training_tab import TrainingTab
+
+    monkeypatch.setenv("LORASMITH_HOME", str(tmp_path / "home"))
+    ctx = GuiContext.create([str(tmp_path)], tmp_path / "jobs")
+    with gr.Blocks():
+        training = TrainingTab(ctx)
+        tab = DatasetTab(ctx, training)
+    sub = tmp_path / "img" / "5_john man"
+    sub.mkdir(parents=True)
+    Image.effect_noise((128, 128), 60).convert("RGB").save(sub / "sharp.png")
+    Image.effect_noise((128, 128), 60).convert("RGB").filter(ImageFilter.GaussianBlur(4)).save(sub / "soft.png")
+    out = tab.check_images(form_data(training, train_data_dir=str(tmp_path / "img"), resolution="128"))
+    message = out[tab.message]
+    assert "finding(s)" in message and "5_john man/soft.png: looks blurry" in message
+    assert "instance token 'john' is a common word" in message
+    assert [Path(p).name for p, _ in out[tab.gallery]] == ["soft.png", "sharp.png"]  # flagged files, in finding order
+    assert "Image checks" in out[tab.report]
+    ctx.close()

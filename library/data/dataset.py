@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 from library.data.captions import process_caption
 from library.data.images import item_pixels
 from library.data.latent_cache import CachedLatents
+from library.data.masks import MaskSource, item_pixels_and_mask
 from library.data.layout import BatchRef, DatasetLayout, LayoutItem, epoch_batches
 from library.data.specs import SubsetSpec
 from library.data.text import tokenize_captions
@@ -45,6 +46,7 @@ class LoraDataset(torch.utils.data.Dataset):
         max_token_length: int | None = None,
         latents: dict[tuple[int, int], CachedLatents] | None = None,
         text_encoder_outputs: dict[str, torch.Tensor] | None = None,
+        masks: dict[tuple[int, int], MaskSource] | None = None,
     ) -> None:
         self.layouts = layouts
         self.state = EpochState(seed)
@@ -52,6 +54,7 @@ class LoraDataset(torch.utils.data.Dataset):
         self.max_token_length = max_token_length
         self.latents = latents
         self.text_encoder_outputs = text_encoder_outputs
+        self.masks = masks  # with masked_loss: (dataset, item) → mask source; batches then carry "masks"
         self._batch_count = sum(lay.batch_count for lay in layouts)
         self._order: tuple[int, list[BatchRef]] | None = None
 
@@ -101,7 +104,17 @@ class LoraDataset(torch.utils.data.Dataset):
         if self.latents is not None:
             cached = [self.latents[(ref.dataset, k)] for k in ref.items]
             lat = [c.flipped if f else c.latents for c, f in zip(cached, flips)]
-            return {"latents": torch.stack(lat), "images": None}
+            out = {"latents": torch.stack(lat), "images": None}
+            if self.masks is not None:
+                out["masks"] = torch.stack([_cached_mask(c, f, ref.bucket) for c, f in zip(cached, flips)])
+            return out
+        if self.masks is not None:
+            pairs = [
+                item_pixels_and_mask(it.image.path, self.masks[(ref.dataset, k)], it.image.size, it.bucket, it.resized_size,
+                                     random_crop=s.random_crop, use_color_aug=s.color_aug, flip=f, rng=rng)
+                for k, it, s, f, rng in zip(ref.items, items, subsets, flips, rngs)
+            ]
+            return {"latents": None, "images": torch.stack([p for p, _ in pairs]), "masks": torch.stack([m for _, m in pairs])}
         images = [
             item_pixels(it.image.path, it.bucket, it.resized_size, random_crop=s.random_crop,
                         use_color_aug=s.color_aug, flip=f, rng=rng)
@@ -116,6 +129,14 @@ class LoraDataset(torch.utils.data.Dataset):
             process_caption(it.image.caption, lay.subsets[it.subset_index].spec.captions, 1, rng)
             for lay in self.layouts for it in lay.items
         ]
+
+
+def _cached_mask(cached: CachedLatents, flipped: bool, bucket) -> torch.Tensor:
+    """(1, H, W) float mask in [0, 1] of a cached item (all ones when it has none), mirrored with its latents."""
+    if cached.mask is None:
+        return torch.ones((1, bucket[1], bucket[0]))
+    mask = cached.mask.float() / 255.0
+    return torch.flip(mask, dims=[-1]) if flipped else mask
 
 
 class EpochSampler(Sampler):

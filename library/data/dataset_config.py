@@ -27,9 +27,9 @@ SUBSET_KEYS: dict[str, tuple] = {
     "keep_tokens_separator": (str,), "secondary_separator": (str,), "caption_prefix": (str,), "caption_suffix": (str,),
     "caption_dropout_rate": FLOAT, "caption_dropout_every_n_epochs": (int,), "caption_tag_dropout_rate": FLOAT,
     "color_aug": (bool,), "flip_aug": (bool,), "random_crop": (bool,), "caption_extension": (str,),
-    "class_tokens": (str,), "cache_info": (bool,),
+    "class_tokens": (str,), "cache_info": (bool,), "alpha_mask": (bool,),
 }
-SUBSET_ONLY_KEYS: dict[str, tuple] = {"image_dir": (str,), "is_reg": (bool,)}
+SUBSET_ONLY_KEYS: dict[str, tuple] = {"image_dir": (str,), "is_reg": (bool,), "conditioning_data_dir": (str,)}
 DATASET_KEYS: dict[str, tuple] = {
     "batch_size": (int,), "resolution": (int, list), "enable_bucket": (bool,), "min_bucket_reso": (int,),
     "max_bucket_reso": (int,), "bucket_reso_steps": (int,), "bucket_no_upscale": (bool,), "prior_loss_weight": FLOAT,
@@ -38,7 +38,7 @@ DATASET_KEYS: dict[str, tuple] = {
 UNSUPPORTED = {
     "face_crop_aug_range": None, "enable_wildcard": False, "token_warmup_min": 1, "token_warmup_step": 0,
     "custom_attributes": None, "resize_interpolation": None, "validation_seed": None, "validation_split": 0.0,
-    "network_multiplier": 1.0, "alpha_mask": False, "debug_dataset": False,
+    "network_multiplier": 1.0, "debug_dataset": False,
 }
 ARG_NAMES = {"batch_size": "train_batch_size"}  # dataset key → TrainConfig field
 DEFAULTS: dict[str, Any] = {
@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "caption_dropout_every_n_epochs": 0, "caption_tag_dropout_rate": 0.0, "color_aug": False, "flip_aug": False,
     "random_crop": False, "caption_extension": ".caption", "class_tokens": None, "is_reg": False, "batch_size": 1,
     "resolution": None, "enable_bucket": False, "min_bucket_reso": 256, "max_bucket_reso": 1024,
-    "bucket_reso_steps": 64, "bucket_no_upscale": False, "prior_loss_weight": 1.0,
+    "bucket_reso_steps": 64, "bucket_no_upscale": False, "prior_loss_weight": 1.0, "alpha_mask": False,
 }
 
 
@@ -123,11 +123,13 @@ def _subset(layers: list[dict], config, base: Path) -> SubsetSpec:
     get = lambda k: _lookup(k, layers, config)  # noqa: E731
     caption_keys = [f for f in CaptionOptions.__dataclass_fields__]
     image_dir = Path(layers[0]["image_dir"])
+    mask_dir = Path(layers[0]["conditioning_data_dir"]) if layers[0].get("conditioning_data_dir") else None
     return SubsetSpec(
         image_dir=image_dir if image_dir.is_absolute() else base / image_dir,
         num_repeats=get("num_repeats"), is_reg=get("is_reg"), class_tokens=get("class_tokens"),
         caption_extension=get("caption_extension"), captions=CaptionOptions(**{k: get(k) for k in caption_keys}),
-        flip_aug=get("flip_aug"), color_aug=get("color_aug"), random_crop=get("random_crop"),
+        flip_aug=get("flip_aug"), color_aug=get("color_aug"), random_crop=get("random_crop"), alpha_mask=get("alpha_mask"),
+        mask_dir=None if mask_dir is None else (mask_dir if mask_dir.is_absolute() else base / mask_dir),
     )
 
 

@@ -10,7 +10,10 @@ order or the training seed.
 Disk files are named `<stem>_<W>x<H>_lorasmith.safetensors` (bucket size,
 4 digits each) and carry in their metadata the image's SHA-256, the VAE's
 fingerprint, the bucket and resize size and whether flipped latents are
-present. A file is reused only when all of them still match; otherwise (or
+present, and the loss mask's identity (none, the image's alpha channel, or the
+SHA-256 of the mask file): a mask is cached with the latents (as the 0..255
+weights fitted to the bucket) and an edited mask recomputes the file. A file is
+reused only when all of them still match; otherwise (or
 when it cannot be read) it is recomputed — unlike sd-scripts, whose `.npz`
 goes stale when an image is edited. Files are written atomically.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +31,13 @@ from safetensors.torch import save_file
 
 from library.data.buckets import Reso
 from library.data.images import item_pixels
+from library.data.masks import ALPHA, MaskSource, fit_mask, load_mask
 from library.errors import DatasetError
 from library.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 CACHE_SUFFIX = "_lorasmith.safetensors"
-FORMAT = "lorasmith-latents-1"
+FORMAT = "lorasmith-latents-1"  # files without a "mask" entry are read as unmasked
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,15 @@ class LatentRequest:
     path: Path
     bucket: Reso
     resized_size: Reso
+    mask: MaskSource = None  # with masked_loss: a mask file or the image's alpha channel
+    image_size: Reso | None = None  # the scanned size the bucket came from (a mask must match it)
 
 
 @dataclass
 class CachedLatents:
     latents: torch.Tensor  # (4, H/8, W/8), unscaled
     flipped: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # (1, H, W) uint8 loss weights fitted to the bucket (not flipped)
 
 
 def cache_file(image_path: Path, bucket: Reso) -> Path:
@@ -75,8 +83,16 @@ def vae_fingerprint(vae: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def mask_id(req: LatentRequest) -> str:
+    """What identifies the mask in the cache key: none, the image's alpha (covered by its hash), the mask file's hash."""
+    if req.mask is None:
+        return "none"
+    return "alpha" if req.mask == ALPHA else "file:" + file_sha256(Path(req.mask))
+
+
 def expected_metadata(image_sha: str, vae_id: str, req: LatentRequest, flip: bool) -> dict[str, str]:
-    return {
+    meta = {"mask": mask_id(req)} if req.mask is not None else {}
+    return meta | {
         "format": FORMAT,
         "image_sha256": image_sha,
         "vae": vae_id,
@@ -97,16 +113,19 @@ def read_cache(path: Path, expected: dict[str, str]) -> CachedLatents | None:
                 return None
             latents = fh.get_tensor("latents")
             flipped = fh.get_tensor("latents_flipped") if expected["flipped"] == "1" else None
+            mask = fh.get_tensor("mask") if "mask" in expected else None
     except Exception as exc:  # safetensors raises several types for truncated or garbled files
         log.warning("latent cache %s is damaged (%s); recomputing it", path, exc)
         return None
-    return CachedLatents(latents, flipped)
+    return CachedLatents(latents, flipped, mask)
 
 
 def write_cache(path: Path, cached: CachedLatents, metadata: dict[str, str]) -> None:
     tensors = {"latents": cached.latents.contiguous()}
     if cached.flipped is not None:
         tensors["latents_flipped"] = cached.flipped.contiguous()
+    if cached.mask is not None:
+        tensors["mask"] = cached.mask.contiguous()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -132,11 +151,22 @@ def _compute(vae, group: list[tuple[LatentRequest, str]], flip_aug: bool) -> lis
         flipped = encode_batch(vae, torch.flip(pixels, dims=[3]), [noise_seed(sha, r.bucket, True) for r, sha in group])
     out = []
     for i, (req, _) in enumerate(group):
-        item = CachedLatents(latents[i], None if flipped is None else flipped[i])
+        item = CachedLatents(latents[i], None if flipped is None else flipped[i], _fitted_mask(req))
         if not torch.isfinite(item.latents).all() or (item.flipped is not None and not torch.isfinite(item.flipped).all()):
             raise DatasetError(f"{req.path}: the VAE produced NaN/inf latents", [f"{req.path}: check the image, or use a VAE in fp32"])
         out.append(item)
     return out
+
+
+def _fitted_mask(req: LatentRequest) -> torch.Tensor | None:
+    """The request's mask with the cached image's geometry (centre crop, no flip), as (1, H, W) uint8."""
+    raw = load_mask(req.mask, req.path)
+    if raw is None:
+        return None
+    size = req.image_size or (raw.shape[1], raw.shape[0])
+    where = req.path if req.mask == ALPHA else Path(req.mask)
+    fitted = fit_mask(raw, size, req.bucket, req.resized_size, False, random.Random(0), False, where)
+    return torch.from_numpy(fitted.copy()).unsqueeze(0)
 
 
 def cache_latents(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from library.data.advice import batch_remainder_warning, planned_steps, steps_range_warning, suggest_repeats
 from library.data.balance import steps_per_epoch, total_steps
 from library.data.captions import tag_counts
 from library.data.layout import DatasetLayout
@@ -95,6 +96,39 @@ def plan_warnings(layouts: list[DatasetLayout], steps_in_epoch: int) -> list[str
     return warnings
 
 
+def arithmetic_warnings(layouts: list[DatasetLayout], *, total: int, epochs: int, per_epoch: int, accumulation: int,
+                        optimizer_type: str | None, target_steps: int | None, epochs_fixed: bool) -> list[str]:
+    """Batch remainder, total training against the guide's range, and the repeats for `target_steps` (library.data.advice)."""
+    out = []
+    train_items = sum(lay.num_train_images for lay in layouts)
+    for lay in layouts:
+        train = [s for s in lay.subsets if not s.spec.is_reg]
+        if len(train) == 1:
+            factor = 2 if lay.reg_items_used else 1
+            w = batch_remainder_warning(len(train[0].images), train[0].spec.num_repeats, factor, lay.spec.batch_size)
+            out += [w] if w else []
+    if per_epoch:
+        w = steps_range_warning(round(train_items * total / per_epoch), optimizer_type)
+        out += [w] if w else []
+    if target_steps:
+        out.append(_repeats_advice(layouts, target_steps, epochs, accumulation, epochs_fixed))
+    return out
+
+
+def _repeats_advice(layouts: list[DatasetLayout], target: int, epochs: int, accumulation: int, epochs_fixed: bool) -> str:
+    if not epochs_fixed or len(layouts) != 1:
+        return (f"target_steps {target}: set max_train_epochs (with max_train_steps the step count is fixed) and use one "
+                "dataset to get a repeats suggestion")
+    lay = layouts[0]
+    train = [s for s in lay.subsets if not s.spec.is_reg]
+    factor, bs = (2 if lay.reg_items_used else 1), lay.spec.batch_size
+    new = suggest_repeats(target, epochs, [s.spec.num_repeats for s in train], [len(s.images) for s in train], bs, accumulation, factor)
+    items = sum(len(s.images) * r for s, r in zip(train, new))
+    folders = ", ".join(f"{s.spec.name}: {r}" for s, r in zip(train, new))
+    return (f"for about {target} optimizer steps over {epochs} epochs use repeats {folders} "
+            f"(gives {planned_steps(epochs, items, factor, bs, accumulation)} steps before bucket remainders)")
+
+
 def _listing(items) -> str:
     names = [f"{it.image.path.name} ({it.image.size[0]}x{it.image.size[1]})" for it in items[:MAX_LISTED]]
     more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
@@ -109,6 +143,8 @@ def make_plan(
     max_train_steps: int = 1600,
     num_processes: int = 1,
     skipped: list[str] | None = None,
+    optimizer_type: str | None = None,
+    target_steps: int | None = None,
 ) -> TrainingPlan:
     """Counts, step math and warnings for the given bucketed datasets."""
     batches = sum(lay.batch_count for lay in layouts)
@@ -123,7 +159,10 @@ def make_plan(
         items_per_epoch=train_items + reg_items, batch_sizes=[lay.spec.batch_size for lay in layouts],
         batches_per_epoch=batches, gradient_accumulation_steps=gradient_accumulation_steps,
         steps_per_epoch=per_epoch, epochs=epochs, total_steps=steps, buckets=buckets,
-        warnings=plan_warnings(layouts, per_epoch), skipped=list(skipped or []),
+        warnings=plan_warnings(layouts, per_epoch) + arithmetic_warnings(
+            layouts, total=steps, epochs=epochs, per_epoch=per_epoch, accumulation=gradient_accumulation_steps,
+            optimizer_type=optimizer_type, target_steps=target_steps, epochs_fixed=bool(max_train_epochs)),
+        skipped=list(skipped or []),
     )
 
 

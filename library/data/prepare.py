@@ -8,7 +8,8 @@ parts (tokenizer, latent and text-encoder caches) and returns the torch dataset.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from library.data.buckets import BucketGeometry
@@ -18,10 +19,11 @@ from library.data.dataset_config import load_dataset_specs
 from library.data.folders import DatasetDescription, scan_datasets, subsets_from_dirs
 from library.data.latent_cache import LatentRequest, cache_latents
 from library.data.layout import DatasetLayout, build_layout
+from library.data.masks import MaskSource, mask_source
 from library.data.plan import TrainingPlan, make_plan
 from library.data.specs import DatasetSpec, SubsetSpec, parse_resolution
 from library.data.text import cache_text_encoder_outputs, chunk_count
-from library.errors import ConfigError
+from library.errors import ConfigError, DatasetError
 
 
 def opt(config, name: str, default=None):
@@ -39,7 +41,7 @@ def template_subset(config) -> SubsetSpec:
     return SubsetSpec(
         image_dir=Path("."), caption_extension=opt(config, "caption_extension", ".caption"), captions=caption_options(config),
         flip_aug=bool(opt(config, "flip_aug", False)), color_aug=bool(opt(config, "color_aug", False)),
-        random_crop=bool(opt(config, "random_crop", False)),
+        random_crop=bool(opt(config, "random_crop", False)), alpha_mask=bool(opt(config, "alpha_mask", False)),
     )
 
 
@@ -58,8 +60,16 @@ def dataset_specs(config) -> tuple[list[DatasetSpec], list[str]]:
     if not opt(config, "train_data_dir"):
         raise ConfigError("no training data given", ["train_data_dir: set the folder of '<repeats>_<name>' subfolders, or dataset_config"])
     subsets, problems = subsets_from_dirs(opt(config, "train_data_dir"), opt(config, "reg_data_dir"), template_subset(config))
+    subsets = mirror_mask_dirs(subsets, opt(config, "conditioning_data_dir"))
     spec = DatasetSpec(tuple(subsets), geometry(config), int(opt(config, "train_batch_size", 1)), float(opt(config, "prior_loss_weight", 1.0)))
     return [spec], problems
+
+
+def mirror_mask_dirs(subsets: list[SubsetSpec], conditioning_data_dir: str | None) -> list[SubsetSpec]:
+    """Training folders' masks in `<conditioning_data_dir>/<folder name>`; reg folders keep all-ones masks."""
+    if not conditioning_data_dir:
+        return subsets
+    return [s if s.is_reg else dataclasses.replace(s, mask_dir=Path(conditioning_data_dir) / s.name) for s in subsets]
 
 
 def check_options(config, specs: list[DatasetSpec]) -> None:
@@ -78,6 +88,7 @@ def check_options(config, specs: list[DatasetSpec]) -> None:
             problems.append(f"min_bucket_reso/max_bucket_reso: {g.min_bucket_reso}..{g.max_bucket_reso} must include resolution {g.resolution[0]}x{g.resolution[1]}")
         if d.batch_size < 1:
             problems.append(f"train_batch_size: {d.batch_size} must be 1 or more")
+    problems += mask_option_problems(bool(opt(config, "masked_loss")), subsets)
     try:
         chunk_count(opt(config, "max_token_length"))
     except ConfigError as exc:
@@ -86,11 +97,24 @@ def check_options(config, specs: list[DatasetSpec]) -> None:
         raise ConfigError("dataset options conflict", problems)
 
 
+def mask_option_problems(masked_loss: bool, subsets: list[SubsetSpec]) -> list[str]:
+    """masked_loss needs a mask source, and mask sources need masked_loss (sd-scripts would ignore them silently)."""
+    has_masks = any(s.alpha_mask or s.mask_dir is not None for s in subsets)
+    if masked_loss and not has_masks:
+        return ["masked_loss: no masks given; set alpha_mask (masks in the images' alpha channel) or conditioning_data_dir (a mask folder)"]
+    if has_masks and not masked_loss:
+        return ["alpha_mask/conditioning_data_dir: masks are only used with masked_loss; turn masked_loss on or remove them"]
+    missing = [str(s.mask_dir) for s in subsets if s.mask_dir is not None and not Path(s.mask_dir).is_dir()]
+    return [f"conditioning_data_dir: mask folder {m} does not exist; create it (lorasmith dataset mask) with one mask per image"
+            for m in missing]
+
+
 @dataclass
 class PreparedData:
     description: DatasetDescription
     layouts: list[DatasetLayout]
     plan: TrainingPlan
+    masks: dict[tuple[int, int], MaskSource] | None = field(default=None)  # (dataset, item) → mask; None: no masked_loss
 
 
 def prepare_data(config, *, num_processes: int = 1) -> PreparedData:
@@ -103,8 +127,24 @@ def prepare_data(config, *, num_processes: int = 1) -> PreparedData:
         layouts, gradient_accumulation_steps=int(opt(config, "gradient_accumulation_steps", 1)),
         max_train_epochs=opt(config, "max_train_epochs"), max_train_steps=int(opt(config, "max_train_steps", 1600)),
         num_processes=num_processes, skipped=description.skipped,
+        optimizer_type=opt(config, "optimizer_type"), target_steps=opt(config, "target_steps"),
     )
-    return PreparedData(description, layouts, plan)
+    masks = item_masks(layouts) if opt(config, "masked_loss") else None
+    return PreparedData(description, layouts, plan, masks)
+
+
+def item_masks(layouts: list[DatasetLayout]) -> dict[tuple[int, int], MaskSource]:
+    """Every item's mask source; every image without its mask file, listed in one DatasetError."""
+    masks, problems = {}, []
+    for di, lay in enumerate(layouts):
+        for k, it in enumerate(lay.items):
+            source, problem = mask_source(lay.subsets[it.subset_index].spec, it.image.path)
+            masks[(di, k)] = source
+            if problem and problem not in problems:
+                problems.append(problem)
+    if problems:
+        raise DatasetError(f"masked_loss: {len(problems)} image(s) have no mask", problems)
+    return masks
 
 
 def build_dataset(prepared: PreparedData, config, *, seed: int, tokenizer=None, vae=None, text_encoder=None,
@@ -117,10 +157,13 @@ def build_dataset(prepared: PreparedData, config, *, seed: int, tokenizer=None, 
         latents = {}
         for di, lay in enumerate(prepared.layouts):
             flip = any(s.spec.flip_aug for s in lay.subsets)
-            reqs = [LatentRequest((di, k), it.image.path, it.bucket, it.resized_size) for k, it in enumerate(lay.items)]
+            masks = prepared.masks or {}
+            reqs = [LatentRequest((di, k), it.image.path, it.bucket, it.resized_size, masks.get((di, k), None), it.image.size)
+                    for k, it in enumerate(lay.items)]
             latents.update(cache_latents(reqs, vae, flip_aug=flip, to_disk=bool(opt(config, "cache_latents_to_disk")),
                                          vae_batch_size=int(opt(config, "vae_batch_size", 1)), vae_id=vae_id, progress=progress))
-    dataset = LoraDataset(prepared.layouts, seed=seed, tokenizer=tokenizer, max_token_length=opt(config, "max_token_length"), latents=latents)
+    dataset = LoraDataset(prepared.layouts, seed=seed, tokenizer=tokenizer, max_token_length=opt(config, "max_token_length"),
+                          latents=latents, masks=prepared.masks)
     if opt(config, "cache_text_encoder_outputs"):
         if tokenizer is None or text_encoder is None:
             raise ConfigError("cache_text_encoder_outputs needs the tokenizer and text encoder", ["build_dataset: pass tokenizer= and text_encoder="])

@@ -32,6 +32,8 @@ class SubsetSpec:
     flip_aug: bool = False
     color_aug: bool = False
     random_crop: bool = False
+    alpha_mask: bool = False  # the image's alpha channel is its loss mask (--masked_loss)
+    mask_dir: Path | None = None  # folder of same-stem loss masks (sd-scripts' conditioning_data_dir)
 
     @property
     def name(self) -> str:

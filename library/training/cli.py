@@ -31,13 +31,18 @@ def output_config(args: argparse.Namespace) -> int:
 
 
 def print_plan(args: argparse.Namespace) -> int:
+    from library.data.advice import instance_token_advice
     from library.data.plan import format_plan
     from library.data.prepare import prepare_data
 
     cfg = resolve_config(args)
     for w in validate(cfg):
         print(f"warning: {w}", file=sys.stderr)
-    print(format_plan(prepare_data(cfg).plan))
+    prepared = prepare_data(cfg)
+    print(format_plan(prepared.plan))
+    for problem, fix in instance_token_advice([s.spec.class_tokens for lay in prepared.layouts for s in lay.subsets
+                                               if not s.spec.is_reg]):
+        print(f"warning: {problem}; {fix}")
     return 0
 
 

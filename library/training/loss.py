@@ -78,10 +78,23 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str,
     raise ValueError(f"unknown loss_type {loss_type!r}")
 
 
+def masked_elementwise(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sd-scripts' `apply_masked_loss`: the (B, 1, H, W) pixel mask area-averaged to the loss's size, multiplied in."""
+    weights = F.interpolate(mask.to(loss.device, loss.dtype), size=loss.shape[2:], mode="area")
+    return loss * weights
+
+
 def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
-                    delta: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of ℓ over every axis but the batch axis (C, H, W), computed in fp32."""
+                    delta: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ℓ over every axis but the batch axis (C, H, W), computed in fp32.
+
+    With a (B, 1, H_px, W_px) loss mask (--masked_loss) ℓ is first multiplied by the mask
+    area-averaged to the latent size (sd-scripts' apply_masked_loss); the mean still
+    divides by the whole area, as in sd-scripts.
+    """
     loss = elementwise_loss(pred.float(), target.float(), loss_type, delta)
+    if mask is not None:
+        loss = masked_elementwise(loss, mask)
     return loss.mean(dim=tuple(range(1, loss.dim())))
 
 

@@ -57,7 +57,7 @@ class StepMath:
         if cfg.loss_type in ("huber", "smooth_l1"):
             delta = huber_threshold(nb.timesteps, p.alphas_cumprod, cfg.huber_c, cfg.huber_schedule,
                                     int(p.alphas_cumprod.shape[0]))
-        per = per_sample_loss(pred, target, cfg.loss_type, delta)
+        per = per_sample_loss(pred, target, cfg.loss_type, delta, batch.get("masks"))
         weights = batch["loss_weights"].to(p.device, non_blocking=True)
         return weighted_batch_loss(per, weights, nb.timesteps, self.snr, cfg.min_snr_gamma,
                                    p.v_prediction, cfg.debiased_estimation_loss)
