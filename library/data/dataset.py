@@ -10,6 +10,7 @@ to the workers, so persistent workers follow `set_epoch` too.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 
@@ -137,7 +138,11 @@ def _as_is(batch: dict) -> dict:
 
 
 def make_dataloader(dataset: LoraDataset, num_workers: int = 0, persistent_workers: bool = False) -> DataLoader:
-    """A DataLoader over whole batches; `persistent_workers` only applies with workers (as in torch)."""
+    """A DataLoader over whole batches; `persistent_workers` only applies with workers (as in torch).
+
+    Workers are capped at the CPU count, as sd-scripts does: more only fork processes that fight for cores.
+    """
+    num_workers = min(num_workers, os.cpu_count() or 1)
     return DataLoader(
         dataset,
         batch_size=None,

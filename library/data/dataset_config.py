@@ -11,8 +11,6 @@ lorasmith does not implement are refused unless set to their default.
 from __future__ import annotations
 
 import difflib
-import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +54,16 @@ def load_dataset_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"dataset_config: {path} does not exist", ["dataset_config: point it at a .toml or .json file"])
+    from library.config_io import parse_structured
+
     try:
-        if path.suffix.lower() == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"dataset_config: {path} cannot be parsed", [f"{path}: {exc}"]) from exc
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"dataset_config: {path} cannot be parsed", [f"{path}: {exc}"]) from None
+    try:
+        return parse_structured(text, ".json" if path.suffix.lower() == ".json" else ".toml", str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"dataset_config: {path} cannot be parsed", [exc.summary, *exc.problems]) from None
 
 
 def _check_section(section: dict, where: str, allowed: dict[str, tuple], problems: list[str]) -> None:
