@@ -300,6 +300,8 @@ def number_problem(name: str, value: int | float) -> str | None:
     import math
 
     lo, hi = value_range(name)
+    if base_type(name) is float and isinstance(value, int) and value.bit_length() > 1000:
+        return f"{shown_value(value)} is too large for a float; {range_text(lo, hi)}"
     if isinstance(value, float) and not math.isfinite(value):
         if spec_named(name).allow_nonfinite:
             return None
