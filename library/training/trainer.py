@@ -26,7 +26,7 @@ from library.config_validate import validate
 from library.data.plan import format_plan
 from library.data.prepare import prepare_data
 from library.errors import DatasetError, LorasmithError, TrainingError
-from library.training import distributed, saving, state as run_state
+from library.training import distributed, preflight, saving, state as run_state
 from library.training.events import Commands, Events
 from library.training.lock import output_lock
 from library.training.memory import gc_paused
@@ -332,10 +332,18 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
         events = Events()  # only the main process reports and writes
     if not cfg.output_dir or rank != 0:
         return _train_prepared(cfg, events, commands, resume_from, warnings, world)
-    with output_lock(cfg.output_dir) as lock_notes:
-        for note in lock_notes:
-            events.on_log({"message": note})
-        return _train_prepared(cfg, events, commands, resume_from, warnings, world)
+    acquired = False
+    try:
+        with output_lock(cfg.output_dir) as lock_notes:
+            acquired = True
+            for note in lock_notes:
+                events.on_log({"message": note})
+            return _train_prepared(cfg, events, commands, resume_from, warnings, world)
+    except OSError as exc:
+        if acquired:
+            raise
+        raise TrainingError(f"cannot create the lock file in {cfg.output_dir}: {exc.strerror or exc}", [
+            "training did not start; free disk space or choose another --output_dir"]) from None
 
 
 def _train_prepared(cfg: TrainConfig, events: Events, commands: Commands | None, resume_from: Path | None,
@@ -349,6 +357,10 @@ def _train_prepared(cfg: TrainConfig, events: Events, commands: Commands | None,
     parts = build_run(cfg, prepared, cfg.seed)
     for note in parts.notes:
         events.on_log({"message": note})
+    n_params = sum(p.numel() for p in parts.trainable_params)
+    for warning in preflight.space_warnings(cfg, n_params, plan.epochs, plan.total_steps):
+        warnings.append(warning)
+        events.on_log({"message": f"warning: {warning}"})
     trainer = Trainer(parts, events, commands)
     if resume_from is not None:
         saved = run_state.load_train_state(resume_from)
