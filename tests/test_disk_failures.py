@@ -172,6 +172,44 @@ def test_space_estimate_counts_pruned_saves() -> None:
     assert preflight.space_warnings(TrainConfig(output_dir="/"), 10, 1, 1) == [] or True  # never raises
 
 
+@pytest.mark.parametrize("field", ["output_dir", "logging_dir", "progress_file"])
+def test_read_only_output_paths_are_named_before_models(field, shapes_data, tmpfs, tmp_path, monkeypatch, capsys) -> None:
+    ro = tmpfs("1m", read_only=True)
+    import library.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "prepare_data", lambda *a, **k: (_ for _ in ()).throw(AssertionError("past checks")))
+    values = {"output_dir": str(tmp_path / "out"), "logging_dir": None, "progress_file": None}
+    values[field] = str(ro / "sub" / ("p.jsonl" if field == "progress_file" else "x"))
+    argv = ["train", "--pretrained_model_name_or_path", "tiny", "--train_data_dir", str(shapes_data),
+            "--caption_extension", ".txt", "--resolution", "64"]
+    argv += [a for k, v in values.items() if v for a in (f"--{k}", v)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{field}: cannot create files in {ro}" in err and "Read-only file system" in err
+    assert "Traceback" not in err
+    with pytest.raises(ConfigError, match=field):
+        preflight.check_writable(TrainConfig(**values))
+
+
+def test_existing_read_only_progress_file_and_folder_given_as_file(tmpfs, tmp_path) -> None:
+    ro = tmpfs("1m")
+    (ro / "p.jsonl").write_text("old run\n")
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    with pytest.raises(ConfigError, match=r"progress_file: cannot write .*p\.jsonl: Read-only file system"):
+        preflight.check_writable(TrainConfig(progress_file=str(ro / "p.jsonl")))
+    with pytest.raises(ConfigError, match="is a folder"):
+        preflight.check_writable(TrainConfig(progress_file=str(tmp_path)))
+    preflight.check_writable(TrainConfig(output_dir=str(tmp_path / "new" / "deeper")))  # creatable: fine
+    assert not (tmp_path / "new").exists()  # the check creates nothing
+
+
+def test_read_only_cache_folder_with_cache_latents_to_disk(shapes_data, tmpfs) -> None:
+    ro = tmpfs("1m", read_only=True)
+    with pytest.raises(ConfigError, match="train_data_dir: cannot create files"):
+        preflight.check_writable(TrainConfig(train_data_dir=str(ro), cache_latents_to_disk=True))
+    preflight.check_writable(TrainConfig(train_data_dir=str(ro)))  # without the disk cache nothing is written there
+
+
 def test_cli_train_on_full_disk_prints_one_screen(shapes_data, tmpfs) -> None:
     out = tmpfs("2m")
     fill(out)

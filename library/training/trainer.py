@@ -317,6 +317,7 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
     """Validate, plan, build and run one training; raises our errors, never exits."""
     events = events or Events()
     warnings = validate(config)
+    preflight.check_writable(config)
     check_group_lrs(config.optimizer_type, config.unet_lr, config.text_encoder_lr, config.learning_rate,
                     not config.network_train_text_encoder_only, not config.network_train_unet_only)
     resume_from = run_state.resolve_resume(config) if config.resume else None
