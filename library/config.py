@@ -120,6 +120,8 @@ class TrainConfig:
     color_aug: bool = option(False, "Randomly shift hue (incompatible with cached latents)", group="Dataset")
     random_crop: bool = option(False, "Random instead of centre crop (incompatible with cached latents)", group="Dataset")
     skip_bad_images: bool = option(False, "Train on the readable images and list the unreadable ones instead of stopping", group="Dataset")
+    alpha_background: str = option("white", "Colour under transparent pixels (PNG/WebP alpha, transparent palette): a name (white, black, gray) or #rrggbb. White by default, as AUTOMATIC1111 and most trainers; dropping alpha would train the hidden colour, usually black", group="Dataset")
+    max_image_pixels: int = option(89_478_485, "Refuse images with more pixels (width x height) than this, from their header before decoding; the default is Pillow's bomb-warning limit. Raise it to train on huge scans (they cost memory while loading)", group="Dataset", min=1, advanced=True)
     max_data_loader_n_workers: int = option(0, "DataLoader worker processes (0 = load in the training process; fastest with cached latents); at most the CPU count is used, as in sd-scripts", group="Dataset", min=0, max=64)
     persistent_data_loader_workers: bool = option(False, "Keep DataLoader workers alive between epochs", group="Dataset")
 

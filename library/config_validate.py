@@ -64,6 +64,7 @@ def check_config(cfg: TrainConfig, *, for_training: bool = True) -> ValidationRe
     _check_resolution_and_buckets(cfg, rep)
     _check_contradictions(cfg, rep)
     _check_workers(cfg, rep)
+    _check_alpha_background(cfg, rep)
     _check_optimizer(cfg, rep)
     _check_network_args(cfg, rep)
     _check_saving(cfg, rep)
@@ -111,6 +112,16 @@ def _check_workers(cfg: TrainConfig, rep: ValidationReport) -> None:
     workers, cores = cfg.max_data_loader_n_workers, os.cpu_count() or 1
     if isinstance(workers, int) and workers > cores:
         rep.warn("max_data_loader_n_workers", f"{workers} is more than the {cores} CPU cores here; {cores} will be used (as sd-scripts does)")
+
+
+def _check_alpha_background(cfg: TrainConfig, rep: ValidationReport) -> None:
+    from library.data.specs import parse_color
+
+    if isinstance(cfg.alpha_background, str):
+        try:
+            parse_color(cfg.alpha_background)
+        except ConfigError as exc:
+            rep.error("alpha_background", exc.summary.split(": ", 1)[-1] + "; write a name such as white, black, gray, or #rrggbb")
 
 
 def _check_resolution_and_buckets(cfg: TrainConfig, rep: ValidationReport) -> None:

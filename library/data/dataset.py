@@ -105,7 +105,7 @@ class LoraDataset(torch.utils.data.Dataset):
             return {"latents": torch.stack(lat), "images": None}
         images = [
             item_pixels(it.image.path, it.bucket, it.resized_size, random_crop=s.random_crop,
-                        use_color_aug=s.color_aug, flip=f, rng=rng)
+                        use_color_aug=s.color_aug, flip=f, rng=rng, options=s.image)
             for it, s, f, rng in zip(items, subsets, flips, rngs)
         ]
         return {"latents": None, "images": torch.stack(images)}

@@ -16,7 +16,7 @@ from typing import Any
 
 from library.data.buckets import BucketGeometry
 from library.data.captions import CaptionOptions
-from library.data.specs import DatasetSpec, SubsetSpec, parse_resolution
+from library.data.specs import DatasetSpec, SubsetSpec, image_options, parse_resolution
 from library.errors import ConfigError
 
 FLOAT = (float, int)
@@ -129,7 +129,7 @@ def _subset(layers: list[dict], config, base: Path) -> SubsetSpec:
         image_dir=image_dir if image_dir.is_absolute() else base / image_dir,
         num_repeats=get("num_repeats"), is_reg=get("is_reg"), class_tokens=get("class_tokens"),
         caption_extension=get("caption_extension"), captions=CaptionOptions(**{k: get(k) for k in caption_keys}),
-        flip_aug=get("flip_aug"), color_aug=get("color_aug"), random_crop=get("random_crop"),
+        flip_aug=get("flip_aug"), color_aug=get("color_aug"), random_crop=get("random_crop"), image=image_options(config),
     )
 
 

@@ -27,12 +27,13 @@ from safetensors.torch import save_file
 
 from library.data.buckets import Reso
 from library.data.images import item_pixels
+from library.data.specs import ImageOptions
 from library.errors import DatasetError
 from library.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 CACHE_SUFFIX = "_lorasmith.safetensors"
-FORMAT = "lorasmith-latents-1"
+FORMAT = "lorasmith-latents-2"  # 2: pixels read by open_image (EXIF, 16-bit, alpha background)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class LatentRequest:
     path: Path
     bucket: Reso
     resized_size: Reso
+    options: ImageOptions = ImageOptions()
 
 
 @dataclass
@@ -83,6 +85,7 @@ def expected_metadata(image_sha: str, vae_id: str, req: LatentRequest, flip: boo
         "bucket": f"{req.bucket[0]}x{req.bucket[1]}",
         "resized_size": f"{req.resized_size[0]}x{req.resized_size[1]}",
         "flipped": "1" if flip else "0",
+        "alpha_background": "#%02x%02x%02x" % req.options.background,
     }
 
 
@@ -125,7 +128,7 @@ def encode_batch(vae, pixels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
 
 
 def _compute(vae, group: list[tuple[LatentRequest, str]], flip_aug: bool) -> list[CachedLatents]:
-    pixels = torch.stack([item_pixels(r.path, r.bucket, r.resized_size) for r, _ in group])
+    pixels = torch.stack([item_pixels(r.path, r.bucket, r.resized_size, options=r.options) for r, _ in group])
     latents = encode_batch(vae, pixels, [noise_seed(sha, r.bucket, False) for r, sha in group])
     flipped = None
     if flip_aug:

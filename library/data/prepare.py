@@ -19,7 +19,7 @@ from library.data.folders import DatasetDescription, scan_datasets, subsets_from
 from library.data.latent_cache import LatentRequest, cache_latents
 from library.data.layout import DatasetLayout, build_layout
 from library.data.plan import TrainingPlan, make_plan
-from library.data.specs import DatasetSpec, SubsetSpec, parse_resolution
+from library.data.specs import DatasetSpec, SubsetSpec, image_options, parse_resolution
 from library.data.text import cache_text_encoder_outputs, chunk_count
 from library.errors import ConfigError
 
@@ -39,7 +39,7 @@ def template_subset(config) -> SubsetSpec:
     return SubsetSpec(
         image_dir=Path("."), caption_extension=opt(config, "caption_extension", ".caption"), captions=caption_options(config),
         flip_aug=bool(opt(config, "flip_aug", False)), color_aug=bool(opt(config, "color_aug", False)),
-        random_crop=bool(opt(config, "random_crop", False)),
+        random_crop=bool(opt(config, "random_crop", False)), image=image_options(config),
     )
 
 
@@ -117,7 +117,8 @@ def build_dataset(prepared: PreparedData, config, *, seed: int, tokenizer=None, 
         latents = {}
         for di, lay in enumerate(prepared.layouts):
             flip = any(s.spec.flip_aug for s in lay.subsets)
-            reqs = [LatentRequest((di, k), it.image.path, it.bucket, it.resized_size) for k, it in enumerate(lay.items)]
+            reqs = [LatentRequest((di, k), it.image.path, it.bucket, it.resized_size, lay.subsets[it.subset_index].spec.image)
+                    for k, it in enumerate(lay.items)]
             latents.update(cache_latents(reqs, vae, flip_aug=flip, to_disk=bool(opt(config, "cache_latents_to_disk")),
                                          vae_batch_size=int(opt(config, "vae_batch_size", 1)), vae_id=vae_id, progress=progress))
     dataset = LoraDataset(prepared.layouts, seed=seed, tokenizer=tokenizer, max_token_length=opt(config, "max_token_length"), latents=latents)

@@ -17,6 +17,41 @@ from library.data.captions import CaptionOptions
 from library.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Pillow's own decompression-bomb warning threshold; above it we refuse by name (raise with --max_image_pixels).
+DEFAULT_MAX_PIXELS = 89_478_485
+WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How pixels are read: the colour under transparency and the largest accepted image.
+
+    `alpha_mask` is the hook for a masked loss (sd-scripts' alpha_mask): when set the alpha
+    is kept instead of composited. No loss uses it yet, so nothing sets it.
+    """
+
+    background: tuple[int, int, int] = WHITE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    alpha_mask: bool = False
+
+
+def parse_color(text: str, field_name: str = "alpha_background") -> tuple[int, int, int]:
+    """'white', 'gray', '#ff8800' or 'rgb(1,2,3)' as an (r, g, b) triple (Pillow's colour names)."""
+    from PIL import ImageColor
+
+    try:
+        rgb = ImageColor.getrgb(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{field_name}: {str(text)[:40]!r} is not a colour",
+                          [f"{field_name}: write a name such as white, black, gray, or #rrggbb"]) from None
+    return rgb[0], rgb[1], rgb[2]
+
+
+def image_options(config) -> ImageOptions:
+    """The ImageOptions a config asks for (alpha_background, max_image_pixels); defaults when unset."""
+    background = getattr(config, "alpha_background", None) or "white"
+    max_pixels = getattr(config, "max_image_pixels", None) or DEFAULT_MAX_PIXELS
+    return ImageOptions(parse_color(background), int(max_pixels))
 
 
 @dataclass(frozen=True)
@@ -32,6 +67,7 @@ class SubsetSpec:
     flip_aug: bool = False
     color_aug: bool = False
     random_crop: bool = False
+    image: ImageOptions = field(default_factory=ImageOptions)
 
     @property
     def name(self) -> str:
