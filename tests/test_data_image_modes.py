@@ -207,3 +207,57 @@ def test_other_readers_share_the_loader(tmp_path) -> None:
     init = load_init_images(transparent_png(tmp_path / "t.png"))
     assert init[0].mode == "RGB" and init[0].getpixel((0, 0)) == (255, 255, 255)
     assert open_image(rotated_jpeg(tmp_path / "r.jpg")).size == (32, 64)
+
+
+def _seed_images() -> list[bytes]:
+    import io
+
+    out = []
+    for build in (lambda: Image.fromarray(np.tile((np.arange(16, dtype=np.uint32) * 4000).astype(np.uint16), (4, 1))),
+                  lambda: Image.new("RGBA", (8, 8), (255, 0, 0, 0)),
+                  lambda: Image.new("P", (8, 8), 1)):
+        buf = io.BytesIO()
+        build().save(buf, "PNG")
+        out.append(buf.getvalue())
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (16, 8), (0, 0, 255)).save(buf, "JPEG", exif=exif.tobytes())
+    out.append(buf.getvalue())
+    return out
+
+
+SEEDS = _seed_images()
+
+
+def test_fuzz_image_reader_raises_only_our_errors(tmp_path_factory) -> None:
+    """Mutated PNG/JPEG bytes (16-bit, alpha, palette, EXIF): the reader returns 8-bit RGB or a DatasetError."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    folder = tmp_path_factory.mktemp("imgfuzz")
+
+    @st.composite
+    def mutated(draw) -> bytes:
+        data = bytearray(draw(st.sampled_from(SEEDS)))
+        for _ in range(draw(st.integers(1, 6))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data[: draw(st.integers(8, len(data)))])
+
+    @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(mutated(), st.sampled_from([".png", ".jpg"]))
+    def run(data: bytes, suffix: str) -> None:
+        path = folder / f"f{suffix}"
+        path.write_bytes(data)
+        try:
+            rgb = load_rgb(path, ImageOptions(max_pixels=4_000_000))
+        except DatasetError:
+            pass
+        else:
+            assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+        size, problem = check_image(path, ImageOptions(max_pixels=4_000_000))
+        assert (size is None) != (problem is None)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run()
