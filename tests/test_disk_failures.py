@@ -26,6 +26,7 @@ from library.training import preflight, saving, state as run_state
 from library.training.events import Events
 from library.training.rng import TrainingRNG
 from library.training.trainer import train
+from test_crash_failures import config  # the tiny cached-latents run those tests train
 
 
 @pytest.fixture
@@ -66,14 +67,6 @@ def fill(folder: Path, leave: int = 0) -> Path:
     return filler
 
 
-def config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(pretrained_model_name_or_path="tiny", train_data_dir=str(data), output_dir=str(out), output_name="t",
-                caption_extension=".txt", resolution="64", train_batch_size=2, max_train_epochs=3,
-                cache_latents=True, seed=2, learning_rate=1e-3)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 class FillAfter(Events):
     """Fills the output filesystem once the save of `kind` is done."""
 
@@ -89,7 +82,7 @@ class FillAfter(Events):
 def test_real_full_disk_during_lora_save_is_named_and_leaves_no_half_file(shapes_data, tmpfs) -> None:
     out = tmpfs("8m")
     with pytest.raises(TrainingError) as err:
-        train(config(shapes_data, out, save_every_n_epochs=1, save_state=True), FillAfter(out, "state"))
+        train(config(shapes_data, out, save_every_n_epochs=1, save_state=True, max_train_epochs=3), FillAfter(out, "state"))
     text = str(err.value)
     assert "cannot write" in text and "t-000002.safetensors" in text and "No space left on device" in text
     assert "files saved before it are intact" in text and "free on the filesystem" in text
