@@ -18,9 +18,9 @@ from library.config import (
     is_optional,
     option_fields,
     parse_key_value_args,
+    number_problem,
     parse_resolution,
     spec_of,
-    number_problem,
 )
 from library.errors import ConfigError, LorasmithError
 

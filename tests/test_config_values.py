@@ -125,3 +125,20 @@ def test_nesting_depth_counts_without_recursion() -> None:
     assert nesting_depth(deep) == 100_001
     assert nesting_depth({"a": {"b": 1}, "c": [1, 2]}) == 2
     assert nesting_depth(3) == 0
+
+
+def test_hostile_numbers_in_a_dataset_config(tmp_path) -> None:
+    from library.data.dataset_config import load_dataset_specs
+
+    path = tmp_path / "ds.toml"
+    path.write_text("[general]\nprior_loss_weight = nan\nresolution = 10000000\n[[datasets]]\nbatch_size = 99999999999\n"
+                    "[[datasets.subsets]]\nimage_dir = 'x'\nnum_repeats = inf\n")
+    with pytest.raises(ConfigError) as err:
+        load_dataset_specs(path)
+    text = str(err.value)
+    assert "'prior_loss_weight' = nan is not a usable number" in text
+    assert "'batch_size' = 99999999999 is not a usable number" in text
+    assert "'num_repeats' = inf should be int" in text
+    path.write_text("[general]\nresolution = 10000000\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'x'\n")
+    with pytest.raises(ConfigError, match="whole numbers from 1 to 8192"):
+        load_dataset_specs(path)

@@ -11,9 +11,11 @@ lorasmith does not implement are refused unless set to their default.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
+from library.config import INT_MAX_DEFAULT, shown_value
 from library.data.buckets import BucketGeometry
 from library.data.captions import CaptionOptions
 from library.data.specs import DatasetSpec, SubsetSpec, image_options, parse_resolution
@@ -80,7 +82,17 @@ def _check_section(section: dict, where: str, allowed: dict[str, tuple], problem
             problems.append(f"{where}: unknown key '{key}'{hint}")
         elif (isinstance(value, bool) and bool not in allowed[key]) or not isinstance(value, allowed[key]):
             names = "/".join(t.__name__ for t in allowed[key])
-            problems.append(f"{where}: '{key}' = {value!r} should be {names}")
+            problems.append(f"{where}: '{key}' = {shown_value(value)} should be {names}")
+        elif _bad_number(value):
+            problems.append(f"{where}: '{key}' = {shown_value(value)} is not a usable number; "
+                            f"use a finite value up to {INT_MAX_DEFAULT}")
+
+
+def _bad_number(value: object) -> bool:
+    """nan/inf, or a number beyond any sane count/size (overflows torch and NumPy later)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (isinstance(value, float) and not math.isfinite(value)) or abs(value) > INT_MAX_DEFAULT
 
 
 def validate(user: dict) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from library.data.buckets import BucketGeometry, Reso
 from library.data.captions import CaptionOptions
+from library.config import MAX_RESOLUTION
 from library.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -102,9 +103,9 @@ def parse_resolution(value: str | int | tuple | list, field_name: str = "resolut
             parts = []
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or not all(isinstance(p, int) and p > 0 for p in parts):
+    if len(parts) != 2 or not all(isinstance(p, int) and 0 < p <= MAX_RESOLUTION for p in parts):
         raise ConfigError(
             f"{field_name}: {value!r} is not a resolution",
-            [f"{field_name}: write one size ('512') or width,height ('512,768'), positive integers"],
+            [f"{field_name}: write one size ('512') or width,height ('512,768'), whole numbers from 1 to {MAX_RESOLUTION}"],
         )
     return int(parts[0]), int(parts[1])
