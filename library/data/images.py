@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import random
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,14 +78,14 @@ def _sixteen_to_eight(img: Image.Image) -> Image.Image:
     """16-bit (and 32-bit integer) greyscale scaled to 8 bits; Pillow's convert('L') clips it to white."""
     values = np.asarray(img)
     if img.mode == "I" and values.size and int(values.max()) <= 255:  # an 8-bit image stored as I
-        return Image.fromarray(values.astype(np.uint8), "L")
-    return Image.fromarray((np.clip(values, 0, 65535).astype(np.uint32) * 255 // 65535).astype(np.uint8), "L")
+        return Image.fromarray(values.astype(np.uint8))
+    return Image.fromarray((np.clip(values, 0, 65535).astype(np.uint32) * 255 // 65535).astype(np.uint8))
 
 
 def _float_to_eight(img: Image.Image) -> Image.Image:
     values = np.nan_to_num(np.asarray(img, dtype=np.float32))
     scale = 255.0 if values.size and float(values.max()) <= 1.0 else 1.0
-    return Image.fromarray(np.clip(values * scale, 0, 255).round().astype(np.uint8), "L")
+    return Image.fromarray(np.clip(values * scale, 0, 255).round().astype(np.uint8))
 
 
 def to_rgb(img: Image.Image, options: ImageOptions = ImageOptions()) -> tuple[Image.Image, Image.Image | None]:

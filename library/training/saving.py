@@ -106,7 +106,7 @@ def write_lora(network: Any, path: Path, fmt: str, dtype: torch.dtype | None, me
 def write_error(path: Path, reason: str, what: str = "") -> TrainingError:
     """The named error for a save that failed: which file, why, and that nothing else was harmed."""
     free = free_bytes(path.parent)
-    return TrainingError(f"cannot write {what or ''}{path}: {reason}", [
+    return TrainingError(f"cannot write {what}{path}: {reason}", [
         f"nothing of {path.name} was left behind; the files saved before it are intact",
         (f"{human_bytes(free)} free on the filesystem of {path.parent}; " if free is not None else "")
         + "free disk space or choose another --output_dir, then --resume from the last state or train again"])
