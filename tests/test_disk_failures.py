@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from library import cli
 from library.config import TrainConfig
-from library.errors import ConfigError, TrainingError
+from library.errors import ConfigError, DatasetError, TrainingError
 from library.fileio import write_failure_reason
 from library.training import preflight, saving, state as run_state
 from library.training.events import Events
@@ -238,3 +238,13 @@ def test_samples_on_a_full_disk_are_skipped_with_a_note() -> None:
     assert hook.maybe(epoch=1, step=5, force=True) == []
     assert logs == ["samples not written at step 5: No space left on device (/o/sample/x.png)"]
     assert samples == [{"epoch": 1, "step": 5, "paths": []}]
+
+
+def test_real_full_disk_in_the_latent_cache_is_named(tmpfs) -> None:
+    from library.data.latent_cache import CachedLatents, write_cache
+
+    out = tmpfs("256k")
+    fill(out)
+    with pytest.raises(DatasetError, match=r"cannot write the latent cache .*a_lorasmith\.safetensors: No space left"):
+        write_cache(out / "a_lorasmith.safetensors", CachedLatents(torch.zeros(4, 64, 64)), {"format": "x"})
+    assert sorted(p.name for p in out.iterdir()) == ["filler.bin"]

@@ -29,7 +29,7 @@ from library.data.buckets import Reso
 from library.data.images import item_pixels
 from library.data.specs import ImageOptions
 from library.errors import DatasetError
-from library.fileio import atomic_path
+from library.fileio import atomic_path, write_failure_reason
 
 log = logging.getLogger(__name__)
 CACHE_SUFFIX = "_lorasmith.safetensors"
@@ -110,8 +110,15 @@ def write_cache(path: Path, cached: CachedLatents, metadata: dict[str, str]) -> 
     tensors = {"latents": cached.latents.contiguous()}
     if cached.flipped is not None:
         tensors["latents_flipped"] = cached.flipped.contiguous()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+    except Exception as exc:  # a full disk arrives as SafetensorError, not OSError
+        reason = write_failure_reason(exc, path)
+        if reason is None:
+            raise
+        raise DatasetError(f"cannot write the latent cache {path}: {reason}", [
+            "no half file was left; free disk space, or train without --cache_latents_to_disk (latents stay in memory)"]) from None
 
 
 def noise_seed(image_sha: str, bucket: Reso, flipped: bool) -> int:
