@@ -248,3 +248,17 @@ def test_real_full_disk_in_the_latent_cache_is_named(tmpfs) -> None:
     with pytest.raises(DatasetError, match=r"cannot write the latent cache .*a_lorasmith\.safetensors: No space left"):
         write_cache(out / "a_lorasmith.safetensors", CachedLatents(torch.zeros(4, 64, 64)), {"format": "x"})
     assert sorted(p.name for p in out.iterdir()) == ["filler.bin"]
+
+
+def test_real_full_disk_stops_tensorboard_logs_not_training(tmpfs) -> None:
+    from library.training.tracking import TensorBoardLog
+
+    out = tmpfs("256k")
+    messages: list[str] = []
+    tb = TensorBoardLog(out / "logs", on_problem=messages.append)
+    fill(out)
+    for step in range(3000):  # the writer's buffer fills, then its file write fails
+        tb.scalars({"loss/current": 0.5, "lr/unet": 1e-4}, step)
+    tb.flush()
+    tb.close()
+    assert len(messages) == 1 and "No space left on device" in messages[0] and "training goes on" in messages[0]

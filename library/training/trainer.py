@@ -82,7 +82,7 @@ class Trainer:
         self.rank = parts.accelerator.process_index
         self.is_main = self.rank == 0  # only the main process writes files and logs
         log_dir = run_log_dir(self.cfg.logging_dir, self.cfg.log_prefix) if self.cfg.logging_dir and self.is_main else None
-        self.tb = TensorBoardLog(log_dir)
+        self.tb = TensorBoardLog(log_dir, on_problem=lambda message: self.events.on_log({"message": f"warning: {message}"}))
         self.metadata = RunMetadata(parts, session_id=random.SystemRandom().randint(0, 2**32 - 1))
         self.samples = SampleHook(parts, self.events)
         self.files: list[Path] = []
