@@ -97,7 +97,6 @@ def test_real_full_disk_in_the_state_writer_is_named(shapes_data, tmpfs) -> None
     out = tmpfs("1m")
     rng = TrainingRNG(0, torch.device("cpu"))
     net = torch.nn.Linear(2, 2)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
     parts = SimpleNamespace(
         accelerator=SimpleNamespace(scaler=None), network=net, rng=rng, config=TrainConfig(),
         optimizer=SimpleNamespace(optimizer=SimpleNamespace(state_dict=lambda: {"big": torch.zeros(400_000)})),
@@ -110,7 +109,6 @@ def test_real_full_disk_in_the_state_writer_is_named(shapes_data, tmpfs) -> None
     assert "cannot write the training state" in text and "t-000001-state" in text and "No space left" in text
     assert sorted(p.name for p in out.iterdir()) == ["t-000001-state"]  # no temp folder left
     assert (out / "t-000001-state" / "keep.txt").read_text() == "earlier state"
-    del opt
 
 
 def test_real_full_disk_for_safetensors_and_torch_save_is_recognised(tmpfs) -> None:
@@ -157,12 +155,12 @@ def test_space_warning_before_training(shapes_data, tmpfs) -> None:
     assert any("one save needs about" in m and "the first save will fail" in m for m in logs), logs
 
 
-def test_space_estimate_counts_pruned_saves() -> None:
+def test_space_estimate_counts_pruned_saves(tmp_path) -> None:
     cfg = TrainConfig(save_every_n_epochs=1, save_last_n_epochs=2, save_state=True, optimizer_type="AdamW")
     assert preflight.planned_saves(cfg, epochs=10, total_steps=100) == (3, 3)
     lora, state = preflight.save_bytes(cfg, 1_000_000)
     assert lora == 4_000_000 + 65536 and state == 12_000_000 + 65536
-    assert preflight.space_warnings(TrainConfig(output_dir="/"), 10, 1, 1) == [] or True  # never raises
+    assert preflight.space_warnings(TrainConfig(output_dir=str(tmp_path / "new")), 1000, 1, 1) == []  # room enough
 
 
 @pytest.mark.parametrize("field", ["output_dir", "logging_dir", "progress_file"])
