@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
+from library.data.images import open_image
 from library.errors import DatasetError
 from library.fileio import atomic_path
 
@@ -128,23 +129,13 @@ def pending_images(
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image fully, upright (EXIF orientation applied), as RGB.
+    """Open an image fully, upright (EXIF orientation applied), as 8-bit RGB.
 
-    Transparent pixels are composited on white: dropping alpha would turn
-    them black, which a model would learn as part of the subject.
+    The trainer's own reader (`library.data.images.open_image`): transparent pixels are
+    composited on white (dropping alpha would turn them black, which a model would learn
+    as part of the subject), 16-bit greyscale is scaled, and huge images are refused.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}", ["re-export or remove this file"]) from exc
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    return open_image(Path(path))
 
 
 def output_path(dest_dir: Path, source: Path, fmt: str | None) -> Path:

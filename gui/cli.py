@@ -5,11 +5,15 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from library.errors import ConfigError
 
 LOCAL_HOST = "127.0.0.1"
+PROBE_SECONDS = 60.0  # how long the started server may take to answer its first request
+PROBE_OK = (200, 401, 301, 302, 303, 307, 308)  # Gradio's own list: auth and redirects count as up
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +51,43 @@ def exposure_warnings(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def patient_url_ok(url: str, deadline_s: float = PROBE_SECONDS, attempt_timeout_s: float = 5.0) -> bool:
+    """Gradio's localhost probe, but retried until `deadline_s`: Gradio's own gives up on the
+    first 3-second timeout, which a loaded machine easily misses, and then refuses to start."""
+    import httpx
+
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            if httpx.head(url, timeout=attempt_timeout_s, verify=False).status_code in PROBE_OK:
+                return True
+        except (httpx.HTTPError, OSError):
+            pass
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.5)
+
+
+def launch_app(demo: Any, *, host: str, port: int, share: bool, auth: tuple[str, str] | None,
+               allowed_paths: list[str], inbrowser: bool = False, block: bool = True) -> None:
+    """demo.launch with the patient probe; a server that never answers is a named error, never a share link."""
+    import gradio.networking as networking
+
+    original = networking.url_ok
+    networking.url_ok = patient_url_ok
+    try:
+        demo.launch(server_name=host, server_port=port, share=bool(share), auth=auth, allowed_paths=allowed_paths,
+                    inbrowser=inbrowser, show_error=True, footer_links=[], prevent_thread_lock=not block)
+    except ValueError as exc:
+        if "localhost is not accessible" not in str(exc):
+            raise
+        raise ConfigError(f"the GUI server did not answer on http://{host}:{port} within {PROBE_SECONDS:.0f} s", [
+            "the machine may be very busy, or a proxy setting (http_proxy/no_proxy) blocks localhost; try again",
+            "lorasmith never falls back to a public share link; pass --share only if you want one"]) from None
+    finally:
+        networking.url_ok = original
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -69,11 +110,8 @@ def run_gui(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     demo = build_app(ctx)
     try:
-        demo.launch(
-            server_name="0.0.0.0" if args.listen else LOCAL_HOST, server_port=args.port, share=args.share,
-            auth=auth, allowed_paths=[str(r) for r in ctx.guard.roots], inbrowser=args.inbrowser,
-            show_error=True, footer_links=[],
-        )
+        launch_app(demo, host="0.0.0.0" if args.listen else LOCAL_HOST, port=args.port, share=args.share,
+                   auth=auth, allowed_paths=[str(r) for r in ctx.guard.roots], inbrowser=args.inbrowser)
     except KeyboardInterrupt:
         pass
     finally:

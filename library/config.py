@@ -57,6 +57,15 @@ class OptionSpec:
     aliases: tuple[str, ...] = ()  # other accepted names (sd-scripts typos, old names)
     kind: str | None = None  # "dir", "file", "path" (dir or file) for path widgets and checks
     advanced: bool = False
+    allow_nonfinite: bool = False  # float fields refuse nan/inf unless this is set
+
+
+# Whole-number fields without their own `max` are capped here: bigger values are typos
+# (`--seed 1e29`, a pasted timestamp) that overflow torch/NumPy far into a run.
+INT_MAX_DEFAULT = 2**31 - 1
+# Longest training side (pixels) accepted for resolution and buckets: 8192x8192 is already
+# 64 Mpx per sample; `--resolution 10000000` would only fail later with a MemoryError.
+MAX_RESOLUTION = 8192
 
 
 def option(default: Any, help: str, *, group: str, **spec: Any) -> Any:
@@ -115,15 +124,17 @@ class TrainConfig:
     color_aug: bool = option(False, "Randomly shift hue (incompatible with cached latents)", group="Dataset")
     random_crop: bool = option(False, "Random instead of centre crop (incompatible with cached latents)", group="Dataset")
     skip_bad_images: bool = option(False, "Train on the readable images and list the unreadable ones instead of stopping", group="Dataset")
-    max_data_loader_n_workers: int = option(0, "DataLoader worker processes (0 = load in the training process; fastest with cached latents)", group="Dataset", min=0)
+    alpha_background: str = option("white", "Colour under transparent pixels (PNG/WebP alpha, transparent palette): a name (white, black, gray) or #rrggbb. White by default, as AUTOMATIC1111 and most trainers; dropping alpha would train the hidden colour, usually black", group="Dataset")
+    max_image_pixels: int = option(89_478_485, "Refuse images with more pixels (width x height) than this, from their header before decoding; the default is Pillow's bomb-warning limit. Raise it to train on huge scans (they cost memory while loading)", group="Dataset", min=1, advanced=True)
+    max_data_loader_n_workers: int = option(0, "DataLoader worker processes (0 = load in the training process; fastest with cached latents); at most the CPU count is used, as in sd-scripts", group="Dataset", min=0, max=64)
     persistent_data_loader_workers: bool = option(False, "Keep DataLoader workers alive between epochs", group="Dataset")
 
     # --- Resolution and buckets ----------------------------------------------
     resolution: str = option("512", "Training resolution: '512' or 'width,height'", group="Resolution and buckets")
     enable_bucket: bool = option(False, "Aspect-ratio buckets: train non-square images without cropping them square", group="Resolution and buckets")
-    min_bucket_reso: int = option(256, "Smallest bucket side in pixels", group="Resolution and buckets", min=64)
-    max_bucket_reso: int = option(1024, "Largest bucket side in pixels", group="Resolution and buckets", min=64)
-    bucket_reso_steps: int = option(64, "Bucket sides are multiples of this", group="Resolution and buckets", min=8)
+    min_bucket_reso: int = option(256, "Smallest bucket side in pixels", group="Resolution and buckets", min=64, max=MAX_RESOLUTION)
+    max_bucket_reso: int = option(1024, "Largest bucket side in pixels", group="Resolution and buckets", min=64, max=MAX_RESOLUTION)
+    bucket_reso_steps: int = option(64, "Bucket sides are multiples of this", group="Resolution and buckets", min=8, max=1024)
     bucket_no_upscale: bool = option(False, "Never upscale small images to fill a bucket", group="Resolution and buckets")
     cache_latents: bool = option(False, "Encode every image with the VAE once before training (RAM)", group="Resolution and buckets")
     cache_latents_to_disk: bool = option(False, "Keep the latent cache in files beside the images, reused across runs", group="Resolution and buckets")
@@ -162,7 +173,7 @@ class TrainConfig:
     target_steps: int | None = option(None, "lorasmith only (not an sd-scripts flag): the plan and dataset check suggest the repeats "
                                       "that give about this many optimizer steps over max_train_epochs", group="Training", min=1)
     gradient_accumulation_steps: int = option(1, "Batches accumulated per optimizer step", group="Training", min=1)
-    seed: int | None = option(None, "Seed for everything random; unset = a random seed, reported and stored", group="Training", min=0)
+    seed: int | None = option(None, "Seed for everything random; unset = a random seed, reported and stored", group="Training", min=0, max=2**32 - 1)
     clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models)", group="Training", min=1, max=12)
 
     # --- Precision and memory -------------------------------------------------
@@ -268,6 +279,57 @@ def base_type(name: str) -> type:
 
 def is_optional(name: str) -> bool:
     return type(None) in typing.get_args(field_type(name))
+
+
+def spec_named(name: str) -> OptionSpec:
+    """The OptionSpec of field `name`."""
+    return TrainConfig.__dataclass_fields__[name].metadata["lorasmith"]
+
+
+def value_range(name: str) -> tuple[float | None, float | None]:
+    """The (min, max) a number field accepts: its spec's, with INT_MAX_DEFAULT for whole numbers."""
+    spec = spec_named(name)
+    hi = spec.max
+    if hi is None and base_type(name) is int:
+        hi = INT_MAX_DEFAULT
+    return spec.min, hi
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def range_text(lo: float | None, hi: float | None) -> str:
+    """'use a value from 1 to 1024' (what a range error tells the user to do)."""
+    if lo is not None and hi is not None:
+        return f"use a value from {_num(lo)} to {_num(hi)}"
+    if lo is not None:
+        return f"use a value of at least {_num(lo)}"
+    return f"use a value of at most {_num(hi)}" if hi is not None else "use a plain number"
+
+
+def shown_value(value: Any) -> str:
+    """repr() for messages, short even for huge numbers (str() of a 5000-digit int raises ValueError)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"{float(value):.3g}" if value.bit_length() < 1000 else "a number over 300 digits long"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def number_problem(name: str, value: int | float) -> str | None:
+    """Why a number cannot go into field `name` (nan/inf, out of range), naming the range; None if fine."""
+    import math
+
+    lo, hi = value_range(name)
+    if base_type(name) is float and isinstance(value, int) and value.bit_length() > 1000:
+        return f"{shown_value(value)} is too large for a float; {range_text(lo, hi)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        if spec_named(name).allow_nonfinite:
+            return None
+        return f"{value} is not a finite number; {range_text(lo, hi)}"
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        return f"{shown_value(value)} is out of range; {range_text(lo, hi)}"
+    return None
 
 
 def default_config() -> TrainConfig:

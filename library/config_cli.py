@@ -5,7 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from library.config_io import add_config_arguments, add_source_arguments, config_to_toml, resolve_config, write_config
+from library.config_io import (
+    add_config_arguments, add_source_arguments, config_to_toml, parse_structured, resolve_config, write_config,
+)
 from library.config_validate import validate
 from library.errors import ConfigError
 from library.presets import list_presets
@@ -37,11 +39,12 @@ def _import_kohya(args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not a readable JSON file: {exc}") from None
+    data = parse_structured(text, ".json", str(path))
     if not isinstance(data, dict) or not is_kohya_gui_config(data):
         raise ConfigError(f"{path} does not look like a kohya_ss GUI config", ["expected keys such as LoRA_type, epoch, max_resolution, optimizer"])
     result = import_kohya_config(data, source=str(path))

@@ -8,9 +8,11 @@ mapped by `library.kohya_import`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import json
+import math
 import os
 import shlex
 import tomllib
@@ -25,8 +27,12 @@ from library.config import (
     alias_map,
     base_type,
     non_default_values,
+    number_problem,
     option_fields,
+    range_text,
+    shown_value,
     spec_of,
+    value_range,
 )
 from library.errors import ConfigError
 from library.fileio import atomic_write_text
@@ -132,17 +138,12 @@ def coerce_value(name: str, value: Any, *, source: str = "") -> Any:
             if text in ("false", "0", "no", "off"):
                 return False
             raise ValueError
-        if kind is int:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-            if number != int(number):
-                raise ValueError
-            return int(number)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
+        if kind in (int, float):
+            number = _to_number(value, kind)
+            problem = number_problem(name, number)
+            if problem and not math.isfinite(number):  # ranges are validate()'s: sample/grid give seed -1 a meaning
+                raise ConfigError(f"{name}{where}: {problem}")
+            return number
         if kind is list:
             if isinstance(value, str):
                 return shlex.split(value)
@@ -151,9 +152,28 @@ def coerce_value(name: str, value: Any, *, source: str = "") -> Any:
             raise ValueError
         if kind is str:
             return value if isinstance(value, str) else str(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         pass
-    raise ConfigError(f"{name}{where}: {value!r} is not a valid {kind.__name__}")
+    lo, hi = value_range(name) if kind in (int, float) else (None, None)
+    hint = f" ({range_text(lo, hi)})" if lo is not None or hi is not None else ""
+    raise ConfigError(f"{name}{where}: {shown_value(value)} is not a valid {kind.__name__}{hint}")
+
+
+def _to_number(value: Any, kind: type) -> int | float:
+    """CLI text or a file's number as an int (exactly, also '1e3') or a float; ValueError/OverflowError if not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError
+    if kind is float:
+        return float(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value.strip())
+    number = float(value)
+    if number != int(number):  # int(inf) raises OverflowError, int(nan) ValueError
+        raise ValueError
+    return int(number)
 
 
 def config_from_mapping(
@@ -197,16 +217,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"Cannot read config file {p}: {exc}") from None
     suffix = p.suffix.lower()
     if suffix == ".toml":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p} is not valid TOML: {exc}", ["fix the line named above"]) from None
-        flat = flatten_sections(data, str(p))
+        flat = flatten_sections(parse_structured(text, suffix, str(p)), str(p))
     elif suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{p} is not valid JSON: {exc}") from None
+        data = parse_structured(text, suffix, str(p))
         if not isinstance(data, dict):
             raise ConfigError(f"{p} must hold a JSON object of option names and values")
         from library.kohya_import import is_kohya_gui_config
@@ -220,6 +233,37 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     else:
         raise ConfigError(f"{p}: unknown config format {suffix!r}", ["use a .toml or .json file"])
     return migrate(flat, str(p))
+
+
+MAX_NESTING = 32  # tables/lists inside each other; real configs use 2-3, deeper ones only crash parsers
+
+
+def nesting_depth(data: Any) -> int:
+    """How many dicts/lists deep `data` goes, counted without recursion (so any depth is safe)."""
+    deepest, todo = 0, [(data, 1)]
+    while todo:
+        value, depth = todo.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        todo.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_structured(text: str, suffix: str, source: str) -> Any:
+    """TOML or JSON text (by `suffix`) parsed; bad syntax and nesting beyond MAX_NESTING are ConfigErrors."""
+    kind = "TOML" if suffix == ".toml" else "JSON"
+    try:
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except RecursionError:
+        data = None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:  # ValueError also covers numbers with >4300 digits
+        raise ConfigError(f"{source} is not valid {kind}: {str(exc)[:300]}", ["fix the place named above"]) from None
+    if data is None or nesting_depth(data) > MAX_NESTING:
+        raise ConfigError(f"{source}: tables or lists are nested more than {MAX_NESTING} deep",
+                          ["config files need 2-3 levels; remove the extra nesting"])
+    return data
 
 
 def flatten_sections(data: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -241,9 +285,10 @@ def load_config_source(path: str | os.PathLike[str], base: TrainConfig | None = 
     p = Path(path)
     if p.suffix.lower() == ".json" and p.is_file():
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{p} is not valid JSON: {exc}") from None
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Cannot read config file {p}: {exc}") from None
+        data = parse_structured(text, ".json", str(p))
         from library.kohya_import import import_kohya_config, is_kohya_gui_config
 
         if isinstance(data, dict) and is_kohya_gui_config(data):

@@ -7,15 +7,18 @@ caller can print them (CLI) or show them beside the field (GUI).
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from dataclasses import dataclass, field
 
 from library.config import (
+    MAX_RESOLUTION,
     TrainConfig,
     base_type,
     is_optional,
     option_fields,
     parse_key_value_args,
+    number_problem,
     parse_resolution,
     spec_of,
 )
@@ -60,6 +63,8 @@ def check_config(cfg: TrainConfig, *, for_training: bool = True) -> ValidationRe
     _check_types_and_ranges(cfg, rep)
     _check_resolution_and_buckets(cfg, rep)
     _check_contradictions(cfg, rep)
+    _check_workers(cfg, rep)
+    _check_alpha_background(cfg, rep)
     _check_optimizer(cfg, rep)
     _check_network_args(cfg, rep)
     _check_saving(cfg, rep)
@@ -97,10 +102,26 @@ def _check_types_and_ranges(cfg: TrainConfig, rep: ValidationReport) -> None:
         if spec.choices is not None and value not in spec.choices:
             shown = ", ".join(str(c) for c in spec.choices if c is not None)
             rep.error(f.name, f"{value!r} is not one of: {shown}")
-        if spec.min is not None and isinstance(value, (int, float)) and value < spec.min:
-            rep.error(f.name, f"{value} is below the minimum {spec.min}")
-        if spec.max is not None and isinstance(value, (int, float)) and value > spec.max:
-            rep.error(f.name, f"{value} is above the maximum {spec.max}")
+        problem = number_problem(f.name, value) if want in (int, float) else None
+        if problem:
+            rep.error(f.name, problem)
+
+
+def _check_workers(cfg: TrainConfig, rep: ValidationReport) -> None:
+    """More DataLoader workers than cores only thrash; the loader clamps, as sd-scripts does."""
+    workers, cores = cfg.max_data_loader_n_workers, os.cpu_count() or 1
+    if isinstance(workers, int) and workers > cores:
+        rep.warn("max_data_loader_n_workers", f"{workers} is more than the {cores} CPU cores here; {cores} will be used (as sd-scripts does)")
+
+
+def _check_alpha_background(cfg: TrainConfig, rep: ValidationReport) -> None:
+    from library.data.specs import parse_color
+
+    if isinstance(cfg.alpha_background, str):
+        try:
+            parse_color(cfg.alpha_background)
+        except ConfigError as exc:
+            rep.error("alpha_background", exc.summary.split(": ", 1)[-1] + "; write a name such as white, black, gray, or #rrggbb")
 
 
 def _check_resolution_and_buckets(cfg: TrainConfig, rep: ValidationReport) -> None:
@@ -108,6 +129,9 @@ def _check_resolution_and_buckets(cfg: TrainConfig, rep: ValidationReport) -> No
         w, h = parse_resolution(cfg.resolution)
     except LorasmithError as exc:
         rep.error("resolution", str(exc).split(": ", 1)[-1])
+        return
+    if max(w, h) > MAX_RESOLUTION:
+        rep.error("resolution", f"{w}x{h} is too large; each side must be from 64 to {MAX_RESOLUTION} pixels")
         return
     if w % 8 or h % 8:
         rep.error("resolution", f"{w}x{h} is not a multiple of 8 (the VAE downsamples by 8); try {w // 8 * 8}x{h // 8 * 8}")

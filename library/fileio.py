@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,50 @@ def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
 def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
     with atomic_open(dest, "wb") as fh:
         fh.write(data)
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (sizes in messages)."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Free space for unprivileged writers on the filesystem holding `path` (its nearest existing folder)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+# How torch.save's C++ writer reports a failed write (seen on a full tmpfs: the first two).
+TORCH_WRITE_FAILURES = ("unexpected pos", "basic_ios::clear", "PytorchStreamWriter failed", "file write failed")
+
+
+def write_failure_reason(exc: BaseException, path: str | os.PathLike[str]) -> str | None:
+    """Why a write of `path` failed, when `exc` is a failed write; None when `exc` is something else.
+
+    A full disk does not always arrive as OSError: safetensors raises SafetensorError
+    ('I/O error: No space left on device (os error 28)') and torch.save a RuntimeError
+    ('[enforce fail at inline_container.cc] unexpected pos 576 vs 534').
+    """
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" and "I/O error" in text:
+        return text.split("I/O error: ", 1)[-1]
+    if isinstance(exc, RuntimeError) and any(m in text for m in TORCH_WRITE_FAILURES):
+        free = free_bytes(Path(path).parent)
+        if free is not None and free < 1024 * 1024:
+            return f"No space left on device ({human_bytes(free)} free)"
+        return f"the file could not be written completely ({text[:120]})"
+    return None
 
 
 def _current_umask() -> int:

@@ -44,7 +44,7 @@ def list_presets() -> list[dict[str, Any]]:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
                 description = str(data.get("description", "")) if isinstance(data, dict) else ""
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            except (OSError, ValueError, RecursionError):  # ValueError covers bad UTF-8 and JSON
                 description = "(unreadable)"
             found.append({"name": path.stem, "source": source, "path": str(path), "description": description})
     return found

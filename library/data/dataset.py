@@ -10,6 +10,7 @@ to the workers, so persistent workers follow `set_epoch` too.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 
@@ -111,13 +112,14 @@ class LoraDataset(torch.utils.data.Dataset):
         if self.masks is not None:
             pairs = [
                 item_pixels_and_mask(it.image.path, self.masks[(ref.dataset, k)], it.image.size, it.bucket, it.resized_size,
-                                     random_crop=s.random_crop, use_color_aug=s.color_aug, flip=f, rng=rng)
+                                     random_crop=s.random_crop, use_color_aug=s.color_aug, flip=f, rng=rng,
+                                     options=s.image)
                 for k, it, s, f, rng in zip(ref.items, items, subsets, flips, rngs)
             ]
             return {"latents": None, "images": torch.stack([p for p, _ in pairs]), "masks": torch.stack([m for _, m in pairs])}
         images = [
             item_pixels(it.image.path, it.bucket, it.resized_size, random_crop=s.random_crop,
-                        use_color_aug=s.color_aug, flip=f, rng=rng)
+                        use_color_aug=s.color_aug, flip=f, rng=rng, options=s.image)
             for it, s, f, rng in zip(items, subsets, flips, rngs)
         ]
         return {"latents": None, "images": torch.stack(images)}
@@ -162,7 +164,9 @@ def make_dataloader(dataset: LoraDataset, num_workers: int = 0, persistent_worke
     """A DataLoader over whole batches; `persistent_workers` only applies with workers (as in torch).
 
     `pin_memory` hands out batches in page-locked memory, which a CUDA step copies without waiting.
+    Workers are capped at the CPU count, as sd-scripts does: more only fork processes that fight for cores.
     """
+    num_workers = min(num_workers, os.cpu_count() or 1)
     return DataLoader(
         dataset,
         batch_size=None,

@@ -11,14 +11,14 @@ lorasmith does not implement are refused unless set to their default.
 from __future__ import annotations
 
 import difflib
-import json
-import tomllib
+import math
 from pathlib import Path
 from typing import Any
 
+from library.config import INT_MAX_DEFAULT, shown_value
 from library.data.buckets import BucketGeometry
 from library.data.captions import CaptionOptions
-from library.data.specs import DatasetSpec, SubsetSpec, parse_resolution
+from library.data.specs import DatasetSpec, SubsetSpec, image_options, parse_resolution
 from library.errors import ConfigError
 
 FLOAT = (float, int)
@@ -56,12 +56,16 @@ def load_dataset_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"dataset_config: {path} does not exist", ["dataset_config: point it at a .toml or .json file"])
+    from library.config_io import parse_structured
+
     try:
-        if path.suffix.lower() == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"dataset_config: {path} cannot be parsed", [f"{path}: {exc}"]) from exc
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"dataset_config: {path} cannot be parsed", [f"{path}: {exc}"]) from None
+    try:
+        return parse_structured(text, ".json" if path.suffix.lower() == ".json" else ".toml", str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"dataset_config: {path} cannot be parsed", [exc.summary, *exc.problems]) from None
 
 
 def _check_section(section: dict, where: str, allowed: dict[str, tuple], problems: list[str]) -> None:
@@ -78,7 +82,17 @@ def _check_section(section: dict, where: str, allowed: dict[str, tuple], problem
             problems.append(f"{where}: unknown key '{key}'{hint}")
         elif (isinstance(value, bool) and bool not in allowed[key]) or not isinstance(value, allowed[key]):
             names = "/".join(t.__name__ for t in allowed[key])
-            problems.append(f"{where}: '{key}' = {value!r} should be {names}")
+            problems.append(f"{where}: '{key}' = {shown_value(value)} should be {names}")
+        elif _bad_number(value):
+            problems.append(f"{where}: '{key}' = {shown_value(value)} is not a usable number; "
+                            f"use a finite value up to {INT_MAX_DEFAULT}")
+
+
+def _bad_number(value: object) -> bool:
+    """nan/inf, or a number beyond any sane count/size (overflows torch and NumPy later)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (isinstance(value, float) and not math.isfinite(value)) or abs(value) > INT_MAX_DEFAULT
 
 
 def validate(user: dict) -> list[str]:
@@ -129,6 +143,7 @@ def _subset(layers: list[dict], config, base: Path) -> SubsetSpec:
         num_repeats=get("num_repeats"), is_reg=get("is_reg"), class_tokens=get("class_tokens"),
         caption_extension=get("caption_extension"), captions=CaptionOptions(**{k: get(k) for k in caption_keys}),
         flip_aug=get("flip_aug"), color_aug=get("color_aug"), random_crop=get("random_crop"), alpha_mask=get("alpha_mask"),
+        image=image_options(config),
         mask_dir=None if mask_dir is None else (mask_dir if mask_dir.is_absolute() else base / mask_dir),
     )
 

@@ -23,7 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from library.data.buckets import Reso
-from library.data.specs import IMAGE_EXTENSIONS, DatasetSpec, SubsetSpec
+from library.data.images import image_size
+from library.data.specs import IMAGE_EXTENSIONS, DatasetSpec, ImageOptions, SubsetSpec
 from library.errors import DatasetError
 
 PROGRESS_FROM = 50  # show a progress bar for folders with at least this many images
@@ -119,13 +120,19 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(paths, key=str)
 
 
-def check_image(path: Path) -> tuple[Reso | None, str | None]:
-    """(width, height), or a problem line: PIL verify, then a (draft-mode, so cheap) full decode."""
+def check_image(path: Path, options: ImageOptions = ImageOptions()) -> tuple[Reso | None, str | None]:
+    """(upright width, height), or a problem line: the pixel cap from the header, PIL verify, then a
+    (draft-mode, so cheap for JPEG) full decode. The size is after EXIF orientation, as training reads it."""
+    try:
+        size = image_size(path, options.max_pixels)
+    except DatasetError as exc:
+        return None, exc.summary + "; " + "; ".join(p.split(": ", 1)[-1] for p in exc.problems)
+    except Exception as exc:  # PIL raises many types for damaged files; we report each one
+        return None, f"{path}: cannot read image ({type(exc).__name__}: {exc}); re-export it or delete it"
     try:
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
-            size = img.size
             img.draft("RGB", (64, 64))  # JPEG decodes at 1/8 scale; truncation still raises
             img.load()
     except Exception as exc:  # PIL raises many types for damaged files; we report each one
@@ -165,7 +172,7 @@ def scan_subset(spec: SubsetSpec, progress: bool = True) -> tuple[list[ImageEntr
     entries: list[ImageEntry] = []
     problems: list[str] = []
     for path in tqdm(paths, desc=f"checking {folder.name}", disable=not progress or len(paths) < PROGRESS_FROM, leave=False):
-        size, problem = check_image(path)
+        size, problem = check_image(path, spec.image)
         caption, cap_problem = read_caption(path, spec.caption_extension)
         bad = [p for p in (problem, cap_problem) if p]
         if bad:

@@ -32,12 +32,13 @@ from safetensors.torch import save_file
 from library.data.buckets import Reso
 from library.data.images import item_pixels
 from library.data.masks import ALPHA, MaskSource, fit_mask, load_mask
+from library.data.specs import ImageOptions
 from library.errors import DatasetError
-from library.fileio import atomic_path
+from library.fileio import atomic_path, write_failure_reason
 
 log = logging.getLogger(__name__)
 CACHE_SUFFIX = "_lorasmith.safetensors"
-FORMAT = "lorasmith-latents-1"  # files without a "mask" entry are read as unmasked
+FORMAT = "lorasmith-latents-2"  # 2: pixels read by open_image (EXIF, 16-bit, alpha background); a "mask" entry is optional
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class LatentRequest:
     resized_size: Reso
     mask: MaskSource = None  # with masked_loss: a mask file or the image's alpha channel
     image_size: Reso | None = None  # the scanned size the bucket came from (a mask must match it)
+    options: ImageOptions = ImageOptions()
 
 
 @dataclass
@@ -99,6 +101,7 @@ def expected_metadata(image_sha: str, vae_id: str, req: LatentRequest, flip: boo
         "bucket": f"{req.bucket[0]}x{req.bucket[1]}",
         "resized_size": f"{req.resized_size[0]}x{req.resized_size[1]}",
         "flipped": "1" if flip else "0",
+        "alpha_background": "#%02x%02x%02x" % req.options.background,
     }
 
 
@@ -126,8 +129,15 @@ def write_cache(path: Path, cached: CachedLatents, metadata: dict[str, str]) -> 
         tensors["latents_flipped"] = cached.flipped.contiguous()
     if cached.mask is not None:
         tensors["mask"] = cached.mask.contiguous()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+    except Exception as exc:  # a full disk arrives as SafetensorError, not OSError
+        reason = write_failure_reason(exc, path)
+        if reason is None:
+            raise
+        raise DatasetError(f"cannot write the latent cache {path}: {reason}", [
+            "no half file was left; free disk space, or train without --cache_latents_to_disk (latents stay in memory)"]) from None
 
 
 def noise_seed(image_sha: str, bucket: Reso, flipped: bool) -> int:
@@ -144,7 +154,7 @@ def encode_batch(vae, pixels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
 
 
 def _compute(vae, group: list[tuple[LatentRequest, str]], flip_aug: bool) -> list[CachedLatents]:
-    pixels = torch.stack([item_pixels(r.path, r.bucket, r.resized_size) for r, _ in group])
+    pixels = torch.stack([item_pixels(r.path, r.bucket, r.resized_size, options=r.options) for r, _ in group])
     latents = encode_batch(vae, pixels, [noise_seed(sha, r.bucket, False) for r, sha in group])
     flipped = None
     if flip_aug:

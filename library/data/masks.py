@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from library.data.buckets import Reso
 from library.data.images import fit_to_bucket, item_pixels
+from library.data.specs import ImageOptions
 from library.data.specs import IMAGE_EXTENSIONS, SubsetSpec
 from library.errors import DatasetError
 
@@ -87,14 +88,16 @@ def fit_mask(mask: np.ndarray, image_size: Reso, bucket: Reso, resized_size: Res
 
 def item_pixels_and_mask(path: Path, source: MaskSource, image_size: Reso, bucket: Reso, resized_size: Reso, *,
                          random_crop: bool = False, use_color_aug: bool = False, flip: bool = False,
-                         rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         rng: random.Random | None = None,
+                         options: ImageOptions = ImageOptions()) -> tuple[torch.Tensor, torch.Tensor]:
     """(3, H, W) pixels exactly as `item_pixels` gives them and the (1, H, W) mask in [0, 1] with the same geometry.
 
     `image_size` is the size the bucket was chosen from (the scan's); a mask of another size is an error.
     """
     rng = rng or random.Random(0)
     state = rng.getstate()  # the crop offsets are the first draws: replay them for the mask
-    pixels = item_pixels(path, bucket, resized_size, random_crop=random_crop, use_color_aug=use_color_aug, flip=flip, rng=rng)
+    pixels = item_pixels(path, bucket, resized_size, random_crop=random_crop, use_color_aug=use_color_aug, flip=flip,
+                         rng=rng, options=options)
     raw = load_mask(source, path)
     if raw is None:
         return pixels, torch.ones((1, bucket[1], bucket[0]))

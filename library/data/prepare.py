@@ -21,7 +21,7 @@ from library.data.latent_cache import LatentRequest, cache_latents
 from library.data.layout import DatasetLayout, build_layout
 from library.data.masks import MaskSource, mask_source
 from library.data.plan import TrainingPlan, make_plan
-from library.data.specs import DatasetSpec, SubsetSpec, parse_resolution
+from library.data.specs import DatasetSpec, SubsetSpec, image_options, parse_resolution
 from library.data.text import cache_text_encoder_outputs, chunk_count
 from library.errors import ConfigError, DatasetError
 
@@ -42,6 +42,7 @@ def template_subset(config) -> SubsetSpec:
         image_dir=Path("."), caption_extension=opt(config, "caption_extension", ".caption"), captions=caption_options(config),
         flip_aug=bool(opt(config, "flip_aug", False)), color_aug=bool(opt(config, "color_aug", False)),
         random_crop=bool(opt(config, "random_crop", False)), alpha_mask=bool(opt(config, "alpha_mask", False)),
+        image=image_options(config),
     )
 
 
@@ -158,7 +159,8 @@ def build_dataset(prepared: PreparedData, config, *, seed: int, tokenizer=None, 
         for di, lay in enumerate(prepared.layouts):
             flip = any(s.spec.flip_aug for s in lay.subsets)
             masks = prepared.masks or {}
-            reqs = [LatentRequest((di, k), it.image.path, it.bucket, it.resized_size, masks.get((di, k), None), it.image.size)
+            reqs = [LatentRequest((di, k), it.image.path, it.bucket, it.resized_size, masks.get((di, k), None), it.image.size,
+                                  lay.subsets[it.subset_index].spec.image)
                     for k, it in enumerate(lay.items)]
             latents.update(cache_latents(reqs, vae, flip_aug=flip, to_disk=bool(opt(config, "cache_latents_to_disk")),
                                          vae_batch_size=int(opt(config, "vae_batch_size", 1)), vae_id=vae_id, progress=progress))

@@ -14,9 +14,46 @@ from pathlib import Path
 
 from library.data.buckets import BucketGeometry, Reso
 from library.data.captions import CaptionOptions
+from library.config import MAX_RESOLUTION
 from library.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Pillow's own decompression-bomb warning threshold; above it we refuse by name (raise with --max_image_pixels).
+DEFAULT_MAX_PIXELS = 89_478_485
+WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How pixels are read: the colour under transparency and the largest accepted image.
+
+    `alpha_mask` keeps the alpha instead of compositing it. The masked loss does not need it:
+    it reads the alpha as a mask by itself (library/data/masks.py), and the pixels it trains on
+    are composited like any other image (masked-out areas carry no loss).
+    """
+
+    background: tuple[int, int, int] = WHITE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    alpha_mask: bool = False
+
+
+def parse_color(text: str, field_name: str = "alpha_background") -> tuple[int, int, int]:
+    """'white', 'gray', '#ff8800' or 'rgb(1,2,3)' as an (r, g, b) triple (Pillow's colour names)."""
+    from PIL import ImageColor
+
+    try:
+        rgb = ImageColor.getrgb(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{field_name}: {str(text)[:40]!r} is not a colour",
+                          [f"{field_name}: write a name such as white, black, gray, or #rrggbb"]) from None
+    return rgb[0], rgb[1], rgb[2]
+
+
+def image_options(config) -> ImageOptions:
+    """The ImageOptions a config asks for (alpha_background, max_image_pixels); defaults when unset."""
+    background = getattr(config, "alpha_background", None) or "white"
+    max_pixels = getattr(config, "max_image_pixels", None) or DEFAULT_MAX_PIXELS
+    return ImageOptions(parse_color(background), int(max_pixels))
 
 
 @dataclass(frozen=True)
@@ -34,6 +71,7 @@ class SubsetSpec:
     random_crop: bool = False
     alpha_mask: bool = False  # the image's alpha channel is its loss mask (--masked_loss)
     mask_dir: Path | None = None  # folder of same-stem loss masks (sd-scripts' conditioning_data_dir)
+    image: ImageOptions = field(default_factory=ImageOptions)
 
     @property
     def name(self) -> str:
@@ -68,9 +106,9 @@ def parse_resolution(value: str | int | tuple | list, field_name: str = "resolut
             parts = []
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or not all(isinstance(p, int) and p > 0 for p in parts):
+    if len(parts) != 2 or not all(isinstance(p, int) and 0 < p <= MAX_RESOLUTION for p in parts):
         raise ConfigError(
             f"{field_name}: {value!r} is not a resolution",
-            [f"{field_name}: write one size ('512') or width,height ('512,768'), positive integers"],
+            [f"{field_name}: write one size ('512') or width,height ('512,768'), whole numbers from 1 to {MAX_RESOLUTION}"],
         )
     return int(parts[0]), int(parts[1])

@@ -16,7 +16,7 @@ from PIL import Image
 
 from library.config_io import add_config_arguments, config_defaults
 from library.data.specs import IMAGE_EXTENSIONS
-from library.errors import SamplingError
+from library.errors import LorasmithError, SamplingError
 from library.sampling.sampler_registry import sampler_names
 
 SHARED_OPTIONS = ("pretrained_model_name_or_path", "vae", "use_ema_weights", "seed", "clip_skip")
@@ -93,12 +93,13 @@ def load_init_images(path: str | os.PathLike[str]) -> list[Image.Image]:
     else:
         raise SamplingError(f"--init_image {path}: no such file or folder", ["give an image file or a folder of images"])
     images, problems = [], []
+    from library.data.images import open_image  # upright, every mode, alpha on white, pixel cap
+
     for file in files:
         try:
-            with Image.open(file) as im:
-                images.append(im.convert("RGB"))
-        except (OSError, Image.DecompressionBombError) as exc:
-            problems.append(f"{file}: {exc}")
+            images.append(open_image(file))
+        except LorasmithError as exc:
+            problems.append(str(exc).split("\n")[0])
     if problems:
         raise SamplingError(f"--init_image {path}: cannot read {len(problems)} image(s)", problems)
     return images

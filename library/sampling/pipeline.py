@@ -202,8 +202,10 @@ def encode_images(vae, images: Sequence[Image.Image], width: int, height: int) -
     """Init images → scaled latents: resized to the request's size ("Just resize"), the VAE's mean latent."""
     dtype = next(vae.parameters()).dtype
     device = next(vae.parameters()).device
+    from library.data.images import to_rgb  # every mode, alpha on white (a GUI upload may be RGBA or 16-bit)
+
     pixels = torch.stack([
-        torch.from_numpy(np.asarray(im.convert("RGB").resize((width, height), Image.LANCZOS), dtype=np.float32))
+        torch.from_numpy(np.asarray(to_rgb(im)[0].resize((width, height), Image.LANCZOS), dtype=np.float32))
         for im in images]).permute(0, 3, 1, 2) / 127.5 - 1.0
     latents = vae.encode(pixels.to(device, dtype)).latent_dist.mean.float()
     return latents * float(getattr(vae.config, "scaling_factor", 0.18215))

@@ -16,6 +16,7 @@ from library.config_validate import validate
 from library.training.console import ConsoleEvents
 from library.training.demo import EPOCHS
 from library.training.events import Commands, JsonLinesEvents, MultiEvents
+from library.training.preflight import check_writable
 from library.training.signals import stop_on_signals
 
 
@@ -55,6 +56,8 @@ def run_training(args: argparse.Namespace, commands: Commands | None = None) -> 
     from library.training.trainer import train
 
     cfg = resolve_config(args)
+    validate(cfg)  # errors before the progress file is created; train() repeats it and reports the warnings
+    check_writable(cfg)
     progress = JsonLinesEvents(cfg.progress_file) if cfg.progress_file else None
     events = MultiEvents(ConsoleEvents(), progress)
     commands = commands or Commands()

@@ -37,6 +37,10 @@ class SampleHook:
         except SamplingError as exc:
             self.events.on_log({"message": f"samples failed at step {step}: {exc}"})
             paths = []
+        except OSError as exc:  # a full or read-only disk: training goes on, its own saves report the disk
+            self.events.on_log({"message": f"samples not written at step {step}: {exc.strerror or exc} "
+                                           f"({exc.filename or self.parts.config.output_dir})"})
+            paths = []
         self.events.on_sample({"epoch": epoch, "step": step, "paths": paths})
         return paths
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from library.errors import TrainingError
-from library.fileio import atomic_path
+from library.fileio import atomic_path, free_bytes, human_bytes, write_failure_reason
 
 SAVE_DTYPES = {None: None, "float": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -96,6 +96,17 @@ def write_lora(network: Any, path: Path, fmt: str, dtype: torch.dtype | None, me
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
         return path
-    except OSError as exc:
-        raise TrainingError(f"cannot write {path}: {exc.strerror or exc}", [
-            "check free disk space and that the output folder is writable; earlier files are intact"]) from None
+    except Exception as exc:  # a full disk arrives as OSError, SafetensorError or RuntimeError
+        reason = write_failure_reason(exc, path)
+        if reason is None:
+            raise
+        raise write_error(path, reason) from None
+
+
+def write_error(path: Path, reason: str, what: str = "") -> TrainingError:
+    """The named error for a save that failed: which file, why, and that nothing else was harmed."""
+    free = free_bytes(path.parent)
+    return TrainingError(f"cannot write {what}{path}: {reason}", [
+        f"nothing of {path.name} was left behind; the files saved before it are intact",
+        (f"{human_bytes(free)} free on the filesystem of {path.parent}; " if free is not None else "")
+        + "free disk space or choose another --output_dir, then --resume from the last state or train again"])

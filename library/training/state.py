@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from library.config import TrainConfig
-from library.errors import ConfigError, TrainingError
+from library.errors import ConfigError
+from library.fileio import write_failure_reason
+from library.training.saving import write_error
 
 STATE_FORMAT = 1
 # Fields that may differ on resume without changing the trajectory: where files and logs go,
@@ -135,9 +137,11 @@ def save_state(folder: Path, parts: Any, position: dict[str, int], extra: dict[s
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-    except OSError as exc:
-        raise TrainingError(f"cannot write the training state {folder}: {exc.strerror or exc}", [
-            "check free disk space and that the output folder is writable; earlier files are intact"]) from None
+    except Exception as exc:  # a full disk arrives as OSError, SafetensorError or RuntimeError (torch.save)
+        reason = write_failure_reason(exc, folder / "train_state.pt")
+        if reason is None:
+            raise
+        raise write_error(folder, reason, "the training state ") from None
     return folder
 
 

@@ -8,8 +8,11 @@ again); dashboards built on sd-scripts logs expect those tags, so we keep them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,29 +79,67 @@ def run_log_dir(logging_dir: str | os.PathLike[str], log_prefix: str | None, now
     return Path(logging_dir) / f"{log_prefix or ''}{stamp}"
 
 
-class TensorBoardLog:
-    """A SummaryWriter for one run; `None`-safe so the trainer needs no ifs."""
+def _quiet_writer_thread_errors() -> None:
+    """TensorBoard's writer thread re-raises a failed write, which Python prints as a thread traceback;
+    the same exception reaches the training thread on the next call, where TensorBoardLog reports it once."""
+    previous = threading.excepthook
+    if getattr(previous, "lorasmith_quiet", False):
+        return
 
-    def __init__(self, log_dir: Path | None) -> None:
+    def hook(args: Any) -> None:
+        if issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    hook.lorasmith_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
+class TensorBoardLog:
+    """A SummaryWriter for one run; `None`-safe so the trainer needs no ifs.
+
+    Logs are secondary: when they cannot be written (a full disk) logging stops with one
+    message through `on_problem` and training goes on; its own saves report the disk.
+    """
+
+    def __init__(self, log_dir: Path | None, on_problem: Callable[[str], None] | None = None) -> None:
         self.log_dir = log_dir
         self._writer = None
+        self._on_problem = on_problem
         if log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             log_dir.mkdir(parents=True, exist_ok=True)
+            _quiet_writer_thread_errors()
             self._writer = SummaryWriter(str(log_dir))
+
+    def _stop(self, exc: OSError) -> None:
+        writer, self._writer = self._writer, None
+        with contextlib.suppress(Exception):
+            writer.close()
+        if self._on_problem is not None:
+            self._on_problem(f"TensorBoard logs in {self.log_dir} stopped: {exc.strerror or exc}; training goes on")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._writer is None:
             return
-        for tag, value in values.items():
-            self._writer.add_scalar(tag, value, global_step=step)
+        try:
+            for tag, value in values.items():
+                self._writer.add_scalar(tag, value, global_step=step)
+        except OSError as exc:
+            self._stop(exc)
 
     def flush(self) -> None:
         if self._writer is not None:
-            self._writer.flush()
+            try:
+                self._writer.flush()
+            except OSError as exc:
+                self._stop(exc)
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as exc:
+                self._stop(exc)
             self._writer = None

@@ -26,7 +26,7 @@ from library.config_validate import validate
 from library.data.plan import format_plan
 from library.data.prepare import prepare_data
 from library.errors import DatasetError, LorasmithError, TrainingError
-from library.training import distributed, saving, state as run_state
+from library.training import distributed, preflight, saving, state as run_state
 from library.training.events import Commands, Events
 from library.training.lock import output_lock
 from library.training.memory import gc_paused
@@ -83,7 +83,7 @@ class Trainer:
         self.rank = parts.accelerator.process_index
         self.is_main = self.rank == 0  # only the main process writes files and logs
         log_dir = run_log_dir(self.cfg.logging_dir, self.cfg.log_prefix) if self.cfg.logging_dir and self.is_main else None
-        self.tb = TensorBoardLog(log_dir)
+        self.tb = TensorBoardLog(log_dir, on_problem=lambda message: self.events.on_log({"message": f"warning: {message}"}))
         self.metadata = RunMetadata(parts, session_id=random.SystemRandom().randint(0, 2**32 - 1))
         self.samples = SampleHook(parts, self.events)
         self.files: list[Path] = []
@@ -368,6 +368,7 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
     """Validate, plan, build and run one training; raises our errors, never exits."""
     events = events or Events()
     warnings = validate(config)
+    preflight.check_writable(config)
     check_group_lrs(config.optimizer_type, config.unet_lr, config.text_encoder_lr, config.learning_rate,
                     not config.network_train_text_encoder_only, not config.network_train_unet_only)
     resume_from = run_state.resolve_resume(config) if config.resume else None
@@ -383,10 +384,18 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
         events = Events()  # only the main process reports and writes
     if not cfg.output_dir or rank != 0:
         return _train_prepared(cfg, events, commands, resume_from, warnings, world)
-    with output_lock(cfg.output_dir) as lock_notes:
-        for note in lock_notes:
-            events.on_log({"message": note})
-        return _train_prepared(cfg, events, commands, resume_from, warnings, world)
+    acquired = False
+    try:
+        with output_lock(cfg.output_dir) as lock_notes:
+            acquired = True
+            for note in lock_notes:
+                events.on_log({"message": note})
+            return _train_prepared(cfg, events, commands, resume_from, warnings, world)
+    except OSError as exc:
+        if acquired:
+            raise
+        raise TrainingError(f"cannot create the lock file in {cfg.output_dir}: {exc.strerror or exc}", [
+            "training did not start; free disk space or choose another --output_dir"]) from None
 
 
 def _train_prepared(cfg: TrainConfig, events: Events, commands: Commands | None, resume_from: Path | None,
@@ -400,6 +409,10 @@ def _train_prepared(cfg: TrainConfig, events: Events, commands: Commands | None,
     parts = build_run(cfg, prepared, cfg.seed)
     for note in parts.notes:
         events.on_log({"message": note})
+    n_params = sum(p.numel() for p in parts.trainable_params)
+    for warning in preflight.space_warnings(cfg, n_params, plan.epochs, plan.total_steps):
+        warnings.append(warning)
+        events.on_log({"message": f"warning: {warning}"})
     trainer = Trainer(parts, events, commands)
     if resume_from is not None:
         saved = run_state.load_train_state(resume_from)
