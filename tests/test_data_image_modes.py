@@ -192,7 +192,7 @@ def test_small_limit_refuses_in_the_dataset_scan(tmp_path) -> None:
 
 def test_latent_cache_key_includes_the_background() -> None:
     a = LatentRequest(0, Path("x.png"), (64, 64), (64, 64))
-    b = LatentRequest(0, Path("x.png"), (64, 64), (64, 64), ImageOptions(background=(0, 0, 0)))
+    b = LatentRequest(0, Path("x.png"), (64, 64), (64, 64), options=ImageOptions(background=(0, 0, 0)))
     assert expected_metadata("s", "v", a, False) != expected_metadata("s", "v", b, False)
     assert expected_metadata("s", "v", a, False)["format"] == "lorasmith-latents-2"
 

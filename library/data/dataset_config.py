@@ -143,7 +143,7 @@ def _subset(layers: list[dict], config, base: Path) -> SubsetSpec:
         num_repeats=get("num_repeats"), is_reg=get("is_reg"), class_tokens=get("class_tokens"),
         caption_extension=get("caption_extension"), captions=CaptionOptions(**{k: get(k) for k in caption_keys}),
         flip_aug=get("flip_aug"), color_aug=get("color_aug"), random_crop=get("random_crop"), alpha_mask=get("alpha_mask"),
-        image=image_options(config),
+        image=image_options(config, bool(get("alpha_mask"))),
         mask_dir=None if mask_dir is None else (mask_dir if mask_dir.is_absolute() else base / mask_dir),
     )
 

@@ -116,7 +116,7 @@ def open_image(path: Path, options: ImageOptions = ImageOptions()) -> Image.Imag
         with _open_checked(path, options.max_pixels) as img:
             img.load()
             upright = ImageOps.exif_transpose(img)
-            rgb, _alpha = to_rgb(upright, options)  # _alpha: for a future masked loss
+            rgb, _alpha = to_rgb(upright, options)  # the masked loss reads the alpha itself (data/masks.py)
             return rgb
     except DatasetError:
         raise

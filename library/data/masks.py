@@ -18,6 +18,7 @@ a background colour).
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def item_pixels_and_mask(path: Path, source: MaskSource, image_size: Reso, bucke
     `image_size` is the size the bucket was chosen from (the scan's); a mask of another size is an error.
     """
     rng = rng or random.Random(0)
+    if source == ALPHA:  # the alpha is the mask: keep the colours under it, as sd-scripts does
+        options = dataclasses.replace(options, alpha_mask=True)
     state = rng.getstate()  # the crop offsets are the first draws: replay them for the mask
     pixels = item_pixels(path, bucket, resized_size, random_crop=random_crop, use_color_aug=use_color_aug, flip=flip,
                          rng=rng, options=options)

@@ -42,7 +42,7 @@ def template_subset(config) -> SubsetSpec:
         image_dir=Path("."), caption_extension=opt(config, "caption_extension", ".caption"), captions=caption_options(config),
         flip_aug=bool(opt(config, "flip_aug", False)), color_aug=bool(opt(config, "color_aug", False)),
         random_crop=bool(opt(config, "random_crop", False)), alpha_mask=bool(opt(config, "alpha_mask", False)),
-        image=image_options(config),
+        image=image_options(config, bool(opt(config, "alpha_mask", False))),
     )
 
 

@@ -27,9 +27,8 @@ WHITE = (255, 255, 255)
 class ImageOptions:
     """How pixels are read: the colour under transparency and the largest accepted image.
 
-    `alpha_mask` keeps the alpha instead of compositing it. The masked loss does not need it:
-    it reads the alpha as a mask by itself (library/data/masks.py), and the pixels it trains on
-    are composited like any other image (masked-out areas carry no loss).
+    `alpha_mask` keeps the colours under transparency instead of compositing them, as
+    sd-scripts does when the alpha is the loss mask (library/data/masks.py reads the alpha).
     """
 
     background: tuple[int, int, int] = WHITE
@@ -49,11 +48,11 @@ def parse_color(text: str, field_name: str = "alpha_background") -> tuple[int, i
     return rgb[0], rgb[1], rgb[2]
 
 
-def image_options(config) -> ImageOptions:
+def image_options(config, alpha_mask: bool = False) -> ImageOptions:
     """The ImageOptions a config asks for (alpha_background, max_image_pixels); defaults when unset."""
     background = getattr(config, "alpha_background", None) or "white"
     max_pixels = getattr(config, "max_image_pixels", None) or DEFAULT_MAX_PIXELS
-    return ImageOptions(parse_color(background), int(max_pixels))
+    return ImageOptions(parse_color(background), int(max_pixels), bool(alpha_mask))
 
 
 @dataclass(frozen=True)
