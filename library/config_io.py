@@ -236,8 +236,14 @@ def flatten_sections(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     return flat
 
 
-def load_config_source(path: str | os.PathLike[str], base: TrainConfig | None = None) -> TrainConfig:
-    """A config file of any supported kind applied on top of `base`."""
+def load_config_source(
+    path: str | os.PathLike[str], base: TrainConfig | None = None, overrides: Mapping[str, Any] | None = None
+) -> TrainConfig:
+    """A config file of any supported kind applied on top of `base`, then `overrides` (the CLI) on top.
+
+    The overrides go in before any check the file's own values trigger (a kohya_ss
+    file's inline sample prompts need output_dir, which the command line may give).
+    """
     p = Path(path)
     if p.suffix.lower() == ".json" and p.is_file():
         try:
@@ -250,8 +256,9 @@ def load_config_source(path: str | os.PathLike[str], base: TrainConfig | None = 
             result = import_kohya_config(data, source=str(p), base=base)
             if result.unmapped:
                 raise ConfigError(f"{p}: some kohya_ss settings have no lorasmith equivalent", result.unmapped)
-            return result.materialize_sample_prompts()
-    return config_from_mapping(read_config_file(p), source=str(p), base=base)
+            return result.finish(overrides)
+    cfg = config_from_mapping(read_config_file(p), source=str(p), base=base)
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
 # --- versions -----------------------------------------------------------------------
@@ -362,12 +369,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         from library.presets import load_preset
 
         cfg = load_preset(args.preset)
-    if getattr(args, "config_file", None):
-        cfg = load_config_source(args.config_file, base=cfg)
     overrides = cli_overrides(args)
-    if overrides:
-        cfg = dataclasses.replace(cfg, **overrides)
-    return cfg
+    if getattr(args, "config_file", None):
+        return load_config_source(args.config_file, base=cfg, overrides=overrides)
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
 def build_train_parser(prog: str = "train_network.py") -> argparse.ArgumentParser:

@@ -228,4 +228,5 @@ def _check_required(cfg: TrainConfig, rep: ValidationReport) -> None:
     for f in option_fields():
         value = getattr(cfg, f.name)
         if isinstance(value, str) and value.startswith("<") and value.endswith(">"):
-            rep.error(f.name, f"{value!r} is a placeholder left in the config; fill in the real path")
+            rep.error(f.name, f"is still the placeholder {value!r} from the config file; "
+                              f"pass --{f.name} PATH or fill in the real path")

@@ -42,6 +42,9 @@ _NEUTRAL_WHEN_FALSEY = {
 
 _LORA_TYPES = {"Standard": False, "LoCon": True, "Kohya LoCon": True}
 
+# Paths a training run cannot do without; a kohya placeholder left in one is an error.
+REQUIRED_PATHS = ("pretrained_model_name_or_path", "train_data_dir", "output_dir")
+
 
 @dataclass
 class KohyaImport:
@@ -53,6 +56,24 @@ class KohyaImport:
     unmapped: list[str] = field(default_factory=list)  # settings lorasmith cannot honour
     placeholders: dict[str, str] = field(default_factory=dict)  # field -> "<path to …>"
     sample_prompts_text: str | None = None
+
+    def finish(self, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+        """The config to train with: command-line values applied first, then the checks.
+
+        A required path the file left as a placeholder (and nothing overrode) is
+        kept as that placeholder, so validation names the field and the
+        placeholder in one list with every other problem. Inline sample prompts
+        are written under output_dir only once output_dir is a real folder.
+        """
+        if overrides:
+            self.config = dataclasses.replace(self.config, **overrides)
+        missing = {name: text for name, text in self.placeholders.items()
+                   if name in REQUIRED_PATHS and not getattr(self.config, name)}
+        if missing:
+            self.config = dataclasses.replace(self.config, **missing)
+        if self.config.output_dir and not _is_placeholder(self.config.output_dir):
+            return self.materialize_sample_prompts()
+        return self.config
 
     def materialize_sample_prompts(self, folder: str | Path | None = None) -> TrainConfig:
         """kohya_ss keeps sample prompts inline; write them to a file as it does.

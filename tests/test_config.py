@@ -281,3 +281,29 @@ def test_toml_has_version_and_sections():
     text = config_to_toml(TrainConfig(network_dim=8))
     assert text.startswith("config_version = 2")
     assert "[network]" in text and "network_dim = 8" in text
+
+
+def test_kohya_json_as_config_file_takes_paths_from_the_command_line(seed_guide_dir: Path, tmp_path):
+    """Issue 24: a kohya_ss JSON given to --config_file stopped on 'no output_dir' although --output_dir was given."""
+    guide = seed_guide_dir / "kohya_ss_final_28DSTABLEBESTVERSION.json"
+    out = tmp_path / "out"
+    args = build_train_parser().parse_args(["--config_file", str(guide), "--output_dir", str(out),
+                                            "--pretrained_model_name_or_path", "tiny", "--train_data_dir", str(tmp_path)])
+    cfg = resolve_config(args)
+    assert cfg.output_dir == str(out) and cfg.network_dim == 192
+    assert Path(cfg.sample_prompts) == out / "sample" / "prompt.txt"
+    assert "--w 768" in Path(cfg.sample_prompts).read_text()
+    assert not any("placeholder" in e.message for e in check_config(cfg).errors)
+
+
+def test_kohya_placeholders_left_in_required_paths_are_named(seed_guide_dir: Path, tmp_path):
+    guide = seed_guide_dir / "kohya_ss_final_28DSTABLEBESTVERSION.json"
+    args = build_train_parser().parse_args(["--config_file", str(guide), "--train_data_dir", str(tmp_path)])
+    cfg = resolve_config(args)
+    with pytest.raises(ConfigError) as exc:
+        validate(cfg)
+    text = str(exc.value)
+    assert "output_dir: is still the placeholder '<path to output dir>'" in text
+    assert "pretrained_model_name_or_path: is still the placeholder '<path to 28DSTABLEBEST" in text
+    assert "train_data_dir" not in text  # given on the command line
+    assert not list(tmp_path.iterdir())  # nothing written while the output folder is unknown
