@@ -66,7 +66,9 @@ def add_config_arguments(
         group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
         flags = [f"--{f.name}"] + [f"--{n}" for n in ((spec.flag,) if spec.flag else ()) + spec.aliases]
         kind = base_type(f.name)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": defaults.get(f.name, _SUPPRESS), "help": spec.help}
+        # argparse %-formats help text: a literal % ("~30% slower") must be doubled.
+        kwargs: dict[str, Any] = {"dest": f.name, "default": defaults.get(f.name, _SUPPRESS),
+                                  "help": spec.help.replace("%", "%%")}
         if f.name in required:
             kwargs["required"] = True
         if kind is bool:
