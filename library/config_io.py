@@ -38,6 +38,54 @@ _SUPPRESS = argparse.SUPPRESS
 
 # --- argparse -------------------------------------------------------------------
 
+def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to a mistyped one (shared by config files and flags)."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return close[0] if close else None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: an unknown flag names the closest known flag.
+
+    Subcommand parsers are built with this class too (argparse's default for
+    `add_subparsers`), so a wrong flag after `lorasmith sample` is reported by
+    `lorasmith sample` itself, not by the top-level parser.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._seen_args = list(args) if args is not None else None
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra and getattr(self, "strict", True):
+            self.error(self.unknown_message(extra))
+        return parsed, extra
+
+    def unknown_message(self, extra: Sequence[str]) -> str:
+        flags = [a for a in extra if a.startswith("-")]
+        if not flags:
+            return f"unrecognized arguments: {' '.join(extra)}"
+        known = [s for action in self._actions for s in action.option_strings]
+        flag = flags[0].split("=", 1)[0]
+        close = did_you_mean(flag, known)
+        hint = f": did you mean {close}?" if close else ""
+        more = f" (and {', '.join(flags[1:])})" if len(flags) > 1 else ""
+        return f"unrecognized argument {flag}{hint}{more}"
+
+    def error(self, message: str):  # type: ignore[override]
+        """One line and a pointer to --help, instead of a usage block of every flag.
+
+        A mistyped flag is the likelier cause of a "required" error
+        (`sample --outdir`), so it is named first.
+        """
+        known = [s for action in self._actions for s in action.option_strings]
+        typed = [a for a in getattr(self, "_seen_args", None) or () if a.startswith("--")]
+        unknown = [a for a in typed if not any(k.startswith(a.split("=", 1)[0]) for k in known)]
+        if unknown and self._subparsers is None:
+            message = self.unknown_message(unknown)
+        if "did you mean" not in message:
+            message += f" (see `{self.prog} --help`)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser,
     names: Iterable[str] | None = None,
@@ -173,8 +221,8 @@ def config_from_mapping(
             continue
         target = names.get(key)
         if target is None:
-            close = difflib.get_close_matches(key, list(names), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = did_you_mean(key, names)
+            hint = f" (did you mean {close!r}?)" if close else ""
             problems.append(f"unknown key {key!r}{hint}")
             continue
         try:
@@ -378,7 +426,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def build_train_parser(prog: str = "train_network.py") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Train a Kohya-style LoRA (sd-scripts flags).")
+    parser = ArgumentParser(prog=prog, description="Train a Kohya-style LoRA (sd-scripts flags).")
     add_train_arguments(parser)
     return parser
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from library.cli import build_parser
+from library.cli import build_parser, main
 from library.config_io import build_train_parser
 
 
@@ -44,3 +44,42 @@ def test_every_command_renders_every_option_help():
 def test_percent_in_a_generated_flag_renders_literally():
     text = _flat(build_train_parser().format_help())
     assert "much less memory, ~30% slower" in text
+
+
+def _stderr_of(run, argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["train", "--network_dimm", "8"], "lorasmith train"),
+    (["config", "validate", "--network_dimm", "8"], "lorasmith config validate"),
+])
+def test_typo_flag_is_one_line_with_the_closest_flag(argv, prog, capsys):
+    err = _stderr_of(main, argv, capsys)
+    assert err == f"{prog}: error: unrecognized argument --network_dimm: did you mean --network_dim?"
+
+
+def test_typo_flag_in_train_network_py(capsys):
+    import train_network
+
+    err = _stderr_of(train_network.main, ["--network_dimm", "8"], capsys)
+    assert err == "train_network.py: error: unrecognized argument --network_dimm: did you mean --network_dim?"
+
+
+def test_wrong_flag_on_a_subcommand_is_reported_by_the_subcommand(capsys):
+    err = _stderr_of(main, ["sample", "--outdir", "x"], capsys)
+    assert err == "lorasmith sample: error: unrecognized argument --outdir: did you mean --output_dir?"
+
+
+def test_other_parse_errors_stay_short(capsys):
+    err = _stderr_of(main, ["sample", "--prompt", "x"], capsys)
+    assert len(err.splitlines()) == 1
+    assert err.startswith("lorasmith sample: error:") and "--pretrained_model_name_or_path" in err
+
+
+def test_debug_is_accepted_after_the_subcommand(capsys):
+    assert main(["config", "presets", "--debug"]) == 0
+    assert "person-sd15-dadapt" in capsys.readouterr().out
