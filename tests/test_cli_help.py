@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from library.cli import build_parser, main
 from library.config_io import build_train_parser
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -83,3 +88,29 @@ def test_other_parse_errors_stay_short(capsys):
 def test_debug_is_accepted_after_the_subcommand(capsys):
     assert main(["config", "presets", "--debug"]) == 0
     assert "person-sd15-dadapt" in capsys.readouterr().out
+
+
+HEAVY = ("torch", "diffusers", "transformers", "gradio", "cv2", "scipy")
+
+
+def test_help_and_config_validate_import_no_heavy_library(tmp_path):
+    """Issue 24: `lorasmith --help` took 6.5 s idle because registering subcommands imported torch and diffusers.
+
+    A fresh interpreter builds every parser, renders every --help and validates a
+    preset; none of the heavy libraries may be imported on the way.
+    """
+    script = (
+        "import sys, contextlib, io\n"
+        "from tests.test_cli_help import all_parsers\n"
+        "from library.cli import main\n"
+        "for _path, parser in all_parsers():\n"
+        "    parser.format_help()\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['config', 'validate', '--preset', 'quick-cpu-test', '--train_data_dir', sys.argv[1],\n"
+        "                 '--output_dir', sys.argv[2]]) == 0\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    argv = [sys.executable, "-c", script, str(REPO / "tests"), str(tmp_path / "out")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
