@@ -33,6 +33,10 @@ GROUPS = (
     "Advanced",
 )
 
+# The models built into lorasmith (library.models.builtin registers their builders):
+# named here too, so checking a config needs no torch.
+BUILTIN_MODEL_NAMES = ("tiny", "tiny-world")
+
 SAMPLER_NAMES = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a",
     "dpmsolver", "dpmsolver++", "dpmsingle", "k_lms", "k_euler", "k_euler_a",

@@ -47,7 +47,9 @@ SDSCRIPTS_FIXTURE_FLAGS = (
 )
 
 
-def test_pasted_sdscripts_command_parses_unchanged():
+def test_pasted_sdscripts_command_parses_unchanged(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()  # validation checks that the folders exist
+    monkeypatch.chdir(tmp_path)
     cfg, _ = parse_train_args(shlex.split(SDSCRIPTS_FIXTURE_FLAGS))
     assert cfg.network_dim == 4 and cfg.network_alpha == 1.0
     assert cfg.learning_rate == 1e-3 and cfg.lr_warmup_steps == 4
@@ -149,9 +151,9 @@ def test_validation_collects_every_problem():
         assert needle in joined, needle
 
 
-def test_warnings_for_adaptive_optimizers_and_saving():
+def test_warnings_for_adaptive_optimizers_and_saving(tmp_path):
     cfg = TrainConfig(
-        pretrained_model_name_or_path="tiny", train_data_dir="d", output_dir="o", optimizer_type="DAdaptAdam",
+        pretrained_model_name_or_path="tiny", train_data_dir=str(tmp_path), output_dir="o", optimizer_type="DAdaptAdam",
         learning_rate=1e-4, max_train_epochs=2, save_every_n_epochs=5,
     )
     warnings = "\n".join(validate(cfg))
