@@ -44,6 +44,18 @@ def did_you_mean(name: str, known: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; an option shows its default when the default says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        quiet = default is None or default is False or default is _SUPPRESS or default == "" or default == []
+        if quiet or not action.option_strings or "default" in text.lower():
+            return text
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: an unknown flag names the closest known flag.
 
@@ -51,6 +63,11 @@ class ArgumentParser(argparse.ArgumentParser):
     `add_subparsers`), so a wrong flag after `lorasmith sample` is reported by
     `lorasmith sample` itself, not by the top-level parser.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("formatter_class") in (None, argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+            kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         self._seen_args = list(args) if args is not None else None
@@ -129,7 +146,17 @@ def add_config_arguments(
             kwargs["metavar"] = kind.__name__.upper()
             if spec.choices is not None:
                 kwargs["help"] += " {" + ", ".join(str(c) for c in spec.choices if c is not None) + "}"
+        if f.name not in defaults:
+            kwargs["help"] += _default_note(f, kind)
         group.add_argument(*flags, **kwargs)
+
+
+def _default_note(f: dataclasses.Field[Any], kind: type) -> str:
+    """' (default: 4)' for flags whose argparse default is SUPPRESS (files may set them, so argparse cannot show it)."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default is None or kind in (bool, list) or default == "" or "default" in spec_of(f).help.lower():
+        return ""
+    return f" (default: {str(default).replace('%', '%%')})"
 
 
 def config_defaults(names: Iterable[str]) -> dict[str, Any]:

@@ -9,7 +9,7 @@
         which reg images training will use, repeat or leave out
 
 Training options (--resolution, --seed, --train_data_dir, --pretrained_model_name_or_path …)
-come from library.config, so they mean what they mean to the trainer.
+mean what they mean to `lorasmith train`.
 """
 from __future__ import annotations
 

@@ -114,3 +114,20 @@ def test_help_and_config_validate_import_no_heavy_library(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+INTERNAL = ("``", "library.", "add_sample_arguments", "TrainConfig", "read the warning", "seed guide")
+
+
+def test_help_speaks_to_the_user():
+    """No markup or notes meant for developers in any --help, defaults shown, the built-in models named."""
+    for path, parser in all_parsers():
+        text = _flat(parser.format_help())
+        leaked = [word for word in INTERNAL if word in text]
+        assert not leaked, (path, leaked)
+    train = _flat(build_train_parser().format_help())
+    assert "LoRA rank: how much the LoRA can hold (default: 4)" in train
+    assert "(default: constant)" in train and "(default: 512)" in train
+    assert "a built-in name: tiny, tiny-world" in train
+    sample = dict(all_parsers())[("sample",)]
+    assert "sampling steps (default: 30)" in _flat(sample.format_help())

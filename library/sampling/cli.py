@@ -122,9 +122,16 @@ def load_bundle_from_args(args: argparse.Namespace, name: str | None = None):
                              use_ema_weights=args.use_ema_weights)
 
 
+DESCRIPTION = """txt2img (and img2img with --init_image) with AUTOMATIC1111's prompt syntax, LoRAs and dynamic prompts.
+
+--pretrained_model_name_or_path, --vae, --use_ema_weights, --seed and --clip_skip mean
+the same as in `lorasmith train`; --seed -1 picks a random seed and --clip_skip 1 uses
+the last text-encoder layer, as in AUTOMATIC1111."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sample", help="generate images with the bundled sampler (A1111 prompt syntax)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sample_arguments(p)
     p.set_defaults(func=run_sample)
 
