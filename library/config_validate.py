@@ -188,6 +188,10 @@ def _check_optimizer(cfg: TrainConfig, rep: ValidationReport) -> None:
                 rep.warn(lr_name, f"{lr} with {name}: adaptive optimizers find the step size themselves and expect about 1.0")
     if name.lower() == "dadaptadam" and args.get("decouple") is not True:
         rep.warn("optimizer_args", "DAdaptAdam without decouple=True applies weight decay as L2 (Adam, not AdamW); training may barely move. Add decouple=True")
+    if name.lower() == "dadaptadam" and args.get("use_bias_correction") is not True:
+        rep.warn("optimizer_args", "DAdaptAdam without use_bias_correction=True leaves Adam's bias correction out of its "
+                                   "steps; person LoRAs trained so showed artifacts in published comparisons. "
+                                   "Add use_bias_correction=True")
 
 
 def _check_network_args(cfg: TrainConfig, rep: ValidationReport) -> None:

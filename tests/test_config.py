@@ -247,6 +247,30 @@ def test_cli_bad_config_one_screen_no_traceback(tmp_path):
     assert "netwrk_dim" in proc.stderr and "network_dim" in proc.stderr
 
 
+def test_person_preset_matches_the_guide_and_ships_its_sample_prompt(tmp_path, monkeypatch):
+    """Issue 24: it upscaled small images (the guide turns that off) and scheduled samples without a prompt."""
+    from library.presets import load_preset
+
+    monkeypatch.chdir(tmp_path)  # the prompt file is found beside the preset, wherever the run starts
+    person = load_preset("person-sd15-dadapt")
+    assert person.bucket_no_upscale is False and person.enable_bucket
+    assert person.sample_every_n_epochs == 1 and Path(person.sample_prompts).is_file()
+    prompt = Path(person.sample_prompts).read_text()
+    assert "(ohwx woman:1.2), green t-shirt, beach" in prompt and "--w 768 --h 768 --l 3.5 --s 50" in prompt
+    rep = check_config(person, for_training=False)
+    assert not any(w.field == "sample_prompts" for w in rep.warnings)
+    assert not any("use_bias_correction" in w.message for w in rep.warnings)
+
+
+def test_dadaptadam_without_bias_correction_warns(tmp_path):
+    cfg = TrainConfig(pretrained_model_name_or_path="tiny", train_data_dir=str(tmp_path), output_dir="o",
+                      optimizer_type="DAdaptAdam", learning_rate=1.0, optimizer_args=["decouple=True"])
+    warnings = "\n".join(validate(cfg))
+    assert "use_bias_correction=True" in warnings and "decouple" not in warnings
+    cfg.optimizer_args.append("use_bias_correction=True")
+    assert validate(cfg) == []
+
+
 def test_builtin_presets_are_valid():
     from library.presets import list_presets, load_preset
 
