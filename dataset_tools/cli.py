@@ -8,7 +8,8 @@ import argparse
 import json
 
 from dataset_tools.images import OUTPUT_FORMATS, ToolRun
-from library.config_io import add_config_arguments, resolve_config
+from library.config_io import add_config_arguments
+from library.config_resolve import resolve_config
 
 DESCRIPTION = """Crop, resize, caption, prepare and report a dataset; each tool reads INPUT and writes OUTPUT.
 

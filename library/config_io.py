@@ -1,9 +1,10 @@
 """Everything that reads or writes a `TrainConfig`, generated from its fields.
 
-Sources, lowest precedence first: defaults < preset < config file < CLI flags.
-Config files are sd-scripts TOML (sections flattened), our JSON presets (only
-fields that differ from the defaults) or a kohya_ss GUI JSON (detected and
-mapped by `library.kohya_import`).
+The bottom layer of the config modules: library.kohya_import and
+library.presets build on it, and library.config_resolve puts them together
+(defaults < preset < config file < CLI flags). Config files are sd-scripts TOML
+(sections flattened) or our JSON presets (only fields that differ from the
+defaults); a kohya_ss GUI JSON is only recognised here.
 """
 from __future__ import annotations
 
@@ -286,17 +287,21 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ConfigError(f"{p} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p} must hold a JSON object of option names and values")
-        from library.kohya_import import is_kohya_gui_config
-
         if is_kohya_gui_config(data):
             raise ConfigError(
                 f"{p} is a kohya_ss GUI config",
-                ["load it with load_config_source() or `lorasmith config import-kohya`"],
+                ["give it to --config_file, or convert it with `lorasmith config import-kohya`"],
             )
         flat = dict(data.get("config", data)) if isinstance(data.get("config"), dict) else dict(data)
     else:
         raise ConfigError(f"{p}: unknown config format {suffix!r}", ["use a .toml or .json file"])
     return migrate(flat, str(p))
+
+
+def is_kohya_gui_config(data: Mapping[str, Any]) -> bool:
+    """kohya_ss GUI files have keys no sd-scripts config has (library.kohya_import maps them)."""
+    markers = {"LoRA_type", "max_resolution", "epoch", "lr_warmup", "model_list", "optimizer"}
+    return len(markers & set(data)) >= 2
 
 
 def flatten_sections(data: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -311,31 +316,6 @@ def flatten_sections(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
-
-
-def load_config_source(
-    path: str | os.PathLike[str], base: TrainConfig | None = None, overrides: Mapping[str, Any] | None = None
-) -> TrainConfig:
-    """A config file of any supported kind applied on top of `base`, then `overrides` (the CLI) on top.
-
-    The overrides go in before any check the file's own values trigger (a kohya_ss
-    file's inline sample prompts need output_dir, which the command line may give).
-    """
-    p = Path(path)
-    if p.suffix.lower() == ".json" and p.is_file():
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{p} is not valid JSON: {exc}") from None
-        from library.kohya_import import import_kohya_config, is_kohya_gui_config
-
-        if isinstance(data, dict) and is_kohya_gui_config(data):
-            result = import_kohya_config(data, source=str(p), base=base)
-            if result.unmapped:
-                raise ConfigError(f"{p}: some kohya_ss settings have no lorasmith equivalent", result.unmapped)
-            return result.finish(overrides)
-    cfg = config_from_mapping(read_config_file(p), source=str(p), base=base)
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
 # --- versions -----------------------------------------------------------------------
@@ -437,21 +417,6 @@ def command_string(cfg: TrainConfig, program: str = "python train_network.py") -
     return program + " " + " ".join(shlex.quote(a) for a in argv)
 
 
-# --- the whole resolution -----------------------------------------------------------------
-
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """defaults < preset < config file < CLI flags."""
-    cfg = TrainConfig()
-    if getattr(args, "preset", None):
-        from library.presets import load_preset
-
-        cfg = load_preset(args.preset)
-    overrides = cli_overrides(args)
-    if getattr(args, "config_file", None):
-        return load_config_source(args.config_file, base=cfg, overrides=overrides)
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
-
-
 def build_train_parser(prog: str = "train_network.py") -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=prog, description="Train a Kohya-style LoRA (sd-scripts flags).")
     add_train_arguments(parser)
@@ -463,9 +428,3 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--print_plan", action="store_true", help="validate, print the training plan and exit without training")
     add_config_arguments(parser)
-
-
-def parse_train_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    parser = build_train_parser()
-    args = parser.parse_args(argv)
-    return resolve_config(args), args

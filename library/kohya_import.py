@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from library.config import TrainConfig, option_fields
+from library.config_io import add_config_arguments, cli_overrides, config_from_mapping
 from library.errors import ConfigError
 
 # Keys whose value goes to the TrainConfig field of the same name.
@@ -105,12 +106,6 @@ class KohyaImport:
             lines.append("Could not map (lorasmith has no equivalent; the run would differ):")
             lines += [f"  {u}" for u in self.unmapped]
         return "\n".join(lines)
-
-
-def is_kohya_gui_config(data: Mapping[str, Any]) -> bool:
-    """kohya_ss GUI files have keys no sd-scripts config has."""
-    markers = {"LoRA_type", "max_resolution", "epoch", "lr_warmup", "model_list", "optimizer"}
-    return len(markers & set(data)) >= 2
 
 
 def _is_empty(value: Any) -> bool:
@@ -204,8 +199,6 @@ def import_kohya_config(
     data: Mapping[str, Any], *, source: str = "kohya_ss config", base: TrainConfig | None = None
 ) -> KohyaImport:
     """Map a kohya_ss GUI JSON mapping onto a TrainConfig (see module docstring)."""
-    from library.config_io import config_from_mapping
-
     result = KohyaImport(config=base or TrainConfig())
     out: dict[str, Any] = {}
     network_args: list[str] = []
@@ -294,8 +287,6 @@ def _lora_type(data: Mapping[str, Any], result: KohyaImport) -> bool:
 def _apply_additional(cfg: TrainConfig, text: str, source: str, result: KohyaImport) -> TrainConfig:
     """kohya_ss appends `additional_parameters` to the command: parse them as flags."""
     import argparse
-
-    from library.config_io import add_config_arguments, cli_overrides
 
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     add_config_arguments(parser)

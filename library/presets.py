@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from library.config import TrainConfig
+from library.config_io import config_from_mapping, config_to_preset, read_config_file
 from library.errors import ConfigError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,79}$")
@@ -62,8 +63,6 @@ def preset_path(name: str) -> Path:
 
 
 def load_preset(name_or_path: str, base: TrainConfig | None = None) -> TrainConfig:
-    from library.config_io import config_from_mapping, read_config_file
-
     path = Path(name_or_path) if name_or_path.endswith(".json") else preset_path(name_or_path)
     cfg = config_from_mapping(read_config_file(path), source=f"preset {path}", base=base)
     return _files_beside(cfg, path.parent)
@@ -78,7 +77,6 @@ def _files_beside(cfg: TrainConfig, folder: Path) -> TrainConfig:
 
 
 def save_user_preset(cfg: TrainConfig, name: str, description: str = "", *, overwrite: bool = False) -> Path:
-    from library.config_io import config_to_preset
     from library.fileio import atomic_write_text
 
     check_name(name)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from library.config_io import add_config_arguments, resolve_config
+from library.config_io import add_config_arguments
+from library.config_resolve import resolve_config
 from library.errors import DatasetError
 
 

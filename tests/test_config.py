@@ -15,13 +15,11 @@ from library.config_io import (
     command_string,
     config_from_mapping,
     config_to_toml,
-    load_config_source,
-    parse_train_args,
     read_config_file,
-    resolve_config,
     to_command_line,
     write_config,
 )
+from library.config_resolve import load_config_source, parse_train_args, resolve_config
 from library.config_validate import check_config, validate
 from library.errors import ConfigError
 from library.kohya_import import import_kohya_config
@@ -333,3 +331,19 @@ def test_kohya_placeholders_left_in_required_paths_are_named(seed_guide_dir: Pat
     assert "pretrained_model_name_or_path: is still the placeholder '<path to 28DSTABLEBEST" in text
     assert "train_data_dir" not in text  # given on the command line
     assert not list(tmp_path.iterdir())  # nothing written while the output folder is unknown
+
+
+def test_config_modules_import_one_way():
+    """config_io (readers/writers) at the bottom; kohya_import and presets above it; config_resolve on top."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "library"
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        return {n.module.removeprefix("library.") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    above = {"kohya_import", "presets", "config_resolve"}
+    assert not imported("config_io") & above
+    assert not imported("kohya_import") & (above - {"kohya_import"})
+    assert not imported("presets") & (above - {"presets"})

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 import train_network
-from library.config_io import parse_train_args
+from library.config_resolve import parse_train_args
 from library.training.trainer import train
 
 FIXTURE_FLAGS = (

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from library.config_io import add_train_arguments, resolve_config, write_config
+from library.config_io import add_train_arguments, write_config
+from library.config_resolve import resolve_config
 from library.config_validate import validate
 from library.training.console import ConsoleEvents
 from library.training.demo import EPOCHS
