@@ -20,6 +20,7 @@ from library.errors import LorasmithError
 # Modules inside library/ that contribute subcommands.
 _LIBRARY_COMMAND_MODULES = (
     "library.training.cli",
+    "library.demo",
     "library.config_cli",
     "library.models.cli",
     "library.lora.cli",

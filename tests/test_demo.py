@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from library.training.demo import GRID_SEEDS, GRID_WEIGHTS, OUTPUT_NAME, print_summary, run_demo
+from library.demo import GRID_SEEDS, GRID_WEIGHTS, OUTPUT_NAME, print_summary, run_demo
 
 
 def test_one_epoch_demo_writes_lora_samples_logs_and_an_epoch_weight_grid(tmp_path, capsys):
@@ -20,3 +20,19 @@ def test_one_epoch_demo_writes_lora_samples_logs_and_an_epoch_weight_grid(tmp_pa
     print_summary(paths)
     out = capsys.readouterr().out
     assert str(paths.grid) in out and "tensorboard --logdir" in out
+
+
+def test_the_trainer_does_not_import_the_tools_above_it():
+    """Issue 24: library/training/demo.py imported library.world; the demo now sits above the trainer."""
+    import ast
+    from pathlib import Path
+
+    from library.cli import build_parser
+
+    training = Path(__file__).resolve().parents[1] / "library" / "training"
+    for path in training.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in modules if m.startswith(("library.world", "library.demo", "library.evaluation"))}, path
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert "demo" in sub.choices and "train" in sub.choices
