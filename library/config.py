@@ -61,6 +61,8 @@ class OptionSpec:
     aliases: tuple[str, ...] = ()  # other accepted names (sd-scripts typos, old names)
     kind: str | None = None  # "dir", "file", "path" (dir or file) for path widgets and checks
     advanced: bool = False
+    # The default of `lorasmith sample`/`grid` where it differs from training's (AUTOMATIC1111's spelling).
+    sample_default: Any = None
 
 
 def option(default: Any, help: str, *, group: str, **spec: Any) -> Any:
@@ -161,8 +163,8 @@ class TrainConfig:
     max_train_epochs: int | None = option(None, "Epochs to train (overrides max_train_steps)", group="Training", min=1)
     max_train_steps: int = option(1600, "Steps to train when max_train_epochs is unset", group="Training", min=1)
     gradient_accumulation_steps: int = option(1, "Batches accumulated per optimizer step", group="Training", min=1)
-    seed: int | None = option(None, "Seed for everything random; unset = a random seed, reported and stored", group="Training", min=0)
-    clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models)", group="Training", min=1, max=12)
+    seed: int | None = option(None, "Seed for everything random; unset (in sample and grid: -1, as AUTOMATIC1111 writes it) = a random seed, reported and stored", group="Training", min=0, sample_default=-1)
+    clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models; 1 or unset = the last layer)", group="Training", min=1, max=12, sample_default=1)
 
     # --- Precision and memory -------------------------------------------------
     mixed_precision: str = option("no", "Autocast precision", group="Precision and memory", choices=("no", "fp16", "bf16"))
@@ -254,6 +256,12 @@ def base_type(name: str) -> type:
 
 def is_optional(name: str) -> bool:
     return type(None) in typing.get_args(field_type(name))
+
+
+def sample_defaults(names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The sampling commands' defaults that differ from training's (declared with `sample_default`)."""
+    fields = {f.name: f for f in option_fields()}
+    return {n: spec_of(fields[n]).sample_default for n in names if spec_of(fields[n]).sample_default is not None}
 
 
 def default_config() -> TrainConfig:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from library.config import sample_defaults
 from library.config_io import add_config_arguments, config_defaults
 from library.data.specs import IMAGE_EXTENSIONS
 from library.errors import SamplingError
@@ -21,10 +22,9 @@ if TYPE_CHECKING:  # PIL and torch are imported when a command runs, not for --h
     from PIL import Image
 
 SHARED_OPTIONS = ("pretrained_model_name_or_path", "vae", "use_ema_weights", "seed", "clip_skip")
-# Where sampling's defaults genuinely differ from training's: A1111 writes "-1" for
-# "pick a random seed" (the trainer's unset seed means the same) and "1" for "no clip
-# skip" (the trainer's unset); both values end up in the PNG parameters as A1111 does.
-SAMPLE_DEFAULTS = {"seed": -1, "clip_skip": 1}
+# Where sampling's defaults differ from training's (seed -1, clip skip 1: AUTOMATIC1111's way of
+# writing "random" and "last layer", which end up in the PNG parameters) is declared in library.config.
+SAMPLE_DEFAULTS = sample_defaults(SHARED_OPTIONS)
 # Written out rather than read from the sampler table, which needs torch (help must start fast).
 SAMPLER_HELP = ("A1111 name such as 'Euler a', 'DPM++ 2M Karras', 'DDIM' or 'UniPC', or an sd-scripts name "
                 "(euler_a, k_dpm_2, ddim, ...); an unknown name lists every choice")
