@@ -101,10 +101,17 @@ def run_demo(output_dir: str | Path, epochs: int = EPOCHS, progress: bool = True
     return DemoPaths(folder, files, out / "lora" / "sample", Path(result.log_dir) if result.log_dir else None, grid)
 
 
+def _file_range(files: list[Path]) -> str:
+    """'DIR/first.safetensors … last.safetensors (8 files)': one short line however many epochs ran."""
+    if len(files) <= 1:
+        return ", ".join(str(f) for f in files)
+    return f"{files[0]} … {files[-1].name} ({len(files)} files)"
+
+
 def print_summary(paths: DemoPaths) -> None:
     print("\nDemo finished: tiny-world never saw a star; the LoRA was trained on eight as 'ohwx shape'.")
     print(f"  dataset:      {paths.dataset}")
-    print(f"  LoRA files:   {', '.join(str(f) for f in paths.lora_files)}")
+    print(f"  LoRA files:   {_file_range(paths.lora_files)}")
     if paths.samples.is_dir():
         print(f"  samples:      {paths.samples}")
     print(f"  grid:         {paths.grid}  (columns: epochs; rows: LoRA weight, 0 = the base model)")
