@@ -14,6 +14,7 @@ import difflib
 import json
 import os
 import shlex
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -71,9 +72,9 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        self._seen_args = list(args) if args is not None else None
+        self._seen_args = list(sys.argv[1:] if args is None else args)
         parsed, extra = super().parse_known_args(args, namespace)
-        if extra and getattr(self, "strict", True):
+        if extra:
             self.error(self.unknown_message(extra))
         return parsed, extra
 
@@ -95,7 +96,7 @@ class ArgumentParser(argparse.ArgumentParser):
         (`sample --outdir`), so it is named first.
         """
         known = [s for action in self._actions for s in action.option_strings]
-        typed = [a for a in getattr(self, "_seen_args", None) or () if a.startswith("--")]
+        typed = [a for a in getattr(self, "_seen_args", ()) if a.startswith("--")]
         unknown = [a for a in typed if not any(k.startswith(a.split("=", 1)[0]) for k in known)]
         if unknown and self._subparsers is None:
             message = self.unknown_message(unknown)
