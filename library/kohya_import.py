@@ -64,7 +64,7 @@ class KohyaImport:
         A required path the file left as a placeholder (and nothing overrode) is
         kept as that placeholder, so validation names the field and the
         placeholder in one list with every other problem. Inline sample prompts
-        are written under output_dir only once output_dir is a real folder.
+        are written under output_dir only when the config passes validation.
         """
         if overrides:
             self.config = dataclasses.replace(self.config, **overrides)
@@ -72,9 +72,13 @@ class KohyaImport:
                    if name in REQUIRED_PATHS and not getattr(self.config, name)}
         if missing:
             self.config = dataclasses.replace(self.config, **missing)
-        if self.config.output_dir and not _is_placeholder(self.config.output_dir):
-            return self.materialize_sample_prompts()
-        return self.config
+        if not self.config.output_dir or _is_placeholder(self.config.output_dir):
+            return self.config
+        from library.config_validate import check_config
+
+        if check_config(self.config).errors:
+            return self.config  # nothing is written for a run that validation will stop
+        return self.materialize_sample_prompts()
 
     def materialize_sample_prompts(self, folder: str | Path | None = None) -> TrainConfig:
         """kohya_ss keeps sample prompts inline; write them to a file as it does.

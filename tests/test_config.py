@@ -320,6 +320,17 @@ def test_kohya_json_as_config_file_takes_paths_from_the_command_line(seed_guide_
     assert not any("placeholder" in e.message for e in check_config(cfg).errors)
 
 
+def test_kohya_json_writes_nothing_while_the_config_has_problems(seed_guide_dir: Path, tmp_path):
+    guide = seed_guide_dir / "kohya_ss_final_28DSTABLEBESTVERSION.json"
+    out = tmp_path / "out"
+    args = build_train_parser().parse_args(["--config_file", str(guide), "--output_dir", str(out),
+                                            "--pretrained_model_name_or_path", str(tmp_path / "missing.safetensors"),
+                                            "--train_data_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="missing.safetensors' does not exist"):
+        validate(resolve_config(args))
+    assert not out.exists()
+
+
 def test_kohya_placeholders_left_in_required_paths_are_named(seed_guide_dir: Path, tmp_path):
     guide = seed_guide_dir / "kohya_ss_final_28DSTABLEBESTVERSION.json"
     args = build_train_parser().parse_args(["--config_file", str(guide), "--train_data_dir", str(tmp_path)])
