@@ -72,6 +72,8 @@ class KohyaImport:
                    if name in REQUIRED_PATHS and not getattr(self.config, name)}
         if missing:
             self.config = dataclasses.replace(self.config, **missing)
+        if overrides and "sample_prompts" in overrides:
+            return self.config  # the command line's prompt file wins over the file's inline prompts
         if not self.config.output_dir or _is_placeholder(self.config.output_dir):
             return self.config
         from library.config_validate import check_config

@@ -318,6 +318,13 @@ def test_kohya_json_as_config_file_takes_paths_from_the_command_line(seed_guide_
     assert Path(cfg.sample_prompts) == out / "sample" / "prompt.txt"
     assert "--w 768" in Path(cfg.sample_prompts).read_text()
     assert not any("placeholder" in e.message for e in check_config(cfg).errors)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("ohwx --w 64 --h 64\n")
+    args = build_train_parser().parse_args(["--config_file", str(guide), "--output_dir", str(tmp_path / "out2"),
+                                            "--sample_prompts", str(mine), "--pretrained_model_name_or_path", "tiny",
+                                            "--train_data_dir", str(tmp_path)])
+    assert resolve_config(args).sample_prompts == str(mine)  # the command line wins here too
+    assert not (tmp_path / "out2").exists()
 
 
 def test_kohya_json_writes_nothing_while_the_config_has_problems(seed_guide_dir: Path, tmp_path):
