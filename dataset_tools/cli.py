@@ -1,10 +1,6 @@
 """`lorasmith dataset …`: crop, resize, caption, prepare, report, check and mask, each INPUT then OUTPUT.
 
-Every tool prints what it wrote, what it skipped because it was already done
-(re-running is safe; ``--overwrite`` redoes it) and every file it could not use,
-by path. The exit code is 1 when some image could not be read, 0 otherwise.
-Options the trainer also has (``--caption_extension``, ``--resolution``,
-``--enable_bucket`` …) come from library.config, so they mean the same here.
+Options the trainer also has are generated from library.config, so they mean the same here.
 """
 from __future__ import annotations
 
@@ -12,12 +8,21 @@ import argparse
 import json
 
 from dataset_tools.images import OUTPUT_FORMATS, ToolRun
-from library.config_io import add_config_arguments, resolve_config
+from library.config_io import add_config_arguments
+from library.config_resolve import resolve_config
+
+DESCRIPTION = """Crop, resize, caption, prepare and report a dataset; each tool reads INPUT and writes OUTPUT.
+
+Every tool prints what it wrote, what it skipped because it was already done
+(re-running is safe; --overwrite redoes it) and every file it could not use,
+by path. The exit code is 1 when some image could not be read, 0 otherwise.
+Options the trainer also has (--caption_extension, --resolution, --enable_bucket …)
+mean the same here as in `lorasmith train`."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("dataset", help="prepare a dataset: crop, resize, caption, folders, report, check, masks",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset_tool", metavar="TOOL", required=True)
     _add_crop(sub)
     _add_resize(sub)

@@ -22,7 +22,6 @@ from dataset_tools.images import scan_folder
 from library.config import TrainConfig
 from library.data.layout import DatasetLayout
 from library.data.plan import TrainingPlan, format_plan
-from library.data.prepare import prepare_data
 
 # The TrainConfig fields the report reads (its CLI flags are generated from these).
 REPORT_OPTIONS = (
@@ -142,6 +141,8 @@ def build_report(train_data_dir: str | os.PathLike[str], cfg: TrainConfig) -> Da
     Unreadable images and badly named folders are listed in the plan's
     `skipped`, not fatal: the report is where a user finds them.
     """
+    from library.data.prepare import prepare_data  # torch: only when a report runs, not for --help
+
     cfg = dataclasses.replace(cfg, train_data_dir=str(train_data_dir), skip_bad_images=True)
     prepared = prepare_data(cfg)
     rows, folders = [], []

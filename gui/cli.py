@@ -20,8 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("gui", help="start the web GUI (binds to 127.0.0.1 unless --listen)",
                               description="The lorasmith web GUI: training form, presets, live progress, dataset tools and grids.")
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
-    p.add_argument("--listen", action="store_true", help="bind to 0.0.0.0 so other machines can connect (read the warning)")
-    p.add_argument("--share", action="store_true", help="make a public Gradio share link (read the warning)")
+    p.add_argument("--listen", action="store_true", help="bind to 0.0.0.0 so other machines can connect: anyone who reaches this machine can start runs "
+                        "and read and write the allowed folders (use --auth)")
+    p.add_argument("--share", action="store_true", help="make a public Gradio share link: anyone with the link can start runs and read and write the "
+                        "allowed folders (use --auth)")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this user name and password")
     p.add_argument("--allow", action="append", default=None, metavar="DIR",
                    help="a folder the GUI may read and write (repeatable; default: the current folder)")

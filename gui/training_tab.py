@@ -19,7 +19,8 @@ from gui.checks import PLAN_FIELDS, field_info, form_issues, issues_markdown, pl
 from gui.context import GuiContext
 from gui.form import build_widgets, config_to_values, help_text, values_to_config
 from library.config import TrainConfig
-from library.config_io import command_string, config_to_toml, load_config_source
+from library.config_io import command_string, config_to_toml
+from library.config_resolve import load_config_source
 from library.errors import LorasmithError
 from library.presets import delete_user_preset, list_presets, load_preset, rename_user_preset, save_user_preset
 
@@ -176,7 +177,8 @@ class TrainingTab:
     def _import_config(self, path: Path) -> tuple[TrainConfig, str]:
         import json
 
-        from library.kohya_import import import_kohya_config, is_kohya_gui_config
+        from library.config_io import is_kohya_gui_config
+        from library.kohya_import import import_kohya_config
 
         try:
             data = json.loads(path.read_text(encoding="utf-8")) if path.suffix.lower() == ".json" else None

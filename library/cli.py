@@ -20,6 +20,7 @@ from library.errors import LorasmithError
 # Modules inside library/ that contribute subcommands.
 _LIBRARY_COMMAND_MODULES = (
     "library.training.cli",
+    "library.demo",
     "library.config_cli",
     "library.models.cli",
     "library.lora.cli",
@@ -54,7 +55,9 @@ def _registrars() -> list[tuple[str, Register]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from library.config_io import ArgumentParser
+
+    parser = ArgumentParser(
         prog="lorasmith",
         description="Train, inspect, sample and compare Kohya-style LoRAs for Stable Diffusion.",
     )
@@ -85,11 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Accept --debug anywhere on the line, not only before the subcommand.
     debug = "--debug" in argv
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        unknown = [a for a in extra if a != "--debug"]
-        if unknown:
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     args.debug = debug or getattr(args, "debug", False)
     if not getattr(args, "func", None):
         parser.print_help()

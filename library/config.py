@@ -33,6 +33,10 @@ GROUPS = (
     "Advanced",
 )
 
+# The models built into lorasmith (library.models.builtin registers their builders):
+# named here too, so checking a config needs no torch.
+BUILTIN_MODEL_NAMES = ("tiny", "tiny-world")
+
 SAMPLER_NAMES = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a",
     "dpmsolver", "dpmsolver++", "dpmsingle", "k_lms", "k_euler", "k_euler_a",
@@ -58,6 +62,8 @@ class OptionSpec:
     kind: str | None = None  # "dir", "file", "path" (dir or file) for path widgets and checks
     advanced: bool = False
     allow_nonfinite: bool = False  # float fields refuse nan/inf unless this is set
+    # The default of `lorasmith sample`/`grid` where it differs from training's (AUTOMATIC1111's spelling).
+    sample_default: Any = None
 
 
 # Whole-number fields without their own `max` are capped here: bigger values are typos
@@ -84,7 +90,8 @@ class TrainConfig:
 
     # --- Source model -------------------------------------------------------
     pretrained_model_name_or_path: str | None = option(
-        None, "Base model: a .safetensors/.ckpt checkpoint, a diffusers folder, or a built-in name ('tiny')",
+        None, "Base model: a .safetensors/.ckpt checkpoint, a diffusers folder, or a built-in name: tiny, tiny-world "
+        "(nothing is downloaded: a Hugging Face hub id does not work)",
         group="Source model", kind="path")
     vae: str | None = option(None, "A separate VAE (.safetensors file or diffusers folder) replacing the checkpoint's", group="Source model", kind="path")
     use_ema_weights: bool = option(False, "Use the EMA weights when the checkpoint holds both (default: non-EMA, as AUTOMATIC1111)", group="Source model")
@@ -173,8 +180,8 @@ class TrainConfig:
     target_steps: int | None = option(None, "lorasmith only (not an sd-scripts flag): the plan and dataset check suggest the repeats "
                                       "that give about this many optimizer steps over max_train_epochs", group="Training", min=1)
     gradient_accumulation_steps: int = option(1, "Batches accumulated per optimizer step", group="Training", min=1)
-    seed: int | None = option(None, "Seed for everything random; unset = a random seed, reported and stored", group="Training", min=0, max=2**32 - 1)
-    clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models)", group="Training", min=1, max=12)
+    seed: int | None = option(None, "Seed for everything random; unset (in sample and grid: -1, as AUTOMATIC1111 writes it) = a random seed, reported and stored", group="Training", min=0, max=2**32 - 1, sample_default=-1)
+    clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models; 1 or unset = the last layer)", group="Training", min=1, max=12, sample_default=1)
 
     # --- Precision and memory -------------------------------------------------
     mixed_precision: str = option("no", "Autocast precision", group="Precision and memory", choices=("no", "fp16", "bf16"))
@@ -330,6 +337,10 @@ def number_problem(name: str, value: int | float) -> str | None:
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         return f"{shown_value(value)} is out of range; {range_text(lo, hi)}"
     return None
+def sample_defaults(names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The sampling commands' defaults that differ from training's (declared with `sample_default`)."""
+    fields = {f.name: f for f in option_fields()}
+    return {n: spec_of(fields[n]).sample_default for n in names if spec_of(fields[n]).sample_default is not None}
 
 
 def default_config() -> TrainConfig:

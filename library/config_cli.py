@@ -5,9 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from library.config_io import (
-    add_config_arguments, add_source_arguments, config_to_toml, parse_structured, resolve_config, write_config,
-)
+from library.config_io import add_config_arguments, add_source_arguments, config_to_toml, parse_structured, write_config
+from library.config_resolve import resolve_config
 from library.config_validate import validate
 from library.errors import ConfigError
 from library.presets import list_presets
@@ -35,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _import_kohya(args: argparse.Namespace) -> int:
-    from library.kohya_import import import_kohya_config, is_kohya_gui_config
+    from library.config_io import is_kohya_gui_config
+    from library.kohya_import import import_kohya_config
 
     path = Path(args.file)
     try:

@@ -1,9 +1,10 @@
 """Everything that reads or writes a `TrainConfig`, generated from its fields.
 
-Sources, lowest precedence first: defaults < preset < config file < CLI flags.
-Config files are sd-scripts TOML (sections flattened), our JSON presets (only
-fields that differ from the defaults) or a kohya_ss GUI JSON (detected and
-mapped by `library.kohya_import`).
+The bottom layer of the config modules: library.kohya_import and
+library.presets build on it, and library.config_resolve puts them together
+(defaults < preset < config file < CLI flags). Config files are sd-scripts TOML
+(sections flattened) or our JSON presets (only fields that differ from the
+defaults); a kohya_ss GUI JSON is only recognised here.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import shlex
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -44,6 +46,71 @@ _SUPPRESS = argparse.SUPPRESS
 
 # --- argparse -------------------------------------------------------------------
 
+def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to a mistyped one (shared by config files and flags)."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return close[0] if close else None
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; an option shows its default when the default says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        quiet = default is None or default is False or default is _SUPPRESS or default == "" or default == []
+        if quiet or not action.option_strings or "default" in text.lower():
+            return text
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: an unknown flag names the closest known flag.
+
+    Subcommand parsers are built with this class too (argparse's default for
+    `add_subparsers`), so a wrong flag after `lorasmith sample` is reported by
+    `lorasmith sample` itself, not by the top-level parser.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("formatter_class") in (None, argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+            kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._seen_args = list(sys.argv[1:] if args is None else args)
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(self.unknown_message(extra))
+        return parsed, extra
+
+    def unknown_message(self, extra: Sequence[str]) -> str:
+        flags = [a for a in extra if a.startswith("-")]
+        if not flags:
+            return f"unrecognized arguments: {' '.join(extra)}"
+        known = [s for action in self._actions for s in action.option_strings]
+        flag = flags[0].split("=", 1)[0]
+        close = did_you_mean(flag, known)
+        hint = f": did you mean {close}?" if close else ""
+        more = f" (and {', '.join(flags[1:])})" if len(flags) > 1 else ""
+        return f"unrecognized argument {flag}{hint}{more}"
+
+    def error(self, message: str):  # type: ignore[override]
+        """One line and a pointer to --help, instead of a usage block of every flag.
+
+        A mistyped flag is the likelier cause of a "required" error
+        (`sample --outdir`), so it is named first.
+        """
+        known = [s for action in self._actions for s in action.option_strings]
+        typed = [a for a in getattr(self, "_seen_args", ()) if a.startswith("--")]
+        unknown = [a for a in typed if not any(k.startswith(a.split("=", 1)[0]) for k in known)]
+        if unknown and self._subparsers is None:
+            message = self.unknown_message(unknown)
+        if "did you mean" not in message:
+            message += f" (see `{self.prog} --help`)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser,
     names: Iterable[str] | None = None,
@@ -72,7 +139,9 @@ def add_config_arguments(
         group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
         flags = [f"--{f.name}"] + [f"--{n}" for n in ((spec.flag,) if spec.flag else ()) + spec.aliases]
         kind = base_type(f.name)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": defaults.get(f.name, _SUPPRESS), "help": spec.help}
+        # argparse %-formats help text: a literal % ("~30% slower") must be doubled.
+        kwargs: dict[str, Any] = {"dest": f.name, "default": defaults.get(f.name, _SUPPRESS),
+                                  "help": spec.help.replace("%", "%%")}
         if f.name in required:
             kwargs["required"] = True
         if kind is bool:
@@ -85,7 +154,17 @@ def add_config_arguments(
             kwargs["metavar"] = kind.__name__.upper()
             if spec.choices is not None:
                 kwargs["help"] += " {" + ", ".join(str(c) for c in spec.choices if c is not None) + "}"
+        if f.name not in defaults:
+            kwargs["help"] += _default_note(f, kind)
         group.add_argument(*flags, **kwargs)
+
+
+def _default_note(f: dataclasses.Field[Any], kind: type) -> str:
+    """' (default: 4)' for flags whose argparse default is SUPPRESS (files may set them, so argparse cannot show it)."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default is None or kind in (bool, list) or default == "" or "default" in spec_of(f).help.lower():
+        return ""
+    return f" (default: {str(default).replace('%', '%%')})"
 
 
 def config_defaults(names: Iterable[str]) -> dict[str, Any]:
@@ -191,8 +270,8 @@ def config_from_mapping(
             continue
         target = names.get(key)
         if target is None:
-            close = difflib.get_close_matches(key, list(names), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = did_you_mean(key, names)
+            hint = f" (did you mean {close!r}?)" if close else ""
             problems.append(f"unknown key {key!r}{hint}")
             continue
         try:
@@ -222,12 +301,10 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = parse_structured(text, suffix, str(p))
         if not isinstance(data, dict):
             raise ConfigError(f"{p} must hold a JSON object of option names and values")
-        from library.kohya_import import is_kohya_gui_config
-
         if is_kohya_gui_config(data):
             raise ConfigError(
                 f"{p} is a kohya_ss GUI config",
-                ["load it with load_config_source() or `lorasmith config import-kohya`"],
+                ["give it to --config_file, or convert it with `lorasmith config import-kohya`"],
             )
         flat = dict(data.get("config", data)) if isinstance(data.get("config"), dict) else dict(data)
     else:
@@ -264,6 +341,10 @@ def parse_structured(text: str, suffix: str, source: str) -> Any:
         raise ConfigError(f"{source}: tables or lists are nested more than {MAX_NESTING} deep",
                           ["config files need 2-3 levels; remove the extra nesting"])
     return data
+def is_kohya_gui_config(data: Mapping[str, Any]) -> bool:
+    """kohya_ss GUI files have keys no sd-scripts config has (library.kohya_import maps them)."""
+    markers = {"LoRA_type", "max_resolution", "epoch", "lr_warmup", "model_list", "optimizer"}
+    return len(markers & set(data)) >= 2
 
 
 def flatten_sections(data: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -278,25 +359,6 @@ def flatten_sections(data: Mapping[str, Any], source: str) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
-
-
-def load_config_source(path: str | os.PathLike[str], base: TrainConfig | None = None) -> TrainConfig:
-    """A config file of any supported kind applied on top of `base`."""
-    p = Path(path)
-    if p.suffix.lower() == ".json" and p.is_file():
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"Cannot read config file {p}: {exc}") from None
-        data = parse_structured(text, ".json", str(p))
-        from library.kohya_import import import_kohya_config, is_kohya_gui_config
-
-        if isinstance(data, dict) and is_kohya_gui_config(data):
-            result = import_kohya_config(data, source=str(p), base=base)
-            if result.unmapped:
-                raise ConfigError(f"{p}: some kohya_ss settings have no lorasmith equivalent", result.unmapped)
-            return result.materialize_sample_prompts()
-    return config_from_mapping(read_config_file(p), source=str(p), base=base)
 
 
 # --- versions -----------------------------------------------------------------------
@@ -398,25 +460,8 @@ def command_string(cfg: TrainConfig, program: str = "python train_network.py") -
     return program + " " + " ".join(shlex.quote(a) for a in argv)
 
 
-# --- the whole resolution -----------------------------------------------------------------
-
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """defaults < preset < config file < CLI flags."""
-    cfg = TrainConfig()
-    if getattr(args, "preset", None):
-        from library.presets import load_preset
-
-        cfg = load_preset(args.preset)
-    if getattr(args, "config_file", None):
-        cfg = load_config_source(args.config_file, base=cfg)
-    overrides = cli_overrides(args)
-    if overrides:
-        cfg = dataclasses.replace(cfg, **overrides)
-    return cfg
-
-
 def build_train_parser(prog: str = "train_network.py") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Train a Kohya-style LoRA (sd-scripts flags).")
+    parser = ArgumentParser(prog=prog, description="Train a Kohya-style LoRA (sd-scripts flags).")
     add_train_arguments(parser)
     return parser
 
@@ -426,9 +471,3 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--print_plan", action="store_true", help="validate, print the training plan and exit without training")
     add_config_arguments(parser)
-
-
-def parse_train_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    parser = build_train_parser()
-    args = parser.parse_args(argv)
-    return resolve_config(args), args

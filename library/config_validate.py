@@ -9,10 +9,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from library.config import (
     MAX_RESOLUTION,
+    BUILTIN_MODEL_NAMES,
     TrainConfig,
     base_type,
     is_optional,
@@ -70,6 +73,7 @@ def check_config(cfg: TrainConfig, *, for_training: bool = True) -> ValidationRe
     _check_saving(cfg, rep)
     if for_training:
         _check_required(cfg, rep)
+        _check_paths(cfg, rep)
     return rep
 
 
@@ -210,6 +214,10 @@ def _check_optimizer(cfg: TrainConfig, rep: ValidationReport) -> None:
                 rep.warn(lr_name, f"{lr} with {name}: adaptive optimizers find the step size themselves and expect about 1.0")
     if name.lower() == "dadaptadam" and args.get("decouple") is not True:
         rep.warn("optimizer_args", "DAdaptAdam without decouple=True applies weight decay as L2 (Adam, not AdamW); training may barely move. Add decouple=True")
+    if name.lower() == "dadaptadam" and args.get("use_bias_correction") is not True:
+        rep.warn("optimizer_args", "DAdaptAdam without use_bias_correction=True leaves Adam's bias correction out of its "
+                                   "steps; person LoRAs trained so showed artifacts in published comparisons. "
+                                   "Add use_bias_correction=True")
 
 
 def _check_network_args(cfg: TrainConfig, rep: ValidationReport) -> None:
@@ -253,5 +261,56 @@ def _check_required(cfg: TrainConfig, rep: ValidationReport) -> None:
         rep.error("output_dir", "is required: where the LoRA files are written")
     for f in option_fields():
         value = getattr(cfg, f.name)
-        if isinstance(value, str) and value.startswith("<") and value.endswith(">"):
-            rep.error(f.name, f"{value!r} is a placeholder left in the config; fill in the real path")
+        if isinstance(value, str) and _is_placeholder(value):
+            rep.error(f.name, f"is still the placeholder {value!r} from the config file; "
+                              f"pass --{f.name} PATH or fill in the real path")
+
+
+# A Hugging Face hub id: "owner/name", nothing more (a relative path to a file has a suffix).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def builtin_model_names() -> list[str]:
+    """The built-in models, with any a program registered at run time (bench's sd15-random)."""
+    names = set(BUILTIN_MODEL_NAMES)
+    registry = sys.modules.get("library.models.builtin")
+    if registry is not None:
+        names.update(registry.BUILTIN_MODELS)
+    return sorted(names)
+
+
+def model_not_found(value: str, what: str = "base model") -> list[str]:
+    """Why `value` names no model, and what to pass instead (also used by the model loader)."""
+    if _HUB_ID.match(value) and Path(value).suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".bin"):
+        return [f"{value!r} looks like a Hugging Face hub id, but lorasmith works offline and downloads nothing",
+                f"download the {what} yourself, then pass its .safetensors (or .ckpt) file or a diffusers folder "
+                "(model_index.json with unet/, vae/, text_encoder/)"]
+    return [f"{value!r} does not exist",
+            f"give a .safetensors/.ckpt file, a diffusers folder, or a built-in name ({', '.join(builtin_model_names())})"]
+
+
+def _check_paths(cfg: TrainConfig, rep: ValidationReport) -> None:
+    """Every path the run reads must exist, and none it writes may be a file, before anything is created."""
+    model = cfg.pretrained_model_name_or_path
+    if isinstance(model, str) and model and not _is_placeholder(model) and model not in builtin_model_names():
+        if not Path(model).expanduser().exists():
+            rep.error("pretrained_model_name_or_path", "; ".join(model_not_found(model)))
+    if cfg.vae and not _is_placeholder(cfg.vae) and not Path(cfg.vae).expanduser().exists():
+        rep.error("vae", "; ".join(model_not_found(cfg.vae, "VAE")))
+    for name in ("train_data_dir", "reg_data_dir"):
+        value = getattr(cfg, name)
+        if value and not _is_placeholder(value) and not Path(value).expanduser().is_dir():
+            rep.error(name, f"{value!r} is not a folder; give the folder holding '<repeats>_<class tokens>' subfolders "
+                            "(e.g. img/10_ohwx woman/)")
+    for name in ("dataset_config", "network_weights", "sample_prompts"):
+        value = getattr(cfg, name)
+        if value and not _is_placeholder(value) and not Path(value).expanduser().is_file():
+            rep.error(name, f"{value!r} is not a file")
+    for name in ("output_dir", "logging_dir"):
+        value = getattr(cfg, name)
+        if value and not _is_placeholder(value) and Path(value).expanduser().is_file():
+            rep.error(name, f"{value!r} is a file; give a folder (it is created when training starts)")
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.startswith("<") and value.endswith(">")

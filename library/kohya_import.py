@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from library.config import TrainConfig, option_fields
+from library.config_io import add_config_arguments, cli_overrides, config_from_mapping
 from library.errors import ConfigError
 
 # Keys whose value goes to the TrainConfig field of the same name.
@@ -42,6 +43,9 @@ _NEUTRAL_WHEN_FALSEY = {
 
 _LORA_TYPES = {"Standard": False, "LoCon": True, "Kohya LoCon": True}
 
+# Paths a training run cannot do without; a kohya placeholder left in one is an error.
+REQUIRED_PATHS = ("pretrained_model_name_or_path", "train_data_dir", "output_dir")
+
 
 @dataclass
 class KohyaImport:
@@ -53,6 +57,30 @@ class KohyaImport:
     unmapped: list[str] = field(default_factory=list)  # settings lorasmith cannot honour
     placeholders: dict[str, str] = field(default_factory=dict)  # field -> "<path to …>"
     sample_prompts_text: str | None = None
+
+    def finish(self, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+        """The config to train with: command-line values applied first, then the checks.
+
+        A required path the file left as a placeholder (and nothing overrode) is
+        kept as that placeholder, so validation names the field and the
+        placeholder in one list with every other problem. Inline sample prompts
+        are written under output_dir only when the config passes validation.
+        """
+        if overrides:
+            self.config = dataclasses.replace(self.config, **overrides)
+        missing = {name: text for name, text in self.placeholders.items()
+                   if name in REQUIRED_PATHS and not getattr(self.config, name)}
+        if missing:
+            self.config = dataclasses.replace(self.config, **missing)
+        if overrides and "sample_prompts" in overrides:
+            return self.config  # the command line's prompt file wins over the file's inline prompts
+        if not self.config.output_dir or _is_placeholder(self.config.output_dir):
+            return self.config
+        from library.config_validate import check_config
+
+        if check_config(self.config).errors:
+            return self.config  # nothing is written for a run that validation will stop
+        return self.materialize_sample_prompts()
 
     def materialize_sample_prompts(self, folder: str | Path | None = None) -> TrainConfig:
         """kohya_ss keeps sample prompts inline; write them to a file as it does.
@@ -84,12 +112,6 @@ class KohyaImport:
             lines.append("Could not map (lorasmith has no equivalent; the run would differ):")
             lines += [f"  {u}" for u in self.unmapped]
         return "\n".join(lines)
-
-
-def is_kohya_gui_config(data: Mapping[str, Any]) -> bool:
-    """kohya_ss GUI files have keys no sd-scripts config has."""
-    markers = {"LoRA_type", "max_resolution", "epoch", "lr_warmup", "model_list", "optimizer"}
-    return len(markers & set(data)) >= 2
 
 
 def _is_empty(value: Any) -> bool:
@@ -183,8 +205,6 @@ def import_kohya_config(
     data: Mapping[str, Any], *, source: str = "kohya_ss config", base: TrainConfig | None = None
 ) -> KohyaImport:
     """Map a kohya_ss GUI JSON mapping onto a TrainConfig (see module docstring)."""
-    from library.config_io import config_from_mapping
-
     result = KohyaImport(config=base or TrainConfig())
     out: dict[str, Any] = {}
     network_args: list[str] = []
@@ -273,8 +293,6 @@ def _lora_type(data: Mapping[str, Any], result: KohyaImport) -> bool:
 def _apply_additional(cfg: TrainConfig, text: str, source: str, result: KohyaImport) -> TrainConfig:
     """kohya_ss appends `additional_parameters` to the command: parse them as flags."""
     import argparse
-
-    from library.config_io import add_config_arguments, cli_overrides
 
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     add_config_arguments(parser)

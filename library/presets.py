@@ -5,6 +5,7 @@ today keeps meaning the same thing when a default changes later.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from library.config import TrainConfig
+from library.config_io import config_from_mapping, config_to_preset, read_config_file
 from library.errors import ConfigError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,79}$")
@@ -61,14 +63,20 @@ def preset_path(name: str) -> Path:
 
 
 def load_preset(name_or_path: str, base: TrainConfig | None = None) -> TrainConfig:
-    from library.config_io import config_from_mapping, read_config_file
-
     path = Path(name_or_path) if name_or_path.endswith(".json") else preset_path(name_or_path)
-    return config_from_mapping(read_config_file(path), source=f"preset {path}", base=base)
+    cfg = config_from_mapping(read_config_file(path), source=f"preset {path}", base=base)
+    return _files_beside(cfg, path.parent)
+
+
+def _files_beside(cfg: TrainConfig, folder: Path) -> TrainConfig:
+    """A preset names the files it ships (its sample prompts) relative to itself, not to where it is run."""
+    prompts = cfg.sample_prompts
+    if prompts and not Path(prompts).is_absolute() and (folder / prompts).is_file():
+        return dataclasses.replace(cfg, sample_prompts=str(folder / prompts))
+    return cfg
 
 
 def save_user_preset(cfg: TrainConfig, name: str, description: str = "", *, overwrite: bool = False) -> Path:
-    from library.config_io import config_to_preset
     from library.fileio import atomic_write_text
 
     check_name(name)

@@ -9,14 +9,15 @@
         which reg images training will use, repeat or leave out
 
 Training options (--resolution, --seed, --train_data_dir, --pretrained_model_name_or_path …)
-come from library.config, so they mean what they mean to the trainer.
+mean what they mean to `lorasmith train`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from library.config_io import add_config_arguments, resolve_config
+from library.config_io import add_config_arguments
+from library.config_resolve import resolve_config
 from library.errors import DatasetError
 
 
@@ -84,7 +85,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub) -> None:
-    from library.sampling.sampler_registry import sampler_names
+    from library.sampling.cli import SAMPLER_HELP
 
     p = sub.add_parser("generate", help="generate class images with the base model (resumable, seeds recorded)")
     p.add_argument("dst", metavar="DEST", help="reg_data_dir to write <repeats>_<class>/ into")
@@ -95,7 +96,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--repeats", type=int, default=1, help="repeats in the folder name (default 1)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--cfg_scale", type=float, default=7.0)
-    p.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(sampler_names())}")
+    p.add_argument("--sampler", default="Euler a", help=SAMPLER_HELP)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     p.add_argument("--batch_size", type=int, default=1, help="images sampled together")
     p.add_argument("--overwrite", action="store_true", help="start the set over (other settings allowed)")

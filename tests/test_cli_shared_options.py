@@ -78,3 +78,15 @@ def test_overrides_must_name_config_fields():
         add_config_arguments(argparse.ArgumentParser(), ["vae"], defaults={"not_a_field": 1})
     with pytest.raises(ValueError, match="vea"):
         add_config_arguments(argparse.ArgumentParser(), ["vea"])
+
+
+def test_sampling_defaults_come_from_the_one_declaration(subparsers):
+    """seed -1 / clip skip 1 are declared on the TrainConfig fields, not in a second table in the sampler."""
+    from library.config import option_fields, spec_of
+
+    declared = {f.name: spec_of(f).sample_default for f in option_fields() if spec_of(f).sample_default is not None}
+    assert declared == {"seed": -1, "clip_skip": 1}
+    for command in ("sample", "grid"):
+        assert _action(subparsers[command], "--seed").default == -1
+        assert _action(subparsers[command], "--clip_skip").default == 1
+    assert "-1, as AUTOMATIC1111" in _action(build_train_parser(), "--seed").help

@@ -15,13 +15,11 @@ from library.config_io import (
     command_string,
     config_from_mapping,
     config_to_toml,
-    load_config_source,
-    parse_train_args,
     read_config_file,
-    resolve_config,
     to_command_line,
     write_config,
 )
+from library.config_resolve import load_config_source, parse_train_args, resolve_config
 from library.config_validate import check_config, validate
 from library.errors import ConfigError
 from library.kohya_import import import_kohya_config
@@ -47,7 +45,9 @@ SDSCRIPTS_FIXTURE_FLAGS = (
 )
 
 
-def test_pasted_sdscripts_command_parses_unchanged():
+def test_pasted_sdscripts_command_parses_unchanged(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()  # validation checks that the folders exist
+    monkeypatch.chdir(tmp_path)
     cfg, _ = parse_train_args(shlex.split(SDSCRIPTS_FIXTURE_FLAGS))
     assert cfg.network_dim == 4 and cfg.network_alpha == 1.0
     assert cfg.learning_rate == 1e-3 and cfg.lr_warmup_steps == 4
@@ -149,9 +149,9 @@ def test_validation_collects_every_problem():
         assert needle in joined, needle
 
 
-def test_warnings_for_adaptive_optimizers_and_saving():
+def test_warnings_for_adaptive_optimizers_and_saving(tmp_path):
     cfg = TrainConfig(
-        pretrained_model_name_or_path="tiny", train_data_dir="d", output_dir="o", optimizer_type="DAdaptAdam",
+        pretrained_model_name_or_path="tiny", train_data_dir=str(tmp_path), output_dir="o", optimizer_type="DAdaptAdam",
         learning_rate=1e-4, max_train_epochs=2, save_every_n_epochs=5,
     )
     warnings = "\n".join(validate(cfg))
@@ -245,6 +245,30 @@ def test_cli_bad_config_one_screen_no_traceback(tmp_path):
     assert "netwrk_dim" in proc.stderr and "network_dim" in proc.stderr
 
 
+def test_person_preset_matches_the_guide_and_ships_its_sample_prompt(tmp_path, monkeypatch):
+    """Issue 24: it upscaled small images (the guide turns that off) and scheduled samples without a prompt."""
+    from library.presets import load_preset
+
+    monkeypatch.chdir(tmp_path)  # the prompt file is found beside the preset, wherever the run starts
+    person = load_preset("person-sd15-dadapt")
+    assert person.bucket_no_upscale is False and person.enable_bucket
+    assert person.sample_every_n_epochs == 1 and Path(person.sample_prompts).is_file()
+    prompt = Path(person.sample_prompts).read_text()
+    assert "(ohwx woman:1.2), green t-shirt, beach" in prompt and "--w 768 --h 768 --l 3.5 --s 50" in prompt
+    rep = check_config(person, for_training=False)
+    assert not any(w.field == "sample_prompts" for w in rep.warnings)
+    assert not any("use_bias_correction" in w.message for w in rep.warnings)
+
+
+def test_dadaptadam_without_bias_correction_warns(tmp_path):
+    cfg = TrainConfig(pretrained_model_name_or_path="tiny", train_data_dir=str(tmp_path), output_dir="o",
+                      optimizer_type="DAdaptAdam", learning_rate=1.0, optimizer_args=["decouple=True"])
+    warnings = "\n".join(validate(cfg))
+    assert "use_bias_correction=True" in warnings and "decouple" not in warnings
+    cfg.optimizer_args.append("use_bias_correction=True")
+    assert validate(cfg) == []
+
+
 def test_builtin_presets_are_valid():
     from library.presets import list_presets, load_preset
 
@@ -281,3 +305,63 @@ def test_toml_has_version_and_sections():
     text = config_to_toml(TrainConfig(network_dim=8))
     assert text.startswith("config_version = 2")
     assert "[network]" in text and "network_dim = 8" in text
+
+
+def test_kohya_json_as_config_file_takes_paths_from_the_command_line(seed_guide_dir: Path, tmp_path):
+    """Issue 24: a kohya_ss JSON given to --config_file stopped on 'no output_dir' although --output_dir was given."""
+    guide = seed_guide_dir / "kohya_ss_final_28DSTABLEBESTVERSION.json"
+    out = tmp_path / "out"
+    args = build_train_parser().parse_args(["--config_file", str(guide), "--output_dir", str(out),
+                                            "--pretrained_model_name_or_path", "tiny", "--train_data_dir", str(tmp_path)])
+    cfg = resolve_config(args)
+    assert cfg.output_dir == str(out) and cfg.network_dim == 192
+    assert Path(cfg.sample_prompts) == out / "sample" / "prompt.txt"
+    assert "--w 768" in Path(cfg.sample_prompts).read_text()
+    assert not any("placeholder" in e.message for e in check_config(cfg).errors)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("ohwx --w 64 --h 64\n")
+    args = build_train_parser().parse_args(["--config_file", str(guide), "--output_dir", str(tmp_path / "out2"),
+                                            "--sample_prompts", str(mine), "--pretrained_model_name_or_path", "tiny",
+                                            "--train_data_dir", str(tmp_path)])
+    assert resolve_config(args).sample_prompts == str(mine)  # the command line wins here too
+    assert not (tmp_path / "out2").exists()
+
+
+def test_kohya_json_writes_nothing_while_the_config_has_problems(seed_guide_dir: Path, tmp_path):
+    guide = seed_guide_dir / "kohya_ss_final_28DSTABLEBESTVERSION.json"
+    out = tmp_path / "out"
+    args = build_train_parser().parse_args(["--config_file", str(guide), "--output_dir", str(out),
+                                            "--pretrained_model_name_or_path", str(tmp_path / "missing.safetensors"),
+                                            "--train_data_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="missing.safetensors' does not exist"):
+        validate(resolve_config(args))
+    assert not out.exists()
+
+
+def test_kohya_placeholders_left_in_required_paths_are_named(seed_guide_dir: Path, tmp_path):
+    guide = seed_guide_dir / "kohya_ss_final_28DSTABLEBESTVERSION.json"
+    args = build_train_parser().parse_args(["--config_file", str(guide), "--train_data_dir", str(tmp_path)])
+    cfg = resolve_config(args)
+    with pytest.raises(ConfigError) as exc:
+        validate(cfg)
+    text = str(exc.value)
+    assert "output_dir: is still the placeholder '<path to output dir>'" in text
+    assert "pretrained_model_name_or_path: is still the placeholder '<path to 28DSTABLEBEST" in text
+    assert "train_data_dir" not in text  # given on the command line
+    assert not list(tmp_path.iterdir())  # nothing written while the output folder is unknown
+
+
+def test_config_modules_import_one_way():
+    """config_io (readers/writers) at the bottom; kohya_import and presets above it; config_resolve on top."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "library"
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        return {n.module.removeprefix("library.") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    above = {"kohya_import", "presets", "config_resolve"}
+    assert not imported("config_io") & above
+    assert not imported("kohya_import") & (above - {"kohya_import"})
+    assert not imported("presets") & (above - {"presets"})

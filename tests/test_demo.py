@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from library.training.demo import GRID_SEEDS, GRID_WEIGHTS, OUTPUT_NAME, print_summary, run_demo
+from library.demo import GRID_SEEDS, GRID_WEIGHTS, OUTPUT_NAME, print_summary, run_demo
 
 
 def test_one_epoch_demo_writes_lora_samples_logs_and_an_epoch_weight_grid(tmp_path, capsys):
@@ -20,3 +20,44 @@ def test_one_epoch_demo_writes_lora_samples_logs_and_an_epoch_weight_grid(tmp_pa
     print_summary(paths)
     out = capsys.readouterr().out
     assert str(paths.grid) in out and "tensorboard --logdir" in out
+
+
+def test_the_trainer_does_not_import_the_tools_above_it():
+    """Issue 24: library/training/demo.py imported library.world; the demo now sits above the trainer."""
+    import ast
+    from pathlib import Path
+
+    from library.cli import build_parser
+
+    training = Path(__file__).resolve().parents[1] / "library" / "training"
+    for path in training.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in modules if m.startswith(("library.world", "library.demo", "library.evaluation"))}, path
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert "demo" in sub.choices and "train" in sub.choices
+
+
+def test_setup_and_optimizer_print_nothing_the_user_cannot_act_on(capfd):
+    """Issue 24: diffusers' 'should be kept in float32: []' and DAdaptation's 'Using decoupled weight decay'."""
+    import torch
+
+    from library.config import TrainConfig
+    from library.training.optimizers import build_optimizer
+    from library.training.setup import load_bundle
+
+    load_bundle(TrainConfig(pretrained_model_name_or_path="tiny"), torch.device("cpu"), torch.float32)
+    param = torch.nn.Parameter(torch.zeros(3))
+    build_optimizer("DAdaptAdam", ["decouple=True", "use_bias_correction=True"], [{"params": [param]}], 1.0)
+    out, err = capfd.readouterr()
+    assert "kept in float32" not in out + err
+    assert "Using decoupled weight decay" not in out + err
+
+
+def test_summary_names_the_lora_files_in_one_short_line(tmp_path, capsys):
+    from library.demo import DemoPaths
+
+    files = [tmp_path / "lora" / f"{OUTPUT_NAME}-{i:06d}.safetensors" for i in range(1, 9)]
+    print_summary(DemoPaths(tmp_path / "dataset", files, tmp_path / "samples", None, tmp_path / "grid.png"))
+    line = next(l for l in capsys.readouterr().out.splitlines() if "LoRA files" in l)
+    assert line.strip() == f"LoRA files:   {files[0]} … {files[-1].name} (8 files)"

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from library.config import alias_map
-from library.config_io import config_from_mapping, load_config_source
+from library.config_io import config_from_mapping
+from library.config_resolve import load_config_source
 from library.errors import LorasmithError
 from library.evaluation.values import parse_float_values, parse_int_values, parse_size
 from library.lora import load_lora

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from library.config_io import load_config_source
+from library.config_resolve import load_config_source
 from library.errors import LorasmithError
 from library.lora import load_lora
 

@@ -46,6 +46,13 @@ def test_inspect_missing_file_is_one_screen_error(tmp_path, capsys):
     assert "base model not found" in err and "Traceback" not in err
 
 
+def test_hub_id_is_not_downloaded_and_says_what_to_pass(capsys):
+    assert main(["inspect-model", "runwayml/stable-diffusion-v1-5"]) == 2
+    err = capsys.readouterr().err
+    assert "looks like a Hugging Face hub id" in err and "offline" in err
+    assert ".safetensors" in err and "diffusers folder" in err
+
+
 def test_convert_single_file_to_folder_and_back(tmp_path, tiny, capsys):
     src = save_single_file(tiny, tmp_path / "src.safetensors")
     folder, back = tmp_path / "pipe", tmp_path / "back.safetensors"

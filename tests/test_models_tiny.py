@@ -126,3 +126,11 @@ def test_missing_path_names_the_path(tmp_path):
 def test_plain_folder_is_not_a_model(tmp_path):
     with pytest.raises(ModelLoadError, match="not a diffusers model folder"):
         load_model_bundle(str(tmp_path))
+
+
+def test_declared_builtin_names_match_the_registry():
+    """library.config names the built-ins so validation needs no torch; the registry must agree."""
+    from library.config import BUILTIN_MODEL_NAMES
+    from library.models.builtin import builtin_names
+
+    assert sorted(BUILTIN_MODEL_NAMES) == [n for n in builtin_names() if n != "sd15-random"]

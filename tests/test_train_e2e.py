@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 import train_network
-from library.config_io import parse_train_args
+from library.config_resolve import parse_train_args
 from library.training.trainer import train
 
 FIXTURE_FLAGS = (
@@ -117,3 +117,32 @@ def test_config_errors_fit_one_screen(tmp_path: Path, capsys) -> None:
     assert rc == 2
     assert "train_data_dir" in err and "output_dir" in err and "resolution" in err and "min_snr_gamma" in err
     assert "Traceback" not in err
+
+
+README_COMMAND = """--pretrained_model_name_or_path model.safetensors
+  --train_data_dir img --reg_data_dir reg --output_dir out --output_name ohwx
+  --network_dim 192 --network_alpha 1 --optimizer_type DAdaptAdam
+  --optimizer_args decouple=True use_bias_correction=True weight_decay=0.20
+  --learning_rate 1 --lr_scheduler cosine --resolution 768 --train_batch_size 3
+  --max_train_epochs 10 --save_every_n_epochs 1 --logging_dir logs""".split()
+
+
+def test_readme_command_pasted_as_is_lists_every_missing_path_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    """Issue 24: it stopped on the folders first (suggesting --skip_bad_images), left out/ behind, and named the model last."""
+    monkeypatch.chdir(tmp_path)
+    assert train_network.main(README_COMMAND) == 2
+    err = capsys.readouterr().err
+    assert "pretrained_model_name_or_path: 'model.safetensors' does not exist" in err
+    assert "train_data_dir: 'img' is not a folder" in err and "reg_data_dir: 'reg' is not a folder" in err
+    assert "skip_bad_images" not in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no out/, no logs/
+
+
+def test_hub_id_says_lorasmith_is_offline(tmp_path, capsys):
+    rc = train_network.main(["--pretrained_model_name_or_path", "runwayml/stable-diffusion-v1-5",
+                             "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "'runwayml/stable-diffusion-v1-5' looks like a Hugging Face hub id" in err
+    assert "offline" in err and ".safetensors" in err and "diffusers folder" in err
+    assert not (tmp_path / "out").exists()

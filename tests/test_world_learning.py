@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from library.training import step as step_module
-from library.training.demo import EPOCHS as EPOCHS_OF_THE_DEMO
-from library.training.demo import demo_config
+from library.demo import EPOCHS as EPOCHS_OF_THE_DEMO
+from library.demo import demo_config
 from library.training.trainer import train
 from library.world.classifier import accuracy, train_classifier
 from library.world.evaluate import denoising_loss, label_rate, sample_images

@@ -8,13 +8,18 @@ Typical use (the trainer):
     for epoch in range(1, epochs + 1):
         dataset.set_epoch(epoch)
         for batch in loader: ...                  # batch["latents"] are unscaled: multiply by vae.config.scaling_factor
-"""
-from library.data.dataset import LoraDataset, make_dataloader
-from library.data.plan import TrainingPlan, dataset_dirs_info, dataset_metadata, format_plan, make_plan, tag_frequency
-from library.data.prepare import PreparedData, build_dataset, prepare_data
-from library.data.text import encode_tokens, tokenize_captions
 
-__all__ = [
-    "LoraDataset", "PreparedData", "TrainingPlan", "build_dataset", "dataset_dirs_info", "dataset_metadata",
-    "encode_tokens", "format_plan", "make_dataloader", "make_plan", "prepare_data", "tag_frequency", "tokenize_captions",
-]
+Names are imported on first use (library.lazy), so registering a command loads no torch.
+"""
+from __future__ import annotations
+
+from library.lazy import lazy_exports
+
+_EXPORTS = {
+    "LoraDataset": "dataset", "make_dataloader": "dataset", "TrainingPlan": "plan",
+    "dataset_dirs_info": "plan", "dataset_metadata": "plan", "format_plan": "plan", "make_plan": "plan",
+    "tag_frequency": "plan", "PreparedData": "prepare", "build_dataset": "prepare",
+    "prepare_data": "prepare", "encode_tokens": "text", "tokenize_captions": "text",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

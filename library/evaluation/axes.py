@@ -15,9 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from library.errors import SamplingError
 from library.evaluation.values import (
@@ -27,8 +25,11 @@ from library.evaluation.values import (
     split_csv,
 )
 from library.sampling.infotext import format_number
-from library.sampling.pipeline import SampleRequest
-from library.sampling.sampler_registry import resolve_sampler
+
+if TYPE_CHECKING:  # torch comes with the pipeline: imported when a grid runs, not for `grid --help`
+    from PIL import Image
+
+    from library.sampling.pipeline import SampleRequest
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ def _denoising(text: str, base: CellSettings, lora_dir: str | None) -> list[floa
 
 
 def _samplers(text: str, base: CellSettings, lora_dir: str | None) -> list[str]:
+    from library.sampling.sampler_registry import resolve_sampler
+
     return [resolve_sampler(v).name for v in split_csv(text)]
 
 

@@ -5,21 +5,17 @@ Public entry points:
 - `network_from_config(config, unet, text_encoder)` for the trainer
 - `load_lora(path_or_state_dict)` -> checked tensors in Kohya layout
 - `build_metadata(...)`, `save_lora(...)`, `precalculate_hashes(...)`
-"""
-from library.lora.file import precalculate_hashes, save_lora
-from library.lora.from_config import network_from_config
-from library.lora.loading import LoadedLoRA, load_lora
-from library.lora.metadata import build_metadata, model_metadata, model_metadata_from_facts
-from library.lora.network import LoRANetwork
 
-__all__ = [
-    "LoRANetwork",
-    "LoadedLoRA",
-    "build_metadata",
-    "load_lora",
-    "model_metadata",
-    "model_metadata_from_facts",
-    "network_from_config",
-    "precalculate_hashes",
-    "save_lora",
-]
+Names are imported on first use (library.lazy), so registering a command loads no torch.
+"""
+from __future__ import annotations
+
+from library.lazy import lazy_exports
+
+_EXPORTS = {
+    "precalculate_hashes": "file", "save_lora": "file", "network_from_config": "from_config",
+    "LoadedLoRA": "loading", "load_lora": "loading", "build_metadata": "metadata",
+    "model_metadata": "metadata", "model_metadata_from_facts": "metadata", "LoRANetwork": "network",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

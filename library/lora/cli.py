@@ -6,8 +6,6 @@ import json
 import sys
 from typing import Any
 
-from library.lora.inspect import inspect_lora, verify_lora
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -30,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from library.lora.inspect import inspect_lora  # torch: only when the command runs
+
     report = inspect_lora(args.lora, base=args.base)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -39,6 +39,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from library.lora.inspect import verify_lora
+
     passed, problems = verify_lora(args.lora)
     for line in passed:
         print(f"ok: {line}")

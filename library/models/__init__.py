@@ -6,21 +6,18 @@ Public API:
     load_tokenizer()
     make_noise_scheduler(bundle)
     ModelBundle, ModelFacts
-"""
-from library.models.builtin import BUILTIN_MODELS, build_tiny_bundle, builtin_names, register_builtin
-from library.models.bundle import ModelBundle, ModelFacts, count_parameters, make_noise_scheduler
-from library.models.loading import load_model_bundle
-from library.models.tokenizer import load_tokenizer
 
-__all__ = [
-    "BUILTIN_MODELS",
-    "ModelBundle",
-    "ModelFacts",
-    "build_tiny_bundle",
-    "builtin_names",
-    "count_parameters",
-    "load_model_bundle",
-    "load_tokenizer",
-    "make_noise_scheduler",
-    "register_builtin",
-]
+Names are imported on first use (library.lazy), so registering a command loads no torch.
+"""
+from __future__ import annotations
+
+from library.lazy import lazy_exports
+
+_EXPORTS = {
+    "BUILTIN_MODELS": "builtin", "build_tiny_bundle": "builtin", "builtin_names": "builtin",
+    "register_builtin": "builtin", "ModelBundle": "bundle", "ModelFacts": "bundle",
+    "count_parameters": "bundle", "make_noise_scheduler": "bundle", "load_model_bundle": "loading",
+    "load_tokenizer": "tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

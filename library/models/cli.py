@@ -6,15 +6,17 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from library.config_io import add_config_arguments, config_defaults
 from library.errors import ModelLoadError
-from library.models.bundle import ModelFacts
-from library.models.loading import load_model_bundle
-from library.models.saving import save_diffusers, save_single_file
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:  # torch and the loaders are imported when a command runs, not for --help
+    import torch
+
+    from library.models.bundle import ModelFacts
+
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
 LOAD_OPTIONS = ("pretrained_model_name_or_path", "vae", "use_ema_weights")
 
 
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert = subparsers.add_parser("convert", help="convert a single-file checkpoint <-> diffusers folder")
     convert.add_argument("src", nargs="?", default=None, help="the base model (or give --pretrained_model_name_or_path)")
     convert.add_argument("dst", help="output: NAME.safetensors for a single file, any other path for a diffusers folder")
-    convert.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    convert.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                          help="precision to save in (default: what the source stores)")
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     _add_load_flags(convert)
@@ -84,6 +86,8 @@ def _weights_line(picked: str) -> str:
 
 
 def inspect_model(args: argparse.Namespace) -> int:
+    from library.models.loading import load_model_bundle
+
     bundle = load_model_bundle(_model_source(args.model, args), vae=args.vae, use_ema_weights=args.use_ema_weights)
     if args.json:
         print(json.dumps(bundle.facts.to_dict(), indent=2))
@@ -92,10 +96,12 @@ def inspect_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_dtype(choice: str | None, stored: str | None) -> torch.dtype:
-    if choice is not None:
-        return DTYPES[choice]
-    return DTYPES.get(stored or "fp32", torch.float32)
+def _save_dtype(choice: str | None, stored: str | None) -> tuple[str, torch.dtype]:
+    """--dtype, else what the source stores, else fp32: (name, torch dtype)."""
+    import torch
+
+    name = choice or (stored if stored in DTYPE_NAMES else "fp32")
+    return name, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def convert_model(args: argparse.Namespace) -> int:
@@ -109,10 +115,13 @@ def convert_model(args: argparse.Namespace) -> int:
         raise ModelLoadError(f"{dst} is the source itself", ["write the converted model to a different path"])
     if dst.exists() and not args.overwrite:
         raise ModelLoadError(f"{dst} already exists", ["choose another name, or pass --overwrite to replace it"])
+    from library.models.loading import load_model_bundle
+    from library.models.saving import save_diffusers, save_single_file
+
     print(f"loading {source} ...", file=sys.stderr)
     bundle = load_model_bundle(source, vae=args.vae, use_ema_weights=args.use_ema_weights)
-    dtype = _save_dtype(args.dtype, bundle.facts.stored_dtype)
-    print(f"writing {dst} ({next(k for k, v in DTYPES.items() if v == dtype)}) ...", file=sys.stderr)
+    name, dtype = _save_dtype(args.dtype, bundle.facts.stored_dtype)
+    print(f"writing {dst} ({name}) ...", file=sys.stderr)
     if dst.suffix.lower() == ".safetensors":
         save_single_file(bundle, dst, dtype)
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from library.errors import ModelLoadError
-from library.models.builtin import BUILTIN_MODELS, builtin_names, bundle_state_dict
+from library.models.builtin import BUILTIN_MODELS, bundle_state_dict
 from library.models.bundle import ModelBundle, ModelFacts, count_parameters, dtype_name
 from library.models.folder import is_diffusers_folder, is_diffusers_vae_folder, load_folder_modules, load_vae_folder
 from library.models.hashing import file_sha256, legacy_hash, state_dict_sha256
@@ -40,10 +40,9 @@ def load_model_bundle(name_or_path: str, *, vae: str | None = None, use_ema_weig
 
 def _load_path(path: Path, use_ema_weights: bool, dtype: torch.dtype) -> ModelBundle:
     if not path.exists():
-        raise ModelLoadError(f"base model not found: {path}", [
-            f"give a built-in name ({', '.join(builtin_names())}), a diffusers folder, "
-            "or a .safetensors/.ckpt file that exists",
-        ])
+        from library.config_validate import model_not_found
+
+        raise ModelLoadError(f"base model not found: {path}", model_not_found(str(path)))
     if path.is_dir():
         if not is_diffusers_folder(path):
             raise ModelLoadError(f"{path} is a folder but not a diffusers model folder", [

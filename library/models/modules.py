@@ -65,9 +65,14 @@ def assign_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor])
         raise RuntimeError(f"tensors left without values after loading: {left[:3]}")
 
 
-def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Cast floating-point weights to `dtype` (diffusers' own `.to` warns on every call)."""
-    return torch.nn.Module.to(module, dtype=dtype)
+def cast_module(module: torch.nn.Module, dtype: torch.dtype | None,
+                device: torch.device | str | None = None) -> torch.nn.Module:
+    """Cast floating-point weights to `dtype` (and move them to `device`).
+
+    diffusers' own `.to` with a dtype warns on every call that an empty list of
+    modules "should be kept in float32"; torch's does the same work silently.
+    """
+    return torch.nn.Module.to(module, device=device, dtype=dtype)
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

@@ -7,28 +7,21 @@ Public API:
     sample_from_config(train_config, bundle, network, epoch=..., step=...) -> list[Path]
     resolve_sampler(name) -> SamplerSpec               # A1111 names and sd-scripts aliases
     save_png(image, path, parameters)                  # atomic PNG with the `parameters` chunk
-"""
-from library.sampling.infotext import format_infotext, parse_infotext, save_png
-from library.sampling.pipeline import (
-    GeneratedImage,
-    SampleRequest,
-    SamplingSession,
-    generate,
-)
-from library.sampling.sampler_registry import SAMPLERS, resolve_sampler, sampler_names
-from library.sampling.training_samples import (
-    parse_prompt_line,
-    read_prompt_entries,
-    read_prompt_file,
-    sample_for_training,
-    sample_from_config,
-    save_training_sample,
-    training_sample_path,
-)
 
-__all__ = [
-    "SAMPLERS", "GeneratedImage", "SampleRequest", "SamplingSession", "format_infotext", "generate",
-    "parse_infotext", "parse_prompt_line", "read_prompt_entries", "read_prompt_file", "resolve_sampler",
-    "sample_for_training", "sample_from_config",
-    "sampler_names", "save_png", "save_training_sample", "training_sample_path",
-]
+Names are imported on first use (library.lazy), so registering a command loads no torch.
+"""
+from __future__ import annotations
+
+from library.lazy import lazy_exports
+
+_EXPORTS = {
+    "format_infotext": "infotext", "parse_infotext": "infotext", "save_png": "infotext",
+    "GeneratedImage": "pipeline", "SampleRequest": "pipeline", "SamplingSession": "pipeline",
+    "generate": "pipeline", "SAMPLERS": "sampler_registry", "resolve_sampler": "sampler_registry",
+    "sampler_names": "sampler_registry", "parse_prompt_line": "training_samples",
+    "read_prompt_entries": "training_samples", "read_prompt_file": "training_samples",
+    "sample_for_training": "training_samples", "sample_from_config": "training_samples",
+    "save_training_sample": "training_samples", "training_sample_path": "training_samples",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

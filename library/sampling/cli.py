@@ -11,19 +11,23 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image
-
+from library.config import sample_defaults
 from library.config_io import add_config_arguments, config_defaults
 from library.data.specs import IMAGE_EXTENSIONS
 from library.errors import LorasmithError, SamplingError
-from library.sampling.sampler_registry import sampler_names
+
+if TYPE_CHECKING:  # PIL and torch are imported when a command runs, not for --help
+    from PIL import Image
 
 SHARED_OPTIONS = ("pretrained_model_name_or_path", "vae", "use_ema_weights", "seed", "clip_skip")
-# Where sampling's defaults genuinely differ from training's: A1111 writes "-1" for
-# "pick a random seed" (the trainer's unset seed means the same) and "1" for "no clip
-# skip" (the trainer's unset); both values end up in the PNG parameters as A1111 does.
-SAMPLE_DEFAULTS = {"seed": -1, "clip_skip": 1}
+# Where sampling's defaults differ from training's (seed -1, clip skip 1: AUTOMATIC1111's way of
+# writing "random" and "last layer", which end up in the PNG parameters) is declared in library.config.
+SAMPLE_DEFAULTS = sample_defaults(SHARED_OPTIONS)
+# Written out rather than read from the sampler table, which needs torch (help must start fast).
+SAMPLER_HELP = ("A1111 name such as 'Euler a', 'DPM++ 2M Karras', 'DDIM' or 'UniPC', or an sd-scripts name "
+                "(euler_a, k_dpm_2, ddim, ...); an unknown name lists every choice")
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +40,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=30, help="sampling steps")
     p.add_argument("--cfg_scale", type=float, default=7.0, help="classifier-free guidance scale")
     p.add_argument("--sampler", default="Euler a",
-                   help=f"A1111 name ({', '.join(sampler_names())}) or an sd-scripts name (euler_a, k_dpm_2, ddim, ...)")
+                   help=SAMPLER_HELP)
     p.add_argument("--width", type=int, default=512, help="image width, a multiple of 8")
     p.add_argument("--height", type=int, default=512, help="image height, a multiple of 8")
     p.add_argument("--batch_size", type=int, default=1, help="images generated together")
@@ -92,6 +96,7 @@ def load_init_images(path: str | os.PathLike[str]) -> list[Image.Image]:
         files = [path]
     else:
         raise SamplingError(f"--init_image {path}: no such file or folder", ["give an image file or a folder of images"])
+
     images, problems = [], []
     from library.data.images import open_image  # upright, every mode, alpha on white, pixel cap
 
@@ -117,9 +122,16 @@ def load_bundle_from_args(args: argparse.Namespace, name: str | None = None):
                              use_ema_weights=args.use_ema_weights)
 
 
+DESCRIPTION = """txt2img (and img2img with --init_image) with AUTOMATIC1111's prompt syntax, LoRAs and dynamic prompts.
+
+--pretrained_model_name_or_path, --vae, --use_ema_weights, --seed and --clip_skip mean
+the same as in `lorasmith train`; --seed -1 picks a random seed and --clip_skip 1 uses
+the last text-encoder layer, as in AUTOMATIC1111."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sample", help="generate images with the bundled sampler (A1111 prompt syntax)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sample_arguments(p)
     p.set_defaults(func=run_sample)
 

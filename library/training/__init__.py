@@ -1,14 +1,15 @@
 """The LoRA trainer: `train(config, events=None, commands=None) -> TrainResult`.
 
-Public API (imported lazily, so `lorasmith --help` does not load torch):
+Public API:
     train, TrainResult, Trainer, LoopPosition   (library.training.trainer)
     Events, Commands, JsonLinesEvents, RecordingEvents, MultiEvents   (library.training.events)
     build_run, RunParts   (library.training.setup)
+
+Names are imported on first use (library.lazy), so registering a command loads no torch.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from library.lazy import lazy_exports
 
 _EXPORTS = {
     "train": "trainer", "TrainResult": "trainer", "Trainer": "trainer", "LoopPosition": "trainer",
@@ -16,9 +17,4 @@ _EXPORTS = {
     "MultiEvents": "events", "build_run": "setup", "RunParts": "setup",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'library.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"library.training.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""`lorasmith train` (sd-scripts flags, config files, presets) and `lorasmith demo`.
+"""`lorasmith train` (sd-scripts flags, config files, presets); `lorasmith demo` lives in library.demo.
 
 `run_training(args)` is shared with the top-level train_network.py: resolve the
 config, validate, then `--output_config` (write TOML, exit), `--print_plan`
@@ -11,10 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from library.config_io import add_train_arguments, resolve_config, write_config
+from library.config_io import add_train_arguments, write_config
+from library.config_resolve import resolve_config
 from library.config_validate import validate
 from library.training.console import ConsoleEvents
-from library.training.demo import EPOCHS
 from library.training.events import Commands, JsonLinesEvents, MultiEvents
 from library.training.preflight import check_writable
 from library.training.signals import stop_on_signals
@@ -74,19 +74,7 @@ def _train_handler(args: argparse.Namespace) -> int:
     return run_training(args)
 
 
-def _demo_handler(args: argparse.Namespace) -> int:
-    from library.training.demo import print_summary, run_demo
-
-    print_summary(run_demo(args.output_dir, epochs=args.epochs))
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     train_p = subparsers.add_parser("train", help="train a LoRA (sd-scripts flags, --config_file, --preset)")
     add_train_arguments(train_p)
     train_p.set_defaults(func=_train_handler)
-    demo_p = subparsers.add_parser("demo", help="teach the built-in tiny-world model a star it never saw, then draw "
-                                   "an epochs x LoRA-weight grid (a few minutes on CPU)")
-    demo_p.add_argument("--output_dir", default="lorasmith_demo", help="folder for the dataset, LoRA files, logs, samples and grid")
-    demo_p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (one LoRA file each)")
-    demo_p.set_defaults(func=_demo_handler)

@@ -6,7 +6,9 @@ optimizer adapts its own step size (D-Adaptation, Prodigy: log d·lr).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,7 +139,7 @@ def build_optimizer(optimizer_type: str, optimizer_args: list[str], param_groups
                          "they multiply one shared adapted step size d")
     run_kwargs = {**kwargs, **speed_kwargs(cls, kwargs, _device_type(param_groups))}
     try:
-        optimizer = cls(param_groups, lr=lr, **run_kwargs) if lr is not None else cls(param_groups, **run_kwargs)
+        optimizer = _construct_quietly(cls, param_groups, lr, run_kwargs)
     except TypeError as exc:
         raise ConfigError(f"optimizer_args for {cls.__module__}.{cls.__name__}: {exc}", [
             "remove or rename the argument; see the optimizer's documentation for accepted names"]) from None
@@ -172,6 +174,20 @@ def speed_kwargs(cls: type, kwargs: dict[str, Any], device_type: str) -> dict[st
     if device_type == "cuda" and cls.__name__ in FUSED_CLASSES:
         return {"fused": True}
     return {"foreach": True}
+# What optimizer constructors print about options the plan and the metadata already show.
+_CONSTRUCTOR_CHATTER = ("Using decoupled weight decay",)
+
+
+def _construct_quietly(cls: type, param_groups: list[dict[str, Any]], lr: float | None,
+                       kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    """`cls(param_groups, lr=…, **kwargs)` without DAdaptation's print() of its own options."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        optimizer = cls(param_groups, lr=lr, **kwargs) if lr is not None else cls(param_groups, **kwargs)
+    for line in printed.getvalue().splitlines():
+        if line.strip() not in _CONSTRUCTOR_CHATTER:
+            print(line)
+    return optimizer
 
 
 def d_times_lr(optimizer: torch.optim.Optimizer, group: int) -> float | None:

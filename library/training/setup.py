@@ -16,6 +16,7 @@ import torch
 from library.config import TrainConfig, parse_key_value_args
 from library.data.prepare import PreparedData, build_dataset
 from library.errors import ConfigError
+from library.models.modules import cast_module
 from library.training.attention import install_lean_attention
 from library.training.conv_path import install_small_conv_path
 from library.training.flat_params import FlatGroups, can_flatten
@@ -77,8 +78,8 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
     from library.models import load_model_bundle
 
     bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae, use_ema_weights=cfg.use_ema_weights)
-    bundle.unet.to(device, dtype=weight_dtype)
-    bundle.text_encoder.to(device, dtype=weight_dtype)
+    cast_module(bundle.unet, weight_dtype, device)
+    cast_module(bundle.text_encoder, weight_dtype, device)
     if cfg.fp8_base:  # frozen Linear/Conv2d weights in float8, before LoRA hosts wrap them
         store_fp8(bundle.unet.requires_grad_(False))
         store_fp8(bundle.text_encoder.requires_grad_(False))

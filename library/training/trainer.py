@@ -24,7 +24,7 @@ import torch
 from library.config import TrainConfig
 from library.config_validate import validate
 from library.data.plan import format_plan
-from library.data.prepare import prepare_data
+from library.data.prepare import PreparedData, prepare_data
 from library.errors import DatasetError, LorasmithError, TrainingError
 from library.training import distributed, preflight, saving, state as run_state
 from library.training.events import Commands, Events
@@ -382,15 +382,17 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
     world, rank = distributed.process_info()
     if rank != 0:
         events = Events()  # only the main process reports and writes
+    # The dataset is scanned before the output folder is created: a run that cannot start leaves nothing behind.
+    prepared = prepare_data(cfg, num_processes=world)
     if not cfg.output_dir or rank != 0:
-        return _train_prepared(cfg, events, commands, resume_from, warnings, world)
+        return _train_prepared(cfg, prepared, events, commands, resume_from, warnings)
     acquired = False
     try:
         with output_lock(cfg.output_dir) as lock_notes:
             acquired = True
             for note in lock_notes:
                 events.on_log({"message": note})
-            return _train_prepared(cfg, events, commands, resume_from, warnings, world)
+            return _train_prepared(cfg, prepared, events, commands, resume_from, warnings)
     except OSError as exc:
         if acquired:
             raise
@@ -398,10 +400,9 @@ def train(config: TrainConfig, events: Events | None = None, commands: Commands 
             "training did not start; free disk space or choose another --output_dir"]) from None
 
 
-def _train_prepared(cfg: TrainConfig, events: Events, commands: Commands | None, resume_from: Path | None,
-                    warnings: list[str], world: int = 1) -> TrainResult:
+def _train_prepared(cfg: TrainConfig, prepared: PreparedData, events: Events, commands: Commands | None,
+                    resume_from: Path | None, warnings: list[str]) -> TrainResult:
     """Plan, build (and restore a saved state into) the run, then train."""
-    prepared = prepare_data(cfg, num_processes=world)
     plan = prepared.plan
     events.on_plan({**plan.to_dict(), "text": format_plan(plan), "warnings": warnings, "seed": cfg.seed})
     if plan.total_steps < 1:

@@ -1,5 +1,8 @@
 """`lorasmith demo`: watch a LoRA teach a base model a shape it has never seen, on a CPU, in minutes.
 
+A tool above the trainer: it uses the trainer, the shapes world and the grid tool,
+so it lives beside them in library/, not inside library.training.
+
 The base model is the built-in `tiny-world` (pretrained on the shapes world,
 library.world), which never saw a star. The demo writes eight blue stars on
 white as a DreamBooth-style `10_ohwx shape` folder, trains a LoRA on them with
@@ -12,6 +15,7 @@ shapes' corners and points (README, Models).
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,12 +101,32 @@ def run_demo(output_dir: str | Path, epochs: int = EPOCHS, progress: bool = True
     return DemoPaths(folder, files, out / "lora" / "sample", Path(result.log_dir) if result.log_dir else None, grid)
 
 
+def _file_range(files: list[Path]) -> str:
+    """'DIR/first.safetensors … last.safetensors (8 files)': one short line however many epochs ran."""
+    if len(files) <= 1:
+        return ", ".join(str(f) for f in files)
+    return f"{files[0]} … {files[-1].name} ({len(files)} files)"
+
+
 def print_summary(paths: DemoPaths) -> None:
     print("\nDemo finished: tiny-world never saw a star; the LoRA was trained on eight as 'ohwx shape'.")
     print(f"  dataset:      {paths.dataset}")
-    print(f"  LoRA files:   {', '.join(str(f) for f in paths.lora_files)}")
+    print(f"  LoRA files:   {_file_range(paths.lora_files)}")
     if paths.samples.is_dir():
         print(f"  samples:      {paths.samples}")
     print(f"  grid:         {paths.grid}  (columns: epochs; rows: LoRA weight, 0 = the base model)")
     if paths.logs:
         print(f"  TensorBoard:  tensorboard --logdir \"{paths.logs.parent}\"  then open http://localhost:6006")
+
+
+def _demo_handler(args: argparse.Namespace) -> int:
+    print_summary(run_demo(args.output_dir, epochs=args.epochs))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo_p = subparsers.add_parser("demo", help="teach the built-in tiny-world model a star it never saw, then draw "
+                                   "an epochs x LoRA-weight grid (a few minutes on CPU)")
+    demo_p.add_argument("--output_dir", default="lorasmith_demo", help="folder for the dataset, LoRA files, logs, samples and grid")
+    demo_p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (one LoRA file each)")
+    demo_p.set_defaults(func=_demo_handler)
