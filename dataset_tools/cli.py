@@ -234,7 +234,7 @@ def _dataset_parser(sub, name: str, json_help: str, **kwargs) -> argparse.Argume
 
 def _add_report(sub) -> None:
     p = _dataset_parser(sub, "report", "print the report as JSON",
-                        help="counts, sizes, captions, buckets, steps and the seed guide's advice")
+                        help="counts, sizes, captions, buckets, steps, and warnings on dataset size, image size and captions")
     p.add_argument("--no_images", action="store_true", help="leave out the per-image bucket list")
     p.set_defaults(func=_report)
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from library.data.images import open_image
 from library.errors import DatasetError
 from library.fileio import atomic_path
 
@@ -135,6 +134,8 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     composited on white (dropping alpha would turn them black, which a model would learn
     as part of the subject), 16-bit greyscale is scaled, and huge images are refused.
     """
+    from library.data.images import open_image  # imports torch: not for --help
+
     return open_image(Path(path))
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from library import cli
 from library.config import INT_MAX_DEFAULT, TrainConfig, base_type, option_fields, value_range
-from library.config_io import load_config_source, nesting_depth, read_config_file
+from library.config_io import nesting_depth, read_config_file
+from library.config_resolve import load_config_source
 from library.config_validate import validate
 from library.data.dataset_config import load_dataset_config
 from library.errors import ConfigError

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from library.config import TrainConfig, base_type, option_fields, value_range
-from library.config_io import config_from_mapping, load_config_source, parse_train_args
+from library.config_io import config_from_mapping
+from library.config_resolve import load_config_source, parse_train_args
 from library.config_validate import check_config, validate
 from library.data.dataset_config import load_dataset_config, specs_from_user_config
 from library.errors import ConfigError, LorasmithError

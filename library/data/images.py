@@ -19,14 +19,17 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from library.data.buckets import Reso, crop_offsets
 from library.data.specs import DEFAULT_MAX_PIXELS, ImageOptions
 from library.errors import DatasetError
+
+if TYPE_CHECKING:  # torch is imported where pixels become tensors: scanning folders (--help, plans) needs none
+    import torch
 
 HUE_SHIFT_LIMIT = 8
 
@@ -171,6 +174,8 @@ def color_aug(image: np.ndarray, rng: random.Random) -> np.ndarray:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 → (3, H, W) float32 in [-1, 1]."""
+    import torch
+
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
     return t / 127.5 - 1.0
 

@@ -7,12 +7,10 @@ algorithm a module uses is recognised by its key suffix through the registry in
 there; further algorithms (LoHa, LoKr, DoRA...) plug in with one call each.
 
 Modules: `delta` (registry), `lycoris_formats` (LoHa/LoKr/DoRA through
-`library.lora.algorithms`, registered here when that package exists), `svd` (pure low-rank math), `lora_reader` (lazy LoRA
+`library.lora.algorithms`, registered on the registry's first use when that package exists), `svd` (pure low-rank math), `lora_reader` (lazy LoRA
 files), `model_weights` (lazy base/tuned checkpoints), `output` (guards,
 provenance, streaming writer), `resize`, `merge`, `merge_checkpoint`, `extract`,
 `cli`.
 """
 
-from library.lora.tools.lycoris_formats import register_lycoris_formats
-
-register_lycoris_formats()
+# Nothing is imported here: `lorasmith --help` registers `tools.cli` and must not load torch.

@@ -63,9 +63,23 @@ def register_delta_format(fmt: DeltaFormat) -> None:
     DELTA_FORMATS[fmt.name] = fmt
 
 
+_plugins_loaded = False
+
+
+def known_formats() -> dict[str, DeltaFormat]:
+    """The registry, after the optional LyCORIS algorithms registered themselves (once, on first use)."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        from library.lora.tools.lycoris_formats import register_lycoris_formats
+
+        register_lycoris_formats()
+    return DELTA_FORMATS
+
+
 def all_suffixes() -> list[str]:
     """Every registered suffix, longest first (so `lora_down.weight` wins over `weight`)."""
-    found = {s for fmt in DELTA_FORMATS.values() for s in fmt.suffixes}
+    found = {s for fmt in known_formats().values() for s in fmt.suffixes}
     return sorted(found, key=len, reverse=True)
 
 
@@ -93,10 +107,10 @@ def group_keys(names: Iterable[str]) -> tuple[dict[str, dict[str, str]], list[st
 def format_of(parts: Iterable[str], label: str = "module") -> DeltaFormat:
     """The registered format whose marker is among `parts`' suffixes (highest priority on a tie)."""
     present = set(parts)
-    found = [fmt for fmt in DELTA_FORMATS.values() if present & set(fmt.markers)]
+    found = [fmt for fmt in known_formats().values() if present & set(fmt.markers)]
     top = [f for f in found if f.priority == max((g.priority for g in found), default=0)]
     if len(top) != 1:
-        known = ", ".join(f"{f.name} ({'/'.join(f.markers)})" for f in DELTA_FORMATS.values())
+        known = ", ".join(f"{f.name} ({'/'.join(f.markers)})" for f in known_formats().values())
         what = "no" if not found else "several"
         raise LoRAFileError(f"{label}: {what} known LoRA algorithm in keys {sorted(present)}", [f"known: {known}"])
     fmt = top[0]

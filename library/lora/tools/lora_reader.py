@@ -45,7 +45,7 @@ class LoRASource:
         self._keys, other = delta.group_keys(loaded.tensors)
         if other:  # never drop tensors silently (a DoRA magnitude would change the result)
             raise LoRAFileError(f"{self.label}: the toolbox has no formula for {len(other)} of its tensors",
-                                other[:10] + ["known: " + ", ".join(delta.DELTA_FORMATS)])
+                                other[:10] + ["known: " + ", ".join(delta.known_formats())])
 
     @property
     def label(self) -> str:
