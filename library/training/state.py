@@ -26,6 +26,7 @@ import torch
 
 from library.config import TrainConfig
 from library.errors import ConfigError, TrainingError
+from library.fileio import apply_user_mode
 
 STATE_FORMAT = 1
 # Fields that may differ on resume without changing the trajectory: where files and logs go,
@@ -97,6 +98,7 @@ def atomic_folder(dest: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        apply_user_mode(tmp)  # mkdtemp made it 0700 and safetensors its file 0600
         old = None
         if dest.exists():
             old = dest.parent / f".{dest.name}.{os.getpid()}.old"
