@@ -81,9 +81,9 @@ def format_report(report: dict[str, Any], max_tags: int = 15) -> str:
         top = sorted(tags.items(), key=lambda kv: -kv[1])[:max_tags]
         lines.append(f"tags in {folder}: " + ", ".join(f"{t} ({n})" for t, n in top))
     if "base" in report:
+        only = " (architecture only, no weights loaded)" if report.get("base_architecture_only") else ""
         lines.append(
-            f"against {report['base']}{' (architecture only, no weights loaded)' if report.get('base_architecture_only') else ''}: "
-            f"{report['matched_modules']} of {report['num_modules']} modules match, "
+            f"against {report['base']}{only}: {report['matched_modules']} of {report['num_modules']} modules match, "
             f"{len(report['unmatched_keys'])} unmatched keys, "
             f"{len(report['modules_without_lora'])} base layers without LoRA"
         )

@@ -180,7 +180,8 @@ class SamplingSession:
         sampler, schedule_type = infotext_sampler(spec)
         params = {
             "Steps": request.steps, "Sampler": sampler, "Schedule type": schedule_type,
-            "CFG scale": format_number(request.cfg_scale), "Seed": job.seed, "Size": f"{request.width}x{request.height}",
+            "CFG scale": format_number(request.cfg_scale), "Seed": job.seed,
+            "Size": f"{request.width}x{request.height}",
             "Model hash": (facts.model_hash or "")[:10] or None, "Model": model_label(facts.name),
             "Denoising strength": format_number(request.denoising_strength) if img2img else None,
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
