@@ -29,6 +29,7 @@ def test_ci_runs_exactly_the_readme_test_command_last() -> None:
     commands = _ci_commands()
     assert commands[-1] == _readme_test_command()
     assert "pytest" in commands[-1]
+    assert " -m " not in commands[-1].split("pytest", 1)[1]  # CI runs every test, the slow ones too
 
 
 def test_ci_runs_it_in_a_fresh_venv() -> None:
