@@ -382,27 +382,73 @@ def parse_literal(text: str) -> Any:
         return text
 
 
-def parse_key_value_args(items: list[str], field_name: str) -> dict[str, Any]:
-    """Parse `key=value` strings as sd-scripts does for optimizer/network args.
+def split_key_value_items(text: str) -> list[str]:
+    """Split one string holding several `key=value` items at the spaces between them.
 
-    Values are Python literals (`True`, `0.20`, `"x"`); `a,b` becomes a tuple
-    of literals (`betas=0.9,0.99`). Raises ConfigError naming the bad item.
+    Why: kohya_ss keeps optimizer_args as one space-separated string, while a value may itself hold
+    spaces (`betas=(0.9, 0.99)`, `betas=0.9, 0.99`); a space splits only outside brackets and quotes
+    and only where the next word starts a new `key=`.
+    """
+    import re
+
+    chunks, current, depth, quote = [], "", 0, ""
+    for ch in str(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+        elif ch.isspace() and depth == 0:
+            chunks.append(current)
+            current = ""
+            continue
+        current += ch
+    chunks.append(current)
+    items: list[str] = []
+    for chunk in filter(None, chunks):
+        if items and not re.match(r"[A-Za-z_]\w*=", chunk):
+            items[-1] += " " + chunk  # a value continued after a space
+        else:
+            items.append(chunk)
+    return items
+
+
+def parse_key_value(value: str) -> Any:
+    """One `key=value` right-hand side as sd-scripts reads it: `ast.literal_eval` (`True`, `0.2`,
+    `(0.9,0.99)`, `[0.9, 0.99]`, `0.9,0.99` -> tuple); what is not a literal falls back to old sd-scripts'
+    rule (`true`/`false` in any case are booleans, `a,b` a tuple of parts) or stays a string."""
+    value = value.strip()
+    parsed = parse_literal(value)
+    if parsed is not value:
+        return parsed
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if "," in value:
+        return tuple(parse_key_value(v) for v in value.split(",") if v.strip())
+    return value
+
+
+def parse_key_value_args(items: list[str], field_name: str) -> dict[str, Any]:
+    """Parse `key=value` strings as sd-scripts does for optimizer_args and lr_scheduler_args:
+    split on the first `=`, the value a Python literal (see parse_key_value).
+
+    Raises ConfigError naming the bad item.
     """
     from library.errors import ConfigError
 
     out: dict[str, Any] = {}
     problems = []
     for item in items:
-        for part in str(item).split():
+        for part in split_key_value_items(str(item)):
             key, sep, value = part.partition("=")
             key = key.strip()
             if not sep or not key or not key.isidentifier():
                 problems.append(f"{field_name}: {part!r} is not key=value (write e.g. weight_decay=0.01)")
                 continue
-            if "," in value:
-                out[key] = tuple(parse_literal(v) for v in value.split(",") if v != "")
-            else:
-                out[key] = parse_literal(value)
+            out[key] = parse_key_value(value)
     if problems:
         raise ConfigError(f"Cannot read {field_name}", problems)
     return out

@@ -30,6 +30,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_current_umask())
     try:
         yield tmp_path
+        apply_user_mode(tmp_path)
         _fsync_file(tmp_path)
         os.replace(tmp_path, dest)
         _fsync_dir(dest.parent)
@@ -100,9 +101,29 @@ def write_failure_reason(exc: BaseException, path: str | os.PathLike[str]) -> st
             return f"No space left on device ({human_bytes(free)} free)"
         return f"the file could not be written completely ({text[:120]})"
     return None
+def apply_user_mode(path: str | os.PathLike[str]) -> None:
+    """Give `path`, and for a folder everything in it, the mode a plain open()/mkdir() gives:
+    0o666 (files) or 0o777 (folders) less the umask.
+
+    Called on every file and folder we write just before it is moved into place. Why: mkstemp and
+    safetensors' writer create files 0600 and mkdtemp folders 0700, so a webui running as another
+    user could not read a LoRA we wrote.
+    """
+    mask = _current_umask()
+    root = Path(path)
+    for p in (root, *sorted(root.rglob("*"))) if root.is_dir() else (root,):
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def _current_umask() -> int:
+    """The process umask; read from /proc where it can be, since setting it to ask (os.umask) briefly
+    changes it for every thread of the process."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask

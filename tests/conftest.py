@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to ../shared/fixtures and the built-in tiny model."""
+"""Shared test fixtures: paths to tests/fixtures (other tools' files) and small generated datasets."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def shared_fixtures() -> Path:
-    """../shared/fixtures, or skip: those files come from other tools and are not shipped."""
-    if not SHARED_FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES} (they live beside the repo, not in it)")
-    return SHARED_FIXTURES
+    """tests/fixtures: files from other tools (sd-scripts, the seed guide), copied into the repo so a
+    fresh clone runs every test; ../shared/fixtures, beside the repo, is the reference copy."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")

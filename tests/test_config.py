@@ -66,6 +66,38 @@ def test_seed_guide_optimizer_args_parse_like_sdscripts():
     assert parse_key_value_args(["betas=0.9,0.99", "eps=1e-8", "name=abc"], "x") == {"betas": (0.9, 0.99), "eps": 1e-8, "name": "abc"}
 
 
+@pytest.mark.parametrize("arg, betas", [
+    ("betas=(0.9,0.99)", (0.9, 0.99)), ("betas=[0.9,0.99]", [0.9, 0.99]), ("betas=(0.9, 0.99)", (0.9, 0.99)),
+    ("betas=0.9,0.99", (0.9, 0.99)), ("betas=0.9, 0.99", (0.9, 0.99)),
+])
+def test_pasted_sdscripts_optimizer_args_build_dadaptadam(arg: str, betas: object) -> None:
+    """Issue 24: `--optimizer_args ... "betas=(0.9,0.99)"` failed with "'<=' not supported between
+    'float' and 'str'" (the parser split inside the tuple). sd-scripts splits on the first `=` and
+    reads the value with ast.literal_eval."""
+    import torch
+
+    from library.training.optimizers import build_optimizer
+
+    argv = shlex.split(f'--optimizer_type DAdaptAdam --optimizer_args "decouple=True" "{arg}" "weight_decay=0.2"')
+    cfg, _ = parse_train_args(argv)
+    args = parse_key_value_args(cfg.optimizer_args, "optimizer_args")
+    assert args == {"decouple": True, "betas": betas, "weight_decay": 0.2}
+    assert all(type(v) is float for v in args["betas"])
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    choice = build_optimizer(cfg.optimizer_type, cfg.optimizer_args, groups, 1.0)
+    assert tuple(choice.optimizer.defaults["betas"]) == (0.9, 0.99)
+    assert choice.optimizer.defaults["decouple"] is True and choice.optimizer.defaults["weight_decay"] == 0.2
+
+
+def test_key_value_args_split_on_the_first_equals_sign() -> None:
+    """Values that are not literals stay strings (`a=b`), quotes are literals, kohya_ss's one
+    space-separated string still splits, and old sd-scripts' lowercase booleans still read."""
+    assert parse_key_value_args(["x=a=b", 's="a b"', "d=true", "lr_end=1e-7"], "x") == {
+        "x": "a=b", "s": "a b", "d": True, "lr_end": 1e-7}
+    assert parse_key_value_args(["decouple=True weight_decay=0.20 betas=(0.9, 0.99) use_bias_correction=True"], "x") == {
+        "decouple": True, "weight_decay": 0.2, "betas": (0.9, 0.99), "use_bias_correction": True}
+
+
 def test_bad_optimizer_args_named():
     with pytest.raises(ConfigError, match="weight_decay0.2"):
         parse_key_value_args(["weight_decay0.2"], "optimizer_args")

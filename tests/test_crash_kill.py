@@ -108,6 +108,7 @@ def wait_for_save(proc: subprocess.Popen, progress: Path, timeout: float = 120) 
     pytest.fail("training saved nothing")
 
 
+@pytest.mark.slow  # several training processes killed and resumed: ~24 s of CPU
 def test_kill_9_training_then_resume_latest(data: Path, tmp_path: Path) -> None:
     rnd = random.Random(1)
     steps = []

@@ -75,3 +75,56 @@ def test_inspect_damaged_file_is_one_line_error(tmp_path, capsys):
     assert main(["inspect", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "not valid JSON" in err and "Traceback" not in err
+
+
+def _no_weights(monkeypatch):
+    """Fail the test if anything loads a base model's weights."""
+    import library.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("inspect --base sd15 must not load a model")
+
+    monkeypatch.setattr(library.models, "load_model_bundle", refuse)
+
+
+def test_inspect_against_sd15_architecture_without_weights(sdscripts_lora_dir, capsys, monkeypatch):
+    """Issue 24: `--base sd15` checks keys against SD1.5 built on the meta device, no 4 GB checkpoint.
+    The sd-scripts fixture was trained on the tiny architecture: same module names, other shapes."""
+    _no_weights(monkeypatch)
+    lora = str(sdscripts_lora_dir / "tinylora.safetensors")
+    assert main(["inspect", lora, "--base", "sd15", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["base"] == "sd15" and report["base_architecture_only"] is True
+    assert (report["matched_modules"], report["num_modules"], len(report["unmatched_keys"])) == (0, 204, 612)
+    assert len(report["modules_without_lora"]) == 264  # SD1.5: 192 UNet + 72 text-encoder layers
+    assert "but the model layer is 768 -> 3072" in " ".join(report["unmatched_reasons"])
+    assert main(["inspect", lora, "--base", "SD1.5"]) == 0
+    assert "against SD1.5 (architecture only, no weights loaded): 0 of 204 modules match" in capsys.readouterr().out
+
+
+def test_sd15_sized_lora_matches_sd15_fully(tmp_path, capsys, monkeypatch):
+    from library.lora.file import save_lora
+    from library.lora.network import LoRANetwork
+    from library.models.modules import build_empty_architecture
+
+    unet, text_encoder = build_empty_architecture("sd15")
+    network = LoRANetwork.create(unet, text_encoder, rank=1)
+    path = save_lora(network.state_dict(), tmp_path / "sd15.safetensors", dtype="fp16")
+    _no_weights(monkeypatch)
+    assert main(["inspect", str(path), "--base", "sd15", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["matched_modules"], report["num_modules"], report["num_tensors"]) == (264, 264, 792)
+    assert report["unmatched_keys"] == [] and report["modules_without_lora"] == []
+
+
+def test_base_still_takes_a_model_path(sdscripts_lora_dir, tmp_path, capsys, monkeypatch):
+    """A model folder that exists is loaded, even when it is called like an architecture."""
+    from library.models import build_tiny_bundle
+    from library.models.saving import save_diffusers
+
+    save_diffusers(build_tiny_bundle(0), tmp_path / "sd15")
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", str(sdscripts_lora_dir / "tinylora.safetensors"), "--base", "sd15", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["base_architecture_only"] is False and report["matched_modules"] == 204
+    assert report["modules_without_lora"] == []

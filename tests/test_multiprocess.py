@@ -37,6 +37,7 @@ def args(data: Path, out: Path) -> list[str]:
             "--network_train_unet_only", "--logging_dir", str(out / "logs")]
 
 
+@pytest.mark.slow  # two training processes under accelerate launch: ~34 s of CPU
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not installed")
 def test_two_process_run_shards_batches_and_writes_one_set_of_files(data: Path, tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

@@ -102,8 +102,8 @@ def test_parameters_text_and_png_chunk(bundle, tmp_path):
     lines = img.parameters.split("\n")
     assert lines[0] == "a (red:1.2) cube" and lines[1] == "Negative prompt: blurry"
     assert lines[2].startswith(
-        f"Steps: 3, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 64x64, "
-        f"Model hash: {facts.model_hash[:10]}, Model: {facts.name}, Clip skip: 2, Version: lorasmith")
+        f"Steps: 3, Sampler: Euler a, Schedule type: Uniform, CFG scale: 7, Seed: 1234, Size: 64x64, "
+        f"Model hash: {facts.model_hash[:10]}, Model: {facts.name}, Clip skip: 2, RNG: CPU, Version: lorasmith")
     path = save_png(img.image, tmp_path / "x.png", img.parameters)
     with Image.open(path) as png:
         assert png.text["parameters"] == img.parameters

@@ -123,6 +123,7 @@ def _concept_rate(classifier, images) -> float:
     return label_rate(classifier, images, colour=CONCEPT_COLOUR, background=CONCEPT_BACKGROUND)
 
 
+@pytest.mark.slow  # trains the star and the broken LoRA: ~140 s of CPU for the module
 def test_lora_samples_move_towards_its_images_and_broken_run_does_not(bundle, classifier, star_lora, broken_lora,
                                                                       tmp_path):
     _folder, images = _concept(tmp_path)
@@ -136,6 +137,7 @@ def test_lora_samples_move_towards_its_images_and_broken_run_does_not(bundle, cl
     assert _concept_rate(classifier, broken) < CONCEPT_MIN
 
 
+@pytest.mark.slow  # trains the star and the broken LoRA: ~140 s of CPU for the module
 def test_lora_draws_the_star_from_its_layout_where_the_base_rounds_it(bundle, classifier, star_lora, tmp_path):
     _folder, images = _concept(tmp_path)
     inits = np.concatenate([images] * (N_SAMPLES // len(images)))
@@ -155,6 +157,7 @@ def test_base_model_draws_the_world_it_was_pretrained_on(bundle, classifier):
     assert label_rate(classifier, images, shape="circle", colour="red") >= RED_CIRCLE_MIN
 
 
+@pytest.mark.slow  # trains the star and the broken LoRA: ~140 s of CPU for the module
 def test_lora_lowers_the_loss_on_its_images_and_weight_zero_is_the_base(bundle, star_lora, tmp_path):
     _folder, images = _concept(tmp_path)
     base = denoising_loss(bundle, images, "ohwx shape")
@@ -164,6 +167,7 @@ def test_lora_lowers_the_loss_on_its_images_and_weight_zero_is_the_base(bundle, 
     assert at_one <= LEARNED_MAX_RATIO * base, f"loss {at_one:.4f} with the LoRA vs {base:.4f} without"
 
 
+@pytest.mark.slow  # trains the star and the broken LoRA: ~140 s of CPU for the module
 def test_a_broken_run_does_not_pass_the_same_bar(bundle, broken_lora, tmp_path):
     _folder, images = _concept(tmp_path)
     base = denoising_loss(bundle, images, "ohwx shape")

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "base model and base layers that carry no LoRA.",
     )
     p.add_argument("lora", help="LoRA file (.safetensors, Kohya or diffusers/PEFT keys)")
-    p.add_argument("--base", metavar="MODEL", help="base model (built-in name, diffusers folder or checkpoint)")
+    p.add_argument("--base", metavar="MODEL", help="base model (built-in name, diffusers folder or checkpoint), "
+                   "or an architecture name (sd15) to check the keys against that architecture without loading weights")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--tags", type=int, default=15, metavar="N", help="tags to show per folder (default 15)")
     p.set_defaults(func=_inspect)
@@ -82,8 +83,9 @@ def format_report(report: dict[str, Any], max_tags: int = 15) -> str:
         top = sorted(tags.items(), key=lambda kv: -kv[1])[:max_tags]
         lines.append(f"tags in {folder}: " + ", ".join(f"{t} ({n})" for t, n in top))
     if "base" in report:
+        only = " (architecture only, no weights loaded)" if report.get("base_architecture_only") else ""
         lines.append(
-            f"against {report['base']}: {report['matched_modules']} of {report['num_modules']} modules match, "
+            f"against {report['base']}{only}: {report['matched_modules']} of {report['num_modules']} modules match, "
             f"{len(report['unmatched_keys'])} unmatched keys, "
             f"{len(report['modules_without_lora'])} base layers without LoRA"
         )

@@ -104,18 +104,42 @@ def _module_of_raw_key(key: str, value: torch.Tensor) -> str | None:
     return parts[0] if parts else None
 
 
-def _match_base(loaded: LoadedLoRA, raw: dict[str, torch.Tensor], base: str, conv: bool) -> dict[str, Any]:
+def architecture_family(base: str) -> str | None:
+    """The shipped architecture `base` names (`sd15`, `SD1.5`), unless it is a built-in model or a
+    path that exists: those are loaded as they always were."""
+    from library.models import builtin_names
+    from library.models.configs import FAMILIES
+
+    family = base.strip().lower().replace(".", "").replace("-", "")
+    if family not in FAMILIES or base in builtin_names() or Path(base).expanduser().exists():
+        return None
+    return family
+
+
+def _base_modules(base: str) -> tuple[torch.nn.Module, torch.nn.Module, bool]:
+    """(unet, text encoder, architecture only?) for `inspect --base`."""
+    family = architecture_family(base)
+    if family is not None:
+        from library.models.modules import build_empty_architecture
+
+        return (*build_empty_architecture(family), True)
     from library.models import load_model_bundle
 
     bundle = load_model_bundle(base)
-    matched, unmatched, problems = pair_modules(loaded, bundle.unet, bundle.text_encoder)
-    expected = find_targets(bundle.unet, bundle.text_encoder, conv=conv)
+    return bundle.unet, bundle.text_encoder, False
+
+
+def _match_base(loaded: LoadedLoRA, raw: dict[str, torch.Tensor], base: str, conv: bool) -> dict[str, Any]:
+    unet, text_encoder, architecture_only = _base_modules(base)
+    matched, unmatched, problems = pair_modules(loaded, unet, text_encoder)
+    expected = find_targets(unet, text_encoder, conv=conv)
     return {
         "base": base,
+        "base_architecture_only": architecture_only,
         "matched_modules": len(matched),
         "unmatched_keys": sorted(k for k, v in raw.items() if _module_of_raw_key(k, v) in set(unmatched)),
         "unmatched_reasons": problems,
-        "modules_without_lora": [t.name for t in expected if t.name not in loaded.modules],
+        "modules_without_lora": [t.name for t in expected if t.name not in matched],
     }
 
 

@@ -57,6 +57,14 @@ def expected_shapes(family: str, component: str) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in module.state_dict().items()}
 
 
+def build_empty_architecture(family: str) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """UNet and text encoder of a shipped architecture (`sd15`) on the meta device: every layer's
+    name and shape without weights, so a LoRA's keys can be checked against SD1.5 in a second
+    instead of loading a 4 GB checkpoint."""
+    configs = load_family_configs(family)
+    return build_unet(configs["unet"], empty=True), build_text_encoder(configs["text_encoder"], empty=True)
+
+
 def assign_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Load tensors into a (meta) skeleton by assignment: no copy, no random init."""
     module.load_state_dict(state_dict, strict=True, assign=True)

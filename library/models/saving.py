@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from library.errors import ModelLoadError
-from library.fileio import atomic_path, atomic_write_text
+from library.fileio import apply_user_mode, atomic_path, atomic_write_text
 from library.models.bundle import ModelBundle
 from library.models.ldm_convert import modules_to_ldm
 
@@ -53,6 +53,7 @@ def save_diffusers(bundle: ModelBundle, folder: str | os.PathLike[str], dtype: t
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         _write_folder(bundle, tmp, dtype)
+        apply_user_mode(tmp)  # mkdtemp made it 0700 and safetensors its files 0600
         _replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,9 +3,12 @@
 Layout (A1111 `create_infotext`):
     <prompt>
     Negative prompt: <negative>            (line left out when empty)
-    Steps: 30, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 0123456789,
-    Model: name, Clip skip: 2, Lora hashes: "a: 0123456789ab, b: ...", Version: lorasmith 0.1.0
-A value containing a comma, colon or quote is written JSON-quoted, as A1111 does.
+    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512,
+    Model hash: 0123456789, Model: name, Clip skip: 2, RNG: CPU, Lora hashes: "a: 0123456789ab, b: ...",
+    Version: lorasmith 0.1.0
+A value containing a comma, colon or quote is written JSON-quoted, as A1111 does. `Model` is the
+checkpoint's file name without its extension and `RNG: CPU` says the noise was drawn on the CPU
+(A1111's "Random number generator source" setting, which it leaves out when it is GPU).
 """
 from __future__ import annotations
 
@@ -41,6 +44,18 @@ def quote(value: Any) -> str:
     if any(ch in text for ch in ",:\"\n"):
         return json.dumps(text, ensure_ascii=False)
     return text
+
+
+# Checkpoint extensions A1111 lists; it names a model by its file name without one (name_for_extra).
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def model_label(name: str) -> str:
+    """"v1-5-pruned.safetensors" -> "v1-5-pruned"; folder and built-in names stay as they are."""
+    for ext in MODEL_EXTENSIONS:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
 
 
 def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, Any]) -> str:

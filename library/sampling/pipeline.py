@@ -26,10 +26,10 @@ from library.errors import SamplingError
 from library.sampling.conditioning import PromptEncoder
 from library.sampling.denoiser import CFGDenoiser, DiscreteDenoiser
 from library.sampling.dynamic_prompts import expand_prompt
-from library.sampling.infotext import format_infotext, format_number, version_string
+from library.sampling.infotext import format_infotext, format_number, model_label, version_string
 from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora
 from library.sampling.prompt_parser import extract_lora_tags
-from library.sampling.sampler_registry import resolve_sampler
+from library.sampling.sampler_registry import infotext_sampler, resolve_sampler
 
 StepCallback = Callable[[int], None]
 
@@ -177,12 +177,15 @@ class SamplingSession:
         facts = self.bundle.facts
         spec = resolve_sampler(request.sampler)
         lora_hashes = ", ".join(f"{name}: {lora_short_hash(path)}" for name, path in job.lora_names)
+        sampler, schedule_type = infotext_sampler(spec)
         params = {
-            "Steps": request.steps, "Sampler": spec.name, "CFG scale": format_number(request.cfg_scale),
-            "Seed": job.seed, "Size": f"{request.width}x{request.height}",
-            "Model hash": (facts.model_hash or "")[:10] or None, "Model": facts.name,
+            "Steps": request.steps, "Sampler": sampler, "Schedule type": schedule_type,
+            "CFG scale": format_number(request.cfg_scale), "Seed": job.seed,
+            "Size": f"{request.width}x{request.height}",
+            "Model hash": (facts.model_hash or "")[:10] or None, "Model": model_label(facts.name),
             "Denoising strength": format_number(request.denoising_strength) if img2img else None,
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+            "RNG": "CPU",  # sample_latents draws every noise tensor on the CPU
             "Lora hashes": lora_hashes or None, "Version": version_string(),
         }
         return format_infotext(job.prompt, job.negative_prompt, params)

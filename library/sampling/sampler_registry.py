@@ -82,6 +82,53 @@ ALIASES: dict[str, str] = {
 }
 
 
+# A1111 1.9+ names a sampler by its algorithm and writes the sigma schedule beside it as "Schedule type",
+# using the labels of its modules/sd_schedulers.py ("Uniform" is k-diffusion's discrete schedule).
+# DDIM and UniPC are A1111 timestep samplers, which take no schedule: they are written as "Automatic".
+SCHEDULE_TYPES: dict[str, str] = {"discrete": "Uniform", "karras": "Karras"}
+TIMESTEP_SAMPLERS = ("DDIM", "UniPC")
+# What A1111 runs for a missing or "Automatic" schedule type: the `scheduler` option of its
+# samplers_k_diffusion table (modules/sd_samplers_kdiffusion.py); every other sampler runs Uniform.
+A1111_AUTOMATIC_SCHEDULE: dict[str, str] = {"DPM2": "karras", "DPM2 a": "karras", "DPM++ 2M": "karras",
+                                            "DPM++ SDE": "karras"}
+
+
+def infotext_sampler(spec: SamplerSpec) -> tuple[str, str]:
+    """(Sampler, Schedule type) as A1111 writes them for this sampler, e.g. ("DPM++ 2M", "Karras").
+
+    Why both: A1111 reads a missing schedule type as Automatic, which for DPM2, DPM2 a, DPM++ 2M and
+    DPM++ SDE is Karras, so a pasted infotext would otherwise resample ours on another schedule.
+    """
+    if spec.name in TIMESTEP_SAMPLERS:
+        return spec.name, "Automatic"
+    return spec.name.removesuffix(" Karras"), SCHEDULE_TYPES[spec.schedule]
+
+
+def sampler_from_infotext(sampler: str, schedule_type: str | None = None) -> SamplerSpec:
+    """The sampler an infotext names, read as A1111 reads it: "DPM++ 2M" with "Schedule type: Karras",
+    an old combined name ("DPM++ 2M Karras"), or a missing/Automatic schedule type (A1111's default)."""
+    name = str(sampler).strip()
+    base = resolve_sampler(name)
+    if base.name in TIMESTEP_SAMPLERS or base.schedule != "discrete":
+        return base
+    label = (schedule_type or "Automatic").strip()
+    if label.lower() == "automatic":
+        kind = A1111_AUTOMATIC_SCHEDULE.get(base.name, "discrete")
+    else:
+        kinds = {v.lower(): k for k, v in SCHEDULE_TYPES.items()}
+        if label.lower() not in kinds:
+            raise SamplingError(f"schedule type {label!r} of sampler {name!r} is not supported",
+                                [f"supported: Automatic, {', '.join(SCHEDULE_TYPES.values())}"])
+        kind = kinds[label.lower()]
+    if kind == "discrete":
+        return base
+    variant = f"{base.name} {SCHEDULE_TYPES[kind]}"
+    if variant not in SAMPLERS:
+        raise SamplingError(f"sampler {name!r} on the {SCHEDULE_TYPES[kind]} schedule is not supported",
+                            [f"A1111 names: {', '.join(SAMPLERS)}"])
+    return SAMPLERS[variant]
+
+
 def resolve_sampler(name: str) -> SamplerSpec:
     """The SamplerSpec for an A1111 name (any case) or an sd-scripts alias."""
     key = str(name).strip()

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from library.config import TrainConfig
-from library.errors import ConfigError
-from library.fileio import write_failure_reason
+from library.errors import ConfigError, TrainingError
+from library.fileio import apply_user_mode, write_failure_reason
 from library.training.saving import write_error
 
 STATE_FORMAT = 1
@@ -99,6 +99,7 @@ def atomic_folder(dest: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        apply_user_mode(tmp)  # mkdtemp made it 0700 and safetensors its file 0600
         old = None
         if dest.exists():
             old = dest.parent / f".{dest.name}.{os.getpid()}.old"

@@ -121,7 +121,7 @@ def save_weights(state: dict[str, torch.Tensor], out_dir: Path, recipe: Recipe, 
     weights = out_dir / WEIGHTS_NAME
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        tmp.chmod(0o644)  # shipped package data: readable by everyone, unlike mkstemp's 0600
+    weights.chmod(0o644)  # shipped package data: readable by everyone whatever the umask
     provenance = {
         "model": "tiny-world", "architecture_configs": "library/models/configs/tiny (unchanged)",
         "command": " ".join(command), "recipe": dataclasses.asdict(recipe),
