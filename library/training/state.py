@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from library.config import TrainConfig
-from library.errors import ConfigError, TrainingError
+from library.errors import ConfigError
 from library.fileio import apply_user_mode, write_failure_reason
 from library.training.saving import write_error
 
