@@ -85,7 +85,7 @@ class LoRANetwork(nn.Module):
         targets = find_targets(
             unet if train_unet else None,
             text_encoder if train_text_encoder else None,
-            conv=bool(conv_dim) or block_ranks is not None,
+            conv=bool(conv_dim) or bool(getattr(block_ranks, "conv", False)),
             extra_unet_layers=LYCORIS_EXTRA_UNET_LAYERS if lycoris_targets else (),
         )
         pairs = []
