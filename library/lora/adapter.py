@@ -151,7 +151,7 @@ class Adapter(nn.Module):
         delta = self._delta_weight_train(self._param_dtype())
         if x.dtype != delta.dtype:
             x = x.to(delta.dtype)
-        out = self._op(x, delta * self.multiplier)
+        out = self._op(x, (delta * self.multiplier).contiguous())
         if self.training and self.dropout:
             out = F.dropout(out, p=self.dropout)  # LyCORIS' bypass forward drops the delta output
         return out

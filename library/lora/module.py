@@ -45,6 +45,8 @@ class LoRAHost(nn.Module):
             weight = self._weight_with_adapters(base, x)
             if weight is None and any(a.dora and a.enabled for a in self.adapters):
                 weight = self._decomposed_weight(base)
+                # the direct CPU conv kernel's weight gradient needs a contiguous (not channels-last) input
+                x = x.contiguous() if weight is not None and x.dim() == 4 else x
             if weight is not None:
                 bias = base._parameters["bias"]
                 if type(base) is nn.Linear:
@@ -102,7 +104,7 @@ class LoRAHost(nn.Module):
         weight = base._parameters["weight"]
         for adapter in self.adapters:
             weight = adapter.apply_to_weight(weight)
-        return weight
+        return weight.contiguous()  # CPU conv backward wants a contiguous weight
 
     def __getattr__(self, name: str) -> Any:
         try:
