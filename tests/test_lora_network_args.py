@@ -186,3 +186,38 @@ def test_conv_block_dims_adds_resnet_convs_per_block(bundle):
     adapters = dict(net.named_children())
     convs = {n: a.rank for n, a in adapters.items() if n.endswith(("conv1", "conv2"))}
     assert convs and set(convs.values()) == {3} and all(block_index(n) == 1 for n in convs)
+
+
+# -- kohya_ss GUI configs (LoRA_type and the network fields of kohya_ss' lora_gui.py) ------------------
+
+def _import(**fields):
+    from library.kohya_import import import_kohya_config
+
+    data = {"optimizer": "AdamW", "epoch": "1", "max_resolution": "512,512", **fields}
+    return import_kohya_config(data)
+
+
+def test_kohya_lycoris_types_import():
+    loha = _import(LoRA_type="LyCORIS/LoHa", conv_dim="4", conv_alpha="1", dora_wd=True, use_tucker=False,
+                   LyCORIS_preset="full", use_scalar=False, rank_dropout_scale=False, bypass_mode=False, factor=-1)
+    assert loha.config.network_module == "lycoris.kohya"
+    assert loha.config.network_args == ["algo=loha", "conv_dim=4", "conv_alpha=1", "dora_wd=True"]
+    assert not loha.unmapped
+    lokr = _import(LoRA_type="LyCORIS/LoKr", conv_dim="2", conv_alpha="1", factor="8", decompose_both=True, use_cp=True)
+    assert lokr.config.network_args == ["algo=lokr", "conv_dim=2", "conv_alpha=1", "use_tucker=True",
+                                        "decompose_both=True", "factor=8"]
+    locon = _import(LoRA_type="LoCon", conv_dim="8", conv_alpha="4", loraplus_lr_ratio="16")
+    assert locon.config.network_module == "lycoris.kohya"  # kohya_ss sends LoCon to LyCORIS
+    assert locon.config.network_args == ["algo=locon", "conv_dim=8", "conv_alpha=4", "loraplus_lr_ratio=16"]
+    assert check(locon.config.network_module, locon.config.network_args)[1] == []
+
+
+def test_kohya_standard_block_fields_import_and_lycoris_ones_are_listed():
+    dims = ",".join(["4"] * 25)
+    std = _import(LoRA_type="Standard", block_dims=dims, down_lr_weight="sine", mid_lr_weight="", conv_dim="8")
+    assert std.config.network_module == "networks.lora"
+    assert std.config.network_args == [f"block_dims={dims}", "down_lr_weight=sine"]  # Standard: no conv_dim
+    assert check("networks.lora", std.config.network_args)[1] == []
+    loha = _import(LoRA_type="LyCORIS/LoHa", block_dims=dims, use_scalar=True, LyCORIS_preset="attn-mlp")
+    assert any(u.startswith("block_dims") for u in loha.unmapped)
+    assert any(u.startswith("use_scalar") for u in loha.unmapped) and any("attn-mlp" in u for u in loha.unmapped)
