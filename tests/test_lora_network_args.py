@@ -221,3 +221,17 @@ def test_kohya_standard_block_fields_import_and_lycoris_ones_are_listed():
     loha = _import(LoRA_type="LyCORIS/LoHa", block_dims=dims, use_scalar=True, LyCORIS_preset="attn-mlp")
     assert any(u.startswith("block_dims") for u in loha.unmapped)
     assert any(u.startswith("use_scalar") for u in loha.unmapped) and any("attn-mlp" in u for u in loha.unmapped)
+
+
+def test_inspect_reports_sd_scripts_blocks_with_their_ranks(bundle, tmp_path):
+    from library.lora.cli import format_report
+    from library.lora.inspect import inspect_lora
+
+    dims = ["4"] * 25
+    dims[1], dims[24] = "2", "6"
+    net = network_from_config(_config(network_args=["block_dims=" + ",".join(dims)]), bundle.unet, bundle.text_encoder)
+    report = inspect_lora(net.save_weights(tmp_path / "b.safetensors"))
+    assert report["sd_blocks"]["IN01"]["ranks"] == [2] and report["sd_blocks"]["OUT11"]["ranks"] == [6]
+    assert list(report["sd_blocks"])[0] == "TE" and report["algorithms"] == ["lora"] and not report["dora"]
+    text = format_report(report)
+    assert "  IN01" in text and "algorithm     lora" in text

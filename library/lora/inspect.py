@@ -23,6 +23,7 @@ from library.lora.file import data_region_sha256, precalculate_hashes, read_head
 from library.lora.loading import LoadedLoRA, load_lora, pair_modules
 from library.lora.algorithms.dora import DORA_KEY
 from library.lora.algorithms.registry import algorithm_of, parts_product, parts_scale
+from library.lora.blocks import block_index, block_label
 from library.lora.targets import find_targets
 
 
@@ -61,15 +62,29 @@ def _block_order(block: str) -> tuple[int, int]:
     return rank, int(index or 0)
 
 
-def _by_block(modules: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:
+def _sd_block(name: str) -> str:
+    """sd-scripts' block of a module (IN00..IN11, MID, OUT00..OUT11), TE for the text encoder."""
+    return "TE" if keys.component_of(name) == "text_encoder" else block_label(block_index(name))
+
+
+def _sd_block_order(block: str) -> tuple[int, int]:
+    if block == "TE":
+        return 0, 0
+    if block == "other":
+        return 2, 0
+    return 1, (0 if block.startswith("IN") else 1 if block == "MID" else 2) * 100 + int(block[-2:] if block != "MID" else 0)
+
+
+def _by_block(modules: dict[str, dict[str, torch.Tensor]], block_of=keys.block_of, order=None) -> dict[str, dict[str, Any]]:
+    """Modules, ranks, alphas and delta norms per block (coarse diffusers blocks by default)."""
     blocks: dict[str, dict[str, list]] = defaultdict(lambda: {"ranks": [], "alphas": [], "norms": []})
     for name, parts in modules.items():
-        entry = blocks[keys.block_of(name)]
+        entry = blocks[block_of(name)]
         entry["ranks"].append(_rank(parts))
         entry["alphas"].append(float(parts[keys.ALPHA]))
         entry["norms"].append(_delta_norm(parts))
     out = {}
-    for block, entry in sorted(blocks.items(), key=lambda kv: _block_order(kv[0])):
+    for block, entry in sorted(blocks.items(), key=lambda kv: (order or _block_order)(kv[0])):
         out[block] = {
             "modules": len(entry["ranks"]),
             "ranks": sorted(set(entry["ranks"])),
@@ -105,6 +120,7 @@ def inspect_lora(path: str | os.PathLike[str], base: str | None = None) -> dict[
         "dtype": sorted({str(t.dtype).replace("torch.", "") for t in raw.values()}),
         "file_size": path.stat().st_size,
         "blocks": _by_block(modules),
+        "sd_blocks": _by_block(modules, _sd_block, _sd_block_order),
         "metadata": metadata,
         "training": training_summary(metadata),
         "tag_frequency": _tag_frequency(metadata),
