@@ -160,3 +160,10 @@ def test_cli_output_collapses_progress_redraws():
     from gui.cli_runner import clean_output
 
     assert clean_output("start\ngrid:  50%\rgrid: 100%\r   \nsaved x\n") == ["start", "grid: 100%", "saved x"]
+
+
+def test_network_args_help_follows_network_module(app):
+    tab, _ctx = app
+    update = tab.network_args_help("lycoris.kohya")
+    assert "algo" in update["info"] and "block_dims" not in update["info"] and "algo=loha" in update["placeholder"]
+    assert "block_dims" in tab.network_args_help("networks.lora")["info"]

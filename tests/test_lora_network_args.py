@@ -235,3 +235,12 @@ def test_inspect_reports_sd_scripts_blocks_with_their_ranks(bundle, tmp_path):
     assert list(report["sd_blocks"])[0] == "TE" and report["algorithms"] == ["lora"] and not report["dora"]
     text = format_report(report)
     assert "  IN01" in text and "algorithm     lora" in text
+
+
+def test_form_help_lists_only_the_chosen_modules_options():
+    from library.lora.network_args import describe
+
+    lycoris, example = describe("lycoris.kohya")
+    assert "algo" in lycoris and "dora_wd" in lycoris and "block_dims" not in lycoris and "algo=loha" in example
+    sd, _ = describe("networks.lora")
+    assert "block_dims" in sd and "loraplus_lr_ratio" in sd and "algo" not in sd

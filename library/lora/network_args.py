@@ -105,3 +105,14 @@ def check(module: str | None, items: list[str] | None) -> tuple[dict[str, Any], 
     if module not in KNOWN_ARGS:
         return {}, [f"network_module {module}: lorasmith builds {SD_SCRIPTS} and {LYCORIS}"]
     return parse_args(module, raw)
+
+
+EXAMPLES = {SD_SCRIPTS: "conv_dim=4 conv_alpha=1 loraplus_lr_ratio=16",
+            LYCORIS: "algo=loha conv_dim=4 conv_alpha=1 dora_wd=True"}
+
+
+def describe(module: str | None) -> tuple[str, str]:
+    """(the network_args keys that apply to `module`, an example) for the form's network_args field."""
+    module = module if module in KNOWN_ARGS else SD_SCRIPTS
+    keys = [k for k in KNOWN_ARGS[module] if module != LYCORIS or k not in _LYCORIS_NOOP]
+    return f"Options of {module} as key=value: {', '.join(keys)}", EXAMPLES[module]
