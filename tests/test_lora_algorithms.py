@@ -289,3 +289,28 @@ def test_two_networks_of_different_types_stack_with_their_own_multipliers(bundle
     loha.unmerge()
     assert all(torch.allclose(a, b, atol=5e-6, rtol=0) for a, b in zip(both, merged))
     assert all(torch.equal(a, b) for a, b in zip(base, _forward(bundle, ids, x, t)))
+
+
+def test_sampler_stacks_files_of_different_types_with_their_own_weights(bundle, tmp_path):
+    from library.sampling.lora_stack import LoraStack
+
+    files = {}
+    for kind, seed in (("loha", 2), ("lokr", 3), ("lora_dora", 4)):
+        network = _make(bundle, kind)
+        _randomize(network, seed=seed)
+        files[kind] = network.save_weights(tmp_path / f"{kind}.safetensors")
+    path = bundle.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj")
+    x = torch.randn(3, 32)
+    stack = LoraStack(bundle.unet, bundle.text_encoder)
+    with torch.no_grad():
+        base = path(x)
+        alone = {}
+        for kind, f in files.items():
+            stack.activate([(f, 1.0)])
+            alone[kind] = path(x) - base
+        stack.activate([(files["loha"], 0.5), (files["lokr"], -1.0)])
+        both = path(x) - base
+        stack.clear()
+        assert torch.equal(path(x), base)
+    # additive algorithms stack linearly, each at its own weight
+    assert torch.allclose(both, 0.5 * alone["loha"] - alone["lokr"], atol=2e-6)

@@ -70,6 +70,7 @@ def test_networks_lora_is_unchanged_by_default(bundle):
     ("networks.lora", ["algo=loha"], "algo is a LyCORIS option: use --network_module lycoris.kohya"),
     ("lycoris.kohya", ["algo=glora"], "algo=glora: lorasmith trains lora, locon, loha, lokr"),
     ("lycoris.kohya", ["use_scalar=True"], "use_scalar=True: not supported by lorasmith"),
+    ("lycoris.kohya", ["algo=locon", "use_tucker=True"], "Tucker LoCon (lora_mid) is not supported"),
     ("lycoris.kohya", ["block_dims=1"], "block-wise options belong to --network_module networks.lora"),
     ("networks.lora", ["down_lr_weight=wave"], "neither 12 comma-separated numbers nor a preset"),
     ("networks.lora", ["rank_dropout=2"], "rank_dropout=2: must be a number between 0 and 1"),

@@ -12,6 +12,11 @@ The adapter is not a submodule of the model: `LoRAHost` (library.lora.module) ca
 `delta(x)` for additive adapters and `apply_to_weight(w)` for DoRA, whose result is
 not a sum. `delta_weight()` is the public way to read an adapter as one tensor shaped
 like the base weight: resize, merge, extract and `inspect` all work on it.
+
+Dropouts: `module_dropout` skips the adapter for a step; `rank_dropout` zeroes output rows
+of LoHa/LoKr/DoRA delta weights (LyCORIS' rule; LoRA keeps sd-scripts' per-rank mask);
+`dropout` drops the adapter's output (LoRA: its hidden activations). With DoRA the output
+is not a sum, so `dropout` does not apply there, as in LyCORIS.
 """
 from __future__ import annotations
 
