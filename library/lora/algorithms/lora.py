@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,24 +43,9 @@ class LoRAModule(Adapter):
     PLUS_KEYS: ClassVar[tuple[str, ...]] = (UP,)
     FOLDS: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        name: str,
-        layer: nn.Module,
-        rank: int,
-        alpha: float | None = 1.0,
-        *,
-        dropout: float | None = None,
-        rank_dropout: float | None = None,
-        module_dropout: float | None = None,
-        multiplier: float = 1.0,
-        dora: bool = False,
-        dora_on_output: bool = True,
-    ) -> None:
-        super().__init__(
-            name, layer, rank, alpha, dropout=dropout, rank_dropout=rank_dropout, module_dropout=module_dropout,
-            multiplier=multiplier, dora=dora, dora_on_output=dora_on_output,
-        )
+    def __init__(self, name: str, layer: nn.Module, rank: int, alpha: float | None = 1.0, **kwargs: Any) -> None:
+        """kwargs: the Adapter's (dropout, rank_dropout, module_dropout, multiplier, dora, dora_on_output)."""
+        super().__init__(name, layer, rank, alpha, **kwargs)
         if isinstance(layer, nn.Conv2d):
             self.lora_down = nn.Conv2d(
                 layer.in_channels, self.rank, layer.kernel_size, layer.stride, layer.padding, bias=False
