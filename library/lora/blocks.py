@@ -92,7 +92,8 @@ def _numbers(args: Mapping[str, str], key: str, kind: type) -> list[Any] | None:
     try:
         values = [kind(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"{key}={text!r}: {NUM_TOTAL} comma-separated {'whole ' if kind is int else ''}numbers expected") from None
+        what = "whole numbers" if kind is int else "numbers"
+        raise ValueError(f"{key}={text!r}: {NUM_TOTAL} comma-separated {what} expected") from None
     if len(values) != NUM_TOTAL:
         raise ValueError(f"{key} has {len(values)} values; it needs {NUM_TOTAL} (IN00-IN11, MID, OUT00-OUT11)")
     return values
@@ -100,7 +101,8 @@ def _numbers(args: Mapping[str, str], key: str, kind: type) -> list[Any] | None:
 
 def block_ranks_check(args: Mapping[str, str]) -> None:
     """ValueError when a block_dims-like list does not have 25 numbers."""
-    for key, kind in (("block_dims", int), ("block_alphas", float), ("conv_block_dims", int), ("conv_block_alphas", float)):
+    kinds = (("block_dims", int), ("block_alphas", float), ("conv_block_dims", int), ("conv_block_alphas", float))
+    for key, kind in kinds:
         _numbers(args, key, kind)
 
 

@@ -25,19 +25,19 @@ from torch import nn
 from library.errors import ConfigError
 from library.lora.blocks import block_lr_weights, block_ranks
 from library.lora.network import LoRANetwork
-from library.lora.network_args import ALGOS, LYCORIS, SD_SCRIPTS, check
+from library.lora.network_args import ALGOS, LYCORIS, SD_SCRIPTS, check, wants_tucker
 
 
 def _lycoris_options(parsed: dict[str, Any], dim: int, alpha: float | None) -> dict[str, Any]:
     algo = ALGOS[str(parsed.get("algo") or "lora").lower()]
-    tucker = bool(parsed.get("use_tucker") or parsed.get("use_cp") or parsed.get("use_conv_cp")
-                  or parsed.get("disable_conv_cp") is False)
+    tucker = wants_tucker(parsed)
     algo_options: dict[str, Any] = {}
     if algo == "loha":
         algo_options = {"use_tucker": tucker}
     elif algo == "lokr":
         algo_options = {"use_tucker": tucker, "factor": parsed.get("factor") or -1,
-                        "decompose_both": bool(parsed.get("decompose_both")), "full_matrix": bool(parsed.get("full_matrix"))}
+                        "decompose_both": bool(parsed.get("decompose_both")),
+                        "full_matrix": bool(parsed.get("full_matrix"))}
     return {
         "algo": algo, "algo_options": algo_options, "lycoris_targets": True,
         "dora_wd": bool(parsed.get("dora_wd")),
@@ -84,7 +84,8 @@ def network_options(config: Any) -> dict[str, Any]:
         "module_dropout": parsed.get("module_dropout"),
         "train_unet": not te_only,
         "train_text_encoder": not unet_only,
-        "loraplus": (parsed.get("loraplus_unet_lr_ratio") or ratio, parsed.get("loraplus_text_encoder_lr_ratio") or ratio),
+        "loraplus": (parsed.get("loraplus_unet_lr_ratio") or ratio,
+                     parsed.get("loraplus_text_encoder_lr_ratio") or ratio),
         "block_lr_weights": lr_weights,
     }
 

@@ -72,10 +72,13 @@ def _sd_block_order(block: str) -> tuple[int, int]:
         return 0, 0
     if block == "other":
         return 2, 0
-    return 1, (0 if block.startswith("IN") else 1 if block == "MID" else 2) * 100 + int(block[-2:] if block != "MID" else 0)
+    side = 0 if block.startswith("IN") else 1 if block == "MID" else 2
+    return 1, side * 100 + (0 if block == "MID" else int(block[-2:]))
 
 
-def _by_block(modules: dict[str, dict[str, torch.Tensor]], block_of=keys.block_of, order=None) -> dict[str, dict[str, Any]]:
+def _by_block(
+    modules: dict[str, dict[str, torch.Tensor]], block_of: Any = keys.block_of, order: Any = None
+) -> dict[str, dict[str, Any]]:
     """Modules, ranks, alphas and delta norms per block (coarse diffusers blocks by default)."""
     blocks: dict[str, dict[str, list]] = defaultdict(lambda: {"ranks": [], "alphas": [], "norms": []})
     for name, parts in modules.items():
@@ -227,7 +230,8 @@ def verify_lora(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     structure = structure_problems(tensors)
     problems += structure
     if not structure:
-        passed.append(f"{len(keys.group_by_module(tensors)[0])} modules ({fmt}): tensors pair up and ranks agree, all finite")
+        count = len(keys.group_by_module(tensors)[0])
+        passed.append(f"{count} modules ({fmt}): tensors pair up and ranks agree, all finite")
     stored = metadata.get("sshs_model_hash")
     if stored:
         actual = data_region_sha256(path)

@@ -82,7 +82,8 @@ def _shape_problem(name: str, parts: Mapping[str, torch.Tensor], target: Target)
         out, numel = implied_out_numel(parts)
         weight = target.layer.weight
         if out != weight.shape[0] or numel != weight.numel():
-            return f"{name}: its delta has {out} x {numel // max(out, 1)} elements, but the model layer is {tuple(weight.shape)}"
+            return (f"{name}: its delta has {out} x {numel // max(out, 1)} elements, "
+                    f"but the model layer is {tuple(weight.shape)}")
         return None
     down, up = parts[keys.DOWN], parts[keys.UP]
     layer = target.layer

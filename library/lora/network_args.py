@@ -50,6 +50,12 @@ def _unknown(key: str, module: str) -> str:
     return f"network_args {key}: not an option of {module}{hint}"
 
 
+def wants_tucker(parsed: dict[str, Any]) -> bool:
+    """LyCORIS' Tucker switch under any of its names (use_tucker, use_cp, use_conv_cp, disable_conv_cp=False)."""
+    return bool(any(parsed.get(k) for k in ("use_tucker", "use_cp", "use_conv_cp"))
+                or parsed.get("disable_conv_cp") is False)
+
+
 def parse_args(module: str, raw: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
     """Typed network_args for `module` and one problem line per bad entry."""
     parsed: dict[str, Any] = {}
@@ -72,7 +78,8 @@ def parse_args(module: str, raw: dict[str, str]) -> tuple[dict[str, Any], list[s
             else:
                 parsed[key] = value
         except ValueError:
-            problems.append(f"network_args {key}={value!r}: not a {'number' if key not in _LYCORIS_BOOL else 'boolean'}")
+            kind = "boolean" if key in _LYCORIS_BOOL or key in _LYCORIS_NOOP else "number"
+            problems.append(f"network_args {key}={value!r}: not a {kind}")
     for key, fine in _LYCORIS_NOOP.items():
         if parsed.get(key, fine) != fine:
             problems.append(f"network_args {key}={raw[key]}: not supported by lorasmith; remove it or set it to {fine}")
@@ -88,8 +95,7 @@ def parse_args(module: str, raw: dict[str, str]) -> tuple[dict[str, Any], list[s
         except ValueError as exc:
             problems.append(f"network_args: {exc}")
     if module == LYCORIS:
-        tucker = any(parsed.get(k) for k in ("use_tucker", "use_cp", "use_conv_cp")) or parsed.get("disable_conv_cp") is False
-        if tucker and ALGOS.get(str(parsed.get("algo") or "lora").lower()) == "lora":
+        if wants_tucker(parsed) and ALGOS.get(str(parsed.get("algo") or "lora").lower()) == "lora":
             problems.append("network_args use_tucker: LyCORIS' Tucker LoCon (lora_mid) is not supported; "
                             "remove it or use algo=loha / algo=lokr")
         if str(parsed.get("algo") or "lora").lower() not in ALGOS:
