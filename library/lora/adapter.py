@@ -162,7 +162,8 @@ class Adapter(nn.Module):
         return out
 
     def _param_dtype(self) -> torch.dtype:
-        return self.get_parameter(self.KEYS[0]).dtype if _has(self, self.KEYS[0]) else torch.float32
+        """The dtype of the algorithm's tensors (fp16/bf16 under full_fp16/full_bf16)."""
+        return next(iter(self.tensors().values())).dtype
 
     @classmethod
     def parts_rank(cls, parts: Mapping[str, torch.Tensor]) -> int | None:
