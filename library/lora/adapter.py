@@ -172,6 +172,9 @@ class Adapter(nn.Module):
 
 
 def _has(module: nn.Module, key: str) -> bool:
+    """Whether the adapter holds the tensor `key` (LoKr's forms differ; LoRA's keys are dotted)."""
+    if "." not in key:
+        return module._parameters.get(key) is not None
     try:
         module.get_parameter(key)
     except AttributeError:

@@ -7,7 +7,9 @@ m is the tensor `<name>.dora_scale`, stored broadcastable against the weight:
 - current LyCORIS (`wd_on_output=True`, the default): one norm per output channel,
   shape (out, 1) for Linear, (out, 1, 1, 1) for Conv2d;
 - older LyCORIS (`wd_on_output=False`): one per input channel, (1, in) / (1, in, 1, 1).
-ComfyUI tells the two apart by shape, as we do. dW already carries alpha/rank;
+ComfyUI (and SD.Next) tell the two apart by shape, as we do; AUTOMATIC1111 1.10 reads only the
+per-input layout (and applies alpha/rank after the renormalisation), so `wd_on_output=False`
+files are the ones it merges as trained. dW already carries alpha/rank;
 LyCORIS and ComfyUI add float eps to the norm. At strength s a loader applies
 W + s * (W' - W) (ComfyUI's rule), so the weight change is linear in s for a
 given file, but not in dW: scaling the adapter's up matrix does not scale the change.
