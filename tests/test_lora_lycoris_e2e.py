@@ -25,6 +25,7 @@ def _train(data: Path, out: Path, *network_args: str, extra: tuple[str, ...] = (
     return out / "ly.safetensors"
 
 
+@pytest.mark.slow  # two short training runs per case (~30 s on 2 cores)
 @pytest.mark.parametrize("args, keys", [
     (("algo=loha", "conv_dim=2", "conv_alpha=1", "dora_wd=True", "loraplus_lr_ratio=4"),
      {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha", "dora_scale"}),
