@@ -314,3 +314,18 @@ def test_sampler_stacks_files_of_different_types_with_their_own_weights(bundle, 
         assert torch.equal(path(x), base)
     # additive algorithms stack linearly, each at its own weight
     assert torch.allclose(both, 0.5 * alone["loha"] - alone["lokr"], atol=2e-6)
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr_factor8_both", "lora_dora"])
+def test_delta_from_parts_equals_the_adapters_delta_weight(bundle, kind, tmp_path):
+    """The file-side delta (what resize/merge/extract read) equals Adapter.delta_weight()."""
+    from library.lora import delta_from_parts
+    from library.lora.loading import load_lora
+
+    network = _make(bundle, kind)
+    _randomize(network)
+    modules = load_lora(network.save_weights(tmp_path / "n.safetensors")).modules
+    for adapter in network.adapters[::25]:
+        base = network.target(adapter.lora_name).layer.weight.detach()
+        got = delta_from_parts(modules[adapter.lora_name], base_weight=base, multiplier=0.7)
+        assert torch.allclose(got, adapter.delta_weight(0.7), atol=1e-6)
