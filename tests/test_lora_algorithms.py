@@ -329,3 +329,24 @@ def test_delta_from_parts_equals_the_adapters_delta_weight(bundle, kind, tmp_pat
         base = network.target(adapter.lora_name).layer.weight.detach()
         got = delta_from_parts(modules[adapter.lora_name], base_weight=base, multiplier=0.7)
         assert torch.allclose(got, adapter.delta_weight(0.7), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", [None, "lora_dora"])
+def test_folded_conv_trains_on_channels_last_input(kind):
+    """The trainer's latents can arrive channels-last; the direct CPU conv kernel's weight
+    gradient needs a contiguous input (this crashed LoCon training before)."""
+    from torch import nn
+
+    from library.lora.algorithms.lora import LoRAModule
+    from library.lora.module import attach
+    from library.training.conv_path import install_small_conv_path
+
+    root = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))
+    install_small_conv_path(root)
+    root.requires_grad_(False)
+    adapter = LoRAModule("lora_unet_conv", root[0], 2, dora=kind is not None)
+    nn.init.normal_(adapter.lora_up.weight, std=0.1)
+    attach(root, "0", adapter)
+    x = torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last)
+    root(x).sum().backward()
+    assert adapter.lora_down.weight.grad is not None and adapter.lora_down.weight.grad.abs().sum() > 0

@@ -30,12 +30,13 @@ def _train(data: Path, out: Path, *network_args: str, extra: tuple[str, ...] = (
     (("algo=loha", "conv_dim=2", "conv_alpha=1", "dora_wd=True", "loraplus_lr_ratio=4"),
      {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha", "dora_scale"}),
     (("algo=lokr", "factor=8", "conv_dim=2"), {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"}),
+    (("algo=locon", "conv_dim=2"), {"lora_down.weight", "lora_up.weight", "alpha"}),
 ])
 def test_train_save_and_read_back(shapes_data, tmp_path, args, keys):
     path = _train(shapes_data, tmp_path / "out", *args)
     with safe_open(str(path), "pt") as f:
         names, md = list(f.keys()), f.metadata()
-        fc1 = {k.rsplit(".", 1)[-1] for k in names if k.startswith("lora_te_text_model_encoder_layers_0_mlp_fc1.")}
+        fc1 = {k.split(".", 1)[1] for k in names if k.startswith("lora_te_text_model_encoder_layers_0_mlp_fc1.")}
     assert {k.split(".", 1)[1] for k in names} == keys
     assert fc1 <= keys and "alpha" in fc1
     assert md["ss_network_module"] == "lycoris.kohya" and json.loads(md["ss_network_args"])["algo"] == args[0][5:]
@@ -44,7 +45,7 @@ def test_train_save_and_read_back(shapes_data, tmp_path, args, keys):
     passed, problems = verify_lora(path)
     assert not problems and any("sshs_model_hash matches" in p for p in passed)
     report = inspect_lora(path)
-    assert report["algorithms"] == [args[0][5:]] and report["num_modules"] == len({k.split(".")[0] for k in names})
+    assert report["algorithms"] == [args[0][5:].replace("locon", "lora")] and report["num_modules"] == len({k.split(".")[0] for k in names})
     bundle = build_tiny_bundle(0)
     net = LoRANetwork.from_weights(path, bundle.unet, bundle.text_encoder)
     assert not net.unmatched_keys and max(a.delta_weight(1.0).abs().max().item() for a in net.adapters) > 0

@@ -45,13 +45,12 @@ class LoRAHost(nn.Module):
             weight = self._weight_with_adapters(base, x)
             if weight is None and any(a.dora and a.enabled for a in self.adapters):
                 weight = self._decomposed_weight(base)
-                # the direct CPU conv kernel's weight gradient needs a contiguous (not channels-last) input
-                x = x.contiguous() if weight is not None and x.dim() == 4 else x
             if weight is not None:
                 bias = base._parameters["bias"]
                 if type(base) is nn.Linear:
                     return F.linear(x, weight, bias)
-                return base._conv_forward(x, weight, bias)
+                # the direct CPU conv kernel's weight gradient needs a contiguous (not channels-last) input
+                return base._conv_forward(x.contiguous(), weight, bias)
         out = base(x, *args, **kwargs)
         for adapter in self.adapters:
             delta = adapter.delta(x)
