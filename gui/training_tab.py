@@ -209,6 +209,15 @@ class TrainingTab:
         gr.on(_edit_triggers(self.widgets.values()), self.check_form, **self._check_args)
         gr.on(_edit_triggers(self.widgets[n] for n in PLAN_FIELDS if n in self.widgets), self.update_plan, **self._plan_args)
         self.command_btn.click(self.print_command, inputs=self.form_inputs, outputs=[self.command, self.toml, self.issues])
+        self.widgets["network_module"].change(self.network_args_help, inputs=self.widgets["network_module"],
+                                              outputs=self.widgets["network_args"], show_progress="hidden")
+
+    def network_args_help(self, module: str | None) -> dict:
+        """network_args shows only the options of the chosen network_module (sd-scripts' or LyCORIS')."""
+        from library.lora.network_args import describe
+
+        info, example = describe(module)
+        return gr.update(info=info, placeholder=example)
 
     @property
     def _check_args(self) -> dict:

@@ -149,11 +149,11 @@ class TrainConfig:
     cache_text_encoder_outputs: bool = option(False, "Encode captions once (only when the text encoder is not trained and captions are fixed)", group="Resolution and buckets")
 
     # --- Network ------------------------------------------------------------
-    network_module: str = option("networks.lora", "Network type (Kohya LoRA / LoCon via conv_dim)", group="Network", choices=("networks.lora",))
+    network_module: str = option("networks.lora", "Network type: networks.lora (sd-scripts LoRA / LoCon via conv_dim) or lycoris.kohya (LyCORIS: algo=lora|locon|loha|lokr, dora_wd=True)", group="Network", choices=("networks.lora", "lycoris.kohya"))
     network_dim: int = option(4, "LoRA rank: how much the LoRA can hold", group="Network", min=1, max=1024)
     network_alpha: float = option(1.0, "Scale = alpha / rank; 1 is the usual choice with adaptive optimizers", group="Network", min=0.0)
     network_dropout: float | None = option(None, "Dropout on the LoRA's hidden activations", group="Network", min=0.0, max=1.0)
-    network_args: list[str] = option([], "Extra network options as key=value: conv_dim, conv_alpha, rank_dropout, module_dropout", group="Network")
+    network_args: list[str] = option([], "Extra network options as key=value: conv_dim, conv_alpha, rank_dropout, module_dropout, loraplus_lr_ratio; networks.lora also block_dims, block_alphas, conv_block_dims, conv_block_alphas, down/mid/up_lr_weight, block_lr_zero_threshold; lycoris.kohya also algo, factor, decompose_both, full_matrix, use_tucker, dora_wd, wd_on_output", group="Network")
     network_weights: str | None = option(None, "Start from the weights of an existing LoRA file", group="Network", kind="file")
     dim_from_weights: bool = option(False, "Take the rank (and alpha) from network_weights", group="Network")
     network_train_unet_only: bool = option(False, "Train the UNet LoRA only", group="Network")

@@ -33,7 +33,6 @@ KNOWN_OPTIMIZERS = (
     "dadaptadan", "dadaptadanip", "dadaptlion", "dadaptsgd", "dadaptadamprepr", "prodigy",
     "lion", "lion8bit", "sgdnesterov", "sgdnesterov8bit", "adafactor",
 )
-SUPPORTED_NETWORK_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "dropout")
 
 
 @dataclass
@@ -221,25 +220,11 @@ def _check_optimizer(cfg: TrainConfig, rep: ValidationReport) -> None:
 
 
 def _check_network_args(cfg: TrainConfig, rep: ValidationReport) -> None:
-    try:
-        args = parse_key_value_args(cfg.network_args, "network_args")
-    except ConfigError as exc:
-        for p in exc.problems:
-            rep.errors.append(Issue("network_args", p))
-        return
-    import difflib
+    """network_args for the chosen network_module (library.lora.network_args: one parser for both places)."""
+    from library.lora.network_args import check
 
-    for key, value in args.items():
-        if key not in SUPPORTED_NETWORK_ARGS:
-            close = difflib.get_close_matches(key, SUPPORTED_NETWORK_ARGS, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            rep.error("network_args", f"{key!r} is not supported by lorasmith's networks.lora; {hint}supported: {', '.join(SUPPORTED_NETWORK_ARGS)}")
-        elif key in ("conv_dim",) and not (isinstance(value, int) and value >= 1):
-            rep.error("network_args", f"conv_dim={value!r} must be a whole number ≥ 1")
-        elif key in ("conv_alpha",) and not isinstance(value, (int, float)):
-            rep.error("network_args", f"conv_alpha={value!r} must be a number")
-        elif key in ("rank_dropout", "module_dropout", "dropout") and not (isinstance(value, (int, float)) and 0 <= value <= 1):
-            rep.error("network_args", f"{key}={value!r} must be a number between 0 and 1")
+    for problem in check(cfg.network_module, cfg.network_args)[1]:
+        rep.error("network_args", problem)
 
 
 def _check_saving(cfg: TrainConfig, rep: ValidationReport) -> None:

@@ -27,21 +27,29 @@ _SAME_NAME = {f.name for f in option_fields()}
 GUI_ONLY_KEYS = {
     "model_list", "num_cpu_threads_per_process", "use_wandb", "wandb_api_key", "wandb_run_name",
     "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "train_on_input", "unit",
-    "use_cp", "decompose_both", "factor", "noise_offset_type", "save_last_n_steps_state",
+    "noise_offset_type", "save_last_n_steps_state",
     "lr_scheduler_args", "sample_every_n_epochs_default", "log_tracker_name", "log_tracker_config",
 }
 
-# LyCORIS / block-weight keys: fine when empty or neutral, unmapped otherwise.
-_NEUTRAL_WHEN_EMPTY = {
-    "block_alphas", "block_dims", "block_lr_zero_threshold", "conv_block_alphas", "conv_block_dims",
-    "down_lr_weight", "mid_lr_weight", "up_lr_weight",
-}
 _NEUTRAL_WHEN_FALSEY = {
     "sdxl", "weighted_captions", "no_token_padding", "scale_v_pred_loss_like_noise_pred",
     "v_pred_like_loss", "stop_text_encoder_training",
 }
 
-_LORA_TYPES = {"Standard": False, "LoCon": True, "Kohya LoCon": True}
+# kohya_ss LoRA_type -> (network_module, LyCORIS algo); kohya_ss itself sends "LoCon" to LyCORIS
+_LORA_TYPES = {
+    "Standard": ("networks.lora", None), "Kohya LoCon": ("networks.lora", None),
+    "LoCon": ("lycoris.kohya", "locon"), "LyCORIS/LoCon": ("lycoris.kohya", "locon"),
+    "LyCORIS/LoHa": ("lycoris.kohya", "loha"), "LyCORIS/LoKr": ("lycoris.kohya", "lokr"),
+}
+# network keys of the kohya_ss form and the network_args they become (kohya_ss lora_gui.py)
+_BLOCK_KEYS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
+               "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+_LORAPLUS_KEYS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+_LYCORIS_SWITCHES = ("dora_wd", "use_tucker", "use_cp", "decompose_both")
+_LYCORIS_UNSUPPORTED = ("use_scalar", "rank_dropout_scale", "train_norm")
+_NETWORK_KEYS = set(_BLOCK_KEYS + _LORAPLUS_KEYS + _LYCORIS_SWITCHES + _LYCORIS_UNSUPPORTED) | {
+    "conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "factor", "LyCORIS_preset", "bypass_mode"}
 
 # Paths a training run cannot do without; a kohya placeholder left in one is an error.
 REQUIRED_PATHS = ("pretrained_model_name_or_path", "train_data_dir", "output_dir")
@@ -207,31 +215,18 @@ def import_kohya_config(
     """Map a kohya_ss GUI JSON mapping onto a TrainConfig (see module docstring)."""
     result = KohyaImport(config=base or TrainConfig())
     out: dict[str, Any] = {}
-    network_args: list[str] = []
-    locon = _lora_type(data, result)
+    module, network_args = _network(data, result)
+    if module != "networks.lora":
+        out["network_module"] = module
     for key, value in data.items():
-        if key == "LoRA_type":
+        if key == "LoRA_type" or key in _NETWORK_KEYS:
             continue
         if key in GUI_ONLY_KEYS:
             result.ignored.append(key)
             continue
-        if key in _NEUTRAL_WHEN_EMPTY:
-            if not _is_empty(value):
-                result.unmapped.append(f"{key} = {value!r} (block-wise LoRA weights are not supported)")
-            continue
         if key in _NEUTRAL_WHEN_FALSEY:
             if _truthy(value):
                 result.unmapped.append(f"{key} = {value!r} (not supported)")
-            continue
-        if key in ("conv_dim", "conv_alpha"):
-            if locon and not _is_empty(value):
-                network_args.append(f"{key}={value}")
-                result.mapped[key] = f"network_args {key}={value}"
-            continue
-        if key in ("rank_dropout", "module_dropout"):
-            if _truthy(value):
-                network_args.append(f"{key}={value}")
-                result.mapped[key] = f"network_args {key}={value}"
             continue
         if key in ("multires_noise_iterations", "multires_noise_discount") and str(data.get("noise_offset_type", "Original")) != "Multires":
             continue
@@ -281,13 +276,50 @@ def _target_name(key: str) -> str | None:
     return {"lora_network_weights": "network_weights"}.get(key)
 
 
-def _lora_type(data: Mapping[str, Any], result: KohyaImport) -> bool:
+def _network(data: Mapping[str, Any], result: KohyaImport) -> tuple[str, list[str]]:
+    """network_module and network_args for the form's LoRA_type and its network fields."""
     kind = str(data.get("LoRA_type", "Standard"))
     if kind not in _LORA_TYPES:
-        result.unmapped.append(f"LoRA_type = {kind!r} (lorasmith trains Standard LoRA and LoCon)")
-        return False
-    result.mapped["LoRA_type"] = "network_module networks.lora" + (" with conv_dim/conv_alpha" if _LORA_TYPES[kind] else "")
-    return _LORA_TYPES[kind]
+        result.unmapped.append(f"LoRA_type = {kind!r} (lorasmith trains {', '.join(_LORA_TYPES)})")
+        kind = "Standard"
+    module, algo = _LORA_TYPES[kind]
+    args = [f"algo={algo}"] if algo else []
+    result.mapped["LoRA_type"] = f"network_module {module}" + (f" algo={algo}" if algo else "")
+
+    def add(key: str, arg: str) -> None:
+        args.append(arg)
+        result.mapped[key] = f"network_args {arg}"
+
+    for key in ("conv_dim", "conv_alpha"):
+        if (algo or kind == "Kohya LoCon") and not _is_empty(data.get(key)):
+            add(key, f"{key}={data[key]}")
+    for key in ("rank_dropout", "module_dropout") + _LORAPLUS_KEYS:
+        if _truthy(data.get(key)):
+            add(key, f"{key}={data[key]}")
+    for key in _BLOCK_KEYS:
+        if not _is_empty(data.get(key)):
+            if algo:
+                result.unmapped.append(f"{key} = {data[key]!r} (block-wise settings apply to Standard / Kohya LoCon)")
+            else:
+                add(key, f"{key}={data[key]}")
+    if algo:
+        _lycoris_fields(data, algo, add, result)
+    return module, args
+
+
+def _lycoris_fields(data: Mapping[str, Any], algo: str, add: Callable[[str, str], None], result: KohyaImport) -> None:
+    """dora_wd, use_tucker/use_cp, factor, decompose_both, preset; LyCORIS switches we lack are listed."""
+    for key in _LYCORIS_SWITCHES:
+        if _truthy(data.get(key)) and (algo == "lokr" or key not in ("use_cp", "decompose_both")):
+            add(key, f"{'use_tucker' if key == 'use_cp' else key}=True")
+    if algo == "lokr" and not _is_empty(data.get("factor")) and str(data["factor"]) not in ("-1", "-1.0"):
+        add("factor", f"factor={int(float(data['factor']))}")
+    preset = data.get("LyCORIS_preset")
+    if not _is_empty(preset) and str(preset) != "full":
+        result.unmapped.append(f"LyCORIS_preset = {preset!r} (lorasmith applies LyCORIS' 'full' preset)")
+    for key in _LYCORIS_UNSUPPORTED:
+        if _truthy(data.get(key)):
+            result.unmapped.append(f"{key} = {data[key]!r} (not supported)")
 
 
 def _apply_additional(cfg: TrainConfig, text: str, source: str, result: KohyaImport) -> TrainConfig:

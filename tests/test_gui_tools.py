@@ -185,3 +185,8 @@ def test_dataset_tab_check_shows_findings(tmp_path, monkeypatch):
     assert [Path(p).name for p, _ in out[tab.gallery]] == ["soft.png", "sharp.png"]  # flagged files, in finding order
     assert "Image checks" in out[tab.report]
     ctx.close()
+def test_network_args_help_follows_network_module(app):
+    tab, _ctx = app
+    update = tab.network_args_help("lycoris.kohya")
+    assert "algo" in update["info"] and "block_dims" not in update["info"] and "algo=loha" in update["placeholder"]
+    assert "block_dims" in tab.network_args_help("networks.lora")["info"]

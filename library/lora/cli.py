@@ -62,6 +62,7 @@ def format_report(report: dict[str, Any], max_tags: int = 15) -> str:
         f"  format        {report['format']}, {', '.join(report['dtype'])}, {report['file_size']:,} bytes",
         f"  modules       {report['num_modules']} ({report['num_unet_modules']} UNet, "
         f"{report['num_text_encoder_modules']} text encoder), {report['num_tensors']} tensors",
+        f"  algorithm     {', '.join(report['algorithms'])}" + (" with DoRA" if report["dora"] else ""),
         f"  rank / alpha  {_value(report['rank'])} / {_value(report['alpha'])}",
     ]
     if report["num_conv_modules"]:
@@ -72,13 +73,14 @@ def format_report(report: dict[str, Any], max_tags: int = 15) -> str:
     if report["training"]:
         lines.append("training")
         lines += [f"  {k:<13} {v}" for k, v in report["training"].items()]
-    lines.append("blocks         modules  rank    alpha    mean |dW|  max |dW|")
-    for block, b in report["blocks"].items():
-        ranks = ",".join(str(r) for r in b["ranks"])
-        alphas = ",".join(_value(a) for a in b["alphas"])
-        lines.append(
-            f"  {block:<13} {b['modules']:>6}  {ranks:<7} {alphas:<8} {b['mean_norm']:.3e}  {b['max_norm']:.3e}"
-        )
+    for title, table in (("blocks", report["blocks"]), ("sd-scripts", report["sd_blocks"])):
+        lines.append(f"{title:<14} modules  rank    alpha    mean |dW|  max |dW|")
+        for block, b in table.items():
+            ranks = ",".join(str(r) for r in b["ranks"])
+            alphas = ",".join(_value(a) for a in b["alphas"])
+            lines.append(
+                f"  {block:<13} {b['modules']:>6}  {ranks:<7} {alphas:<8} {b['mean_norm']:.3e}  {b['max_norm']:.3e}"
+            )
     for folder, tags in report["tag_frequency"].items():
         top = sorted(tags.items(), key=lambda kv: -kv[1])[:max_tags]
         lines.append(f"tags in {folder}: " + ", ".join(f"{t} ({n})" for t, n in top))

@@ -185,22 +185,11 @@ def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
 
 
 def structure_problems(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    """Problems with down/up/alpha pairing, ranks and non-finite values (Kohya layout)."""
+    """Problems with pairing, ranks and non-finite values (Kohya and LyCORIS layouts)."""
+    from library.lora.algorithms.registry import parts_problems
+
     modules, _ = keys.group_by_module(tensors)
     problems: list[str] = []
     for name, parts in sorted(modules.items()):
-        down, up, alpha = parts.get(keys.DOWN), parts.get(keys.UP), parts.get(keys.ALPHA)
-        if down is None or up is None:
-            missing = keys.DOWN if down is None else keys.UP
-            problems.append(f"{name}: has no {missing}")
-            continue
-        if down.dim() not in (2, 4) or up.dim() != down.dim():
-            problems.append(f"{name}: down {tuple(down.shape)} and up {tuple(up.shape)} are not a LoRA pair")
-        elif down.shape[0] != up.shape[1]:
-            problems.append(f"{name}: rank mismatch, lora_down has rank {down.shape[0]} but lora_up has {up.shape[1]}")
-        if alpha is not None and alpha.numel() != 1:
-            problems.append(f"{name}: alpha has shape {tuple(alpha.shape)}, expected a single number")
-        bad = [s for s, t in parts.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-        if bad:
-            problems.append(f"{name}: non-finite values (NaN/inf) in {', '.join(sorted(bad))}")
+        problems += parts_problems(name, parts)
     return problems

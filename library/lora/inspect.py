@@ -21,15 +21,31 @@ from library.lora import keys
 from library.lora.convert import to_kohya
 from library.lora.file import data_region_sha256, precalculate_hashes, read_header, read_tensors, structure_problems
 from library.lora.loading import LoadedLoRA, load_lora, pair_modules
-from library.lora.module import delta_weight
+from library.lora.algorithms.dora import DORA_KEY
+from library.lora.algorithms.registry import algorithm_of, parts_product, parts_scale
+from library.lora.blocks import block_index, block_label
 from library.lora.targets import find_targets
 
 
 def _delta_norm(parts: dict[str, torch.Tensor]) -> float:
-    """Frobenius norm of scale * up @ down: how strongly a module changes its layer."""
-    rank = int(parts[keys.DOWN].shape[0])
-    scale = keys.effective_alpha(float(parts[keys.ALPHA]), rank) / rank
-    return float(delta_weight(parts[keys.UP], parts[keys.DOWN], scale).norm())
+    """Frobenius norm of scale * product (up @ down for LoRA): how strongly a module changes its layer.
+
+    For DoRA modules this is the low-rank direction change before renormalisation (no base needed).
+    """
+    return float((parts_product(parts) * parts_scale(parts)).norm())
+
+
+def _rank(parts: dict[str, torch.Tensor]) -> int:
+    return algorithm_of(parts).parts_rank(parts) or 0
+
+
+def _is_conv(parts: dict[str, torch.Tensor]) -> bool:
+    """A kxk convolution module (LoHa/LoKr store non-Tucker conv factors flat: counted by their product)."""
+    down = parts.get(keys.DOWN)
+    if down is not None:
+        return down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
+    product = parts_product(parts)
+    return product.dim() == 4 and tuple(product.shape[2:]) != (1, 1)
 
 
 def _most_common(values: list[Any]) -> Any:
@@ -46,15 +62,32 @@ def _block_order(block: str) -> tuple[int, int]:
     return rank, int(index or 0)
 
 
-def _by_block(modules: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:
+def _sd_block(name: str) -> str:
+    """sd-scripts' block of a module (IN00..IN11, MID, OUT00..OUT11), TE for the text encoder."""
+    return "TE" if keys.component_of(name) == "text_encoder" else block_label(block_index(name))
+
+
+def _sd_block_order(block: str) -> tuple[int, int]:
+    if block == "TE":
+        return 0, 0
+    if block == "other":
+        return 2, 0
+    side = 0 if block.startswith("IN") else 1 if block == "MID" else 2
+    return 1, side * 100 + (0 if block == "MID" else int(block[-2:]))
+
+
+def _by_block(
+    modules: dict[str, dict[str, torch.Tensor]], block_of: Any = keys.block_of, order: Any = None
+) -> dict[str, dict[str, Any]]:
+    """Modules, ranks, alphas and delta norms per block (coarse diffusers blocks by default)."""
     blocks: dict[str, dict[str, list]] = defaultdict(lambda: {"ranks": [], "alphas": [], "norms": []})
     for name, parts in modules.items():
-        entry = blocks[keys.block_of(name)]
-        entry["ranks"].append(int(parts[keys.DOWN].shape[0]))
+        entry = blocks[block_of(name)]
+        entry["ranks"].append(_rank(parts))
         entry["alphas"].append(float(parts[keys.ALPHA]))
         entry["norms"].append(_delta_norm(parts))
     out = {}
-    for block, entry in sorted(blocks.items(), key=lambda kv: _block_order(kv[0])):
+    for block, entry in sorted(blocks.items(), key=lambda kv: (order or _block_order)(kv[0])):
         out[block] = {
             "modules": len(entry["ranks"]),
             "ranks": sorted(set(entry["ranks"])),
@@ -71,7 +104,7 @@ def inspect_lora(path: str | os.PathLike[str], base: str | None = None) -> dict[
     raw, metadata = read_tensors(path)
     loaded = load_lora(path)
     modules = loaded.modules
-    conv = [n for n, p in modules.items() if p[keys.DOWN].dim() == 4 and tuple(p[keys.DOWN].shape[2:]) != (1, 1)]
+    conv = [n for n, p in modules.items() if _is_conv(p)]
     linear = [n for n in modules if n not in conv]
     report: dict[str, Any] = {
         "path": str(path),
@@ -80,14 +113,17 @@ def inspect_lora(path: str | os.PathLike[str], base: str | None = None) -> dict[
         "num_tensors": len(raw),
         "num_unet_modules": sum(1 for n in modules if keys.component_of(n) == "unet"),
         "num_text_encoder_modules": sum(1 for n in modules if keys.component_of(n) == "text_encoder"),
-        "rank": _most_common([int(modules[n][keys.DOWN].shape[0]) for n in linear]),
+        "algorithms": sorted({algorithm_of(p).ALGO for p in modules.values()}),
+        "dora": any(DORA_KEY in p for p in modules.values()),
+        "rank": _most_common([_rank(modules[n]) for n in linear]),
         "alpha": _most_common([float(modules[n][keys.ALPHA]) for n in linear]),
-        "conv_rank": _most_common([int(modules[n][keys.DOWN].shape[0]) for n in conv]),
+        "conv_rank": _most_common([_rank(modules[n]) for n in conv]),
         "conv_alpha": _most_common([float(modules[n][keys.ALPHA]) for n in conv]),
         "num_conv_modules": len(conv),
         "dtype": sorted({str(t.dtype).replace("torch.", "") for t in raw.values()}),
         "file_size": path.stat().st_size,
         "blocks": _by_block(modules),
+        "sd_blocks": _by_block(modules, _sd_block, _sd_block_order),
         "metadata": metadata,
         "training": training_summary(metadata),
         "tag_frequency": _tag_frequency(metadata),
@@ -218,7 +254,8 @@ def verify_lora(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     structure = structure_problems(tensors)
     problems += structure
     if not structure:
-        passed.append(f"{len(keys.group_by_module(tensors)[0])} modules ({fmt}): down/up pairs and ranks agree, all finite")
+        count = len(keys.group_by_module(tensors)[0])
+        passed.append(f"{count} modules ({fmt}): tensors pair up and ranks agree, all finite")
     stored = metadata.get("sshs_model_hash")
     if stored:
         actual = data_region_sha256(path)

@@ -4,7 +4,9 @@ A LoRA file stores three tensors per adapted layer:
 `<name>.lora_down.weight`, `<name>.lora_up.weight` and the 0-d `<name>.alpha`,
 where `<name>` is `lora_unet_` or `lora_te_` followed by the layer's module path
 with every `.` replaced by `_`. AUTOMATIC1111, ComfyUI and diffusers all read
-this layout, so it is the one we write.
+this layout, so it is the one we write. LyCORIS' algorithms use the same module
+names with their own tensor names (`hada_w1_a`..., `lokr_w1`..., `dora_scale`);
+library.lora.algorithms says what each means.
 """
 from __future__ import annotations
 
@@ -17,7 +19,12 @@ TEXT_ENCODER_PREFIX = "lora_te"
 DOWN = "lora_down.weight"
 UP = "lora_up.weight"
 ALPHA = "alpha"
-SUFFIXES = (DOWN, UP, ALPHA)
+LYCORIS_SUFFIXES = (
+    "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+    "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
+    "dora_scale",
+)
+SUFFIXES = (DOWN, UP, ALPHA) + LYCORIS_SUFFIXES
 
 # transformers 5 flattened CLIPTextModel (no `.text_model`); Kohya names keep it.
 TEXT_MODEL_SCOPE = "text_model."
@@ -39,7 +46,7 @@ def text_encoder_path(module_path: str) -> str:
 
 
 def split_key(key: str) -> tuple[str, str] | None:
-    """`name.lora_down.weight` -> (`name`, `lora_down.weight`); None for other keys."""
+    """`name.lora_down.weight` -> (`name`, `lora_down.weight`) (also LyCORIS keys); None for other keys."""
     for suffix in SUFFIXES:
         if key.endswith("." + suffix):
             return key[: -len(suffix) - 1], suffix

@@ -17,6 +17,7 @@ from torch import nn
 
 from library.errors import LoRAFileError
 from library.lora import keys
+from library.lora.algorithms.registry import algorithm_of, implied_out_numel
 from library.lora.convert import to_kohya
 from library.lora.file import read_tensors, structure_problems
 from library.lora.targets import Target, all_layers
@@ -24,7 +25,7 @@ from library.lora.targets import Target, all_layers
 
 @dataclass
 class LoadedLoRA:
-    """A checked LoRA in Kohya layout; every module has down, up and alpha."""
+    """A checked LoRA in Kohya layout (LoRA, LoHa or LoKr tensors per module); every module has alpha."""
 
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
@@ -56,7 +57,8 @@ def load_lora(source: str | os.PathLike[str] | Mapping[str, torch.Tensor]) -> Lo
     if unplaced:
         raise LoRAFileError(
             f"{label}: {len(unplaced)} of {len(raw)} keys are not LoRA keys in a known layout "
-            "(Kohya lora_down/lora_up/alpha, PEFT lora_A/lora_B, or diffusers .lora.down/.lora.up)",
+            "(Kohya lora_down/lora_up/alpha, LyCORIS hada_*/lokr_*/dora_scale, PEFT lora_A/lora_B, "
+            "or diffusers .lora.down/.lora.up)",
             unplaced[:10],
         )
     problems = structure_problems(tensors)
@@ -67,14 +69,22 @@ def load_lora(source: str | os.PathLike[str] | Mapping[str, torch.Tensor]) -> Lo
 
 
 def _fill_missing_alpha(tensors: dict[str, torch.Tensor]) -> None:
-    """Old Kohya files without alpha: alpha = rank (sd-scripts' rule)."""
+    """Old Kohya files without alpha: alpha = rank (sd-scripts' rule; scale 1, as A1111 reads LyCORIS files)."""
     modules, _ = keys.group_by_module(tensors)
     for name, parts in modules.items():
         if keys.ALPHA not in parts:
-            tensors[f"{name}.{keys.ALPHA}"] = torch.tensor(float(parts[keys.DOWN].shape[0]))
+            rank = algorithm_of(parts).parts_rank(parts)
+            tensors[f"{name}.{keys.ALPHA}"] = torch.tensor(float(rank or 1))
 
 
 def _shape_problem(name: str, parts: Mapping[str, torch.Tensor], target: Target) -> str | None:
+    if keys.DOWN not in parts:
+        out, numel = implied_out_numel(parts)
+        weight = target.layer.weight
+        if out != weight.shape[0] or numel != weight.numel():
+            return (f"{name}: its delta has {out} x {numel // max(out, 1)} elements, "
+                    f"but the model layer is {tuple(weight.shape)}")
+        return None
     down, up = parts[keys.DOWN], parts[keys.UP]
     layer = target.layer
     if isinstance(layer, nn.Linear):

@@ -1,8 +1,10 @@
 """LoRANetwork: the set of adapters for one UNet + text encoder, in Kohya's layout.
 
-The network's own state dict is exactly what a Kohya LoRA file holds. It can be
+The network's own state dict is exactly what a Kohya / LyCORIS file holds. It can be
 applied as wrappers (training; several networks at once, each with its own
 multiplier) or merged into the base weights at a weight w and unmerged exactly.
+Every algorithm (LoRA/LoCon, LoHa, LoKr, each optionally with DoRA) goes through the
+same class: the adapters differ, the network does not (library.lora.adapter).
 """
 from __future__ import annotations
 
@@ -16,15 +18,17 @@ from torch import nn
 
 from library.errors import LoRAFileError
 from library.lora import keys
+from library.lora.adapter import Adapter
+from library.lora.algorithms.registry import ALGORITHMS, adapter_from_parts, algorithm_of
 from library.lora.loading import LoadedLoRA, load_lora, match_modules
-from library.lora.module import LoRAModule, attach, detach
-from library.lora.targets import Target, find_targets
+from library.lora.module import attach, detach
+from library.lora.targets import LYCORIS_EXTRA_UNET_LAYERS, Target, find_targets
 
 
 class LoRANetwork(nn.Module):
     """Adapters keyed by Kohya module name; text-encoder adapters first, as in sd-scripts."""
 
-    def __init__(self, pairs: Iterable[tuple[Target, LoRAModule]], multiplier: float = 1.0) -> None:
+    def __init__(self, pairs: Iterable[tuple[Target, Adapter]], multiplier: float = 1.0) -> None:
         super().__init__()
         self._targets: dict[str, Target] = {}
         for target, adapter in pairs:
@@ -37,6 +41,8 @@ class LoRANetwork(nn.Module):
         self._written: dict[str, torch.Tensor] = {}
         self.unmatched_keys: list[str] = []
         self.source: LoadedLoRA | None = None
+        self.loraplus: tuple[float | None, float | None] = (None, None)  # (unet, text encoder) ratios
+        self.block_lr_weights: list[float] | None = None  # 25 UNet block lr factors (sd-scripts)
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -55,25 +61,43 @@ class LoRANetwork(nn.Module):
         train_unet: bool = True,
         train_text_encoder: bool = True,
         multiplier: float = 1.0,
+        algo: str = "lora",
+        algo_options: Mapping[str, Any] | None = None,
+        dora_wd: bool = False,
+        wd_on_output: bool = True,
+        lycoris_targets: bool = False,
+        block_ranks: Any = None,
     ) -> LoRANetwork:
-        """A fresh network (up weights zero) on sd-scripts' targets; conv_dim adds LoCon 3x3 convs."""
+        """A fresh network (its delta zero) on sd-scripts' targets; conv_dim adds LoCon 3x3 convs.
+
+        `algo` is lora, loha or lokr (LyCORIS names), `algo_options` that algorithm's own
+        arguments (factor, decompose_both, full_matrix, use_tucker); `dora_wd` adds DoRA.
+        `lycoris_targets` adds what LyCORIS' "full" preset adapts beyond sd-scripts
+        (conv_in, conv_out, the time embedding). `block_ranks(target, rank, alpha)` may
+        override (rank, alpha) per target (block-wise dims, library.lora.blocks).
+        """
         if not train_unet and not train_text_encoder:
             raise ValueError("train_unet and train_text_encoder are both off: the LoRA would have no modules")
         alpha = 1.0 if alpha is None else alpha  # sd-scripts' default; 0 means alpha = rank
         conv_alpha = 1.0 if conv_alpha is None else conv_alpha
+        adapter_cls = ALGORITHMS[algo]
+        options = {**(algo_options or {}), "dora": dora_wd, "dora_on_output": wd_on_output}
         targets = find_targets(
             unet if train_unet else None,
             text_encoder if train_text_encoder else None,
-            conv=bool(conv_dim),
+            conv=bool(conv_dim) or bool(getattr(block_ranks, "conv", False)),
+            extra_unet_layers=LYCORIS_EXTRA_UNET_LAYERS if lycoris_targets else (),
         )
         pairs = []
         for target in targets:
             r, a = (rank, alpha) if target.kind != "conv" else (conv_dim, conv_alpha)
+            if block_ranks is not None:
+                r, a = block_ranks(target, r, a)
             if not r:
                 continue
-            adapter = LoRAModule(
+            adapter = adapter_cls(
                 target.name, target.layer, int(r), a, dropout=dropout, rank_dropout=rank_dropout,
-                module_dropout=module_dropout, multiplier=multiplier,
+                module_dropout=module_dropout, multiplier=multiplier, **options,
             )
             pairs.append((target, adapter))
         return cls(pairs, multiplier)
@@ -102,11 +126,9 @@ class LoRANetwork(nn.Module):
         matched, unmatched = match_modules(loaded, unet, text_encoder, strict=strict)
         pairs = []
         for name, target in matched.items():
-            parts = loaded.modules[name]
-            adapter = LoRAModule(
-                name, target.layer, int(parts[keys.DOWN].shape[0]), float(parts[keys.ALPHA]),
-                dropout=dropout, rank_dropout=rank_dropout, module_dropout=module_dropout,
-                multiplier=multiplier,
+            adapter = adapter_from_parts(
+                name, target.layer, loaded.modules[name], dropout=dropout, rank_dropout=rank_dropout,
+                module_dropout=module_dropout, multiplier=multiplier,
             )
             pairs.append((target, adapter))
         te_first = sorted(pairs, key=lambda p: p[0].component != "text_encoder")
@@ -133,10 +155,7 @@ class LoRANetwork(nn.Module):
             if adapter is None:
                 problems.append(f"{name}: not a module of this network")
                 continue
-            for suffix in (keys.DOWN, keys.UP):
-                want = tuple(adapter.get_parameter(suffix).shape)
-                if tuple(parts[suffix].shape) != want:
-                    problems.append(f"{name}.{suffix}: file has {tuple(parts[suffix].shape)}, network has {want}")
+            problems += _fit_problems(name, parts, adapter)
         if problems:
             raise LoRAFileError(
                 f"{loaded.label}: {len(loaded.modules) - len(problems)} of {len(loaded.modules)} modules fit this "
@@ -170,15 +189,15 @@ class LoRANetwork(nn.Module):
 
     # -- views ------------------------------------------------------------------------
     @property
-    def adapters(self) -> list[LoRAModule]:
-        return [m for m in self.children() if isinstance(m, LoRAModule)]
+    def adapters(self) -> list[Adapter]:
+        return [m for m in self.children() if isinstance(m, Adapter)]
 
     @property
-    def text_encoder_loras(self) -> list[LoRAModule]:
+    def text_encoder_loras(self) -> list[Adapter]:
         return [a for a in self.adapters if self._targets[a.lora_name].component == "text_encoder"]
 
     @property
-    def unet_loras(self) -> list[LoRAModule]:
+    def unet_loras(self) -> list[Adapter]:
         return [a for a in self.adapters if self._targets[a.lora_name].component == "unet"]
 
     def target(self, name: str) -> Target:
@@ -211,14 +230,16 @@ class LoRANetwork(nn.Module):
 
     @torch.no_grad()
     def merge_to(self, weight: float = 1.0) -> None:
-        """Add weight * scale * up @ down into each base weight; refuses non-finite results."""
+        """Merge every adapter into its base weight at `weight` (W + weight * dW; DoRA: see
+        library.lora.algorithms.dora); refuses non-finite results. The originals are kept,
+        so unmerge restores them bit for bit."""
         if self.merged_weight is not None:
             raise ValueError(f"this LoRA is already merged at weight {self.merged_weight}; unmerge() first")
         new_weights: dict[str, torch.Tensor] = {}
         bad = []
         for adapter in self.adapters:
             base = self._targets[adapter.lora_name].layer.weight
-            merged = (base.float() + adapter.delta_weight(weight).to(base.device)).to(base.dtype)
+            merged = adapter.merged_weight(base.float(), weight).to(base.dtype)
             if not torch.isfinite(merged).all():
                 bad.append(adapter.lora_name)
             new_weights[adapter.lora_name] = merged
@@ -260,18 +281,26 @@ class LoRANetwork(nn.Module):
 
         A group's lr falls back to default_lr; a group whose lr is None or 0 is left out
         (sd-scripts does the same). Each group carries a `name` ("textencoder"/"unet"),
-        which is what the lr/<name> TensorBoard tags use.
+        which is what the lr/<name> TensorBoard tags use. With LoRA+ (`self.loraplus`)
+        the up matrices go to a "<name> plus" group at ratio x lr; with block learning
+        rates (`self.block_lr_weights`) the UNet splits into "unet_<block>" groups, as in
+        sd-scripts' networks/lora.py.
         """
         self.requires_grad_(True)
-        groups = []
-        for name, adapters, lr in (
-            ("textencoder", self.text_encoder_loras, text_encoder_lr),
-            ("unet", self.unet_loras, unet_lr),
-        ):
-            lr = default_lr if lr is None else lr
-            params = [p for a in adapters for p in a.parameters()]
-            if params and lr:
-                groups.append({"params": params, "lr": float(lr), "name": name})
+        unet_ratio, te_ratio = self.loraplus
+        lr_te = default_lr if text_encoder_lr is None else text_encoder_lr
+        lr_unet = default_lr if unet_lr is None else unet_lr
+        groups = _groups("textencoder", self.text_encoder_loras, lr_te, te_ratio)
+        if self.block_lr_weights is None:
+            return groups + _groups("unet", self.unet_loras, lr_unet, unet_ratio)
+        from library.lora.blocks import block_index
+
+        by_block: dict[int, list[Adapter]] = {}
+        for adapter in self.unet_loras:
+            by_block.setdefault(block_index(adapter.lora_name), []).append(adapter)
+        for idx, adapters in by_block.items():
+            factor = self.block_lr_weights[idx] if idx >= 0 else 1.0
+            groups += _groups(f"unet_{idx}", adapters, None if lr_unet is None else lr_unet * factor, unet_ratio)
         return groups
 
     @torch.no_grad()
@@ -285,14 +314,41 @@ class LoRANetwork(nn.Module):
         if not self.adapters:
             zero = torch.zeros(())
             return zero, zero, zero
-        norms = torch.stack([a.delta_weight(1.0).norm() for a in self.adapters])
+        norms = torch.stack([a.plain_delta().norm() for a in self.adapters])
         ratios = torch.where(norms > 0, (max_norm / norms).clamp(max=1.0), torch.ones_like(norms))
-        factors = ratios.sqrt()
-        for adapter, factor in zip(self.adapters, factors.unbind()):
-            adapter.lora_up.weight.mul_(factor.to(adapter.lora_up.weight.dtype))
-            adapter.lora_down.weight.mul_(factor.to(adapter.lora_down.weight.dtype))
+        for adapter, ratio in zip(self.adapters, ratios.unbind()):
+            factors = list(adapter.tensors().values())  # the product is linear in each of them
+            for factor in factors:
+                factor.mul_(ratio.pow(1.0 / len(factors)).to(factor.dtype))
         kept = norms * ratios
         return (ratios < 1.0).sum(), kept.mean(), kept.max()
+
+
+def _groups(name: str, adapters: list[Adapter], lr: float | None, plus_ratio: float | None) -> list[dict[str, Any]]:
+    """One optimizer group (two with LoRA+: up matrices at plus_ratio x lr, Hayou et al. 2024)."""
+    plus = {id(p) for a in adapters for p in a.plus_parameters()} if plus_ratio is not None else set()
+    params = [p for a in adapters for p in a.parameters()]
+    out = []
+    for group_name, members, group_lr in (
+        (name, [p for p in params if id(p) not in plus], lr),
+        (f"{name} plus", [p for p in params if id(p) in plus], None if lr is None else lr * (plus_ratio or 1.0)),
+    ):
+        if members and group_lr:
+            out.append({"params": members, "lr": float(group_lr), "name": group_name})
+    return out
+
+
+def _fit_problems(name: str, parts: Mapping[str, torch.Tensor], adapter: Adapter) -> list[str]:
+    """Why a file module cannot be loaded into an existing adapter (other algorithm or shapes)."""
+    if algorithm_of(parts) is not type(adapter):
+        return [f"{name}: file module is {algorithm_of(parts).ALGO}, network module is {adapter.ALGO}"]
+    own = adapter.state_dict()
+    problems = [f"{name}.{k}: not in this network's module" for k in parts if k != keys.ALPHA and k not in own]
+    problems += [f"{name}.{k}: missing from the file" for k in own if k != keys.ALPHA and k not in parts]
+    for key, value in parts.items():
+        if key in own and key != keys.ALPHA and tuple(value.shape) != tuple(own[key].shape):
+            problems.append(f"{name}.{key}: file has {tuple(value.shape)}, network has {tuple(own[key].shape)}")
+    return problems
 
 
 def _only_components(loaded: LoadedLoRA, unet: bool, text_encoder: bool) -> LoadedLoRA:

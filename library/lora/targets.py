@@ -21,6 +21,8 @@ from torch import nn
 from library.lora import keys
 
 UNET_BLOCKS = ("Transformer2DModel",)
+# LyCORIS' "full" preset (lycoris/config.py) also adapts these UNet layers by name
+LYCORIS_EXTRA_UNET_LAYERS = ("conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2")
 UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 _TE_BLOCK_RE = re.compile(r"^CLIP\w*Attention\w*$|^CLIPMLP$")
 
@@ -84,14 +86,26 @@ def find_targets(
     text_encoder: nn.Module | None,
     *,
     conv: bool = False,
+    extra_unet_layers: tuple[str, ...] = (),
 ) -> list[Target]:
-    """sd-scripts' LoRA targets, text encoder first (sd-scripts' order), then UNet."""
+    """sd-scripts' LoRA targets, text encoder first (sd-scripts' order), then UNet.
+
+    `extra_unet_layers` are module paths adapted as well (LyCORIS' preset), after the blocks.
+    """
     found: dict[str, Target] = {}
     if text_encoder is not None:
         _collect(text_encoder, "text_encoder", _is_te_block, found)
     if unet is not None:
         names = UNET_BLOCKS + (UNET_CONV_BLOCKS if conv else ())
         _collect(unet, "unet", lambda m: type(m).__name__ in names, found)
+        for path in extra_unet_layers:
+            try:
+                layer = _unwrap(unet.get_submodule(path))
+            except AttributeError:
+                continue
+            if layer_kind(layer) is not None:
+                name = _kohya_name("unet", path)
+                found.setdefault(name, Target(name, path, layer, unet, "unet", layer_kind(layer) or ""))
     return list(found.values())
 
 
