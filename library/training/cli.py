@@ -33,11 +33,14 @@ def output_config(args: argparse.Namespace) -> int:
 def print_plan(args: argparse.Namespace) -> int:
     from library.data.plan import format_plan
     from library.data.prepare import prepare_data
+    from library.training.vram_plan import vram_section
 
     cfg = resolve_config(args)
     for w in validate(cfg):
         print(f"warning: {w}", file=sys.stderr)
     print(format_plan(prepare_data(cfg).plan))
+    print()
+    print(vram_section(cfg))  # from the configs alone: no weights are loaded
     return 0
 
 
