@@ -127,3 +127,15 @@ def test_plan_text_names_the_parts_and_what_would_fit():
     assert "optimizer states" in text and "activations (traced)" in text
     fitting = vp.format_estimate(dataclasses.replace(cfg, gradient_checkpointing=True), _estimate(activations=10**9))
     assert "with --" not in fitting
+
+
+def test_gui_plan_panel_shows_the_estimate(tmp_path):
+    from gui.checks import PLAN_FIELDS, plan_text
+    from gui.safety import PathGuard
+    from library.world.bucket_dataset import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", count=4)
+    cfg = _cfg(train_data_dir=str(data), caption_extension=".txt", output_dir=str(tmp_path / "out"))
+    text = plan_text(cfg, PathGuard.from_dirs([tmp_path]))
+    assert "total optimizer steps" in text and "Expected peak GPU memory (64x64, batch 2" in text
+    assert {"mixed_precision", "gradient_checkpointing", "optimizer_type", "network_dim"} <= set(PLAN_FIELDS)
