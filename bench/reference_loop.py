@@ -13,7 +13,7 @@ back for logging (`.item()`, as the script's `avg_loss.item()`), clips the gradi
 Differences, so that both sides train the same thing: the LoRA targets are lorasmith's
 (sd-scripts') UNet layers at the same rank and alpha, not only to_q/to_k/to_v/to_out.0;
 batches are random tensors made once on the device (no data loading: this favours the
-reference); the weights are the same random ones from the shipped configs.
+reference); the weights are random, from the same shipped configs and default initialisation.
 """
 from __future__ import annotations
 
@@ -49,11 +49,13 @@ def build(case: ReferenceCase, device: torch.device) -> dict[str, Any]:
     from peft import LoraConfig
 
     from library.lora.targets import find_targets
-    from library.models.builtin import build_random_bundle
+    from library.models.configs import load_family_configs
+    from library.models.modules import build_text_encoder, build_unet, build_vae
 
-    bundle = build_random_bundle(case.family, 0, f"{case.family}-random")
+    configs = load_family_configs(case.family)  # random weights, as lorasmith's side (no hashing: not needed here)
+    torch.manual_seed(0)
+    unet, vae, te = build_unet(configs["unet"]), build_vae(configs["vae"]), build_text_encoder(configs["text_encoder"])
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(case.precision, torch.float32)
-    unet, vae, te = bundle.unet, bundle.vae, bundle.text_encoder
     for module in (unet, vae, te):
         module.requires_grad_(False)
         module.to(device, dtype=dtype)
@@ -71,7 +73,7 @@ def build(case: ReferenceCase, device: torch.device) -> dict[str, Any]:
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     return {"unet": unet, "vae": vae, "te": te, "params": params, "optimizer": optimizer, "dtype": dtype,
-            "scheduler": DDPMScheduler.from_config(bundle.scheduler_config),
+            "scheduler": DDPMScheduler.from_config(configs["scheduler"]),
             "pixels": torch.rand(case.batch, 3, case.resolution, case.resolution, device=device) * 2 - 1,
             "ids": torch.randint(0, te.config.vocab_size, (case.batch, 77), device=device),
             "scaler": torch.amp.GradScaler(device.type) if case.precision == "fp16" else None}
