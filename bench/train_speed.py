@@ -79,7 +79,7 @@ class StepClock:
     the device is synchronised only at the two ends of the timed span, so the loop runs as usual.
     """
 
-    def __init__(self, count_at: int | None = None, cuda: bool = False) -> None:
+    def __init__(self, count_at: int | None = None, cuda: bool = False, last: int | None = None) -> None:
         self.times: list[float] = []
         self.cpu_times: list[float] = []
         self.last: tuple[float, float] | None = None
@@ -90,6 +90,8 @@ class StepClock:
         self.counter = None
         self.flops: int | None = None
         self.span: tuple[float, int] | None = None  # (start time, step) of the timed span
+        self.last_step = last  # the run's final step: the span ends there (before saving and teardown)
+        self.span_end: float | None = None
 
     def _sync(self) -> None:
         if self.cuda:
@@ -112,6 +114,9 @@ class StepClock:
             self.times.append(now[0] - self.last[0])
             self.cpu_times.append(now[1] - self.last[1])
         self.last = now
+        if self.steps == self.last_step:
+            self._sync()
+            self.span_end = time.perf_counter()
         if self.count_at is not None and self.steps == self.count_at - 1:
             from reference_loop import flop_counter
 
@@ -123,8 +128,10 @@ class StepClock:
         """Steps per second over the span after the counted step (device synchronised at its end)."""
         if self.span is None or self.steps <= self.span[1]:
             return None
-        self._sync()
-        return (self.steps - self.span[1]) / (time.perf_counter() - self.span[0])
+        if self.span_end is None:
+            self._sync()
+        end = self.span_end or time.perf_counter()
+        return (self.steps - self.span[1]) / (end - self.span[0])
 
 
 def case_config(case: str, data: Path, out: Path, cuda: bool, batch: int, dry: bool = False):
@@ -182,7 +189,7 @@ def run_case(case: str, batch: int, peak_override: float | None = None, dry: boo
         data = make_shapes_dataset(Path(tmp) / "data", count=8)
         cfg = case_config(case, data, Path(tmp) / "out", cuda, batch, dry)
         estimate = _vram_estimate(cfg) if case == "sd15" else None
-        clock = StepClock(count_at=WARMUP_STEPS + 1, cuda=cuda)
+        clock = StepClock(count_at=WARMUP_STEPS + 1, cuda=cuda, last=cfg.max_train_steps)
         events = Events()
         events.on_step = clock.on_step  # type: ignore[method-assign]
         started = time.perf_counter()

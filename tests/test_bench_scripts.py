@@ -54,14 +54,15 @@ def test_flop_counter_counts_the_direct_cpu_convolution_like_torch_counts_a_conv
 
 
 def test_step_clock_counts_one_step_and_times_the_span_after_it():
-    clock = _load("train_speed").StepClock(count_at=2)
+    clock = _load("train_speed").StepClock(count_at=2, last=4)
     clock.on_step({})  # step 1 ends: counting starts for step 2
     torch.randn(4, 5) @ torch.randn(5, 3)  # 2*4*5*3 = 120 FLOPs inside the counted step
     clock.on_step({})  # step 2 ends: counted, the span starts
     clock.on_step({})
-    clock.on_step({})
+    clock.on_step({})  # the last step: the span ends here, whatever comes after
     assert clock.flops == 120
-    assert clock.span[1] == 2 and clock.span_rate() > 0
+    assert clock.span[1] == 2 and clock.span_end is not None
+    assert clock.span_rate() == pytest.approx(2 / (clock.span_end - clock.span[0]))
     assert len(clock.times) == 2  # the counted step is not among the step times
 
 
