@@ -132,8 +132,9 @@ class VramEstimate:
         return max(self.training_peak, self.caching_peak + self.workspace)
 
     def with_checkpointing_flipped(self) -> int:
-        return self.total - self.activations + self.activations_other if self.caching_peak <= self.training_peak \
-            else max(self.training_peak - self.activations + self.activations_other, self.caching_peak + self.workspace)
+        """The total with gradient checkpointing switched the other way."""
+        training = self.training_peak - self.activations + self.activations_other
+        return max(training, self.caching_peak + self.workspace)
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "training_peak": self.training_peak, "total": self.total}

@@ -35,9 +35,10 @@ def what_ifs(cfg: TrainConfig, est: VramEstimate) -> list[tuple[str, int]]:
     if not cfg.gradient_checkpointing:
         out.append(("--gradient_checkpointing", est.with_checkpointing_flipped()))
     if cfg.train_batch_size > 1:
-        out.append(("--train_batch_size 1", max(static + est.activations // cfg.train_batch_size, est.caching_peak)))
+        out.append(("--train_batch_size 1", max(static + est.activations // cfg.train_batch_size,
+                                                est.caching_peak + est.workspace)))
     if not cfg.cache_latents:
-        out.append(("--cache_latents", max(est.training_peak - est.vae_bytes, est.caching_peak)))
+        out.append(("--cache_latents", est.training_peak - est.vae_bytes))
     if cfg.mixed_precision == "no":
         out.append(("--mixed_precision bf16 (fp16 on cards without bf16)",
                     est.training_peak - est.weights["unet"] // 2 - est.activations // 2))
