@@ -46,7 +46,7 @@ class ReferenceCase:
 def build(case: ReferenceCase, device: torch.device) -> dict[str, Any]:
     """Models, LoRA, optimizer and noise schedule as the diffusers script sets them up."""
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
 
     from library.lora.targets import find_targets
     from library.models.configs import load_family_configs
@@ -59,11 +59,13 @@ def build(case: ReferenceCase, device: torch.device) -> dict[str, Any]:
     for module in (unet, vae, te):
         module.requires_grad_(False)
         module.to(device, dtype=dtype)
-    trained = [unet, te] if case.train_text_encoder else [unet]
+    lora = dict(r=case.rank, lora_alpha=case.alpha, init_lora_weights="gaussian")
+    unet.add_adapter(LoraConfig(**lora, target_modules=[t.path for t in find_targets(unet, None)]))
+    trained = [unet]
+    if case.train_text_encoder:  # PEFT's own injection: transformers' add_adapter wants a newer PEFT than some installs
+        inject_adapter_in_model(LoraConfig(**lora, target_modules=[t.path for t in find_targets(None, te)]), te)
+        trained.append(te)
     for model in trained:
-        targets = [t.path for t in find_targets(model if model is unet else None, model if model is te else None)]
-        model.add_adapter(LoraConfig(r=case.rank, lora_alpha=case.alpha, init_lora_weights="gaussian",
-                                     target_modules=targets))
         model.train()
     params = [p for model in trained for p in model.parameters() if p.requires_grad]
     if case.precision == "fp16":
