@@ -10,11 +10,12 @@
 #      estimate next to the measured peak
 #   4. a short table, last
 # Results go to $OUT (train_speed.jsonl, gpu_check.log). Every part has its own timeout, so one hang
-# does not eat the session. DRY=1 runs every Python command on the CPU on the tiny model in seconds
+# does not eat the session. DRY=1 runs every Python command on the CPU on the tiny model (a few
+# minutes on a busy 2-core machine, most of it imports and pytest collection)
 # (checks the script, measures nothing).
 #
 #   OUT=/tmp/out bash bench/gpu_check.sh          # on the GPU machine, from the repository root
-#   DRY=1 OUT=/tmp/out bash bench/gpu_check.sh    # anywhere: the same commands, tiny and fast
+#   DRY=1 OUT=/tmp/out bash bench/gpu_check.sh    # anywhere: the same commands on the tiny model
 if [ -z "${DRY:-}" ]; then
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit;
 else export PYTHONPATH=$PWD; fi
