@@ -147,11 +147,15 @@ def model_family(name: str) -> str:
 
 def storage_bytes(tensors: Any) -> int:
     """Bytes of the distinct storages behind `tensors` (views and shared weights counted once)."""
-    seen: dict[int, int] = {}
+    seen: dict[tuple, int] = {}
     for t in tensors:
-        if t is not None:
-            s = t.untyped_storage() if not t.is_meta else None
-            seen[id(s) if s is not None else id(t)] = t.numel() * t.element_size()
+        if t is None:
+            continue
+        if t.is_meta:  # no storage to share: each tensor is its own
+            seen[("meta", id(t))] = t.numel() * t.element_size()
+        else:
+            storage = t.untyped_storage()
+            seen[(str(t.device), storage.data_ptr())] = storage.nbytes()
     return sum(seen.values())
 
 
