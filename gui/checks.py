@@ -10,12 +10,15 @@ from gui.safety import PathGuard
 from library.config import TrainConfig, option_fields, spec_of
 from library.config_validate import check_config
 from library.errors import LorasmithError
+from library.training.vram_plan import ESTIMATE_FIELDS
 
 PLAN_FIELDS = (
     "train_data_dir", "reg_data_dir", "dataset_config", "resolution", "enable_bucket", "min_bucket_reso",
     "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale", "train_batch_size", "max_train_epochs",
     "max_train_steps", "gradient_accumulation_steps", "caption_extension", "skip_bad_images",
 )
+# The plan panel also shows the expected peak GPU memory, which these options change.
+PLAN_FIELDS += tuple(n for n in ESTIMATE_FIELDS if n not in PLAN_FIELDS)
 _GROUP = {f.name: spec_of(f).group for f in option_fields()}
 
 
@@ -80,6 +83,9 @@ def plan_text(cfg: TrainConfig | None, guard: PathGuard) -> str:
     except ImportError as exc:
         return f"The training plan is not available: {exc}"
     try:
-        return format_plan(prepare_data(guard.absolutize(cfg)).plan)
+        from library.training.vram_plan import vram_section
+
+        cfg = guard.absolutize(cfg)
+        return format_plan(prepare_data(cfg).plan) + "\n\n" + vram_section(cfg)
     except LorasmithError as exc:
         return "\n".join([f"No plan yet: {exc.summary}"] + [f"- {p}" for p in getattr(exc, "problems", [])])

@@ -105,7 +105,9 @@ def test_print_plan_and_output_config_exit_without_training(small_dataset: Path,
     base = ["--pretrained_model_name_or_path", "tiny", "--train_data_dir", str(small_dataset), "--caption_extension",
             ".txt", "--output_dir", str(tmp_path), "--resolution", "64", "--output_name", "plan"]
     assert train_network.main(base + ["--print_plan"]) == 0
-    assert "total optimizer steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "total optimizer steps" in out
+    assert "Expected peak GPU memory (64x64, batch 1" in out and "fits: 8 GB" in out
     assert train_network.main(base + ["--output_config"]) == 0
     assert 'output_name = "plan"' in (tmp_path / "plan.toml").read_text()
     assert not list(tmp_path.glob("*.safetensors"))

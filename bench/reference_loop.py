@@ -1,0 +1,179 @@
+"""The reference loop for bench/train_speed.py: a plain diffusers + PEFT LoRA training step.
+
+Written the way diffusers' examples/text_to_image/train_text_to_image_lora.py trains (facts
+from that script, our own code): UNet, VAE and text encoder cast to the training dtype; the
+LoRA added with `unet.add_adapter(LoraConfig(..., init_lora_weights="gaussian"))`, its
+parameters cast to float32 only for fp16; `torch.optim.AdamW` (betas 0.9/0.999, weight decay
+1e-2, eps 1e-8); each step encodes the images with the VAE and the captions with the text
+encoder, adds DDPM noise at random timesteps, predicts with the UNet under autocast (what
+Accelerate's prepared model does), takes the mean-squared error in float32, reads the loss
+back for logging (`.item()`, as the script's `avg_loss.item()`), clips the gradient norm to
+1.0, steps the optimizer and zeroes the gradients.
+
+Differences, so that both sides train the same thing: the LoRA targets are lorasmith's
+(sd-scripts') UNet layers at the same rank and alpha, not only to_q/to_k/to_v/to_out.0;
+batches are random tensors made once on the device (no data loading: this favours the
+reference); the weights are random, from the same shipped configs and default initialisation.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass
+class ReferenceCase:
+    family: str  # shipped config family: "tiny" or "sd15"
+    resolution: int
+    batch: int
+    precision: str  # "no", "bf16" or "fp16"
+    gradient_checkpointing: bool
+    rank: int = 4
+    alpha: float = 1.0
+    train_text_encoder: bool = False
+    warmup: int = 3
+    timed: int = 10
+
+
+def build(case: ReferenceCase, device: torch.device) -> dict[str, Any]:
+    """Models, LoRA, optimizer and noise schedule as the diffusers script sets them up."""
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from library.lora.targets import find_targets
+    from library.models.configs import load_family_configs
+    from library.models.modules import build_text_encoder, build_unet, build_vae
+
+    configs = load_family_configs(case.family)  # random weights, as lorasmith's side (no hashing: not needed here)
+    torch.manual_seed(0)
+    unet, vae, te = build_unet(configs["unet"]), build_vae(configs["vae"]), build_text_encoder(configs["text_encoder"])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(case.precision, torch.float32)
+    for module in (unet, vae, te):
+        module.requires_grad_(False)
+        module.to(device, dtype=dtype)
+    lora = dict(r=case.rank, lora_alpha=case.alpha, init_lora_weights="gaussian")
+    unet.add_adapter(LoraConfig(**lora, target_modules=[t.path for t in find_targets(unet, None)]))
+    trained = [unet]
+    if case.train_text_encoder:  # PEFT's own injection: transformers' add_adapter wants a newer PEFT than some installs
+        inject_adapter_in_model(LoraConfig(**lora, target_modules=[t.path for t in find_targets(None, te)]), te)
+        trained.append(te)
+    for model in trained:
+        model.train()
+    params = [p for model in trained for p in model.parameters() if p.requires_grad]
+    if case.precision == "fp16":
+        for p in params:
+            p.data = p.data.float()
+    if case.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    return {"unet": unet, "vae": vae, "te": te, "params": params, "optimizer": optimizer, "dtype": dtype,
+            "scheduler": DDPMScheduler.from_config(configs["scheduler"]),
+            "pixels": torch.rand(case.batch, 3, case.resolution, case.resolution, device=device) * 2 - 1,
+            "ids": torch.randint(0, te.config.vocab_size, (case.batch, 77), device=device),
+            "scaler": torch.amp.GradScaler(device.type) if case.precision == "fp16" else None}
+
+
+def encode(m: dict[str, Any], train_text_encoder: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents and text-encoder outputs of the batch, as the script computes them each step."""
+    vae = m["vae"]
+    with torch.no_grad():
+        latents = vae.encode(m["pixels"].to(m["dtype"])).latent_dist.sample() * vae.config.scaling_factor
+    with torch.set_grad_enabled(train_text_encoder):
+        cond = m["te"](m["ids"])[0]
+    return latents, cond
+
+
+def step(m: dict[str, Any], device: torch.device, cached: tuple | None = None, train_text_encoder: bool = False) -> float:
+    """One optimizer step of the script's loop (with `cached` latents/outputs: without the encoders); returns the loss."""
+    unet, sched = m["unet"], m["scheduler"]
+    latents, cond = encode(m, train_text_encoder) if cached is None else cached
+    if cached is not None and train_text_encoder:
+        cond = m["te"](m["ids"])[0]
+    noise = torch.randn_like(latents)
+    steps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), device=device).long()
+    noisy = sched.add_noise(latents, noise, steps)
+    with torch.autocast(device.type, dtype=m["dtype"], enabled=m["dtype"] is not torch.float32):
+        pred = unet(noisy, steps, cond).sample
+    loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+    value = loss.detach().item()
+    scaler = m["scaler"]
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(m["optimizer"])
+        torch.nn.utils.clip_grad_norm_(m["params"], MAX_GRAD_NORM)
+        scaler.step(m["optimizer"])
+        scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m["params"], MAX_GRAD_NORM)
+        m["optimizer"].step()
+    m["optimizer"].zero_grad(set_to_none=True)
+    return value
+
+
+def _slow_conv_forward_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN003
+    """2 x outputs x (in-channels x kernel): torch's table gives this op the generic conv formula, whose
+    arguments differ (torch bug), and lorasmith's small CPU convolutions take it."""
+    return 2 * math.prod(out_shape) * math.prod(w_shape[1:])
+
+
+def _slow_conv_backward_flops(grad_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN003
+    """Input and weight gradients: twice the forward's work."""
+    return 4 * math.prod(grad_shape) * math.prod(w_shape[1:])
+
+
+def flop_counter() -> Any:
+    """torch's FlopCounterMode, with the direct CPU convolution counted correctly."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={aten._slow_conv2d_forward: _slow_conv_forward_flops,
+                                                          aten._slow_conv2d_backward: _slow_conv_backward_flops})
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(case: ReferenceCase, device: torch.device, m: dict[str, Any], cached: bool) -> dict[str, Any]:
+    """Warm-up steps, one step under FlopCounterMode, then `timed` steps timed as one span."""
+    fixed = encode(m, False) if cached else None
+
+    def one() -> float:
+        return step(m, device, fixed, case.train_text_encoder)
+
+    for _ in range(case.warmup):
+        one()
+    counter = flop_counter()
+    with counter:
+        one()
+    sync(device)
+    times = []
+    start = time.perf_counter()
+    for _ in range(case.timed):
+        t0 = time.perf_counter()
+        one()
+        times.append(time.perf_counter() - t0)
+    sync(device)
+    span = time.perf_counter() - start
+    return {"cached": cached, "span_s": span, "steps": case.timed, "step_times": times,
+            "flops_per_step": counter.get_total_flops()}
+
+
+def run_both(case: ReferenceCase, device: torch.device) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """The loop as the script is written, then with cached latents (and text-encoder outputs when it is frozen).
+
+    The caller reads the peak memory after each and resets it in between.
+    """
+    m = build(case, device)
+    for cached in (False, True):
+        yield run(case, device, m, cached), m
