@@ -139,6 +139,7 @@ def _add_caption(sub) -> None:
     blip.add_argument("--num_beams", type=int, default=3)
     blip.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     blip.set_defaults(func=_caption_blip)
+    _add_caption_tag(csub)
 
 
 def _caption_create(args: argparse.Namespace) -> int:
@@ -183,6 +184,47 @@ def _caption_blip(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, min_new_tokens=args.min_new_tokens,
         caption_extension=_caption_ext(args), in_place=args.in_place, overwrite=args.overwrite,
         captions_only=args.captions_only, device=args.device, progress=not args.no_progress))
+
+
+def _add_caption_tag(csub) -> None:
+    tag = csub.add_parser("tag", help="tag with a local WD14 ONNX tagger folder (model.onnx + selected_tags.csv)",
+                          epilog="Option names follow sd-scripts' finetune/tag_images_by_wd14_tagger.py. "
+                                 "Needs onnxruntime: pip install 'lorasmith[caption]'.")
+    _caption_io(tag)
+    tag.add_argument("--model", required=True, help="folder holding model.onnx and selected_tags.csv")
+    tag.add_argument("--thresh", "--threshold", dest="thresh", type=float, default=0.35,
+                     help="confidence needed to add a tag (default 0.35)")
+    tag.add_argument("--general_threshold", type=float, default=None, help="for general tags (default --thresh)")
+    tag.add_argument("--character_threshold", type=float, default=None,
+                     help="for character tags (default --thresh)")
+    tag.add_argument("--undesired_tags", default="", help="comma-separated tags never written")
+    tag.add_argument("--tag_replacement", default="", help="source,target;source2,target2 (escape , ; with \\)")
+    tag.add_argument("--remove_underscore", action="store_true", help="long_hair -> long hair")
+    tag.add_argument("--character_tags_first", action="store_true", help="character tags before general ones")
+    tag.add_argument("--always_first_tags", default="", help="comma-separated tags moved first when found")
+    tag.add_argument("--use_rating_tags", action="store_true", help="put the most likely rating tag first")
+    tag.add_argument("--caption_separator", default=", ", help="between tags (default ', ')")
+    tag.add_argument("--trigger", "--prefix", dest="trigger", default="",
+                     help="trigger words put before every caption, e.g. 'ohwx woman'")
+    tag.add_argument("--batch_size", type=int, default=4)
+    tag.set_defaults(func=_caption_tag)
+
+
+def _caption_tag(args: argparse.Namespace) -> int:
+    from dataset_tools.captions import split_tags
+    from dataset_tools.tagger import TagOptions, parse_tag_replacement, tag_folder
+
+    options = TagOptions(
+        general_threshold=args.thresh if args.general_threshold is None else args.general_threshold,
+        character_threshold=args.thresh if args.character_threshold is None else args.character_threshold,
+        undesired=split_tags(args.undesired_tags), replacements=parse_tag_replacement(args.tag_replacement),
+        remove_underscore=args.remove_underscore, character_tags_first=args.character_tags_first,
+        always_first=split_tags(args.always_first_tags), use_rating_tags=args.use_rating_tags,
+        separator=args.caption_separator)
+    return _finish(tag_folder(args.src, args.dst, args.model, options, prefix=args.trigger,
+                              batch_size=args.batch_size, caption_extension=_caption_ext(args),
+                              in_place=args.in_place, overwrite=args.overwrite, captions_only=args.captions_only,
+                              progress=not args.no_progress))
 
 
 def _add_prepare(sub) -> None:
