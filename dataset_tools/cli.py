@@ -140,6 +140,7 @@ def _add_caption(sub) -> None:
     blip.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     blip.set_defaults(func=_caption_blip)
     _add_caption_tag(csub)
+    _add_caption_vlm(csub)
 
 
 def _caption_create(args: argparse.Namespace) -> int:
@@ -225,6 +226,39 @@ def _caption_tag(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, caption_extension=_caption_ext(args),
                               in_place=args.in_place, overwrite=args.overwrite, captions_only=args.captions_only,
                               progress=not args.no_progress))
+
+
+def _add_caption_vlm(csub) -> None:
+    from dataset_tools.vlm import PROMPT_STYLES
+
+    vlm = csub.add_parser("vlm", help="caption with a local vision-language model (BLIP, BLIP-2, GIT, Florence-2 …)",
+                          epilog="Any model transformers loads with AutoModelForImageTextToText without remote "
+                                 "code. --prompt_style caption: the prompt starts the caption ('a photo of'); "
+                                 "task: a task token (Florence-2 '<MORE_DETAILED_CAPTION>'); chat: a question "
+                                 "through the processor's chat template.")
+    _caption_io(vlm)
+    vlm.add_argument("--model", required=True, help="folder saved with save_pretrained (model + processor)")
+    vlm.add_argument("--prompt", default=None, help="prompt text (default depends on --prompt_style)")
+    vlm.add_argument("--prompt_style", choices=PROMPT_STYLES, default="caption")
+    vlm.add_argument("--trigger", "--prefix", dest="trigger", default="",
+                     help="trigger words put before every caption, e.g. 'ohwx woman'")
+    vlm.add_argument("--batch_size", type=int, default=4)
+    vlm.add_argument("--max_new_tokens", type=int, default=60)
+    vlm.add_argument("--min_new_tokens", type=int, default=1)
+    vlm.add_argument("--num_beams", type=int, default=3)
+    vlm.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    vlm.set_defaults(func=_caption_vlm)
+
+
+def _caption_vlm(args: argparse.Namespace) -> int:
+    from dataset_tools.vlm import vlm_caption_folder
+
+    return _finish(vlm_caption_folder(
+        args.src, args.dst, args.model, prompt=args.prompt, style=args.prompt_style, prefix=args.trigger,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        min_new_tokens=args.min_new_tokens, caption_extension=_caption_ext(args), in_place=args.in_place,
+        overwrite=args.overwrite, captions_only=args.captions_only, device=args.device,
+        progress=not args.no_progress))
 
 
 def _add_prepare(sub) -> None:
