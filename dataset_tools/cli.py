@@ -121,12 +121,19 @@ def _add_caption(sub) -> None:
     edit.add_argument("--remove", nargs="*", default=[], help="tags to remove (case-insensitive)")
     edit.add_argument("--replace", nargs="*", default=[], metavar="OLD=NEW", help="tags to replace")
     edit.add_argument("--dedupe", action="store_true", help="drop repeated tags")
+    edit.add_argument("--search_replace", nargs="*", default=[], metavar="OLD=NEW",
+                      help="replace text anywhere in the caption (spaces kept), applied first")
+    edit.add_argument("--regex", action="store_true", help="--search_replace OLD is a regular expression")
+    edit.add_argument("--dry_run", action="store_true",
+                      help="write nothing: show each caption that would change and the tag counts before/after")
     edit.set_defaults(func=_caption_edit)
 
     freq = csub.add_parser("freq", help="how many captions contain each tag")
     freq.add_argument("src", metavar="INPUT")
     add_config_arguments(freq, ["caption_extension"])
     freq.add_argument("--json", action="store_true", help="print JSON")
+    freq.add_argument("--compare", default=None, metavar="OTHER",
+                      help="show each tag's count in INPUT (before) and OTHER (after), e.g. an edited copy")
     freq.set_defaults(func=_caption_freq)
 
     blip = csub.add_parser("blip", help="caption with a local BLIP model folder (offline)")
@@ -156,16 +163,46 @@ def _caption_edit(args: argparse.Namespace) -> int:
     from dataset_tools.captions import CaptionEdit, edit_captions, parse_replacements
 
     edit = CaptionEdit(prefix=args.prefix, suffix=args.suffix, add=args.add, add_at_start=args.add_at_start,
-                       remove=args.remove, replace=parse_replacements(args.replace), dedupe=args.dedupe)
+                       remove=args.remove, replace=parse_replacements(args.replace), dedupe=args.dedupe,
+                       substitute=parse_replacements(args.search_replace, strip=False), regex=args.regex)
+    if args.dry_run:
+        return _caption_preview(args, edit)
     return _finish(edit_captions(args.src, args.dst, edit, caption_extension=_caption_ext(args),
                                  in_place=args.in_place, overwrite=args.overwrite, captions_only=args.captions_only,
                                  progress=not args.no_progress))
 
 
+def _caption_preview(args: argparse.Namespace, edit) -> int:
+    from dataset_tools.captions import compare_frequencies, preview_edit
+
+    preview = preview_edit(args.src, edit, caption_extension=_caption_ext(args))
+    for name, before, after in preview.changes:
+        print(f"{name}: {before if before is not None else '(no caption)'!r} -> {after!r}")
+    print(f"dry run: {len(preview.changes)} of {preview.before.images} captions would change; nothing written")
+    _print_comparison(compare_frequencies(preview.before, preview.after))
+    return 0
+
+
+def _print_comparison(rows: list[tuple[str, int, int]]) -> None:
+    print(f"{'before':>6} {'after':>6} {'change':>6}  tag")
+    for tag, before, after in rows:
+        print(f"{before:>6} {after:>6} {after - before:>+6}  {tag}")
+
+
 def _caption_freq(args: argparse.Namespace) -> int:
-    from dataset_tools.captions import tag_frequency
+    from dataset_tools.captions import compare_frequencies, tag_frequency
 
     freq = tag_frequency(args.src, caption_extension=_caption_ext(args))
+    if args.compare:
+        other = tag_frequency(args.compare, caption_extension=_caption_ext(args))
+        rows = compare_frequencies(freq, other)
+        if args.json:
+            print(json.dumps({"before": freq.to_dict(), "after": other.to_dict(),
+                              "tags": [{"tag": t, "before": b, "after": a} for t, b, a in rows]}, indent=2))
+            return 0
+        print(f"before: {freq.captioned} of {freq.images} captioned; after: {other.captioned} of {other.images}")
+        _print_comparison(rows)
+        return 0
     if args.json:
         print(json.dumps(freq.to_dict(), indent=2))
         return 0
