@@ -134,3 +134,23 @@ def test_cli_caption_tag_in_place(tagger, photos, capsys):
     assert code == 0
     assert (photos / "red.txt").read_text() == "ohwx woman, red_shirt, long hair\n"
     assert (photos / "blue.txt").read_text() == "my own caption\n"  # never overwritten without --overwrite
+
+
+def test_gui_dataset_tab_tags_a_folder(tagger, photos, tmp_path):
+    from types import SimpleNamespace
+
+    gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install -e .[gui])")
+    from gui.context import GuiContext
+    from gui.dataset_tab import DatasetTab
+
+    ctx = GuiContext.create([str(tmp_path)], tmp_path / "jobs")
+    with gr.Blocks():
+        widgets = {n: gr.Textbox(render=False) for n in ("train_data_dir", "reg_data_dir", "logging_dir",
+                                                          "output_dir")}
+        tab = DatasetTab(ctx, SimpleNamespace(form_inputs={gr.Textbox(render=False)}, widgets=widgets, named=dict))
+    out = tab.tag(str(photos), str(tagger), 0.35, 0.85, "ohwx", "^_^", ".txt", False)
+    assert out[tab.message].startswith("**Tagged**")
+    assert (photos / "red.txt").read_text() == "ohwx, red_shirt, long_hair\n"
+    assert (photos / "blue.txt").read_text() == "my own caption\n"
+    out = tab.tag(str(photos), "/etc", 0.35, 0.85, "", "", ".txt", False)
+    assert "outside the folders" in out[tab.message]
