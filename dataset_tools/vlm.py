@@ -48,8 +48,8 @@ def load_vlm(model_dir: str | os.PathLike[str], device: str = "cpu"):
                                                             trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load a captioner from {model_dir}: {exc}",
-                             ["the folder needs the model and its processor files; models that need "
-                              "trust_remote_code are not run (use a transformers-native conversion)"]) from exc
+                             ["the folder needs the model and its processor files",
+                              "models that need trust_remote_code are not run: use a transformers-native copy"]) from exc
     return processor, model.to(device).eval()
 
 

@@ -1,7 +1,6 @@
 """WD14 tagger: a tiny ONNX model with the SmilingWolf signature, built here, tags red and blue images."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

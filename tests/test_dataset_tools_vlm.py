@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_dataset_tools_captions import _tiny_blip  # tests/ is on sys.path under pytest
 
 from dataset_tools.vlm import load_vlm, vlm_caption_folder, vlm_captioner
 from library.cli import main
 from library.errors import DatasetError, ModelLoadError
-from test_dataset_tools_captions import _tiny_blip  # tests/ is on sys.path under pytest
 
 VOCAB = {"a", "photo", "of", "woman", "man", "dog", "red", "the"}
 
