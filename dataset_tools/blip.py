@@ -29,21 +29,32 @@ from library.fileio import atomic_write_text
 Captioner = Callable[[list], list[str]]
 
 
-def load_blip(model_dir: str | os.PathLike[str], device: str = "cpu"):
-    """(processor, model) from a local folder; raises ModelLoadError naming the folder."""
+def load_pretrained_captioner(model_dir: str | os.PathLike[str], device: str = "cpu", kind: str = "BLIP"):
+    """(processor, model) from a local folder through the Auto classes, no remote code.
+
+    Raises ModelLoadError naming the folder; `kind` names the model in the message.
+    """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise ModelLoadError(f"no BLIP model in {model_dir}",
+        raise ModelLoadError(f"no {kind} model in {model_dir}",
                              ["point --model at a folder saved with save_pretrained (it holds config.json)"])
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     try:
-        processor = BlipProcessor.from_pretrained(model_dir, local_files_only=True)
-        model = BlipForConditionalGeneration.from_pretrained(model_dir, local_files_only=True)
+        processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True,
+                                                            trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load BLIP from {model_dir}: {exc}",
-                             ["the folder needs the model and its processor/tokenizer files"]) from exc
+        raise ModelLoadError(f"cannot load a {kind} captioner from {model_dir}: {exc}",
+                             ["the folder needs the model and its processor/tokenizer files",
+                              "models that need trust_remote_code are not run: use a transformers-native copy"]
+                             ) from exc
     return processor, model.to(device).eval()
+
+
+def load_blip(model_dir: str | os.PathLike[str], device: str = "cpu"):
+    """(processor, model) of a BLIP folder (any transformers-native captioner loads the same way)."""
+    return load_pretrained_captioner(model_dir, device, "BLIP")
 
 
 def generate_captions(processor, model, images: list, max_new_tokens: int = 40, num_beams: int = 3,

@@ -138,16 +138,21 @@ def _add_caption(sub) -> None:
 
     blip = csub.add_parser("blip", help="caption with a local BLIP model folder (offline)")
     _caption_io(blip)
-    blip.add_argument("--model", required=True, help="folder saved with save_pretrained (model + processor)")
     blip.add_argument("--prefix", default="", help="trigger words put first, e.g. 'ohwx woman'")
-    blip.add_argument("--batch_size", type=int, default=4)
-    blip.add_argument("--max_new_tokens", type=int, default=40)
-    blip.add_argument("--min_new_tokens", type=int, default=5)
-    blip.add_argument("--num_beams", type=int, default=3)
-    blip.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    _generation_args(blip, max_new_tokens=40, min_new_tokens=5)
     blip.set_defaults(func=_caption_blip)
     _add_caption_tag(csub)
     _add_caption_vlm(csub)
+
+
+def _generation_args(p: argparse.ArgumentParser, max_new_tokens: int, min_new_tokens: int) -> None:
+    """The model folder and generation settings shared by the transformers captioners."""
+    p.add_argument("--model", required=True, help="folder saved with save_pretrained (model + processor)")
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    p.add_argument("--min_new_tokens", type=int, default=min_new_tokens)
+    p.add_argument("--num_beams", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
 
 
 def _caption_create(args: argparse.Namespace) -> int:
@@ -274,16 +279,11 @@ def _add_caption_vlm(csub) -> None:
                                  "task: a task token (Florence-2 '<MORE_DETAILED_CAPTION>'); chat: a question "
                                  "through the processor's chat template.")
     _caption_io(vlm)
-    vlm.add_argument("--model", required=True, help="folder saved with save_pretrained (model + processor)")
     vlm.add_argument("--prompt", default=None, help="prompt text (default depends on --prompt_style)")
     vlm.add_argument("--prompt_style", choices=PROMPT_STYLES, default="caption")
     vlm.add_argument("--trigger", "--prefix", dest="trigger", default="",
                      help="trigger words put before every caption, e.g. 'ohwx woman'")
-    vlm.add_argument("--batch_size", type=int, default=4)
-    vlm.add_argument("--max_new_tokens", type=int, default=60)
-    vlm.add_argument("--min_new_tokens", type=int, default=1)
-    vlm.add_argument("--num_beams", type=int, default=3)
-    vlm.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    _generation_args(vlm, max_new_tokens=60, min_new_tokens=1)
     vlm.set_defaults(func=_caption_vlm)
 
 

@@ -17,9 +17,12 @@ Three prompt styles cover how these models are asked for a caption:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from dataset_tools.blip import Captioner, model_caption_folder
+from dataset_tools.blip import (
+    Captioner,
+    load_pretrained_captioner,
+    model_caption_folder,
+)
 from dataset_tools.captions import DEFAULT_CAPTION_EXTENSION
 from dataset_tools.images import ToolRun
 from library.errors import DatasetError, ModelLoadError
@@ -36,21 +39,7 @@ def check_style(style: str) -> None:
 
 def load_vlm(model_dir: str | os.PathLike[str], device: str = "cpu"):
     """(processor, model) from a local folder, no remote code; ModelLoadError names the folder."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelLoadError(f"no vision-language model in {model_dir}",
-                             ["point --model at a folder saved with save_pretrained (it holds config.json)"])
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True,
-                                                            trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load a captioner from {model_dir}: {exc}",
-                             ["the folder needs the model and its processor files",
-                              "models that need trust_remote_code are not run: use a transformers-native copy"]) from exc
-    return processor, model.to(device).eval()
+    return load_pretrained_captioner(model_dir, device, "vision-language")
 
 
 def _inputs(processor, pictures: list, prompt: str, style: str):
