@@ -76,3 +76,63 @@ def test_cli_caption_vlm_in_place_keeps_existing(blip_dir, photos):
     assert code == 0
     assert (photos / "2.txt").read_text() == "keep me\n"
     assert (photos / "0.txt").read_text().startswith("ohwx, ")
+
+
+def _tiny_llava(folder: Path) -> list[str]:
+    """A random LLaVA (tiny CLIP vision + tiny Llama) with a word-level tokenizer and a chat template."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:", "describe", "it",
+             "a", "photo", "of", "woman", "red", "the"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    template = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+                "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}"
+                "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+        tokenizer=tokenizer, chat_template=template, patch_size=8, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1)
+    torch.manual_seed(0)
+    config = LlavaConfig(
+        vision_config={"model_type": "clip_vision_model", "hidden_size": 16, "intermediate_size": 32,
+                       "num_attention_heads": 2, "num_hidden_layers": 2, "image_size": 16, "patch_size": 8,
+                       "projection_dim": 16},
+        text_config={"model_type": "llama", "vocab_size": len(words), "hidden_size": 16, "intermediate_size": 32,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "num_hidden_layers": 2,
+                     "max_position_embeddings": 64, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+        image_token_index=4, vision_feature_layer=-1, vision_feature_select_strategy="default")
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return words
+
+
+def test_chat_style_keeps_only_the_answer(tmp_path):
+    import torch
+
+    words = _tiny_llava(tmp_path / "llava")
+    processor, model = load_vlm(tmp_path / "llava")
+    pictures = [Image.new("RGB", (20, 20), (255, 0, 0)), Image.new("RGB", (30, 20), (0, 0, 255))]
+    captions = vlm_captioner(processor, model, prompt="describe it", style="chat", max_new_tokens=4,
+                             num_beams=1)(pictures)
+    assert len(captions) == 2 and not any(c.startswith("USER:") for c in captions)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe it"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=pictures, text=[text] * 2, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=4, min_new_tokens=1, num_beams=1, do_sample=False)
+    full = processor.batch_decode(ids, skip_special_tokens=True)
+    assert all(f.split()[:3] == ["USER:", "describe", "it"] for f in full)  # the echo chat style removes
+    answers = processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert captions == [" ".join(a.split()) for a in answers]
+    assert all(set(c.split()) <= set(words) for c in captions) and any(captions)
