@@ -136,3 +136,62 @@ def test_chat_style_keeps_only_the_answer(tmp_path):
     answers = processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert captions == [" ".join(a.split()) for a in answers]
     assert all(set(c.split()) <= set(words) for c in captions) and any(captions)
+
+
+def _tiny_florence2(folder: Path) -> None:
+    """A random Florence-2 (two-stage DaViT + one-layer BART) whose processor turns task tokens into prompts."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    words = ["<s>", "<pad>", "</s>", "<unk>", "<image>", "What", "does", "the", "image", "describe?",
+             "a", "photo", "of", "woman", "red"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    # 32x32 -> 8x8 -> 4x4 = 16 patch features + 1 pooled = 17 image tokens.
+    images = CLIPImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=False)
+    images.image_seq_length = 17
+    processor = Florence2Processor(image_processor=images, tokenizer=tokenizer)
+    torch.manual_seed(0)
+    config = Florence2Config(
+        vision_config={"depths": [1, 1], "patch_size": [7, 3], "patch_stride": [4, 2], "patch_padding": [3, 1],
+                       "patch_prenorm": [False, True], "embed_dim": [8, 16], "num_heads": [2, 2],
+                       "num_groups": [2, 2], "window_size": 2, "projection_dim": 16, "drop_path_rate": 0.0},
+        text_config={"vocab_size": len(words), "d_model": 16, "encoder_layers": 1, "decoder_layers": 1,
+                     "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 32,
+                     "decoder_ffn_dim": 32, "max_position_embeddings": 64, "pad_token_id": 1, "bos_token_id": 0,
+                     "eos_token_id": 2, "decoder_start_token_id": 2},
+        image_token_id=4)
+    Florence2ForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def test_task_style_runs_a_florence2_task_token(tmp_path, photos):
+    import torch
+
+    _tiny_florence2(tmp_path / "florence2")
+    processor, model = load_vlm(tmp_path / "florence2")
+    assert type(model).__name__ == "Florence2ForConditionalGeneration"
+    pictures = [Image.new("RGB", (20, 20), (255, 0, 0)), Image.new("RGB", (30, 20), (0, 0, 255))]
+    captions = vlm_captioner(processor, model, prompt="<CAPTION>", style="task", max_new_tokens=4,
+                             num_beams=1)(pictures)
+    inputs = processor(images=pictures, text=["<CAPTION>"] * 2, return_tensors="pt")
+    prompt = processor.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True)
+    assert prompt.split() == ["What", "does", "the", "image", "describe?"]  # the task token became its prompt
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=4, min_new_tokens=1, num_beams=1, do_sample=False)
+    assert captions == [" ".join(t.split()) for t in processor.batch_decode(ids, skip_special_tokens=True)]
+    assert all(captions)
+    # The default task prompt (<MORE_DETAILED_CAPTION>) through the folder tool, trigger first.
+    run = vlm_caption_folder(photos, tmp_path / "out", tmp_path / "florence2", style="task", prefix="ohwx",
+                             max_new_tokens=3, num_beams=1, caption_extension=".txt", progress=False)
+    assert sorted(p.name for p in run.written) == ["0.txt", "1.txt"]
+    assert (tmp_path / "out" / "0.txt").read_text().startswith("ohwx, ")
