@@ -18,8 +18,11 @@ from dataset_tools.captions import (
     CaptionEdit,
     caption_path,
     copy_image,
+    dedupe_tags,
+    join_tags,
     prepare_caption_output,
     read_caption,
+    split_tags,
 )
 from dataset_tools.images import ToolRun, load_image, scan_folder, start_run
 from library.errors import DatasetError, ModelLoadError
@@ -91,15 +94,21 @@ def _pending(images: list[Path], src: Path, dst: Path, caption_extension: str, o
     return todo
 
 
+def append_new_tags(own: str, generated: str) -> str:
+    """`own` caption's tags, then the generated tags it lacks (case-insensitive)."""
+    return join_tags(dedupe_tags(split_tags(own) + split_tags(generated)))
+
+
 def model_caption_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str], load: Callable[[], Captioner],
                          prefix: str = "", batch_size: int = 4, caption_extension: str = DEFAULT_CAPTION_EXTENSION,
                          in_place: bool = False, overwrite: bool = False, captions_only: bool = False,
-                         desc: str = "caption", progress: bool = True) -> ToolRun:
+                         desc: str = "caption", progress: bool = True, append: bool = False) -> ToolRun:
     """Caption every image without one (every image with `overwrite`) using `load()`'s captioner.
 
     Shared by BLIP, the other vision-language captioners and the WD14 tagger: the
     model is loaded only when some image needs a caption, so a re-run that has
-    nothing to do never pays for (or needs) the model.
+    nothing to do never pays for (or needs) the model. `append` (sd-scripts'
+    ``--append_tags``) adds the new tags an image's own caption lacks, after them.
     """
     if batch_size < 1:
         raise DatasetError(f"batch size must be at least 1, got {batch_size}")
@@ -108,7 +117,7 @@ def model_caption_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str
     scan = scan_folder(src)
     run = start_run(scan, list_non_images=False)
     run.non_images = [p for p in scan.non_images if p.suffix != caption_extension]
-    todo = _pending(scan.images, src, dst, caption_extension, overwrite, captions_only, run)
+    todo = _pending(scan.images, src, dst, caption_extension, overwrite or append, captions_only, run)
     if not todo:
         return run
     captioner = load()
@@ -124,8 +133,9 @@ def model_caption_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str
                 run.unreadable.append(exc.summary)
         texts = captioner(pictures) if batch else []
         for image, text in zip(batch, texts):
+            own = read_caption(caption_path(image, src, caption_extension)) if append else None
             dest = caption_path(image, dst, caption_extension)
-            atomic_write_text(dest, edit.apply(text) + "\n")
+            atomic_write_text(dest, edit.apply(append_new_tags(own, text) if own else text) + "\n")
             run.written.append(dest)
             if not in_place and not captions_only:
                 copy_image(image, dst, overwrite)

@@ -249,6 +249,8 @@ def _add_caption_tag(csub) -> None:
     tag.add_argument("--caption_separator", default=", ", help="between tags (default ', ')")
     tag.add_argument("--trigger", "--prefix", dest="trigger", default="",
                      help="trigger words put before every caption, e.g. 'ohwx woman'")
+    tag.add_argument("--append_tags", action="store_true",
+                     help="keep each image's own caption and add the tags it lacks after it")
     tag.add_argument("--batch_size", type=int, default=4)
     tag.set_defaults(func=_caption_tag)
 
@@ -267,7 +269,7 @@ def _caption_tag(args: argparse.Namespace) -> int:
     return _finish(tag_folder(args.src, args.dst, args.model, options, prefix=args.trigger,
                               batch_size=args.batch_size, caption_extension=_caption_ext(args),
                               in_place=args.in_place, overwrite=args.overwrite, captions_only=args.captions_only,
-                              progress=not args.no_progress))
+                              append=args.append_tags, progress=not args.no_progress))
 
 
 def _add_caption_vlm(csub) -> None:

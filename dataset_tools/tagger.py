@@ -162,9 +162,14 @@ def load_tagger(model_dir: str | os.PathLike[str], options: TagOptions) -> Capti
 def tag_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str], model_dir: str | os.PathLike[str],
                options: TagOptions | None = None, prefix: str = "", batch_size: int = 4,
                caption_extension: str = DEFAULT_CAPTION_EXTENSION, in_place: bool = False,
-               overwrite: bool = False, captions_only: bool = False, progress: bool = True) -> ToolRun:
-    """Write WD14 tags for every image without a caption (every image with `overwrite`)."""
+               overwrite: bool = False, captions_only: bool = False, append: bool = False,
+               progress: bool = True) -> ToolRun:
+    """Write WD14 tags for every image without a caption (every image with `overwrite`).
+
+    `append` keeps each image's own caption and adds the tags it lacks after it.
+    """
     options = options or TagOptions()
     return model_caption_folder(src, dst, lambda: load_tagger(model_dir, options), prefix=prefix,
                                 batch_size=batch_size, caption_extension=caption_extension, in_place=in_place,
-                                overwrite=overwrite, captions_only=captions_only, desc="tag", progress=progress)
+                                overwrite=overwrite, captions_only=captions_only, desc="tag", progress=progress,
+                                append=append)

@@ -114,6 +114,14 @@ def test_tag_folder_with_tiny_onnx_model(tagger, photos, tmp_path):
     assert (photos / "blue.txt").read_text() == "my own caption\n"  # source untouched
 
 
+def test_append_tags_keeps_the_own_caption_and_adds_what_it_lacks(tagger, photos, tmp_path):
+    (photos / "blue.txt").write_text("my own caption, long_hair\n")
+    tag_folder(photos, photos, tagger, TagOptions(character_threshold=0.85), prefix="ohwx",
+               caption_extension=".txt", in_place=True, append=True, progress=False)
+    assert (photos / "blue.txt").read_text() == "ohwx, my own caption, long_hair, blue_sky, ^_^\n"
+    assert (photos / "red.txt").read_text() == "ohwx, red_shirt, long_hair, ^_^\n"
+
+
 def test_tag_folder_errors(tagger, photos, tmp_path):
     with pytest.raises(ModelLoadError, match="no WD14 tagger"):
         tag_folder(photos, tmp_path / "o", tmp_path / "missing", progress=False)
