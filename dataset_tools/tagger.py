@@ -150,7 +150,12 @@ def load_tagger(model_dir: str | os.PathLike[str], options: TagOptions) -> Capti
 
     def tag(pictures: list) -> list[str]:
         batch = np.stack([preprocess(p, size) for p in pictures])
-        probs = session.run([output], {inp.name: batch})[0]
+        try:
+            probs = session.run([output], {inp.name: batch})[0]
+        except Exception as exc:  # onnxruntime's own error types: shape or type mismatch
+            raise ModelLoadError(f"{model_dir / MODEL_FILE} refused a batch of shape {batch.shape}: {exc}",
+                                 ["a model exported with a fixed batch size needs --batch_size 1",
+                                  "the input must be NHWC float32 (the WD14 tagger layout)"]) from exc
         if probs.shape[-1] != len(table.names):
             raise ModelLoadError(f"{model_dir}: the model gives {probs.shape[-1]} scores but {TAGS_FILE} "
                                  f"lists {len(table.names)} tags", ["use the CSV shipped with this model"])

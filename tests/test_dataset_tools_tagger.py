@@ -31,7 +31,7 @@ TAGS = [
 ]
 
 
-def _tiny_tagger(folder: Path) -> None:
+def _tiny_tagger(folder: Path, batch: int | str = "batch") -> None:
     """model.onnx: NHWC float32 [N,448,448,3] -> mean over H,W -> linear -> sigmoid [N,len(TAGS)]."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -45,8 +45,8 @@ def _tiny_tagger(folder: Path) -> None:
          helper.make_node("Add", ["logits0", "b"], ["logits"]),
          helper.make_node("Sigmoid", ["logits"], ["predictions_sigmoid"])],
         "tiny_wd14",
-        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["batch", 448, 448, 3])],
-        [helper.make_tensor_value_info("predictions_sigmoid", TensorProto.FLOAT, ["batch", len(TAGS)])],
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, [batch, 448, 448, 3])],
+        [helper.make_tensor_value_info("predictions_sigmoid", TensorProto.FLOAT, [batch, len(TAGS)])],
         initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -125,6 +125,11 @@ def test_append_tags_keeps_the_own_caption_and_adds_what_it_lacks(tagger, photos
 def test_tag_folder_errors(tagger, photos, tmp_path):
     with pytest.raises(ModelLoadError, match="no WD14 tagger"):
         tag_folder(photos, tmp_path / "o", tmp_path / "missing", progress=False)
+    _tiny_tagger(tmp_path / "fixed", batch=1)
+    with pytest.raises(ModelLoadError, match="fixed batch size needs --batch_size 1"):
+        tag_folder(photos, tmp_path / "o", tmp_path / "fixed", batch_size=2, overwrite=True, progress=False)
+    run = tag_folder(photos, tmp_path / "o", tmp_path / "fixed", batch_size=1, overwrite=True, progress=False)
+    assert len(run.written) == 2
     (tagger / "selected_tags.csv").write_text("id,tag\n0,x\n")
     with pytest.raises(ModelLoadError, match="not a WD14 tag list"):
         read_tag_table(tagger / "selected_tags.csv")
