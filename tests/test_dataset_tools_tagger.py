@@ -166,3 +166,12 @@ def test_gui_dataset_tab_tags_a_folder(tagger, photos, tmp_path):
     assert (photos / "blue.txt").read_text() == "my own caption\n"
     out = tab.tag(str(photos), "/etc", 0.35, 0.85, "", "", ".txt", False)
     assert "outside the folders" in out[tab.message]
+
+
+def test_missing_onnxruntime_names_the_extra(tagger, photos, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
+    with pytest.raises(ModelLoadError, match="needs onnxruntime") as info:
+        tag_folder(photos, tmp_path / "o", tagger, progress=False)
+    assert "lorasmith[caption]" in str(info.value)
