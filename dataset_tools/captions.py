@@ -62,7 +62,11 @@ def caption_from_filename(stem: str) -> str:
 
 @dataclass
 class CaptionEdit:
-    """One set of caption edits, applied in this order: replace, remove, add, dedupe, prefix, suffix."""
+    """One set of caption edits, applied in this order: substitute, replace, remove, add, dedupe, prefix, suffix.
+
+    `substitute` is search/replace on the caption text (a regular expression with
+    `regex`), for prose captions and parts of tags; `replace` swaps whole tags.
+    """
 
     prefix: str = ""
     suffix: str = ""
@@ -72,8 +76,16 @@ class CaptionEdit:
     replace: dict[str, str] = field(default_factory=dict)
     dedupe: bool = False
     separator: str = ","
+    substitute: dict[str, str] = field(default_factory=dict)
+    regex: bool = False
+
+    def __post_init__(self) -> None:
+        if self.regex:
+            check_patterns(self.substitute)
 
     def apply(self, caption: str) -> str:
+        for old, new in self.substitute.items():
+            caption = re.sub(old, new, caption) if self.regex else caption.replace(old, new)
         tags = split_tags(caption, self.separator)
         tags = [self.replace.get(t, t) for t in tags]
         removed = {r.lower() for r in self.remove}
@@ -100,15 +112,27 @@ def _with_suffix(tags: list[str], suffix: list[str]) -> list[str]:
     return tags + suffix
 
 
-def parse_replacements(pairs: list[str]) -> dict[str, str]:
-    """['old=new', ...] -> {'old': 'new'}."""
+def parse_replacements(pairs: list[str], strip: bool = True) -> dict[str, str]:
+    """['old=new', ...] -> {'old': 'new'}; `strip=False` keeps spaces (text search/replace)."""
     out = {}
     for pair in pairs:
         old, sep, new = pair.partition("=")
+        if strip:
+            old, new = old.strip(), new.strip()
         if not sep or not old.strip():
-            raise DatasetError(f"bad replacement {pair!r}", ["write it as old tag=new tag"])
-        out[old.strip()] = new.strip()
+            raise DatasetError(f"bad replacement {pair!r}", ["write it as old=new"])
+        out[old] = new
     return out
+
+
+def check_patterns(patterns: dict[str, str]) -> None:
+    """Refuse a bad regular expression before any file is touched."""
+    for pattern, repl in patterns.items():
+        try:
+            re.compile(pattern).sub(repl, "")
+        except re.error as exc:
+            raise DatasetError(f"bad regular expression {pattern!r} -> {repl!r}: {exc}",
+                               ["fix the pattern, or drop --regex to search for the text as written"]) from exc
 
 
 def caption_path(image: Path, folder: Path, caption_extension: str) -> Path:
@@ -209,18 +233,53 @@ class TagFrequency:
                 "tags": [{"tag": t, "count": c} for t, c in self.counts]}
 
 
-def tag_frequency(src: str | os.PathLike[str], caption_extension: str = DEFAULT_CAPTION_EXTENSION,
-                  separator: str = ",") -> TagFrequency:
-    """How many captions contain each tag (once per caption), most frequent first, ties by name."""
-    src = Path(src)
-    scan = scan_folder(src)
+def count_tags(captions: dict[str, str | None], separator: str = ",") -> TagFrequency:
+    """{image name: caption or None} -> how many captions hold each tag, most frequent first, ties by name."""
     counter: Counter[str] = Counter()
     missing = []
-    for image in scan.images:
-        caption = read_caption(caption_path(image, src, caption_extension))
+    for name, caption in captions.items():
         if caption is None:
-            missing.append(image.name)
+            missing.append(name)
             continue
         counter.update(set(dedupe_tags(split_tags(caption, separator))))
     counts = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
-    return TagFrequency(counts, len(scan.images), len(scan.images) - len(missing), missing)
+    return TagFrequency(counts, len(captions), len(captions) - len(missing), missing)
+
+
+def read_captions(src: str | os.PathLike[str], caption_extension: str = DEFAULT_CAPTION_EXTENSION
+                  ) -> dict[str, str | None]:
+    """{image name: its caption, or None when it has none} for every image in SRC."""
+    src = Path(src)
+    return {image.name: read_caption(caption_path(image, src, caption_extension))
+            for image in scan_folder(src).images}
+
+
+def tag_frequency(src: str | os.PathLike[str], caption_extension: str = DEFAULT_CAPTION_EXTENSION,
+                  separator: str = ",") -> TagFrequency:
+    """How many captions contain each tag (once per caption), most frequent first, ties by name."""
+    return count_tags(read_captions(src, caption_extension), separator)
+
+
+def compare_frequencies(before: TagFrequency, after: TagFrequency) -> list[tuple[str, int, int]]:
+    """(tag, count before, count after) for every tag in either, biggest change first, then by name."""
+    old, new = dict(before.counts), dict(after.counts)
+    rows = [(tag, old.get(tag, 0), new.get(tag, 0)) for tag in set(old) | set(new)]
+    return sorted(rows, key=lambda r: (-abs(r[2] - r[1]), -max(r[1], r[2]), r[0]))
+
+
+@dataclass
+class EditPreview:
+    """What an edit would change, written nowhere: per-caption changes and tag counts before/after."""
+
+    changes: list[tuple[str, str | None, str]]
+    before: TagFrequency
+    after: TagFrequency
+
+
+def preview_edit(src: str | os.PathLike[str], edit: CaptionEdit,
+                 caption_extension: str = DEFAULT_CAPTION_EXTENSION) -> EditPreview:
+    """The result of `edit_captions` on SRC without writing anything (--dry_run)."""
+    current = read_captions(src, caption_extension)
+    edited = {name: edit.apply(text or "") for name, text in current.items()}
+    changes = [(name, current[name], edited[name]) for name in current if edited[name] != current[name]]
+    return EditPreview(changes, count_tags(current, edit.separator), count_tags(edited, edit.separator))

@@ -128,24 +128,38 @@ def _add_caption(sub) -> None:
     edit.add_argument("--remove", nargs="*", default=[], help="tags to remove (case-insensitive)")
     edit.add_argument("--replace", nargs="*", default=[], metavar="OLD=NEW", help="tags to replace")
     edit.add_argument("--dedupe", action="store_true", help="drop repeated tags")
+    edit.add_argument("--search_replace", nargs="*", default=[], metavar="OLD=NEW",
+                      help="replace text anywhere in the caption (spaces kept), applied first")
+    edit.add_argument("--regex", action="store_true", help="--search_replace OLD is a regular expression")
+    edit.add_argument("--dry_run", action="store_true",
+                      help="write nothing: show each caption that would change and the tag counts before/after")
     edit.set_defaults(func=_caption_edit)
 
     freq = csub.add_parser("freq", help="how many captions contain each tag")
     freq.add_argument("src", metavar="INPUT")
     add_config_arguments(freq, ["caption_extension"])
     freq.add_argument("--json", action="store_true", help="print JSON")
+    freq.add_argument("--compare", default=None, metavar="OTHER",
+                      help="show each tag's count in INPUT (before) and OTHER (after), e.g. an edited copy")
     freq.set_defaults(func=_caption_freq)
 
     blip = csub.add_parser("blip", help="caption with a local BLIP model folder (offline)")
     _caption_io(blip)
-    blip.add_argument("--model", required=True, help="folder saved with save_pretrained (model + processor)")
     blip.add_argument("--prefix", default="", help="trigger words put first, e.g. 'ohwx woman'")
-    blip.add_argument("--batch_size", type=int, default=4)
-    blip.add_argument("--max_new_tokens", type=int, default=40)
-    blip.add_argument("--min_new_tokens", type=int, default=5)
-    blip.add_argument("--num_beams", type=int, default=3)
-    blip.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    _generation_args(blip, max_new_tokens=40, min_new_tokens=5)
     blip.set_defaults(func=_caption_blip)
+    _add_caption_tag(csub)
+    _add_caption_vlm(csub)
+
+
+def _generation_args(p: argparse.ArgumentParser, max_new_tokens: int, min_new_tokens: int) -> None:
+    """The model folder and generation settings shared by the transformers captioners."""
+    p.add_argument("--model", required=True, help="folder saved with save_pretrained (model + processor)")
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    p.add_argument("--min_new_tokens", type=int, default=min_new_tokens)
+    p.add_argument("--num_beams", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
 
 
 def _caption_create(args: argparse.Namespace) -> int:
@@ -161,16 +175,46 @@ def _caption_edit(args: argparse.Namespace) -> int:
     from dataset_tools.captions import CaptionEdit, edit_captions, parse_replacements
 
     edit = CaptionEdit(prefix=args.prefix, suffix=args.suffix, add=args.add, add_at_start=args.add_at_start,
-                       remove=args.remove, replace=parse_replacements(args.replace), dedupe=args.dedupe)
+                       remove=args.remove, replace=parse_replacements(args.replace), dedupe=args.dedupe,
+                       substitute=parse_replacements(args.search_replace, strip=False), regex=args.regex)
+    if args.dry_run:
+        return _caption_preview(args, edit)
     return _finish(edit_captions(args.src, args.dst, edit, caption_extension=_caption_ext(args),
                                  in_place=args.in_place, overwrite=args.overwrite, captions_only=args.captions_only,
                                  progress=not args.no_progress))
 
 
+def _caption_preview(args: argparse.Namespace, edit) -> int:
+    from dataset_tools.captions import compare_frequencies, preview_edit
+
+    preview = preview_edit(args.src, edit, caption_extension=_caption_ext(args))
+    for name, before, after in preview.changes:
+        print(f"{name}: {before if before is not None else '(no caption)'!r} -> {after!r}")
+    print(f"dry run: {len(preview.changes)} of {preview.before.images} captions would change; nothing written")
+    _print_comparison(compare_frequencies(preview.before, preview.after))
+    return 0
+
+
+def _print_comparison(rows: list[tuple[str, int, int]]) -> None:
+    print(f"{'before':>6} {'after':>6} {'change':>6}  tag")
+    for tag, before, after in rows:
+        print(f"{before:>6} {after:>6} {after - before:>+6}  {tag}")
+
+
 def _caption_freq(args: argparse.Namespace) -> int:
-    from dataset_tools.captions import tag_frequency
+    from dataset_tools.captions import compare_frequencies, tag_frequency
 
     freq = tag_frequency(args.src, caption_extension=_caption_ext(args))
+    if args.compare:
+        other = tag_frequency(args.compare, caption_extension=_caption_ext(args))
+        rows = compare_frequencies(freq, other)
+        if args.json:
+            print(json.dumps({"before": freq.to_dict(), "after": other.to_dict(),
+                              "tags": [{"tag": t, "before": b, "after": a} for t, b, a in rows]}, indent=2))
+            return 0
+        print(f"before: {freq.captioned} of {freq.images} captioned; after: {other.captioned} of {other.images}")
+        _print_comparison(rows)
+        return 0
     if args.json:
         print(json.dumps(freq.to_dict(), indent=2))
         return 0
@@ -190,6 +234,77 @@ def _caption_blip(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, min_new_tokens=args.min_new_tokens,
         caption_extension=_caption_ext(args), in_place=args.in_place, overwrite=args.overwrite,
         captions_only=args.captions_only, device=args.device, progress=not args.no_progress))
+
+
+def _add_caption_tag(csub) -> None:
+    tag = csub.add_parser("tag", help="tag with a local WD14 ONNX tagger folder (model.onnx + selected_tags.csv)",
+                          epilog="Option names follow sd-scripts' finetune/tag_images_by_wd14_tagger.py. "
+                                 "Needs onnxruntime: pip install 'lorasmith[caption]'.")
+    _caption_io(tag)
+    tag.add_argument("--model", required=True, help="folder holding model.onnx and selected_tags.csv")
+    tag.add_argument("--thresh", "--threshold", dest="thresh", type=float, default=0.35,
+                     help="confidence needed to add a tag (default 0.35)")
+    tag.add_argument("--general_threshold", type=float, default=None, help="for general tags (default --thresh)")
+    tag.add_argument("--character_threshold", type=float, default=None,
+                     help="for character tags (default --thresh)")
+    tag.add_argument("--undesired_tags", default="", help="comma-separated tags never written")
+    tag.add_argument("--tag_replacement", default="", help="source,target;source2,target2 (escape , ; with \\)")
+    tag.add_argument("--remove_underscore", action="store_true", help="long_hair -> long hair")
+    tag.add_argument("--character_tags_first", action="store_true", help="character tags before general ones")
+    tag.add_argument("--always_first_tags", default="", help="comma-separated tags moved first when found")
+    tag.add_argument("--use_rating_tags", action="store_true", help="put the most likely rating tag first")
+    tag.add_argument("--caption_separator", default=", ", help="between tags (default ', ')")
+    tag.add_argument("--trigger", "--prefix", dest="trigger", default="",
+                     help="trigger words put before every caption, e.g. 'ohwx woman'")
+    tag.add_argument("--append_tags", action="store_true",
+                     help="keep each image's own caption and add the tags it lacks after it")
+    tag.add_argument("--batch_size", type=int, default=4)
+    tag.set_defaults(func=_caption_tag)
+
+
+def _caption_tag(args: argparse.Namespace) -> int:
+    from dataset_tools.captions import split_tags
+    from dataset_tools.tagger import TagOptions, parse_tag_replacement, tag_folder
+
+    options = TagOptions(
+        general_threshold=args.thresh if args.general_threshold is None else args.general_threshold,
+        character_threshold=args.thresh if args.character_threshold is None else args.character_threshold,
+        undesired=split_tags(args.undesired_tags), replacements=parse_tag_replacement(args.tag_replacement),
+        remove_underscore=args.remove_underscore, character_tags_first=args.character_tags_first,
+        always_first=split_tags(args.always_first_tags), use_rating_tags=args.use_rating_tags,
+        separator=args.caption_separator)
+    return _finish(tag_folder(args.src, args.dst, args.model, options, prefix=args.trigger,
+                              batch_size=args.batch_size, caption_extension=_caption_ext(args),
+                              in_place=args.in_place, overwrite=args.overwrite, captions_only=args.captions_only,
+                              append=args.append_tags, progress=not args.no_progress))
+
+
+def _add_caption_vlm(csub) -> None:
+    from dataset_tools.vlm import PROMPT_STYLES
+
+    vlm = csub.add_parser("vlm", help="caption with a local vision-language model (BLIP, BLIP-2, GIT, Florence-2 …)",
+                          epilog="Any model transformers loads with AutoModelForImageTextToText without remote "
+                                 "code. --prompt_style caption: the prompt starts the caption ('a photo of'); "
+                                 "task: a task token (Florence-2 '<MORE_DETAILED_CAPTION>'); chat: a question "
+                                 "through the processor's chat template.")
+    _caption_io(vlm)
+    vlm.add_argument("--prompt", default=None, help="prompt text (default depends on --prompt_style)")
+    vlm.add_argument("--prompt_style", choices=PROMPT_STYLES, default="caption")
+    vlm.add_argument("--trigger", "--prefix", dest="trigger", default="",
+                     help="trigger words put before every caption, e.g. 'ohwx woman'")
+    _generation_args(vlm, max_new_tokens=60, min_new_tokens=1)
+    vlm.set_defaults(func=_caption_vlm)
+
+
+def _caption_vlm(args: argparse.Namespace) -> int:
+    from dataset_tools.vlm import vlm_caption_folder
+
+    return _finish(vlm_caption_folder(
+        args.src, args.dst, args.model, prompt=args.prompt, style=args.prompt_style, prefix=args.trigger,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        min_new_tokens=args.min_new_tokens, caption_extension=_caption_ext(args), in_place=args.in_place,
+        overwrite=args.overwrite, captions_only=args.captions_only, device=args.device,
+        progress=not args.no_progress))
 
 
 def _add_prepare(sub) -> None:

@@ -47,6 +47,8 @@ class DatasetTab:
             self._build_crop()
         with gr.Accordion("Captions", open=False):
             self._build_captions()
+        with gr.Accordion("Tag with a WD14 tagger (ONNX model folder)", open=False):
+            self._build_tagger()
         self.message.render()
         self.gallery.render()
 
@@ -186,3 +188,38 @@ class DatasetTab:
         except LorasmithError as exc:
             return {self.message: _error(exc)}
         return {self.message: run_summary("Captions", run)}
+
+    # --- WD14 tagger --------------------------------------------------------------------------
+    def _build_tagger(self) -> None:
+        gr.Markdown("A folder holding `model.onnx` and `selected_tags.csv` (SmilingWolf's WD14 taggers); "
+                    "needs onnxruntime (`pip install 'lorasmith[caption]'`). Images with a caption keep it "
+                    "unless you tick Overwrite.")
+        with gr.Row():
+            self.tag_src = gr.Textbox(label="Image folder", elem_id="tag-src")
+            self.tag_model = gr.Textbox(label="Tagger model folder", elem_id="tag-model")
+            self.tag_trigger = gr.Textbox(label="Trigger words put first (e.g. ohwx woman)", elem_id="tag-trigger")
+        with gr.Row():
+            self.tag_thresh = gr.Slider(0, 1, value=0.35, step=0.01, label="Threshold", elem_id="tag-thresh")
+            self.tag_char = gr.Slider(0, 1, value=0.85, step=0.01, label="Character threshold", elem_id="tag-char")
+            self.tag_undesired = gr.Textbox(label="Tags never written (comma-separated)", elem_id="tag-undesired")
+            self.tag_ext = gr.Textbox(label="Caption extension", value=".txt", elem_id="tag-ext")
+            self.tag_overwrite = gr.Checkbox(label="Overwrite existing captions", elem_id="tag-overwrite")
+        self.tag_btn = gr.Button("Tag the images", elem_id="tag-run")
+        self.tag_btn.click(self.tag, inputs=[self.tag_src, self.tag_model, self.tag_thresh, self.tag_char,
+                                             self.tag_trigger, self.tag_undesired, self.tag_ext, self.tag_overwrite],
+                           outputs=self.message)
+
+    def tag(self, src, model, thresh, char_thresh, trigger, undesired, ext, overwrite) -> dict:
+        from dataset_tools.captions import split_tags
+        from dataset_tools.tagger import TagOptions, tag_folder
+
+        try:
+            folder = self.guard.check(src, "image folder")
+            options = TagOptions(general_threshold=float(thresh), character_threshold=float(char_thresh),
+                                 undesired=split_tags(undesired or ""))
+            run = tag_folder(folder, folder, self.guard.check(model, "tagger model folder"), options,
+                             prefix=trigger or "", caption_extension=ext or ".txt", in_place=True,
+                             overwrite=bool(overwrite), captions_only=True, progress=False)
+        except LorasmithError as exc:
+            return {self.message: _error(exc)}
+        return {self.message: run_summary("Tagged", run)}

@@ -1,6 +1,7 @@
 """Caption tools on a temp folder, and BLIP captioning with a tiny random model built here."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,52 @@ def test_blip_captioning_with_tiny_local_model(dataset, tmp_path):
     assert again.written == [] and len(again.skipped_existing) == 3
     with pytest.raises(ModelLoadError, match="no BLIP model"):
         blip_caption_folder(dataset, tmp_path / "x", tmp_path / "missing", progress=False)
+
+
+def test_search_replace_text_and_regex():
+    assert CaptionEdit(substitute={"girl": "woman"}).apply("a girl, girlish smile") == "a woman, womanish smile"
+    edit = CaptionEdit(substitute={r"\b(\d+)girls?\b": r"\1woman"}, regex=True, dedupe=True)
+    assert edit.apply("1girl, solo, 1girl") == "1woman, solo"
+    with pytest.raises(DatasetError, match="bad regular expression"):
+        CaptionEdit(substitute={"(unclosed": "x"}, regex=True)
+    assert CaptionEdit(substitute={"(unclosed": "x"}).apply("a (unclosed tag") == "a x tag"
+    assert parse_replacements([" red =blue"], strip=False) == {" red ": "blue"}
+
+
+def test_preview_edit_writes_nothing_and_counts_before_after(dataset):
+    from dataset_tools.captions import compare_frequencies, preview_edit
+
+    before = {p.name: p.read_bytes() for p in dataset.iterdir()}
+    preview = preview_edit(dataset, CaptionEdit(prefix="ohwx", remove=["smiling"], replace={"red dress": "dress"}))
+    assert {p.name: p.read_bytes() for p in dataset.iterdir()} == before
+    assert preview.changes == [
+        ("b.png", "smiling, outdoors, smiling, red dress", "ohwx, outdoors, dress"),
+        ("c.png", "indoors, red dress", "ohwx, indoors, dress"),
+        ("woman_red-dress (2).jpg", None, "ohwx"),
+    ]
+    rows = compare_frequencies(preview.before, preview.after)
+    assert rows[:3] == [("ohwx", 0, 3), ("dress", 0, 2), ("red dress", 2, 0)]
+    assert ("smiling", 1, 0) in rows and ("indoors", 1, 1) in rows and rows[-1] == ("outdoors", 1, 1)
+    assert preview.after.captioned == 3 and preview.before.captioned == 2
+
+
+def test_cli_edit_dry_run_and_freq_compare(dataset, tmp_path, capsys):
+    from library.cli import main
+
+    before = {p.name: p.read_bytes() for p in dataset.iterdir()}
+    assert main(["dataset", "caption", "edit", str(dataset), str(dataset), "--in_place", "--dry_run",
+                 "--search_replace", "red=blue", "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert "c.png: 'indoors, red dress' -> 'indoors, blue dress'" in out
+    assert "woman_red-dress (2).jpg: '(no caption)' -> ''" in out  # edit would create an empty caption
+    assert "3 of 3 captions would change; nothing written" in out
+    assert "     2      0     -2  red dress" in out and "     0      2     +2  blue dress" in out
+    assert {p.name: p.read_bytes() for p in dataset.iterdir()} == before
+    dst = tmp_path / "dst"
+    assert main(["dataset", "caption", "edit", str(dataset), str(dst), "--search_replace", "red=blue",
+                 "--no_progress"]) == 0
+    capsys.readouterr()
+    assert main(["dataset", "caption", "freq", str(dataset), "--compare", str(dst), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tags"][:2] == [{"tag": "blue dress", "before": 0, "after": 2},
+                                  {"tag": "red dress", "before": 2, "after": 0}]
