@@ -142,8 +142,11 @@ def save_lora(
         out[key] = (value.to(target_dtype) if target_dtype is not None else value).contiguous()
     meta = {str(k): _as_str(k, v) for k, v in (metadata or {}).items()}
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = precalculate_hashes(out, meta)
+    # Bytes written by us, not save_file: safetensors' own writer leaves a `.tmpXXXXXX` beside the
+    # file when killed, a name nobody can tell apart from a user's (see training/lock.py).
+    blob = safetensors.torch.save(out, metadata=meta)
     with atomic_path(path) as tmp:
-        safetensors.torch.save_file(out, str(tmp), metadata=meta)
+        tmp.write_bytes(blob)
     return path
 
 

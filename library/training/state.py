@@ -26,6 +26,7 @@ import torch
 
 from library.config import TrainConfig
 from library.errors import ConfigError, TrainingError
+from library.fileio import own_temp_prefix
 
 STATE_FORMAT = 1
 # Fields that may differ on resume without changing the trajectory: where files and logs go,
@@ -94,12 +95,12 @@ def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
 def atomic_folder(dest: Path):
     """Yield a temp folder beside `dest`; on success it replaces `dest` (the old one is removed after)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=own_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
         old = None
         if dest.exists():
-            old = dest.parent / f".{dest.name}.{os.getpid()}.old"
+            old = dest.parent / f"{own_temp_prefix(dest)}prev.old"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(dest, old)
         os.replace(tmp, dest)
