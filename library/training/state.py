@@ -27,6 +27,7 @@ import torch
 from library.config import TrainConfig
 from library.errors import ConfigError, TrainingError
 from library.fileio import own_temp_prefix
+from library.safetensors_header import read_header
 
 STATE_FORMAT = 1
 # Fields that may differ on resume without changing the trajectory: where files and logs go,
@@ -206,6 +207,7 @@ def restore(folder: Path, parts: Any, state: dict[str, Any]) -> None:
     """Load network, optimizer, schedule, scaler, RNG and data position into freshly built `parts`."""
     from safetensors.torch import load_file
 
+    read_header(folder / "network.safetensors", ConfigError, "state network file")
     try:
         weights = load_file(str(folder / "network.safetensors"))
     except Exception as exc:  # safetensors raises its own error types for damaged files
