@@ -146,3 +146,38 @@ def test_optimizer_state_of_another_layout_is_refused_with_the_way_out(data: Pat
     with pytest.raises(ConfigError, match="saved optimizer state does not fit") as err:
         train(config(data, tmp_path / "out", resume=str(folder)))
     assert any("--network_weights" in p for p in err.value.problems)
+
+
+# Edits of a real train_state.pt, each once a traceback or a silently accepted resume (issue 23).
+HOSTILE_STATES = {
+    "no_optimizer": (lambda s: s.pop("optimizer"), "optimizer: missing"),
+    "huge_global_step": (lambda s: s["position"].update(global_step=10**15), "position.global_step = 1000000000000000"),
+    "string_epoch": (lambda s: s["position"].update(epoch="2"), "position.epoch = 2"),
+    "extra_position_field": (lambda s: s["position"].update(evil=1), "position.evil: not a position field"),
+    "position_list": (lambda s: s.update(position=[1, 0, 3]), "position: is a list"),
+    "no_rng": (lambda s: s.pop("rng"), "rng: missing"),
+    "bad_rng": (lambda s: s["rng"].update(python=[1]), "the saved random generators cannot be restored"),
+    "scheduler_attr": (lambda s: s["lr_scheduler"].update(base_lrs=["x"]), "lr_scheduler.base_lrs"),
+    "scheduler_foreign_key": (lambda s: s["lr_scheduler"].update(step="x"), "lr_scheduler.step"),
+    "optimizer_no_groups": (lambda s: s["optimizer"].pop("param_groups"), "optimizer: lacks"),
+    "moment_shape": (lambda s: [v.update(exp_avg=torch.zeros(3)) for v in s["optimizer"]["state"].values()],
+                     "has shape (3,)"),
+    "losses_text": (lambda s: s["recorder"].update(losses=["x"]), "the saved loss history cannot be restored"),
+    "nan_steps_negative": (lambda s: s.update(nan_steps=-1), "nan_steps = -1"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_STATES))
+def test_hostile_state_is_refused_naming_the_part(data: Path, full_run: Path, tmp_path: Path, kind: str) -> None:
+    import shutil
+
+    edit, expected = HOSTILE_STATES[kind]
+    folder = tmp_path / "t-step00000003-state"
+    shutil.copytree(full_run / "t-step00000003-state", folder)
+    state = torch.load(folder / "train_state.pt", weights_only=True)
+    edit(state)
+    torch.save(state, folder / "train_state.pt")
+    with pytest.raises(ConfigError) as err:
+        train(config(data, tmp_path / "out", resume=str(folder)))
+    assert expected in str(err.value), str(err.value)
+    assert not list((tmp_path / "out").glob("*.safetensors"))
