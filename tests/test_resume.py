@@ -181,3 +181,43 @@ def test_hostile_state_is_refused_naming_the_part(data: Path, full_run: Path, tm
         train(config(data, tmp_path / "out", resume=str(folder)))
     assert expected in str(err.value), str(err.value)
     assert not list((tmp_path / "out").glob("*.safetensors"))
+
+
+def test_changed_learning_rate_is_applied_from_the_resume_on(data: Path, full_run: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """--resume_allow_changes with a new learning rate: the steps use it, and the metadata names it (issue 23)."""
+    from safetensors import safe_open
+
+    from library.training import schedulers
+
+    used: list[list[float]] = []
+    original = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append([g["lr"] for g in self.param_groups])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    logs: list[str] = []
+
+    class Log(Events):
+        def on_log(self, info) -> None:
+            logs.append(info["message"])
+
+    result = train(config(data, tmp_path, resume=str(full_run / "t-000001-state"), learning_rate=4e-3,
+                          resume_allow_changes=True), Log())
+    assert result.global_step == 6 and len(used) == 4  # steps 3-6; the state was saved after step 2
+    expected = [4e-3 * schedulers.cosine(step, 2, 6) for step in range(2, 6)]  # warmup 2, 6 steps (config above)
+    for lrs, want in zip(used, expected):
+        assert lrs == pytest.approx([want] * len(lrs), rel=1e-12)
+    assert any("0.001 in the state, 0.004 from now on" in m for m in logs), logs
+    with safe_open(str(tmp_path / "t.safetensors"), "pt") as fh:
+        assert fh.metadata()["ss_learning_rate"] == "0.004"
+
+
+def test_optimizer_changes_are_refused_on_resume_even_when_allowed(data: Path, full_run: Path, tmp_path: Path) -> None:
+    state = str(full_run / "t-000001-state")
+    for change in (dict(optimizer_type="Lion"), dict(optimizer_args=["weight_decay=0.5"])):
+        with pytest.raises(ConfigError, match="cannot change on resume") as err:
+            train(config(data, tmp_path, resume=state, resume_allow_changes=True, **change))
+        assert next(iter(change)) in str(err.value) and any("--network_weights" in p for p in err.value.problems)

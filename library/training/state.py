@@ -40,6 +40,9 @@ FREE_TO_CHANGE = frozenset({
     "persistent_data_loader_workers",
 })
 
+# The saved optimizer state is tied to these: refused even with --resume_allow_changes.
+NOT_RESUMABLE = frozenset({"optimizer_type", "optimizer_args"})
+
 
 def state_folder_name(lora_file_name: str, ext: str) -> str:
     """`t-000001.safetensors` -> `t-000001-state`; `t.safetensors` -> `t-state` (sd-scripts' layout)."""
@@ -183,11 +186,21 @@ def read_saved_config(folder: Path) -> dict[str, Any]:
 
 
 def check_config(folder: Path, cfg: TrainConfig) -> list[str]:
-    """The changes against the saved config; refused (ConfigError) unless resume_allow_changes."""
+    """The changes against the saved config; refused (ConfigError) unless resume_allow_changes.
+
+    Learning rates and schedule settings that change are applied from the resume on (see restore);
+    the optimizer's own settings cannot be, so they are refused even with resume_allow_changes.
+    """
     changes = config_changes(read_saved_config(folder), cfg)
     if changes and not cfg.resume_allow_changes:
         raise ConfigError(f"--resume {folder}: the config differs from the one the state was saved with", changes + [
             "resume with the same settings, or pass --resume_allow_changes to continue anyway (the result will differ)"])
+    fixed = [c for c in changes if c.split(":", 1)[0] in NOT_RESUMABLE]
+    if fixed:
+        raise ConfigError(f"--resume {folder}: {', '.join(c.split(':', 1)[0] for c in fixed)} cannot change on resume",
+                          fixed + ["the saved optimizer state (moments, step counts) belongs to the saved optimizer and its "
+                                   "arguments; resume with those, or start a new run from the LoRA file with "
+                                   "--network_weights"])
     return changes
 
 
@@ -291,10 +304,11 @@ def _check_optimizer_shapes(folder: Path, optimizer: Any) -> None:
                                   f"for a parameter of shape {tuple(param.shape)}", [_STATE_HELP])
 
 
-def restore(folder: Path, parts: Any, state: dict[str, Any]) -> None:
+def restore(folder: Path, parts: Any, state: dict[str, Any]) -> list[str]:
     """Load network, optimizer, schedule, scaler, RNG and data position into freshly built `parts`.
 
     Call check_train_state first; a part whose values its loader still refuses is named here.
+    Returns notes on learning rates changed by --resume_allow_changes (applied, see apply_learning_rates).
     """
     from safetensors.torch import load_file
 
@@ -307,6 +321,7 @@ def restore(folder: Path, parts: Any, state: dict[str, Any]) -> None:
     if result.missing_keys or result.unexpected_keys:
         raise ConfigError(f"{folder}: the saved network does not match this one",
                           [f"missing: {k}" for k in result.missing_keys[:5]] + [f"unexpected: {k}" for k in result.unexpected_keys[:5]])
+    fresh_lrs = list(getattr(parts.lr_scheduler, "base_lrs", []))  # from this run's config, before the state's
     try:
         parts.optimizer.optimizer.load_state_dict(state["optimizer"])
     except ValueError as exc:  # torch: "loaded state dict contains a parameter group that doesn't match ..."
@@ -324,6 +339,27 @@ def restore(folder: Path, parts: Any, state: dict[str, Any]) -> None:
         restore_part(folder, "gradient scaler", scaler.load_state_dict, state["scaler"])
     restore_part(folder, "random generators", lambda v: parts.rng.load_state_dict(rng_from_plain(v)), state["rng"])
     restore_part(folder, "data position", parts.dataset.load_state_dict, state["dataset"])
+    return apply_learning_rates(parts.lr_scheduler, fresh_lrs, list(getattr(parts, "group_names", [])))
+
+
+def apply_learning_rates(scheduler: Any, lrs: list[float], names: list[str]) -> list[str]:
+    """Put this run's learning rates back after a state was loaded; one note per group that changed.
+
+    A LambdaLR's state holds its `base_lrs` and the optimizer's groups their `lr`, so a resume with
+    a changed --learning_rate/--unet_lr/--text_encoder_lr would keep training at the saved rate while
+    the LoRA's metadata names the new one. The schedule itself (warmup, cycles, power) comes from
+    this run's config already; its step count from the state.
+    """
+    if type(scheduler) is not torch.optim.lr_scheduler.LambdaLR or list(scheduler.base_lrs) == lrs:
+        return []  # unchanged (an exact resume stays bit-exact), or Adafactor's own relative-step schedule
+    notes = [f"learning rate of {names[i] if i < len(names) else f'group{i}'}: {old:g} in the state, {new:g} from now on"
+             for i, (old, new) in enumerate(zip(scheduler.base_lrs, lrs)) if old != new]
+    scheduler.base_lrs = list(lrs)
+    for group, base, fn in zip(scheduler.optimizer.param_groups, lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    return notes
 
 
 def check_processes(folder: Path, state: dict[str, Any], world: int) -> None:
