@@ -263,6 +263,10 @@ def test_hostile_resume_states_give_only_our_errors(resume_kit, data) -> None:
         LoopPosition(**state["position"])
         loop = SimpleNamespace(recorder=LossRecorder())
         run_state.restore_part(folder, "loss history", lambda s: Trainer.load_extra_state(loop, s), state)
+        for param in parts.trainable_params:  # one step: values that load but break the optimizer show here
+            param.grad = torch.zeros_like(param)
+        parts.optimizer.optimizer.step()
+        parts.lr_scheduler.step()
 
     only_ours(resume)
 

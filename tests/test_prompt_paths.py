@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from gui.evaluate_tab import grid_command
 from gui.safety import PathGuard
@@ -20,14 +19,6 @@ from library.errors import ConfigError, SamplingError
 from library.sampling.dynamic_prompts import expand_prompt
 from library.sampling.lora_stack import resolve_lora
 from library.sampling.prompt_files import file_in_folder
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -161,7 +161,12 @@ HOSTILE_STATES = {
     "scheduler_foreign_key": (lambda s: s["lr_scheduler"].update(step="x"), "lr_scheduler.step"),
     "optimizer_no_groups": (lambda s: s["optimizer"].pop("param_groups"), "optimizer: lacks"),
     "moment_shape": (lambda s: [v.update(exp_avg=torch.zeros(3)) for v in s["optimizer"]["state"].values()],
-                     "has shape (3,)"),
+                     "exp_avg is shape (3,)"),
+    "group_setting": (lambda s: s["optimizer"]["param_groups"][0].update(amsgrad=True), "amsgrad = True"),
+    "group_setting_missing": (lambda s: s["optimizer"]["param_groups"][0].pop("betas"), "betas is missing"),
+    "slot_missing": (lambda s: [v.pop("exp_avg") for v in s["optimizer"]["state"].values()], "this optimizer keeps"),
+    "step_text": (lambda s: [v.update(step="x") for v in s["optimizer"]["state"].values()],
+                  "does not fit this run's optimizer"),
     "losses_text": (lambda s: s["recorder"].update(losses=["x"]), "the saved loss history cannot be restored"),
     "nan_steps_negative": (lambda s: s.update(nan_steps=-1), "nan_steps = -1"),
 }
@@ -190,11 +195,11 @@ def test_changed_learning_rate_is_applied_from_the_resume_on(data: Path, full_ru
 
     from library.training import schedulers
 
-    used: list[list[float]] = []
+    calls: list[tuple[object, list[float]]] = []
     original = torch.optim.AdamW.step
 
     def recording_step(self, *args, **kwargs):
-        used.append([g["lr"] for g in self.param_groups])
+        calls.append((self, [g["lr"] for g in self.param_groups]))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
@@ -206,6 +211,7 @@ def test_changed_learning_rate_is_applied_from_the_resume_on(data: Path, full_ru
 
     result = train(config(data, tmp_path, resume=str(full_run / "t-000001-state"), learning_rate=4e-3,
                           resume_allow_changes=True), Log())
+    used = [lrs for opt, lrs in calls if opt is calls[-1][0]]  # the training's optimizer, not restore's probe copy
     assert result.global_step == 6 and len(used) == 4  # steps 3-6; the state was saved after step 2
     expected = [4e-3 * schedulers.cosine(step, 2, 6) for step in range(2, 6)]  # warmup 2, 6 steps (config above)
     for lrs, want in zip(used, expected):

@@ -28,6 +28,14 @@ from library.config import TrainConfig
 from library.errors import ConfigError, TrainingError
 from library.fileio import own_temp_prefix
 from library.safetensors_header import read_header
+from library.training.state_check import (
+    STATE_HELP,
+    check_optimizer_state,
+    check_scheduler_state,
+    check_train_state,  # noqa: F401  (the trainer calls it as run_state.check_train_state)
+    optimizer_probe,
+    restore_part,
+)
 
 STATE_FORMAT = 1
 # Fields that may differ on resume without changing the trajectory: where files and logs go,
@@ -216,94 +224,6 @@ def load_train_state(folder: Path) -> dict[str, Any]:
     return state
 
 
-# What `save_state` writes, by type: a state missing one, or holding another type, cannot be resumed.
-_STATE_PARTS = {"position": dict, "optimizer": dict, "lr_scheduler": dict, "rng": dict, "dataset": dict,
-                "recorder": dict}
-_STATE_HELP = "the state is damaged or not from lorasmith; resume from another state, or continue from a LoRA " \
-              "file with --network_weights"
-
-
-def _whole(value: object, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def state_problems(state: dict[str, Any], plan: Any) -> list[str]:
-    """One line per part of a loaded train_state.pt that is missing, of the wrong type, or out of this run's range.
-
-    `plan` is the run's TrainingPlan: a position past its last step or epoch cannot be a state of this run
-    (a hostile `global_step` of 10**15 would otherwise end the run at once and report success).
-    """
-    problems = [f"{key}: missing" if key not in state else f"{key}: is a {type(state[key]).__name__}, not a {kind.__name__}"
-                for key, kind in _STATE_PARTS.items() if not isinstance(state.get(key), kind)]
-    pos = state.get("position")
-    if isinstance(pos, dict):
-        problems += [f"position.{k}: not a position field" for k in sorted(map(str, pos)) if k not in
-                     ("epoch", "batch", "global_step")]
-        limits = {"epoch": (1, plan.epochs + 1, "epochs"), "batch": (0, plan.batches_per_epoch, "batches per epoch"),
-                  "global_step": (0, plan.total_steps, "steps")}
-        for name, (low, high, unit) in limits.items():
-            if not _whole(pos.get(name), low, high):
-                problems.append(f"position.{name} = {str(pos.get(name))[:40]}: this run has {high - (name == 'epoch')} "
-                                f"{unit}, so it must be a whole number from {low} to {high}")
-    opt = state.get("optimizer")
-    if isinstance(opt, dict) and not (isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
-                                      and all(isinstance(g, dict) for g in opt["param_groups"])):
-        problems.append("optimizer: lacks its 'state' and 'param_groups'")
-    if not isinstance(state.get("epoch_losses", []), list):
-        problems.append(f"epoch_losses: is a {type(state['epoch_losses']).__name__}, not a list")
-    for key, low in (("nan_steps", 0), ("num_processes", 1)):
-        if key in state and not _whole(state[key], low, 2**31):
-            problems.append(f"{key} = {str(state[key])[:40]}: not a whole number >= {low}")
-    return problems
-
-
-def check_train_state(folder: Path, state: dict[str, Any], plan: Any) -> None:
-    """ConfigError listing every problem of a loaded state against this run's plan (before anything is restored)."""
-    problems = state_problems(state, plan)
-    if problems:
-        raise ConfigError(f"--resume {folder}: the saved training state cannot be resumed by this run",
-                          problems + [_STATE_HELP])
-
-
-def restore_part(folder: Path, name: str, load: Any, value: Any) -> None:
-    """`load(value)`, with any failure of the part's own loader (hostile values) named as a ConfigError."""
-    try:
-        load(value)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
-        raise ConfigError(f"--resume {folder}: the saved {name} cannot be restored ({type(exc).__name__}: "
-                          f"{str(exc)[:200]})", [_STATE_HELP]) from None
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _fits(value: object, like: object) -> bool:
-    """`value` has the type of `like` (numbers interchangeable; lists of numbers stay lists of numbers, same length)."""
-    if _is_number(like):
-        return _is_number(value)
-    if isinstance(like, list) and like and all(_is_number(x) for x in like):
-        return isinstance(value, list) and len(value) == len(like) and all(_is_number(x) for x in value)
-    return type(value) is type(like)
-
-
-def _check_scheduler_state(folder: Path, saved: dict[str, Any], fresh: dict[str, Any]) -> None:
-    """A scheduler's load_state_dict copies every key into the object: only its own keys, of its own types."""
-    bad = [k for k, v in saved.items() if k not in fresh or not _fits(v, fresh[k])]
-    if bad:
-        raise ConfigError(f"--resume {folder}: the saved lr_scheduler state does not fit this run's scheduler",
-                          [f"lr_scheduler.{str(k)[:40]}: unexpected key or type" for k in bad[:10]] + [_STATE_HELP])
-
-
-def _check_optimizer_shapes(folder: Path, optimizer: Any) -> None:
-    """Moments loaded for a parameter must have its shape, or the first step fails deep inside torch."""
-    for param, slots in optimizer.state.items():
-        for key, value in slots.items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
-                raise ConfigError(f"--resume {folder}: the saved optimizer state {key} has shape {tuple(value.shape)} "
-                                  f"for a parameter of shape {tuple(param.shape)}", [_STATE_HELP])
-
-
 def restore(folder: Path, parts: Any, state: dict[str, Any]) -> list[str]:
     """Load network, optimizer, schedule, scaler, RNG and data position into freshly built `parts`.
 
@@ -322,6 +242,8 @@ def restore(folder: Path, parts: Any, state: dict[str, Any]) -> list[str]:
         raise ConfigError(f"{folder}: the saved network does not match this one",
                           [f"missing: {k}" for k in result.missing_keys[:5]] + [f"unexpected: {k}" for k in result.unexpected_keys[:5]])
     fresh_lrs = list(getattr(parts.lr_scheduler, "base_lrs", []))  # from this run's config, before the state's
+    inner = getattr(parts.optimizer.optimizer, "optimizer", parts.optimizer.optimizer)  # under accelerate's wrapper
+    probe = optimizer_probe(inner)
     try:
         parts.optimizer.optimizer.load_state_dict(state["optimizer"])
     except ValueError as exc:  # torch: "loaded state dict contains a parameter group that doesn't match ..."
@@ -330,9 +252,9 @@ def restore(folder: Path, parts: Any, state: dict[str, Any]) -> list[str]:
             "hold one entry per tensor; continue from the LoRA file instead: --network_weights <file>"]) from None
     except (KeyError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
         raise ConfigError(f"--resume {folder}: the saved optimizer cannot be restored ({type(exc).__name__}: "
-                          f"{str(exc)[:200]})", [_STATE_HELP]) from None
-    _check_optimizer_shapes(folder, parts.optimizer.optimizer)
-    _check_scheduler_state(folder, state["lr_scheduler"], parts.lr_scheduler.state_dict())
+                          f"{str(exc)[:200]})", [STATE_HELP]) from None
+    check_optimizer_state(folder, inner, probe)
+    check_scheduler_state(folder, state["lr_scheduler"], parts.lr_scheduler.state_dict())
     restore_part(folder, "lr_scheduler", parts.lr_scheduler.load_state_dict, state["lr_scheduler"])
     scaler = getattr(parts.accelerator, "scaler", None)
     if scaler is not None and state.get("scaler"):
