@@ -227,3 +227,16 @@ def test_optimizer_changes_are_refused_on_resume_even_when_allowed(data: Path, f
         with pytest.raises(ConfigError, match="cannot change on resume") as err:
             train(config(data, tmp_path, resume=state, resume_allow_changes=True, **change))
         assert next(iter(change)) in str(err.value) and any("--network_weights" in p for p in err.value.problems)
+
+
+@pytest.mark.parametrize("optimizer", [
+    dict(optimizer_type="AdaFactor", learning_rate=1e-3,
+         optimizer_args=["relative_step=True", "scale_parameter=True", "warmup_init=True"]),
+    dict(optimizer_type="Prodigy", learning_rate=1.0),
+])
+def test_state_checks_accept_other_optimizers_states(data: Path, tmp_path: Path, optimizer: dict) -> None:
+    """The optimizer checks must not refuse a genuine state (Adafactor keeps its lr as a tensor, Prodigy its d)."""
+    kw = dict(lr_scheduler="constant", network_dropout=None, max_train_epochs=2, **optimizer)
+    full = train(config(data, tmp_path / "full", save_state=True, save_every_n_epochs=1, **kw))
+    resumed = train(config(data, tmp_path / "res", resume=str(tmp_path / "full" / "t-000001-state"), **kw))
+    assert_same(lora(full.final_file), lora(resumed.final_file))

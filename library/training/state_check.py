@@ -78,6 +78,9 @@ def restore_part(folder: Path, name: str, load: Any, value: Any) -> None:
 
 
 def _is_number(value: object) -> bool:
+    """A real number: int or float (not bool), or a one-value real tensor (Adafactor reports its lr as one)."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.dtype.is_complex and value.dtype != torch.bool
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -123,16 +126,17 @@ def optimizer_probe(optimizer: Any) -> OptimizerProbe:
 
 
 def _slot_problem(value: Any, like: Any, param: torch.Tensor) -> str | None:
-    if isinstance(value, torch.Tensor) and value.dim() == 0:
-        ok = not value.dtype.is_complex and value.dtype != torch.bool and (like is None or _is_number(like)
-                                                                          or isinstance(like, torch.Tensor))
-        return None if ok else f"a single {value.dtype} value"
-    if isinstance(value, torch.Tensor):
-        want_shape, want_dtype = (like.shape, like.dtype) if isinstance(like, torch.Tensor) else (param.shape, None)
-        if value.shape != want_shape or (want_dtype is not None and value.dtype != want_dtype):
-            return f"shape {tuple(value.shape)} {value.dtype} (expected {tuple(want_shape)} {want_dtype or ''})".strip()
-        return None
-    return None if _is_number(value) and (like is None or _is_number(like)) else f"a {type(value).__name__}"
+    """What is wrong with one loaded slot against the probe's `like` (None: no probe, the parameter's shape)."""
+    if _is_number(value):  # a step count: int, float or a one-value tensor
+        return None if like is None or _is_number(like) else f"a single value (expected shape {tuple(like.shape)})"
+    if not isinstance(value, torch.Tensor):
+        return f"a {type(value).__name__}"
+    if _is_number(like):
+        return f"shape {tuple(value.shape)} (expected a single value)"
+    want_shape, want_dtype = (like.shape, like.dtype) if isinstance(like, torch.Tensor) else (param.shape, None)
+    if value.shape != want_shape or (want_dtype is not None and value.dtype != want_dtype):
+        return f"shape {tuple(value.shape)} {value.dtype} (expected {tuple(want_shape)} {want_dtype or ''})".strip()
+    return None
 
 
 def _group_problems(groups: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[str]:
@@ -144,7 +148,7 @@ def _group_problems(groups: list[dict[str, Any]], fresh: list[dict[str, Any]]) -
             if value is _MISSING:
                 problems.append(f"optimizer group {i}: {key} is missing")
             elif _is_number(like) or isinstance(like, torch.Tensor):
-                if not (_is_number(value) or isinstance(value, torch.Tensor) and value.dim() == 0):
+                if not _is_number(value):
                     problems.append(f"optimizer group {i}: {key} is a {type(value).__name__}, not a number")
             elif type(value) is not type(like) or value != like:
                 problems.append(f"optimizer group {i}: {key} = {str(value)[:40]} (this run: {like})")
