@@ -46,6 +46,9 @@ def grid_command(form: dict, guard) -> list[str]:
             argv += [f"--{axis}_type", kind, f"--{axis}_values", values]
     if form["lora"]:
         argv += ["--lora", _checked_files(form["lora"], guard, "LoRA")]
+    lora_dir = (form.get("lora_dir") or "").strip()
+    if lora_dir:  # <lora:NAME> tags in the prompt resolve inside this folder only (the CLI refuses ../ and /abs)
+        argv += ["--lora_dir", str(guard.check(lora_dir, "LoRA folder for <lora:NAME> tags"))]
     init = (form.get("init_image") or "").strip()
     if init:  # img2img grid; the strength only matters then (left out: the sampler's default)
         argv += ["--init_image", str(guard.check(init, "init image"))]
@@ -95,6 +98,8 @@ class EvaluateTab:
         with gr.Row():
             f["model"] = gr.Textbox(label="Base model", value="tiny", elem_id="grid-model")
             f["lora"] = gr.Textbox(label="LoRA files (comma list or glob) as an extra axis", elem_id="grid-lora")
+            f["lora_dir"] = gr.Textbox(label="LoRA folder for <lora:NAME:weight> tags in the prompt (optional)",
+                                       elem_id="grid-lora-dir")
             f["output_dir"] = gr.Textbox(label="Grid output folder", value="grids", elem_id="grid-output")
             self.fill_btn = gr.Button("Use the last training run", elem_id="grid-from-run")
         with gr.Row():

@@ -9,10 +9,32 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+# `.NAME.lorasmith-PID-XXXXXXXX.tmp` (mkstemp/mkdtemp) and `.NAME.lorasmith-PID-prev.old` (a folder moved aside)
+_OWN_TEMP = re.compile(r"^\.(?P<dest>.+)\.lorasmith-(?P<pid>[0-9]+)-[a-z0-9_]+\.(?P<kind>tmp|old)$")
+
+
+def own_temp_prefix(dest: str | os.PathLike[str]) -> str:
+    """`.NAME.lorasmith-PID-`: every temp name we create beside `dest` starts so.
+
+    The tag and the process id let a later run that takes over a dead run's lock
+    recognise that run's leftovers without doubt, and touch nothing else.
+    """
+    return f".{Path(dest).name}.lorasmith-{os.getpid()}-"
+
+
+def own_temp_of(name: str, pid: int) -> tuple[str, str] | None:
+    """(destination name, 'tmp' or 'old') when `name` is a temp name process `pid` created with own_temp_prefix."""
+    match = _OWN_TEMP.match(name)
+    if match is None or int(match["pid"]) != pid or pid <= 0:
+        return None
+    return match["dest"], match["kind"]
 
 
 @contextlib.contextmanager
@@ -23,7 +45,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=own_temp_prefix(dest), suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; give the file the permissions a plain open() would.

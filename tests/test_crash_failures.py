@@ -61,9 +61,11 @@ def test_stale_lock_is_taken_over_with_a_note_and_released(data: Path, tmp_path:
     pid = dead_pid()
     assert not lock.pid_alive(pid)
     write_lock(tmp_path, pid)
-    (tmp_path / ".t.safetensors.abc123.tmp").write_bytes(b"half")
-    (tmp_path / ".t-state.xyz.tmp").mkdir()
-    (tmp_path / ".tmpAb12Cd").write_bytes(b"safetensors' own temp")
+    (tmp_path / f".t.safetensors.lorasmith-{pid}-abc123xy.tmp").write_bytes(b"half")
+    state_tmp = tmp_path / f".t-state.lorasmith-{pid}-xyz_0a1b.tmp"
+    state_tmp.mkdir()
+    (state_tmp / "network.safetensors").write_bytes(b"half")
+    (state_tmp / ".tmpQw12Er").write_bytes(b"safetensors' own temp, inside our folder")
     (tmp_path / "keep.tmp").write_text("not ours: visible names are never touched")
     logs: list[str] = []
 
@@ -76,7 +78,64 @@ def test_stale_lock_is_taken_over_with_a_note_and_released(data: Path, tmp_path:
     assert any("stale lock" in m and str(pid) in m for m in logs)
     assert not (tmp_path / lock.LOCK_NAME).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tmp", "t.safetensors"]
-    assert any("removed .t-state.xyz.tmp" in m for m in logs)
+    assert any(f"removed .t-state.lorasmith-{pid}-xyz_0a1b.tmp" in m for m in logs)
+
+
+def user_files(out: Path, pid: int) -> dict[str, bytes]:
+    """Hidden names a user (or another program) may keep in an output folder; none of them is ours."""
+    (out / ".tmp").mkdir(parents=True)
+    (out / ".tmp" / "notes.txt").write_text("a user's folder named .tmp")
+    files = {".zshrc.old": b"export A=1", ".tmpfoo": b"user", ".tmpAb12Cd": b"no pid: cannot be told apart",
+             ".notes.old": b"x", f".t.safetensors.{pid}.old": b"an old-style name, no lorasmith tag",
+             f".t.safetensors.lorasmith-{pid + 1}-abcd1234.tmp": b"another process's temp",
+             f".lorasmith-{pid}-abcd1234.tmp": b"no destination name"}
+    for name, blob in files.items():
+        (out / name).write_bytes(blob)
+    link_target = out / "target.txt"
+    link_target.write_text("t")
+    (out / f".x.lorasmith-{pid}-abcd1234.tmp").symlink_to(link_target)
+    return files
+
+
+def test_stale_lock_takeover_deletes_only_the_dead_runs_own_temp_files(tmp_path: Path) -> None:
+    pid = dead_pid()
+    write_lock(tmp_path, pid)
+    files = user_files(tmp_path, pid)
+    own = tmp_path / f".t.safetensors.lorasmith-{pid}-k2j4h6g8.tmp"
+    own.write_bytes(b"half")
+    nested = tmp_path / f".t-state.lorasmith-{pid}-q1w2e3r4.tmp"
+    (nested / "sub").mkdir(parents=True)  # more than our state writer creates: left alone
+    with lock.output_lock(tmp_path) as notes:
+        pass
+    assert not own.exists()
+    assert any(own.name in n and n.startswith("removed") for n in notes), notes
+    for name, blob in files.items():
+        assert (tmp_path / name).read_bytes() == blob, name
+    assert (tmp_path / ".tmp" / "notes.txt").read_text() == "a user's folder named .tmp"
+    assert (tmp_path / f".x.lorasmith-{pid}-abcd1234.tmp").is_symlink() and (tmp_path / "target.txt").exists()
+    assert (nested / "sub").is_dir() and any(n.startswith(f"left {nested.name}") for n in notes)
+
+
+def test_stale_lock_restores_a_state_moved_aside_whose_replacement_never_arrived(tmp_path: Path) -> None:
+    pid = dead_pid()
+    write_lock(tmp_path, pid)
+    aside = tmp_path / f".t-000001-state.lorasmith-{pid}-prev.old"
+    aside.mkdir()
+    (aside / "state.json").write_text('{"global_step": 4}')
+    with lock.output_lock(tmp_path) as notes:
+        pass
+    assert (tmp_path / "t-000001-state" / "state.json").read_text() == '{"global_step": 4}'
+    assert not aside.exists() and any(n.startswith("restored t-000001-state") for n in notes)
+
+
+def test_temp_names_carry_the_tag_and_our_process_id(tmp_path: Path) -> None:
+    seen = []
+    with library.fileio.atomic_path(tmp_path / "a.txt") as tmp:
+        seen.append(tmp.name)
+        tmp.write_text("x")
+    assert seen[0].startswith(f".a.txt.lorasmith-{os.getpid()}-") and seen[0].endswith(".tmp")
+    assert library.fileio.own_temp_of(seen[0], os.getpid()) == ("a.txt", "tmp")
+    assert library.fileio.own_temp_of(seen[0], os.getpid() + 1) is None
 
 
 def test_lock_is_held_during_training(data: Path, tmp_path: Path) -> None:

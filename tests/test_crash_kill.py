@@ -30,8 +30,9 @@ def verify(out: Path) -> int:
     seen = 0
     for path in out.iterdir():
         if path.name.startswith("."):  # temp names: hidden, never taken for a real file
-            # ours end in .tmp/.old; safetensors' own writer uses the Rust tempfile crate's `.tmpXXXXXX`
-            assert path.name.endswith((".tmp", ".old", ".lock")) or path.name.startswith(".tmp"), path.name
+            # ours only (`.NAME.lorasmith-PID-XXXX.tmp`/`.old`, the lock): nothing a takeover could not recognise
+            assert path.name == ".lorasmith-train.lock" or (
+                ".lorasmith-" in path.name and path.name.endswith((".tmp", ".old"))), path.name
             continue
         if path.suffix == ".safetensors":
             load_file(str(path))

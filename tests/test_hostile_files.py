@@ -133,3 +133,53 @@ def test_corrupt_image_in_dataset_names_the_file(tmp_path: Path, content: bytes)
     # a scan that skips the image must say so, naming it
     text = json.dumps(prepared.plan.to_dict())
     assert "broken.png" in text
+
+
+def _entry(**kw) -> dict:
+    return {"lora_unet_x.lora_down.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16], **kw}}
+
+
+GOOD_ENTRY = _entry()
+HOSTILE_HEADERS = {  # each once crashed verify/inspect/--network_weights/<lora:> with a traceback (issue 23)
+    "shape_int": _entry(shape=4), "shape_str": _entry(shape=["a"]), "shape_float": _entry(shape=[2.0, 2]),
+    "shape_bool": _entry(shape=[True, 4]), "offsets_str": _entry(data_offsets=["0", "16"]),
+    "offsets_null": _entry(data_offsets=[None, {}]), "offsets_one": _entry(data_offsets=[16]),
+    "offsets_reversed": _entry(data_offsets=[16, 0]), "dtype_int": _entry(dtype=7),
+    "metadata_list": {"__metadata__": [1, 2], **GOOD_ENTRY}, "metadata_number": {"__metadata__": {"a": 1}, **GOOD_ENTRY},
+    "entry_list": {"x": [1, 2, 3]}, "header_list": [1, 2],
+    "nested_200k": b"[" * 200_000 + b"]" * 200_000,
+    "nested_metadata": b'{"__metadata__":' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+}
+
+
+def hostile_file(folder: Path, kind: str) -> Path:
+    header = HOSTILE_HEADERS[kind]
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path = folder / f"{kind}.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 16)
+    return path
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_HEADERS))
+def test_hostile_safetensors_header_is_a_named_error_everywhere(tmp_path: Path, kind: str, capsys) -> None:
+    from library.cli import main
+    from library.models import load_model_bundle
+
+    path = hostile_file(tmp_path, kind)
+    for load in (load_lora, load_model_bundle):  # --network_weights and <lora:…> go through load_lora
+        with pytest.raises(LorasmithError) as err:
+            load(str(path))
+        assert str(path) in str(err.value)
+    assert main(["inspect", str(path)]) == 2
+    assert main(["verify", str(path)]) == 1
+    text = capsys.readouterr().err
+    assert "Traceback" not in text and text.count(str(path)) >= 2, text
+
+
+def test_hostile_header_keeps_the_traceback_with_debug(tmp_path: Path, capsys) -> None:
+    from library.cli import main
+
+    path = hostile_file(tmp_path, "shape_str")
+    assert main(["inspect", str(path), "--debug"]) == 2
+    text = capsys.readouterr().err
+    assert "Traceback" in text and "shape ['a'] is not a list of non-negative whole numbers" in text

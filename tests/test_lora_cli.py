@@ -128,3 +128,22 @@ def test_base_still_takes_a_model_path(sdscripts_lora_dir, tmp_path, capsys, mon
     report = json.loads(capsys.readouterr().out)
     assert report["base_architecture_only"] is False and report["matched_modules"] == 204
     assert report["modules_without_lora"] == []
+def test_verify_and_inspect_read_every_format_training_writes(tmp_path, capsys):
+    """--save_model_as ckpt/pt/safetensors: verify accepted only safetensors before (issue 23)."""
+    from library.lora import LoRANetwork
+    from library.models import load_model_bundle
+    from library.training.saving import write_lora
+
+    bundle = load_model_bundle("tiny")
+    network = LoRANetwork.create(bundle.unet, bundle.text_encoder, rank=2, alpha=1.0)
+    for fmt in ("safetensors", "ckpt", "pt"):
+        path = write_lora(network, tmp_path / f"t.{fmt}", fmt, torch.float16, {"ss_network_dim": "2"})
+        assert main(["verify", str(path)]) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert f"{path}: OK" in out and "down/up pairs and ranks agree" in out
+        assert main(["inspect", str(path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["rank"] == 2
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes((tmp_path / "t.ckpt").read_bytes()[:-40])
+    assert main(["verify", str(damaged)]) == 1
+    assert "damaged.ckpt" in capsys.readouterr().err

@@ -146,3 +146,97 @@ def test_optimizer_state_of_another_layout_is_refused_with_the_way_out(data: Pat
     with pytest.raises(ConfigError, match="saved optimizer state does not fit") as err:
         train(config(data, tmp_path / "out", resume=str(folder)))
     assert any("--network_weights" in p for p in err.value.problems)
+
+
+# Edits of a real train_state.pt, each once a traceback or a silently accepted resume (issue 23).
+HOSTILE_STATES = {
+    "no_optimizer": (lambda s: s.pop("optimizer"), "optimizer: missing"),
+    "huge_global_step": (lambda s: s["position"].update(global_step=10**15), "position.global_step = 1000000000000000"),
+    "string_epoch": (lambda s: s["position"].update(epoch="2"), "position.epoch = 2"),
+    "extra_position_field": (lambda s: s["position"].update(evil=1), "position.evil: not a position field"),
+    "position_list": (lambda s: s.update(position=[1, 0, 3]), "position: is a list"),
+    "no_rng": (lambda s: s.pop("rng"), "rng: missing"),
+    "bad_rng": (lambda s: s["rng"].update(python=[1]), "the saved random generators cannot be restored"),
+    "scheduler_attr": (lambda s: s["lr_scheduler"].update(base_lrs=["x"]), "lr_scheduler.base_lrs"),
+    "scheduler_foreign_key": (lambda s: s["lr_scheduler"].update(step="x"), "lr_scheduler.step"),
+    "optimizer_no_groups": (lambda s: s["optimizer"].pop("param_groups"), "optimizer: lacks"),
+    "moment_shape": (lambda s: [v.update(exp_avg=torch.zeros(3)) for v in s["optimizer"]["state"].values()],
+                     "exp_avg is shape (3,)"),
+    "group_setting": (lambda s: s["optimizer"]["param_groups"][0].update(amsgrad=True), "amsgrad = True"),
+    "group_setting_missing": (lambda s: s["optimizer"]["param_groups"][0].pop("betas"), "betas is missing"),
+    "slot_missing": (lambda s: [v.pop("exp_avg") for v in s["optimizer"]["state"].values()], "this optimizer keeps"),
+    "step_text": (lambda s: [v.update(step="x") for v in s["optimizer"]["state"].values()],
+                  "does not fit this run's optimizer"),
+    "losses_text": (lambda s: s["recorder"].update(losses=["x"]), "the saved loss history cannot be restored"),
+    "nan_steps_negative": (lambda s: s.update(nan_steps=-1), "nan_steps = -1"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_STATES))
+def test_hostile_state_is_refused_naming_the_part(data: Path, full_run: Path, tmp_path: Path, kind: str) -> None:
+    import shutil
+
+    edit, expected = HOSTILE_STATES[kind]
+    folder = tmp_path / "t-step00000003-state"
+    shutil.copytree(full_run / "t-step00000003-state", folder)
+    state = torch.load(folder / "train_state.pt", weights_only=True)
+    edit(state)
+    torch.save(state, folder / "train_state.pt")
+    with pytest.raises(ConfigError) as err:
+        train(config(data, tmp_path / "out", resume=str(folder)))
+    assert expected in str(err.value), str(err.value)
+    assert not list((tmp_path / "out").glob("*.safetensors"))
+
+
+def test_changed_learning_rate_is_applied_from_the_resume_on(data: Path, full_run: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """--resume_allow_changes with a new learning rate: the steps use it, and the metadata names it (issue 23)."""
+    from safetensors import safe_open
+
+    from library.training import schedulers
+
+    calls: list[tuple[object, list[float]]] = []
+    original = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        calls.append((self, [g["lr"] for g in self.param_groups]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    logs: list[str] = []
+
+    class Log(Events):
+        def on_log(self, info) -> None:
+            logs.append(info["message"])
+
+    result = train(config(data, tmp_path, resume=str(full_run / "t-000001-state"), learning_rate=4e-3,
+                          resume_allow_changes=True), Log())
+    used = [lrs for opt, lrs in calls if opt is calls[-1][0]]  # the training's optimizer, not restore's probe copy
+    assert result.global_step == 6 and len(used) == 4  # steps 3-6; the state was saved after step 2
+    expected = [4e-3 * schedulers.cosine(step, 2, 6) for step in range(2, 6)]  # warmup 2, 6 steps (config above)
+    for lrs, want in zip(used, expected):
+        assert lrs == pytest.approx([want] * len(lrs), rel=1e-12)
+    assert any("0.001 in the state, 0.004 from now on" in m for m in logs), logs
+    with safe_open(str(tmp_path / "t.safetensors"), "pt") as fh:
+        assert fh.metadata()["ss_learning_rate"] == "0.004"
+
+
+def test_optimizer_changes_are_refused_on_resume_even_when_allowed(data: Path, full_run: Path, tmp_path: Path) -> None:
+    state = str(full_run / "t-000001-state")
+    for change in (dict(optimizer_type="Lion"), dict(optimizer_args=["weight_decay=0.5"])):
+        with pytest.raises(ConfigError, match="cannot change on resume") as err:
+            train(config(data, tmp_path, resume=state, resume_allow_changes=True, **change))
+        assert next(iter(change)) in str(err.value) and any("--network_weights" in p for p in err.value.problems)
+
+
+@pytest.mark.parametrize("optimizer", [
+    dict(optimizer_type="AdaFactor", learning_rate=1e-3,
+         optimizer_args=["relative_step=True", "scale_parameter=True", "warmup_init=True"]),
+    dict(optimizer_type="Prodigy", learning_rate=1.0),
+])
+def test_state_checks_accept_other_optimizers_states(data: Path, tmp_path: Path, optimizer: dict) -> None:
+    """The optimizer checks must not refuse a genuine state (Adafactor keeps its lr as a tensor, Prodigy its d)."""
+    kw = dict(lr_scheduler="constant", network_dropout=None, max_train_epochs=2, **optimizer)
+    full = train(config(data, tmp_path / "full", save_state=True, save_every_n_epochs=1, **kw))
+    resumed = train(config(data, tmp_path / "res", resume=str(tmp_path / "full" / "t-000001-state"), **kw))
+    assert_same(lora(full.final_file), lora(resumed.final_file))

@@ -2,9 +2,9 @@
 
 A `.safetensors` file is an 8-byte little-endian header length, a JSON header
 (tensor dtypes, shapes, byte offsets and a `__metadata__` dict of strings), then the
-tensor data. We check the header against the file size before handing it to
-safetensors, so a truncated or corrupt file gets a LoRAFileError naming the
-problem instead of a traceback.
+tensor data. The header is checked (library.safetensors_header, shared with base
+models and training states) before safetensors reads it, so a truncated, corrupt
+or hostile file gets a LoRAFileError naming the problem instead of a traceback.
 
 Hashes as sd-scripts writes them (read by sd-webui-additional-networks and A1111):
 - `sshs_model_hash`: SHA-256 of the tensor-data region (everything after the header);
@@ -14,24 +14,19 @@ Hashes as sd-scripts writes them (read by sd-webui-additional-networks and A1111
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
+from library import safetensors_header
 from library.errors import LoRAFileError
 from library.fileio import atomic_path
 from library.lora import keys
+from library.safetensors_header import SafetensorsHeader
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-_DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1,
-}
 SAVE_DTYPES = {
     "fp32": torch.float32, "float": torch.float32, "float32": torch.float32,
     "fp16": torch.float16, "float16": torch.float16,
@@ -39,69 +34,9 @@ SAVE_DTYPES = {
 }
 
 
-@dataclass
-class SafetensorsHeader:
-    header_len: int
-    entries: dict[str, dict]
-    metadata: dict[str, str]
-    file_size: int
-
-    @property
-    def data_start(self) -> int:
-        return 8 + self.header_len
-
-
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
-    """Parse and sanity-check a safetensors header without reading tensor data."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoRAFileError(f"{path}: no such LoRA file")
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        first = fh.read(8)
-        if len(first) < 8:
-            raise LoRAFileError(f"{path}: file is {size} bytes, too short for a safetensors header (truncated?)")
-        n = int.from_bytes(first, "little")
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise LoRAFileError(
-                f"{path}: header length field says {n} bytes but the file has only {size - 8} bytes after it; "
-                "the file is truncated or not a safetensors file"
-            )
-        raw = fh.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LoRAFileError(f"{path}: the safetensors header is not valid JSON ({exc}); the file is damaged") from exc
-    if not isinstance(header, dict):
-        raise LoRAFileError(f"{path}: the safetensors header is not a JSON object; the file is damaged")
-    metadata = header.pop("__metadata__", None) or {}
-    result = SafetensorsHeader(n, header, {str(k): str(v) for k, v in metadata.items()}, size)
-    problems = _check_entries(result)
-    if problems:
-        raise LoRAFileError(f"{path}: the safetensors header does not match the file", problems)
-    return result
-
-
-def _check_entries(header: SafetensorsHeader) -> list[str]:
-    problems: list[str] = []
-    data_len = header.file_size - header.data_start
-    end_max = 0
-    for name, entry in header.entries.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            problems.append(f"{name}: header entry lacks dtype/shape/data_offsets")
-            continue
-        numel = 1
-        for dim in shape:
-            numel *= int(dim)
-        width = _DTYPE_BYTES.get(dtype)
-        if width is not None and end - begin != numel * width:
-            problems.append(f"{name}: {end - begin} bytes stored for shape {shape} {dtype} ({numel * width} expected)")
-        end_max = max(end_max, end)
-    if end_max > data_len:
-        problems.append(f"tensor data needs {end_max} bytes but the file holds {data_len} (truncated)")
-    return problems
+    """Parse and check a LoRA file's safetensors header (library.safetensors_header) without reading tensor data."""
+    return safetensors_header.read_header(path, LoRAFileError, "LoRA file")
 
 
 def data_region_sha256(path: str | os.PathLike[str]) -> str:
@@ -142,8 +77,11 @@ def save_lora(
         out[key] = (value.to(target_dtype) if target_dtype is not None else value).contiguous()
     meta = {str(k): _as_str(k, v) for k, v in (metadata or {}).items()}
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = precalculate_hashes(out, meta)
+    # Bytes written by us, not save_file: safetensors' own writer leaves a `.tmpXXXXXX` beside the
+    # file when killed, a name nobody can tell apart from a user's (see training/lock.py).
+    blob = safetensors.torch.save(out, metadata=meta)
     with atomic_path(path) as tmp:
-        safetensors.torch.save_file(out, str(tmp), metadata=meta)
+        tmp.write_bytes(blob)
     return path
 
 

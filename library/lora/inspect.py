@@ -244,9 +244,12 @@ def verify_lora(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """(checks passed, problems) for a LoRA file: header, pairing, finiteness, stored hashes."""
     passed: list[str] = []
     try:
-        header = read_header(path)
-        passed.append(f"header: {len(header.entries)} tensors, {header.header_len}-byte header")
+        if Path(path).suffix.lower() == ".safetensors":
+            header = read_header(path)
+            passed.append(f"header: {len(header.entries)} tensors, {header.header_len}-byte header")
         raw, metadata = read_tensors(path)
+        if Path(path).suffix.lower() != ".safetensors":  # --save_model_as ckpt/pt: a bare state dict, no metadata
+            passed.append(f"{Path(path).suffix} file: {len(raw)} tensors, read without running code (weights_only)")
     except LorasmithError as exc:
         return passed, [str(exc)]
     tensors, fmt, unplaced = to_kohya(raw, metadata)

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 
 from library.errors import ModelLoadError
+from library.safetensors_header import read_header
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -52,6 +53,7 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    read_header(path, ModelLoadError, "model file")  # the shared header check: one named error for any damage
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             return {key: _aligned(fh.get_tensor(key)) for key in fh.keys()}

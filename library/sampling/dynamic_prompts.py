@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from library.errors import SamplingError
+from library.sampling.prompt_files import file_in_folder, names_in_folder
 
 MAX_DEPTH = 20
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*::(.*)$", re.DOTALL)
@@ -79,13 +80,16 @@ class _Expander:
         if self.wildcards_dir is None:
             raise SamplingError(f"prompt uses __{name}__ but no wildcards folder was given",
                                 ["pass --wildcards_dir FOLDER holding name.txt files"])
-        path = self.wildcards_dir / f"{name}.txt"
-        if not path.is_file():
-            known = sorted(p.relative_to(self.wildcards_dir).with_suffix("").as_posix()
-                           for p in self.wildcards_dir.rglob("*.txt")) if self.wildcards_dir.is_dir() else []
-            raise SamplingError(f"wildcard __{name}__: {path} does not exist",
-                                [f"wildcards in {self.wildcards_dir}: {', '.join(known) or 'none'}"])
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        path = file_in_folder(self.wildcards_dir, name, ".txt")
+        if path is None:  # missing and outside the folder give the same text: a prompt cannot probe the disk
+            raise SamplingError(f"wildcard __{name}__: no {name}.txt in {self.wildcards_dir}", [
+                "__NAME__ reads NAME.txt inside --wildcards_dir (subfolders allowed; no absolute paths or '..')",
+                f"wildcards there: {names_in_folder(self.wildcards_dir, '.txt')}"])
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SamplingError(f"wildcard __{name}__: cannot read {path} ({exc})",
+                                ["save the wildcard file as UTF-8 text"]) from None
         lines = [ln for ln in lines if ln and not ln.startswith("#")]
         if not lines:
             raise SamplingError(f"wildcard __{name}__: {path} has no usable lines")

@@ -16,26 +16,25 @@ from pathlib import Path
 
 from library.errors import LoRAFileError, SamplingError
 from library.lora import LoRANetwork
+from library.sampling.prompt_files import file_in_folder, names_in_folder
 
 LORA_SUFFIXES = (".safetensors",)
 
 
 def resolve_lora(name: str, lora_dir: str | os.PathLike[str] | None) -> Path:
-    """A `<lora:NAME>` tag's file: NAME.safetensors in lora_dir (or NAME as a path)."""
-    direct = Path(name)
-    if direct.suffix in LORA_SUFFIXES and direct.is_file():
-        return direct
+    """A `<lora:NAME>` tag's file: NAME.safetensors inside lora_dir, subfolders allowed, never outside it.
+
+    Absolute names and `..` are refused like a missing file, with the same text (see prompt_files).
+    """
     if lora_dir is None:
         raise SamplingError(f"prompt uses <lora:{name}> but no LoRA folder was given",
                             ["pass --lora_dir FOLDER holding NAME.safetensors"])
-    folder = Path(lora_dir)
-    for suffix in LORA_SUFFIXES:
-        path = folder / f"{name}{suffix}"
-        if path.is_file():
-            return path
-    known = sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-    raise SamplingError(f"<lora:{name}>: {folder / (name + '.safetensors')} does not exist",
-                        [f"LoRAs in {folder}: {', '.join(known[:30]) or 'none'}"])
+    path = file_in_folder(lora_dir, name, LORA_SUFFIXES[0])
+    if path is None:
+        raise SamplingError(f"<lora:{name}>: no {name}.safetensors in {lora_dir}", [
+            "a tag names a .safetensors file inside --lora_dir (subfolders allowed; no absolute paths or '..')",
+            f"LoRAs there: {names_in_folder(lora_dir, LORA_SUFFIXES[0])}"])
+    return path
 
 
 @lru_cache(maxsize=256)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from library.errors import TrainingError
+from library.fileio import own_temp_of
 
 LOCK_NAME = ".lorasmith-train.lock"
 
@@ -73,27 +73,49 @@ def acquire(output_dir: Path) -> tuple[Path, list[str]]:
                 "wait for that training to finish, stop it, or choose another --output_dir",
                 "if no training is running there, delete the lock file"])
         notes.append(f"took over a stale lock {path} (process {pid or '?'} is gone)")
-        notes += [f"removed {name}, left half-written by that process" for name in remove_stale_temps(output_dir)]
+        notes += remove_stale_temps(output_dir, pid)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     raise TrainingError(f"cannot take the lock {path}", ["another process keeps creating it; choose another --output_dir"])
 
 
-def remove_stale_temps(output_dir: Path) -> list[str]:
-    """Delete the hidden temp files/folders (`.name.XXXX.tmp`, `.name.PID.old`, `.tmpXXXXXX`) a killed run left.
+def remove_stale_temps(output_dir: Path, pid: int) -> list[str]:
+    """Clean up what dead process `pid` left half-written; returns one note per name touched.
 
-    Only called with the lock of a dead process in hand, so no live writer owns them.
+    Only names `fileio.own_temp_prefix` gave to that very process are considered
+    (`.NAME.lorasmith-PID-XXXXXXXX.tmp`, `.NAME.lorasmith-PID-prev.old`): a user's
+    `.tmp`, `.zshrc.old` or `.tmpfoo` never match. A matching folder (a state being
+    written) is emptied and removed only when it holds plain files and nothing else;
+    a state moved aside whose replacement never arrived is put back instead.
     """
-    removed = []
-    for entry in output_dir.iterdir():
-        # ours: `.name.XXXX.tmp` / `.name.PID.old`; safetensors' writer: `.tmpXXXXXX` (Rust tempfile crate)
-        if entry.name.startswith(".") and (entry.name.endswith((".tmp", ".old")) or entry.name.startswith(".tmp")):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry.name)
-    return sorted(removed)
+    notes = []
+    for entry in sorted(output_dir.iterdir()):
+        own = own_temp_of(entry.name, pid)
+        if own is None or entry.is_symlink():
+            continue
+        dest, kind = own
+        if entry.is_file():
+            entry.unlink(missing_ok=True)
+            notes.append(f"removed {entry.name}, left half-written by that process")
+        elif kind == "old" and not (output_dir / dest).exists():
+            os.replace(entry, output_dir / dest)
+            notes.append(f"restored {dest} from {entry.name}, moved aside by that process")
+        elif entry.is_dir() and _remove_flat_folder(entry):
+            notes.append(f"removed {entry.name}, left half-written by that process")
+        else:
+            notes.append(f"left {entry.name}: it holds more than the files lorasmith writes there")
+    return notes
+
+
+def _remove_flat_folder(folder: Path) -> bool:
+    """Delete a folder that holds only plain files (what our state writer puts there); False if it holds more."""
+    children = list(folder.iterdir())
+    if any(child.is_symlink() or not child.is_file() for child in children):
+        return False
+    for child in children:
+        child.unlink(missing_ok=True)
+    folder.rmdir()
+    return True
 
 
 def release(path: Path) -> None:

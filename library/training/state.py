@@ -26,8 +26,17 @@ import torch
 
 from library.config import TrainConfig
 from library.errors import ConfigError
-from library.fileio import apply_user_mode, write_failure_reason
+from library.fileio import apply_user_mode, own_temp_prefix, write_failure_reason
+from library.safetensors_header import read_header
 from library.training.saving import write_error
+from library.training.state_check import (
+    STATE_HELP,
+    check_optimizer_state,
+    check_scheduler_state,
+    check_train_state,  # noqa: F401  (the trainer calls it as run_state.check_train_state)
+    optimizer_probe,
+    restore_part,
+)
 
 STATE_FORMAT = 1
 # Fields that may differ on resume without changing the trajectory: where files and logs go,
@@ -39,6 +48,9 @@ FREE_TO_CHANGE = frozenset({
     "sample_every_n_steps", "sample_at_first", "sample_sampler", "max_data_loader_n_workers",
     "persistent_data_loader_workers",
 })
+
+# The saved optimizer state is tied to these: refused even with --resume_allow_changes.
+NOT_RESUMABLE = frozenset({"optimizer_type", "optimizer_args"})
 
 
 def state_folder_name(lora_file_name: str, ext: str) -> str:
@@ -96,13 +108,13 @@ def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
 def atomic_folder(dest: Path):
     """Yield a temp folder beside `dest`; on success it replaces `dest` (the old one is removed after)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=own_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
         apply_user_mode(tmp)  # mkdtemp made it 0700 and safetensors its file 0600
         old = None
         if dest.exists():
-            old = dest.parent / f".{dest.name}.{os.getpid()}.old"
+            old = dest.parent / f"{own_temp_prefix(dest)}prev.old"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(dest, old)
         os.replace(tmp, dest)
@@ -186,11 +198,21 @@ def read_saved_config(folder: Path) -> dict[str, Any]:
 
 
 def check_config(folder: Path, cfg: TrainConfig) -> list[str]:
-    """The changes against the saved config; refused (ConfigError) unless resume_allow_changes."""
+    """The changes against the saved config; refused (ConfigError) unless resume_allow_changes.
+
+    Learning rates and schedule settings that change are applied from the resume on (see restore);
+    the optimizer's own settings cannot be, so they are refused even with resume_allow_changes.
+    """
     changes = config_changes(read_saved_config(folder), cfg)
     if changes and not cfg.resume_allow_changes:
         raise ConfigError(f"--resume {folder}: the config differs from the one the state was saved with", changes + [
             "resume with the same settings, or pass --resume_allow_changes to continue anyway (the result will differ)"])
+    fixed = [c for c in changes if c.split(":", 1)[0] in NOT_RESUMABLE]
+    if fixed:
+        raise ConfigError(f"--resume {folder}: {', '.join(c.split(':', 1)[0] for c in fixed)} cannot change on resume",
+                          fixed + ["the saved optimizer state (moments, step counts) belongs to the saved optimizer and its "
+                                   "arguments; resume with those, or start a new run from the LoRA file with "
+                                   "--network_weights"])
     return changes
 
 
@@ -206,10 +228,15 @@ def load_train_state(folder: Path) -> dict[str, Any]:
     return state
 
 
-def restore(folder: Path, parts: Any, state: dict[str, Any]) -> None:
-    """Load network, optimizer, schedule, scaler, RNG and data position into freshly built `parts`."""
+def restore(folder: Path, parts: Any, state: dict[str, Any]) -> list[str]:
+    """Load network, optimizer, schedule, scaler, RNG and data position into freshly built `parts`.
+
+    Call check_train_state first; a part whose values its loader still refuses is named here.
+    Returns notes on learning rates changed by --resume_allow_changes (applied, see apply_learning_rates).
+    """
     from safetensors.torch import load_file
 
+    read_header(folder / "network.safetensors", ConfigError, "state network file")
     try:
         weights = load_file(str(folder / "network.safetensors"))
     except Exception as exc:  # safetensors raises its own error types for damaged files
@@ -218,18 +245,47 @@ def restore(folder: Path, parts: Any, state: dict[str, Any]) -> None:
     if result.missing_keys or result.unexpected_keys:
         raise ConfigError(f"{folder}: the saved network does not match this one",
                           [f"missing: {k}" for k in result.missing_keys[:5]] + [f"unexpected: {k}" for k in result.unexpected_keys[:5]])
+    fresh_lrs = list(getattr(parts.lr_scheduler, "base_lrs", []))  # from this run's config, before the state's
+    inner = getattr(parts.optimizer.optimizer, "optimizer", parts.optimizer.optimizer)  # under accelerate's wrapper
+    probe = optimizer_probe(inner)
     try:
         parts.optimizer.optimizer.load_state_dict(state["optimizer"])
     except ValueError as exc:  # torch: "loaded state dict contains a parameter group that doesn't match ..."
         raise ConfigError(f"{folder}: the saved optimizer state does not fit this run's optimizer ({exc})", [
             "states saved before lorasmith kept the LoRA in one flat tensor per group (elementwise optimizers) "
             "hold one entry per tensor; continue from the LoRA file instead: --network_weights <file>"]) from None
-    parts.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    except (KeyError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
+        raise ConfigError(f"--resume {folder}: the saved optimizer cannot be restored ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})", [STATE_HELP]) from None
+    check_optimizer_state(folder, inner, probe)
+    check_scheduler_state(folder, state["lr_scheduler"], parts.lr_scheduler.state_dict())
+    restore_part(folder, "lr_scheduler", parts.lr_scheduler.load_state_dict, state["lr_scheduler"])
     scaler = getattr(parts.accelerator, "scaler", None)
     if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    parts.rng.load_state_dict(rng_from_plain(state["rng"]))
-    parts.dataset.load_state_dict(state["dataset"])
+        restore_part(folder, "gradient scaler", scaler.load_state_dict, state["scaler"])
+    restore_part(folder, "random generators", lambda v: parts.rng.load_state_dict(rng_from_plain(v)), state["rng"])
+    restore_part(folder, "data position", parts.dataset.load_state_dict, state["dataset"])
+    return apply_learning_rates(parts.lr_scheduler, fresh_lrs, list(getattr(parts, "group_names", [])))
+
+
+def apply_learning_rates(scheduler: Any, lrs: list[float], names: list[str]) -> list[str]:
+    """Put this run's learning rates back after a state was loaded; one note per group that changed.
+
+    A LambdaLR's state holds its `base_lrs` and the optimizer's groups their `lr`, so a resume with
+    a changed --learning_rate/--unet_lr/--text_encoder_lr would keep training at the saved rate while
+    the LoRA's metadata names the new one. The schedule itself (warmup, cycles, power) comes from
+    this run's config already; its step count from the state.
+    """
+    if type(scheduler) is not torch.optim.lr_scheduler.LambdaLR or list(scheduler.base_lrs) == lrs:
+        return []  # unchanged (an exact resume stays bit-exact), or Adafactor's own relative-step schedule
+    notes = [f"learning rate of {names[i] if i < len(names) else f'group{i}'}: {old:g} in the state, {new:g} from now on"
+             for i, (old, new) in enumerate(zip(scheduler.base_lrs, lrs)) if old != new]
+    scheduler.base_lrs = list(lrs)
+    for group, base, fn in zip(scheduler.optimizer.param_groups, lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    return notes
 
 
 def check_processes(folder: Path, state: dict[str, Any], world: int) -> None:

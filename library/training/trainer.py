@@ -417,10 +417,12 @@ def _train_prepared(cfg: TrainConfig, prepared: PreparedData, events: Events, co
     trainer = Trainer(parts, events, commands)
     if resume_from is not None:
         saved = run_state.load_train_state(resume_from)
+        run_state.check_train_state(resume_from, saved, plan)
         run_state.check_processes(resume_from, saved, trainer.world)
-        run_state.restore(resume_from, parts, saved)
+        for note in run_state.restore(resume_from, parts, saved):
+            events.on_log({"message": note})
         trainer.pos = LoopPosition(**saved["position"])
-        trainer.load_extra_state(saved)
+        run_state.restore_part(resume_from, "loss history", trainer.load_extra_state, saved)
         events.on_log({"message": f"resumed from {resume_from} at epoch {trainer.pos.epoch}, step {trainer.pos.global_step}"})
     result = trainer.run()
     result.warnings = warnings + result.warnings
