@@ -127,13 +127,14 @@ def test_real_full_disk_for_safetensors_and_torch_save_is_recognised(tmpfs) -> N
     assert write_failure_reason(ValueError("unrelated"), out / "x") is None
 
 
-def test_faked_enospc_from_safetensors_writer_is_named(tmp_path, monkeypatch) -> None:
-    import safetensors.torch
+def test_faked_enospc_from_the_lora_writer_is_named(tmp_path, monkeypatch) -> None:
+    """save_lora writes the serialised bytes itself (lock.py: no safetensors `.tmpXXXXXX` names)."""
+    from pathlib import Path
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(Path, "write_bytes", full)
     net = SimpleNamespace(save_weights=lambda path, dtype, md: __import__("library.lora.file", fromlist=["x"]).save_lora(
         {"lora_unet_x.alpha": torch.tensor(1.0)}, path, dtype, md))
     with pytest.raises(TrainingError, match=r"cannot write .*t\.safetensors: No space left on device"):

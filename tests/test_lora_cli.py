@@ -140,7 +140,7 @@ def test_verify_and_inspect_read_every_format_training_writes(tmp_path, capsys):
         path = write_lora(network, tmp_path / f"t.{fmt}", fmt, torch.float16, {"ss_network_dim": "2"})
         assert main(["verify", str(path)]) == 0, capsys.readouterr().err
         out = capsys.readouterr().out
-        assert f"{path}: OK" in out and "down/up pairs and ranks agree" in out
+        assert f"{path}: OK" in out and "tensors pair up and ranks agree" in out
         assert main(["inspect", str(path), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["rank"] == 2
     damaged = tmp_path / "damaged.ckpt"
