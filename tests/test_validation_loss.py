@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from library.config import TrainConfig
 from library.data.prepare import prepare_data
@@ -94,7 +95,7 @@ def test_held_out_images_never_in_training_batches(data: Path, tmp_path: Path) -
 def test_training_logs_sd_scripts_tags_and_events(data: Path, tmp_path: Path) -> None:
     events = RecordingEvents()
     cfg = config(data, tmp_path / "o", logging_dir=str(tmp_path / "logs"), max_train_epochs=2, validate_every_n_steps=2,
-                 learning_rate=5e-3)
+                 learning_rate=1e-2)
     result = train(cfg, events)
     tags = scalars(tmp_path / "logs")
     assert [s for s, _ in tags["loss/validation/step_average"]] == [2, 4, 6]  # 3 steps per epoch, 6 in all
@@ -105,13 +106,19 @@ def test_training_logs_sd_scripts_tags_and_events(data: Path, tmp_path: Path) ->
     assert all(e["batches"] == 1 and e["timesteps"] == [200, 400, 600, 800] for e in val_events)
     # after the last step and at the epoch's end the weights are the same: so is the loss, to the bit
     assert val_events[3]["val_loss"] == val_events[4]["val_loss"]
-    assert val_events[0]["val_loss"] != val_events[2]["val_loss"]  # training changed the weights in between
+    # the tiny model learns the shapes: the held-out loss falls step after step (measured 1.139, 1.131, 1.120 with seed 3)
+    step_vals = [e["val_loss"] for e in val_events if e["kind"] == "step"]
+    assert step_vals[0] > step_vals[1] > step_vals[2]
     epoch_vals = [e["val_loss"] for e in events.of("epoch")]
     assert [v for _, v in result.validation_losses] == epoch_vals
     assert tags["loss/validation/epoch_average"][1][1] == pytest.approx(epoch_vals[1], rel=1e-6)
     # the step event carries the latest validation loss for the GUI (step 5: the one measured after step 4)
     steps = {e["step"]: e for e in events.of("step")}
     assert steps[1]["val_loss"] is None and steps[5]["val_loss"] == val_events[2]["val_loss"]
+    with safe_open(str(result.final_file), "pt") as f:
+        md = f.metadata()
+    assert md["ss_num_validation_images"] == "2" and md["ss_validation_split"] == "0.25"
+    assert md["ss_validate_every_n_steps"] == "2" and md["ss_num_train_images"] == "6"
 
 
 def test_max_validation_steps_limits_batches(data: Path, tmp_path: Path) -> None:
@@ -128,3 +135,20 @@ def test_no_split_no_validation(data: Path, tmp_path: Path) -> None:
     result = train(cfg, events)
     assert result.validation_losses == [] and events.of("validation") == []
     assert not any(t.startswith("loss/validation") for t in scalars(tmp_path / "logs"))
+
+
+def test_console_prints_validation_lines() -> None:
+    import io
+
+    from library.training.console import ConsoleEvents
+
+    out = io.StringIO()
+    console = ConsoleEvents(out, bar=False)
+    console.on_validation({"kind": "step", "step": 4, "epoch": 1, "val_loss": 0.5, "divergence": -0.25})
+    console.on_epoch({"epoch": 1, "num_epochs": 2, "avg_loss": 0.75, "step": 6, "val_loss": 0.5})
+    console.on_epoch({"epoch": 2, "num_epochs": 2, "avg_loss": 0.75, "step": 6, "val_loss": None})
+    assert out.getvalue().splitlines() == [
+        "step 4: validation loss 0.5000 (divergence from training -0.2500)",
+        "epoch 1/2 done: average loss 0.7500, validation loss 0.5000",
+        "epoch 2/2 done: average loss 0.7500",
+    ]
