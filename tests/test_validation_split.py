@@ -64,7 +64,7 @@ def test_prepare_holds_out_train_images_only_and_plan_says_so(data: Path) -> Non
     assert all(it.repeats == 1 for lay in prepared.validation.layouts for it in lay.items)
     assert prepared.plan.train_items == 14  # 7 images x 2 repeats
     assert prepared.plan.held_out_images == 3
-    assert "validation images held out (not trained on):  3" in format_plan(prepared.plan)
+    assert "validation images held out (not trained on): 3" in format_plan(prepared.plan)
     again = prepare_data(cfg(data / "train", reg_data_dir=str(data / "reg"), validation_split=0.3))
     assert {it.image.path for lay in again.validation.layouts for it in lay.items} == held
     other = prepare_data(cfg(data / "train", validation_split=0.3, validation_seed=12345))
@@ -86,7 +86,7 @@ def test_no_split_means_no_validation(data: Path) -> None:
 
 @pytest.mark.parametrize("split", [1.0, -0.1, 1.5])
 def test_split_outside_0_1_is_a_named_error(data: Path, split: float) -> None:
-    with pytest.raises(ConfigError, match="validation_split"):
+    with pytest.raises(ConfigError, match=f"validation_split: {split} is not a fraction from 0 up to below 1"):
         prepare_data(cfg(data / "train", validation_split=split))
 
 
@@ -112,5 +112,5 @@ num_repeats = 2
     assert prepared.plan.held_out_images == 2
     bad = tmp_path / "bad.toml"
     bad.write_text(toml.read_text().replace("validation_split = 0.2", "validation_split = 1.0"))
-    with pytest.raises(ConfigError, match="validation_split"):
+    with pytest.raises(ConfigError, match="validation_split: 1.0 is not a fraction"):
         prepare_data(TrainConfig(pretrained_model_name_or_path="tiny", dataset_config=str(bad), seed=3))

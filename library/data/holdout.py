@@ -18,7 +18,6 @@ import math
 import random
 
 from library.data.folders import DatasetDescription, DescribedDataset, DescribedSubset, ImageEntry
-from library.errors import ConfigError
 
 
 def split_images(images: list[ImageEntry], fraction: float, seed: int) -> tuple[list[ImageEntry], list[ImageEntry]]:
@@ -31,11 +30,11 @@ def split_images(images: list[ImageEntry], fraction: float, seed: int) -> tuple[
     return shuffled[:cut], shuffled[cut:]
 
 
-def check_fraction(fraction: float, where: str = "validation_split") -> None:
-    """A split must leave something to train on: 0 <= split < 1."""
-    if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"{where}: {fraction} is not a fraction below 1",
-                          [f"{where}: set a value from 0 (no validation) up to below 1, e.g. 0.1 holds out 10% of each folder's images"])
+def fraction_problem(fraction: float, where: str = "validation_split") -> str | None:
+    """The problem line for a split that is not in [0, 1) (it must leave something to train on), else None."""
+    if 0.0 <= fraction < 1.0:
+        return None
+    return f"{where}: {fraction} is not a fraction from 0 up to below 1; e.g. 0.1 holds out 10% of each folder's images, 0 none"
 
 
 def split_description(description: DatasetDescription, default_seed: int | None) -> tuple[DatasetDescription, DatasetDescription | None]:

@@ -188,7 +188,7 @@ def format_plan(plan: TrainingPlan) -> str:
         f"total optimizer steps:                       {plan.total_steps}",
     ]
     if plan.held_out_images:
-        lines.append(f"validation images held out (not trained on):  {plan.held_out_images}")
+        lines.append(f"validation images held out (not trained on): {plan.held_out_images}")
     if plan.buckets:
         lines.append("buckets: " + ", ".join(f"{b['resolution'][0]}x{b['resolution'][1]}: {b['count']}" for b in plan.buckets))
     lines += [f"warning: {w}" for w in plan.warnings]

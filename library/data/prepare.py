@@ -17,7 +17,7 @@ from library.data.captions import CaptionOptions
 from library.data.dataset import LoraDataset
 from library.data.dataset_config import load_dataset_specs
 from library.data.folders import DatasetDescription, scan_datasets, subsets_from_dirs
-from library.data.holdout import check_fraction, held_out_count, split_description
+from library.data.holdout import fraction_problem, held_out_count, split_description
 from library.data.latent_cache import LatentRequest, cache_latents
 from library.data.layout import DatasetLayout, build_layout
 from library.data.masks import MaskSource, mask_source
@@ -92,10 +92,8 @@ def check_options(config, specs: list[DatasetSpec]) -> None:
             problems.append(f"train_batch_size: {d.batch_size} must be 1 or more")
     problems += mask_option_problems(bool(opt(config, "masked_loss")), subsets)
     for di, d in enumerate(specs, 1):
-        try:
-            check_fraction(d.validation_split, "validation_split" if len(specs) == 1 else f"[[datasets]] #{di} validation_split")
-        except ConfigError as exc:
-            problems.append(f"{exc.summary}; {exc.problems[0]}")
+        problem = fraction_problem(d.validation_split, "validation_split" if len(specs) == 1 else f"[[datasets]] #{di} validation_split")
+        problems += [problem] if problem else []
     try:
         chunk_count(opt(config, "max_token_length"))
     except ConfigError as exc:
