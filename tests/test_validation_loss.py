@@ -56,9 +56,11 @@ def test_timesteps_and_schedule_follow_sd_scripts() -> None:
 
 
 def test_same_weights_same_loss_and_training_rng_untouched(data: Path, tmp_path: Path) -> None:
-    cfg = config(data, tmp_path / "o")
+    cfg = config(data, tmp_path / "o", network_train_unet_only=True)  # a frozen text encoder: its outputs are cached
     parts = build_run(cfg, prepare_data(cfg), 3)
     validator = Validator(parts, StepMath(parts))
+    # held-out images are cached like the training ones: no VAE or text encoder call per validation
+    assert len(parts.val_dataset.latents) == 2 and parts.val_dataset.text_encoder_outputs is not None
     assert validator.batches == 1 and validator.timesteps == [200, 400, 600, 800]  # 2 held-out images, batch 2
     rng_state = parts.rng.noise.get_state()
     first = validator.evaluate()
@@ -152,3 +154,12 @@ def test_console_prints_validation_lines() -> None:
         "epoch 1/2 done: average loss 0.7500, validation loss 0.5000",
         "epoch 2/2 done: average loss 0.7500",
     ]
+
+
+def test_resumed_run_measures_the_same_validation_losses(data: Path, tmp_path: Path) -> None:
+    full = train(config(data, tmp_path / "a", max_train_epochs=2, save_state=True, save_every_n_epochs=1))
+    state = tmp_path / "a" / "t-000001-state"
+    assert state.is_dir()
+    resumed = train(config(data, tmp_path / "b", max_train_epochs=2, resume=str(state)))
+    assert len(full.validation_losses) == 2
+    assert resumed.validation_losses == full.validation_losses  # epoch 1 from the state, epoch 2 measured again
