@@ -1,6 +1,7 @@
 """The validation loss during training: fixed noise and timesteps, sd-scripts' tags, never trained on."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -163,3 +164,17 @@ def test_resumed_run_measures_the_same_validation_losses(data: Path, tmp_path: P
     resumed = train(config(data, tmp_path / "b", max_train_epochs=2, resume=str(state)))
     assert len(full.validation_losses) == 2
     assert resumed.validation_losses == full.validation_losses  # epoch 1 from the state, epoch 2 measured again
+
+
+def test_progress_file_carries_validation_to_the_gui(tmp_path: Path) -> None:
+    from gui.progress import Progress
+    from library.training.events import JsonLinesEvents
+
+    sink = JsonLinesEvents(tmp_path / "p.jsonl")
+    sink.on_validation({"kind": "step", "step": 4, "epoch": 1, "val_loss": 0.5, "divergence": -0.1})
+    sink.on_validation({"kind": "epoch", "step": 6, "epoch": 1, "val_loss": 0.25, "divergence": -0.1})
+    sink.close()
+    progress = Progress()
+    for line in (tmp_path / "p.jsonl").read_text().splitlines():
+        progress.apply(json.loads(line))
+    assert progress.val_loss == 0.25 and progress.val_losses == [(4, 0.5), (6, 0.25)]
