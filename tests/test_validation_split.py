@@ -82,6 +82,9 @@ def test_no_split_means_no_validation(data: Path) -> None:
     prepared = prepare_data(cfg(data / "train"))
     assert prepared.validation is None and prepared.plan.held_out_images == 0
     assert "held out" not in format_plan(prepared.plan)
+    small = prepare_data(cfg(data / "train", validation_split=0.05))  # 10 images: ceil(9.5) = 10 trained
+    assert small.validation is None
+    assert any(w.startswith("validation_split holds out no image") for w in small.plan.warnings)
 
 
 @pytest.mark.parametrize("split", [1.0, -0.1, 1.5])

@@ -141,6 +141,9 @@ def prepare_data(config, *, num_processes: int = 1) -> PreparedData:
         optimizer_type=opt(config, "optimizer_type"), target_steps=opt(config, "target_steps"),
     )
     plan.held_out_images = held_out_count(held)
+    if held is None and any(d.validation_split > 0 for d in specs):
+        plan.warnings.append("validation_split holds out no image: every folder is too small for it (a folder of n images "
+                             "keeps ceil(n x (1 - split)) for training); raise validation_split or add images")
     masks = item_masks(layouts) if opt(config, "masked_loss") else None
     return PreparedData(description, layouts, plan, masks, validation_data(held, plan, bool(opt(config, "masked_loss"))))
 
