@@ -35,6 +35,8 @@ class Progress:
     s_per_step: float | None = None
     eta_s: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
+    val_loss: float | None = None  # the latest validation loss (--validation_split)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
     samples: list[str] = field(default_factory=list)
     saved: list[str] = field(default_factory=list)
     plan: dict | None = None
@@ -116,6 +118,13 @@ def _on_epoch(p: Progress, ev: dict, now: float) -> None:
     p.avg_loss = _num(ev.get("avg_loss")) or _num(ev.get("loss")) or p.avg_loss
 
 
+def _on_validation(p: Progress, ev: dict, now: float) -> None:
+    value, step = _num(ev.get("val_loss")), _num(ev.get("step"))
+    if value is not None:
+        p.val_loss = value
+        p.val_losses.append((int(step or p.step), value))
+
+
 def _paths(ev: dict, *keys: str) -> list[str]:
     out: list[str] = []
     for key in keys:
@@ -158,6 +167,7 @@ _HANDLERS = {
     "step": _on_step, "on_step": _on_step,
     "epoch": _on_epoch, "on_epoch": _on_epoch,
     "sample": _on_sample, "on_sample": _on_sample,
+    "validation": _on_validation, "on_validation": _on_validation,
     "save": _on_save, "on_save": _on_save,
     "finish": _on_finish, "on_finish": _on_finish,
     "error": _on_error, "on_error": _on_error,

@@ -181,6 +181,12 @@ class TrainConfig:
                                       "that give about this many optimizer steps over max_train_epochs", group="Training", min=1)
     gradient_accumulation_steps: int = option(1, "Batches accumulated per optimizer step", group="Training", min=1)
     seed: int | None = option(None, "Seed for everything random; unset (in sample and grid: -1, as AUTOMATIC1111 writes it) = a random seed, reported and stored", group="Training", min=0, max=2**32 - 1, sample_default=-1)
+    validation_split: float = option(0.0, "Fraction of each training folder's images held out of training to measure a validation loss "
+                                     "(0 = none; regularization folders are never split)", group="Training", min=0.0)
+    validation_seed: int | None = option(None, "Seed that picks the held-out images and the validation noise; unset = the training seed", group="Training", min=0, max=2**32 - 1)
+    validate_every_n_steps: int | None = option(None, "Also measure the validation loss every N optimizer steps", group="Training", min=1)
+    validate_every_n_epochs: int | None = option(None, "Measure the validation loss every N epochs (unset = every epoch)", group="Training", min=1)
+    max_validation_steps: int | None = option(None, "Measure at most this many validation batches (unset = all held-out images)", group="Training", min=1)
     clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models; 1 or unset = the last layer)", group="Training", min=1, max=12, sample_default=1)
 
     # --- Precision and memory -------------------------------------------------

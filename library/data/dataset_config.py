@@ -33,11 +33,12 @@ SUBSET_ONLY_KEYS: dict[str, tuple] = {"image_dir": (str,), "is_reg": (bool,), "c
 DATASET_KEYS: dict[str, tuple] = {
     "batch_size": (int,), "resolution": (int, list), "enable_bucket": (bool,), "min_bucket_reso": (int,),
     "max_bucket_reso": (int,), "bucket_reso_steps": (int,), "bucket_no_upscale": (bool,), "prior_loss_weight": FLOAT,
+    "validation_split": FLOAT, "validation_seed": (int,),
 }
 # sd-scripts keys we do not implement: accepted only at these (default) values.
 UNSUPPORTED = {
     "face_crop_aug_range": None, "enable_wildcard": False, "token_warmup_min": 1, "token_warmup_step": 0,
-    "custom_attributes": None, "resize_interpolation": None, "validation_seed": None, "validation_split": 0.0,
+    "custom_attributes": None, "resize_interpolation": None,
     "network_multiplier": 1.0, "debug_dataset": False,
 }
 ARG_NAMES = {"batch_size": "train_batch_size"}  # dataset key → TrainConfig field
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "random_crop": False, "caption_extension": ".caption", "class_tokens": None, "is_reg": False, "batch_size": 1,
     "resolution": None, "enable_bucket": False, "min_bucket_reso": 256, "max_bucket_reso": 1024,
     "bucket_reso_steps": 64, "bucket_no_upscale": False, "prior_loss_weight": 1.0, "alpha_mask": False,
+    "validation_split": 0.0, "validation_seed": None,
 }
 
 
@@ -164,7 +166,8 @@ def specs_from_user_config(user: dict, config=None, base_dir: str | Path = ".") 
         geometry = BucketGeometry(parse_resolution(res, f"[[datasets]] #{di} resolution"), get("enable_bucket"),
                                   get("min_bucket_reso"), get("max_bucket_reso"), get("bucket_reso_steps"), get("bucket_no_upscale"))
         subsets = tuple(_subset([sub, ds, general], config, Path(base_dir)) for sub in ds["subsets"])
-        specs.append(DatasetSpec(subsets, geometry, get("batch_size"), float(get("prior_loss_weight"))))
+        specs.append(DatasetSpec(subsets, geometry, get("batch_size"), float(get("prior_loss_weight")),
+                                 float(get("validation_split")), get("validation_seed")))
     return specs
 
 

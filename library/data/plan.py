@@ -53,6 +53,7 @@ class TrainingPlan:
     buckets: list[dict]
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    held_out_images: int = 0  # images kept out of training for the validation loss (--validation_split)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -186,6 +187,8 @@ def format_plan(plan: TrainingPlan) -> str:
         f"epochs:                                      {plan.epochs}",
         f"total optimizer steps:                       {plan.total_steps}",
     ]
+    if plan.held_out_images:
+        lines.append(f"validation images held out (not trained on): {plan.held_out_images}")
     if plan.buckets:
         lines.append("buckets: " + ", ".join(f"{b['resolution'][0]}x{b['resolution'][1]}: {b['count']}" for b in plan.buckets))
     lines += [f"warning: {w}" for w in plan.warnings]

@@ -17,6 +17,7 @@ from library.data.captions import CaptionOptions
 from library.data.dataset import LoraDataset
 from library.data.dataset_config import load_dataset_specs
 from library.data.folders import DatasetDescription, scan_datasets, subsets_from_dirs
+from library.data.holdout import fraction_problem, held_out_count, split_description
 from library.data.latent_cache import LatentRequest, cache_latents
 from library.data.layout import DatasetLayout, build_layout
 from library.data.masks import MaskSource, mask_source
@@ -62,7 +63,8 @@ def dataset_specs(config) -> tuple[list[DatasetSpec], list[str]]:
         raise ConfigError("no training data given", ["train_data_dir: set the folder of '<repeats>_<name>' subfolders, or dataset_config"])
     subsets, problems = subsets_from_dirs(opt(config, "train_data_dir"), opt(config, "reg_data_dir"), template_subset(config))
     subsets = mirror_mask_dirs(subsets, opt(config, "conditioning_data_dir"))
-    spec = DatasetSpec(tuple(subsets), geometry(config), int(opt(config, "train_batch_size", 1)), float(opt(config, "prior_loss_weight", 1.0)))
+    spec = DatasetSpec(tuple(subsets), geometry(config), int(opt(config, "train_batch_size", 1)), float(opt(config, "prior_loss_weight", 1.0)),
+                       float(opt(config, "validation_split", 0.0)), opt(config, "validation_seed"))
     return [spec], problems
 
 
@@ -90,6 +92,9 @@ def check_options(config, specs: list[DatasetSpec]) -> None:
         if d.batch_size < 1:
             problems.append(f"train_batch_size: {d.batch_size} must be 1 or more")
     problems += mask_option_problems(bool(opt(config, "masked_loss")), subsets)
+    for di, d in enumerate(specs, 1):
+        problem = fraction_problem(d.validation_split, "validation_split" if len(specs) == 1 else f"[[datasets]] #{di} validation_split")
+        problems += [problem] if problem else []
     try:
         chunk_count(opt(config, "max_token_length"))
     except ConfigError as exc:
@@ -116,6 +121,11 @@ class PreparedData:
     layouts: list[DatasetLayout]
     plan: TrainingPlan
     masks: dict[tuple[int, int], MaskSource] | None = field(default=None)  # (dataset, item) → mask; None: no masked_loss
+    validation: "PreparedData | None" = None  # the held-out images (--validation_split), laid out the same way
+
+    @property
+    def held_out_images(self) -> int:
+        return 0 if self.validation is None else sum(lay.num_train_images for lay in self.validation.layouts)
 
 
 def prepare_data(config, *, num_processes: int = 1) -> PreparedData:
@@ -123,6 +133,7 @@ def prepare_data(config, *, num_processes: int = 1) -> PreparedData:
     specs, folder_problems = dataset_specs(config)
     check_options(config, specs)
     description = scan_datasets(specs, bool(opt(config, "skip_bad_images", False)), folder_problems)
+    description, held = split_description(description, opt(config, "seed"))
     layouts = [build_layout(d) for d in description.datasets]
     plan = make_plan(
         layouts, gradient_accumulation_steps=int(opt(config, "gradient_accumulation_steps", 1)),
@@ -130,8 +141,20 @@ def prepare_data(config, *, num_processes: int = 1) -> PreparedData:
         num_processes=num_processes, skipped=description.skipped,
         optimizer_type=opt(config, "optimizer_type"), target_steps=opt(config, "target_steps"),
     )
+    plan.held_out_images = held_out_count(held)
+    if held is None and any(d.validation_split > 0 for d in specs):
+        plan.warnings.append("validation_split holds out no image: every folder is too small for it (a folder of n images "
+                             "keeps ceil(n x (1 - split)) for training); raise validation_split or add images")
     masks = item_masks(layouts) if opt(config, "masked_loss") else None
-    return PreparedData(description, layouts, plan, masks)
+    return PreparedData(description, layouts, plan, masks, validation_data(held, plan, bool(opt(config, "masked_loss"))))
+
+
+def validation_data(held: DatasetDescription | None, plan: TrainingPlan, masked_loss: bool) -> PreparedData | None:
+    """The held-out images laid out in buckets like training data (they share the training plan)."""
+    if held is None:
+        return None
+    layouts = [build_layout(d) for d in held.datasets]
+    return PreparedData(held, layouts, plan, item_masks(layouts) if masked_loss else None)
 
 
 def item_masks(layouts: list[DatasetLayout]) -> dict[tuple[int, int], MaskSource]:

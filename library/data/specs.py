@@ -86,6 +86,8 @@ class DatasetSpec:
     geometry: BucketGeometry
     batch_size: int = 1
     prior_loss_weight: float = 1.0
+    validation_split: float = 0.0  # fraction of each training folder held out (see data.holdout)
+    validation_seed: int | None = None  # None: the training seed
 
     @property
     def resolution(self) -> Reso:

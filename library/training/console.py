@@ -60,7 +60,14 @@ class ConsoleEvents(Events):
             f"{format_lr(info)}" + (f" {sps:.2f}s/step" if sps else ""), refresh=False)
 
     def on_epoch(self, info: dict[str, Any]) -> None:
-        self._print(f"epoch {info['epoch']}/{info['num_epochs']} done: average loss {info['avg_loss']:.4f}")
+        val = info.get("val_loss")
+        self._print(f"epoch {info['epoch']}/{info['num_epochs']} done: average loss {info['avg_loss']:.4f}"
+                    + (f", validation loss {val:.4f}" if val is not None else ""))
+
+    def on_validation(self, info: dict[str, Any]) -> None:
+        if info["kind"] == "step":
+            self._print(f"step {info['step']}: validation loss {info['val_loss']:.4f} "
+                        f"(divergence from training {info['divergence']:+.4f})")
 
     def on_save(self, info: dict[str, Any]) -> None:
         self._print(f"saved {info['path']} (epoch {info['epoch']}, step {info['step']})")

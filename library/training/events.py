@@ -26,9 +26,10 @@ class Events:
     def on_finish(self, info: dict[str, Any]) -> None: ...
     def on_error(self, info: dict[str, Any]) -> None: ...
     def on_log(self, info: dict[str, Any]) -> None: ...
+    def on_validation(self, info: dict[str, Any]) -> None: ...  # {"kind": "step"|"epoch", "step", "epoch", "val_loss", ...}
 
 
-EVENT_NAMES = ("plan", "step", "epoch", "sample", "save", "finish", "error", "log")
+EVENT_NAMES = ("plan", "step", "epoch", "sample", "save", "finish", "error", "log", "validation")
 
 
 class MultiEvents(Events):

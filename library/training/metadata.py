@@ -23,6 +23,7 @@ class RunMetadata:
             self.config["lr_warmup_steps"] = int(warmup)  # sd-scripts writes "4", not "4.0"
         # Raw facts; build_metadata formats them with the same function as library.data's planner.
         self.dataset = dataset_summary(parts.prepared.layouts)
+        self.dataset["num_validation_images"] = parts.prepared.held_out_images  # sd-scripts: ss_num_validation_images
         # Hashes come from the loaded bundle: no second pass over a multi-GB checkpoint,
         # and built-in models get their hashes too.
         self.model = model_metadata_from_facts(parts.bundle.facts, v2=cfg.v2, v_parameterization=cfg.v_parameterization)

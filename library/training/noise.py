@@ -138,13 +138,25 @@ class NoisedBatch:
     timesteps: torch.Tensor
 
 
-def noise_batch(latents: torch.Tensor, settings: NoiseSettings, gen: torch.Generator,
-                alphas_cumprod: torch.Tensor) -> NoisedBatch:
-    """Everything random about one step, in sd-scripts' order: noise, timesteps, perturbation."""
-    noise = make_noise(latents, settings, gen)
-    num_train = int(alphas_cumprod.shape[0])
+def timestep_range(settings: NoiseSettings, num_train: int) -> tuple[int, int]:
+    """[low, high) of the timesteps training draws from: min_timestep/max_timestep or the whole schedule."""
     low = 0 if settings.min_timestep is None else settings.min_timestep
     high = num_train if settings.max_timestep is None else settings.max_timestep
-    timesteps = sample_timesteps(latents.shape[0], low, high, gen, latents.device)
+    return low, high
+
+
+def noise_batch(latents: torch.Tensor, settings: NoiseSettings, gen: torch.Generator,
+                alphas_cumprod: torch.Tensor, timestep: int | None = None) -> NoisedBatch:
+    """Everything random about one step, in sd-scripts' order: noise, timesteps, perturbation.
+
+    With `timestep`, every sample gets that timestep and none is drawn (validation, as
+    sd-scripts sets min_timestep = max_timestep = t for each validation timestep).
+    """
+    noise = make_noise(latents, settings, gen)
+    if timestep is None:
+        low, high = timestep_range(settings, int(alphas_cumprod.shape[0]))
+        timesteps = sample_timesteps(latents.shape[0], low, high, gen, latents.device)
+    else:
+        timesteps = torch.full((latents.shape[0],), int(timestep), dtype=torch.long, device=latents.device)
     noisy = add_noise(latents, input_perturbation(noise, settings, gen), timesteps, alphas_cumprod)
     return NoisedBatch(noise=noise, noisy_latents=noisy, timesteps=timesteps)

@@ -54,6 +54,7 @@ class RunParts:
     flat: FlatGroups | None = None  # the optimizer's flat copies of the LoRA parameters, when used
     unet_step: Any = None  # the UNet as the training step calls it (torch.compile'd with --torch_compile)
     pin_batches: bool = False  # the DataLoader hands out batches in pinned memory (CUDA, caches not on the GPU)
+    val_dataset: Any = None  # the held-out images (--validation_split), cached like the training data
 
     @property
     def trainable_params(self) -> list[torch.nn.Parameter]:
@@ -183,6 +184,7 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     if cfg.gradient_checkpointing:
         enable_checkpointing(bundle, train_te)
     dataset = build_data(cfg, prepared, bundle, seed, train_te)
+    val_dataset = build_data(cfg, prepared.validation, bundle, seed, train_te) if prepared.validation else None
     moved = offload_after_caching(bundle, dataset.latents is not None, dataset.text_encoder_outputs is not None,
                                   cfg.lowram, cfg.lowvram)  # only needed again for samples
     caches_on_device, cache_note = place_caches(dataset, device, cfg.max_data_loader_n_workers, cfg.lowvram)
@@ -200,7 +202,7 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     return RunParts(cfg, accelerator, device, weight_dtype, bundle, network, prepared, dataset, choice,
                     lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, notes, flat,
                     compile_unet(bundle.unet, cfg.dynamo_backend) if cfg.torch_compile else bundle.unet,
-                    pin_batches=device.type == "cuda" and not caches_on_device)
+                    pin_batches=device.type == "cuda" and not caches_on_device, val_dataset=val_dataset)
 
 
 def check_dynamo_backend(backend: str) -> None:

@@ -22,7 +22,7 @@ class StepMath:
         self.scaling = float(getattr(parts.bundle.vae.config, "scaling_factor", 0.18215))
         self.memory_format = torch.channels_last if cfg.unet_channels_last else torch.preserve_format
 
-    def latents(self, batch: dict[str, Any]) -> torch.Tensor:
+    def latents(self, batch: dict[str, Any], gen: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latents of the batch: cached ones, or the VAE's sample drawn from the run's generator."""
         p = self.parts
         if batch.get("latents") is not None:
@@ -30,7 +30,7 @@ class StepMath:
         else:
             with torch.no_grad():
                 pixels = batch["images"].to(p.device, p.bundle.vae.dtype, non_blocking=True)
-                lat = p.bundle.vae.encode(pixels).latent_dist.sample(generator=p.rng.noise).float()
+                lat = p.bundle.vae.encode(pixels).latent_dist.sample(generator=gen or p.rng.noise).float()
         lat = torch.nan_to_num(lat, 0.0)  # sd-scripts replaces NaN latents with zeros
         return lat * self.scaling
 
@@ -38,16 +38,20 @@ class StepMath:
         p = self.parts
         if batch.get("text_encoder_outputs") is not None:
             return batch["text_encoder_outputs"].to(p.device, p.weight_dtype, non_blocking=True)
-        with torch.set_grad_enabled(p.train_text_encoder), p.accelerator.autocast():
+        with torch.set_grad_enabled(p.train_text_encoder and torch.is_grad_enabled()), p.accelerator.autocast():
             return encode_tokens(p.bundle.text_encoder, batch["input_ids"].to(p.device, non_blocking=True),
                                  p.config.clip_skip)
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The step loss (sd-scripts train_network.py): per-sample mean over C,H,W, weighted, batch mean."""
+    def loss(self, batch: dict[str, Any], timestep: int | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
+        """The step loss (sd-scripts train_network.py): per-sample mean over C,H,W, weighted, batch mean.
+
+        Validation passes a fixed `timestep` and its own generator `gen`; training draws both from the run's RNG.
+        """
         p, cfg = self.parts, self.parts.config
-        latents = self.latents(batch)
+        gen = gen or p.rng.noise
+        latents = self.latents(batch, gen)
         cond = self.conditioning(batch)
-        nb = noise_batch(latents, self.noise, p.rng.noise, p.alphas_cumprod)
+        nb = noise_batch(latents, self.noise, gen, p.alphas_cumprod, timestep)
         with p.accelerator.autocast():
             unet = p.unet_step if p.unet_step is not None else p.bundle.unet
             noisy = nb.noisy_latents.to(p.weight_dtype, memory_format=self.memory_format)

@@ -38,6 +38,7 @@ from library.training.samples import SampleHook
 from library.training.setup import RunParts, build_run
 from library.training.step import StepMath
 from library.training.tracking import LossRecorder, TensorBoardLog, lr_logs, run_log_dir
+from library.training.validation import Validator, should_validate_epoch, should_validate_step
 
 
 @dataclass
@@ -59,6 +60,7 @@ class TrainResult:
     seed: int
     log_dir: Path | None
     epoch_losses: list[float] = field(default_factory=list)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (epoch, epoch-end validation loss)
     stopped: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -94,6 +96,9 @@ class Trainer:
         self.readback = StepReadback(parts.device)
         self._micro_losses: list[torch.Tensor] = []  # this step's micro-batch losses, still on the device
         self._micro_refs: list[tuple[int, list[str]]] = []  # (batch index, image paths) of each
+        self.validator = Validator(parts, self.math)
+        self.validation_losses: list[tuple[int, float]] = []
+        self.last_val_loss: float | None = None
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -109,7 +114,7 @@ class Trainer:
             self.tb.close()
         result = TrainResult(self.output_dir, list(self.files), final, self.pos.global_step,
                              min(self.pos.epoch, self.plan.epochs), self.parts.rng.seed, self.tb.log_dir,
-                             list(self.epoch_losses), stopped, list(self.parts.notes))
+                             list(self.epoch_losses), list(self.validation_losses), stopped, list(self.parts.notes))
         self.events.on_finish({"final_file": str(final) if final else None, "files": [str(f) for f in self.files],
                                "global_step": result.global_step, "epochs": result.epochs, "stopped": stopped,
                                "log_dir": str(self.tb.log_dir) if self.tb.log_dir else None,
@@ -244,6 +249,8 @@ class Trainer:
             if self.is_main:
                 self._drop_states(saving.prune_step_files(self.output_dir, self.cfg.output_name, self.ext, step,
                                                           self.cfg.save_last_n_steps))
+        if self.validator.enabled and should_validate_step(step, self.cfg.validate_every_n_steps):
+            self._validate("step")
         if self.cfg.sample_every_n_steps and step % self.cfg.sample_every_n_steps == 0:
             self._sample(epoch=None, step=step, force=True)
         elif self.commands.take("sample_now"):
@@ -285,7 +292,7 @@ class Trainer:
         return {
             "step": record.step, "total_steps": self.plan.total_steps,
             "epoch": record.epoch, "num_epochs": self.plan.epochs,
-            "loss": record.losses[-1], "avg_loss": self.recorder.moving_average,
+            "loss": record.losses[-1], "avg_loss": self.recorder.moving_average, "val_loss": self.last_val_loss,
             "lr": dict(zip(names, lrs)),
             "dlr": {n: d * lr for n, d, lr in zip(names, dvals, lrs) if d is not None} or None,
             "s_per_step": s_per_step, "eta_s": s_per_step * remaining if s_per_step else None,
@@ -296,10 +303,14 @@ class Trainer:
         epoch = self.pos.epoch
         avg = self.recorder.moving_average
         self.epoch_losses.append(avg)
+        val = None
+        if self.validator.enabled and should_validate_epoch(epoch, self.cfg.validate_every_n_epochs):
+            val = self._validate("epoch")
+            self.validation_losses.append((epoch, val))
         self.tb.scalars({"loss/epoch_average": avg}, epoch)
         self.tb.flush()
         self.events.on_epoch({"epoch": epoch, "num_epochs": self.plan.epochs, "avg_loss": avg,
-                              "step": self.pos.global_step})
+                              "step": self.pos.global_step, "val_loss": val})
         if saving.should_save_epoch(epoch, self.cfg.save_every_n_epochs, self.plan.epochs):
             self._save_numbered(saving.epoch_file_name(self.cfg.output_name, epoch, self.ext), "epoch")
             if self.is_main:
@@ -309,6 +320,20 @@ class Trainer:
             self._sample(epoch=epoch, step=self.pos.global_step, force=True)
         self.pos.epoch += 1
         self.pos.batch = 0
+
+    def _validate(self, kind: str) -> float:
+        """One validation after a step or at an epoch's end, logged under sd-scripts' tags."""
+        self._catch_up()  # the divergence compares with the training loss's moving average
+        result = self.validator.evaluate()
+        divergence = result.loss - self.recorder.moving_average
+        x = self.pos.global_step if kind == "step" else self.pos.epoch
+        self.tb.scalars({f"loss/validation/{kind}_average": result.loss,
+                         f"loss/validation/{kind}_divergence": divergence}, x)
+        self.last_val_loss = result.loss
+        self.events.on_validation({"kind": kind, "step": self.pos.global_step, "epoch": self.pos.epoch,
+                                   "val_loss": result.loss, "divergence": divergence, "batches": result.batches,
+                                   "timesteps": result.timesteps})
+        return result.loss
 
     # -- files ---------------------------------------------------------------------------------
     def _save_numbered(self, name: str, kind: str) -> Path:
@@ -326,6 +351,7 @@ class Trainer:
         if not self.is_main:
             return folder
         extra = {"recorder": self.recorder.state_dict(), "epoch_losses": list(self.epoch_losses),
+                 "validation_losses": [list(v) for v in self.validation_losses],
                  "nan_steps": self.nan_steps, "num_processes": self.world}
         run_state.save_state(folder, self.parts, dataclasses.asdict(pos), extra)
         self.events.on_save({"path": str(folder), "kind": "state", "epoch": min(pos.epoch, self.plan.epochs),
@@ -342,6 +368,7 @@ class Trainer:
         self.recorder.load_state_dict(state["recorder"])
         self.epoch_losses = [float(x) for x in state.get("epoch_losses", [])]
         self.nan_steps = int(state.get("nan_steps", 0))
+        self.validation_losses = [(int(e), float(v)) for e, v in state.get("validation_losses", [])]
 
     def _save_final(self, stopped: bool) -> Path:
         self._catch_up()
