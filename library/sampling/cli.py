@@ -35,7 +35,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                          defaults=config_defaults(SHARED_OPTIONS) | SAMPLE_DEFAULTS)
     p.add_argument("--output_dir", default=None,
                    help="folder for the PNGs (created if missing; default outputs/txt2img, outputs/img2img with --init_image)")
-    p.add_argument("--prompt", required=True, help="A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:0.8>, {a|b}")
+    p.add_argument("--prompt", required=True,
+                   help="A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:0.8>, {a|b}; settings per image as "
+                        "<cfg_scale:5>, <steps:20>, <sampler_name:DPM++ 2M Karras>, <width:768>, <seed:1>, ...")
     p.add_argument("--negative_prompt", default="", help="what to steer away from")
     p.add_argument("--steps", type=int, default=30, help="sampling steps")
     p.add_argument("--cfg_scale", type=float, default=7.0, help="classifier-free guidance scale")
@@ -151,7 +153,7 @@ def run_sample(args: argparse.Namespace) -> int:
     bundle = load_bundle_from_args(args)
     session = SamplingSession(bundle)
     init_images = cycle_images(init, len(jobs)) if init else None
-    total = len(jobs) * model_steps(request, img2img=init is not None)
+    total = sum(model_steps(job.request or request, img2img=init is not None) for job in jobs)  # <steps:N> tags
     with tqdm(total=total, desc="img2img" if init else "sampling", unit="step") as bar:
         images = session.run_jobs(request, jobs, on_step=bar.update, max_batch=request.batch_size,
                                   init_images=init_images)
