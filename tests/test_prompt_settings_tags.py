@@ -142,3 +142,32 @@ def test_sample_command_refuses_an_unknown_tag_before_loading(tmp_path, capsys):
                "--output_dir", str(tmp_path)])
     assert rc != 0
     assert "<cfg:5>" in capsys.readouterr().err
+
+
+def test_checkpoint_tag_switches_models_from_models_dir(tmp_path):
+    from library.models.saving import save_single_file
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_single_file(build_tiny_bundle(1), models / "other.safetensors")
+    out = tmp_path / "out"
+    rc = main(["sample", "--pretrained_model_name_or_path", "tiny", "--prompt", "a cube {<checkpoint:other>|}",
+               "--models_dir", str(models), "--steps", "1", "--width", "64", "--height", "64", "--seed", "0",
+               "--batch_size", "4", "--output_dir", str(out)])
+    assert rc == 0
+    labels = []
+    for path in sorted(out.glob("*.png")):
+        with Image.open(path) as png:
+            labels.append(parse_infotext(png.text["parameters"])[2]["Model"])
+    assert sorted(set(labels)) == ["other", "tiny"] and len(labels) == 4
+    _s, [job] = plan_jobs(SampleRequest(**{**BASE, "prompt": "<checkpoint:other>", "models_dir": str(models)}))
+    assert job.checkpoint == str(models / "other.safetensors")
+
+
+def test_checkpoint_tag_stays_inside_models_dir(tmp_path):
+    from library.models.saving import save_single_file
+
+    (tmp_path / "models").mkdir()
+    save_single_file(build_tiny_bundle(1), tmp_path / "secret.safetensors")
+    with pytest.raises(SamplingError, match=r"<checkpoint:\.\./secret>: .* does not exist"):
+        plan_jobs(SampleRequest(**{**BASE, "prompt": "<checkpoint:../secret>", "models_dir": str(tmp_path / "models")}))

@@ -22,20 +22,30 @@ LORA_SUFFIXES = (".safetensors",)
 
 def resolve_lora(name: str, lora_dir: str | os.PathLike[str] | None) -> Path:
     """A `<lora:NAME>` tag's file: NAME.safetensors in lora_dir (or NAME as a path)."""
+    return resolve_named_file("lora", name, lora_dir, LORA_SUFFIXES, "--lora_dir")
+
+
+def resolve_named_file(tag: str, name: str, folder: str | os.PathLike[str] | None,
+                       suffixes: tuple[str, ...], flag: str) -> Path:
+    """A `<tag:NAME>` prompt tag's file: NAME as a path to an existing file, else NAME + a suffix in `folder`.
+
+    A name that would lead out of `folder` (`../x`) is refused, so a prompt cannot reach other files.
+    """
     direct = Path(name)
-    if direct.suffix in LORA_SUFFIXES and direct.is_file():
+    if direct.suffix.lower() in suffixes and direct.is_file():
         return direct
-    if lora_dir is None:
-        raise SamplingError(f"prompt uses <lora:{name}> but no LoRA folder was given",
-                            ["pass --lora_dir FOLDER holding NAME.safetensors"])
-    folder = Path(lora_dir)
-    for suffix in LORA_SUFFIXES:
-        path = folder / f"{name}{suffix}"
-        if path.is_file():
+    if folder is None:
+        raise SamplingError(f"prompt uses <{tag}:{name}> but no folder for it was given",
+                            [f"pass {flag} FOLDER holding {name}{suffixes[0]}"])
+    folder = Path(folder)
+    names = [name] if Path(name).suffix.lower() in suffixes else [f"{name}{suffix}" for suffix in suffixes]
+    for candidate in names:
+        path = folder / candidate
+        if path.is_file() and path.resolve().is_relative_to(folder.resolve()):
             return path
-    known = sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-    raise SamplingError(f"<lora:{name}>: {folder / (name + '.safetensors')} does not exist",
-                        [f"LoRAs in {folder}: {', '.join(known[:30]) or 'none'}"])
+    known = sorted(p.stem for suffix in suffixes for p in folder.glob(f"*{suffix}")) if folder.is_dir() else []
+    raise SamplingError(f"<{tag}:{name}>: {folder / names[0]} does not exist",
+                        [f"{tag} files in {folder}: {', '.join(known[:30]) or 'none'}"])
 
 
 @lru_cache(maxsize=256)

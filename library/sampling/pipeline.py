@@ -26,8 +26,8 @@ from library.errors import SamplingError
 from library.sampling.conditioning import PromptEncoder
 from library.sampling.denoiser import CFGDenoiser, DiscreteDenoiser
 from library.sampling.dynamic_prompts import expand_prompt
-from library.sampling.infotext import format_infotext, format_number, model_label, version_string
-from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora
+from library.sampling.infotext import MODEL_EXTENSIONS, format_infotext, format_number, model_label, version_string
+from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora, resolve_named_file
 from library.sampling.prompt_parser import extract_prompt_tags
 from library.sampling.sampler_registry import infotext_sampler, resolve_sampler
 
@@ -53,6 +53,7 @@ class SampleRequest:
     lora_dir: str | None = None
     wildcards_dir: str | None = None
     denoising_strength: float = 0.75  # img2img only: how much of the schedule re-draws the init image
+    models_dir: str | None = None  # where <checkpoint:NAME> tags find their model file
 
 
 @dataclass
@@ -130,8 +131,17 @@ def plan_jobs(request: SampleRequest) -> tuple[int, list[ImageJob]]:
         jobs.append(ImageJob(image_seed, shown, negative, text, negative_text,
                              tuple((p, w) for p, w, _ in all_loras),
                              tuple((name, p) for p, w, name in all_loras if w != 0),
-                             request=image_request, checkpoint=settings.get("checkpoint"), vae=settings.get("vae")))
+                             request=image_request, checkpoint=_checkpoint(settings, request.models_dir),
+                             vae=settings.get("vae")))
     return seed, jobs
+
+
+def _checkpoint(settings: dict[str, object], models_dir: str | None) -> str | None:
+    """A `<checkpoint:NAME>` tag as a file in models_dir; without models_dir it must name the loaded model."""
+    name = settings.get("checkpoint")
+    if name is None or models_dir is None:
+        return name
+    return str(resolve_named_file("checkpoint", str(name), models_dir, MODEL_EXTENSIONS, "--models_dir"))
 
 
 def _apply_settings(request: SampleRequest, settings: dict[str, object], prompt: str) -> SampleRequest | None:
@@ -157,10 +167,11 @@ def check_model_tags(bundle, jobs: Sequence[ImageJob]) -> None:
             if wanted is None or (loaded and model_label(Path(wanted).name) == model_label(Path(loaded).name)):
                 continue
             flag = "--pretrained_model_name_or_path" if kind == "checkpoint" else "--vae"
+            how = ("`lorasmith sample --models_dir FOLDER` switches checkpoints per image; here "
+                   if kind == "checkpoint" else "VAEs are not switched per image: ")
             raise SamplingError(
                 f"prompt tag <{kind}:{wanted}>: the loaded {kind} is {loaded or 'the one inside the model'}",
-                [f"lorasmith does not switch {kind}s per image yet: load {wanted} with {flag}, "
-                 f"or remove the tag (a grid's Checkpoint axis compares checkpoints)"])
+                [f"{how}load {wanted} with {flag}, or remove the tag (a grid's Checkpoint axis compares checkpoints)"])
 
 
 def _lora_name(path: str) -> str:
