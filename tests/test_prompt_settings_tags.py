@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from PIL import Image
 
 from library.cli import main
@@ -18,14 +17,6 @@ BASE = {"prompt": "a cube", "steps": 2, "width": 64, "height": 64, "seed": 5}
 @pytest.fixture(scope="module")
 def bundle():
     return build_tiny_bundle(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("tag, field, value", [
@@ -171,3 +162,6 @@ def test_checkpoint_tag_stays_inside_models_dir(tmp_path):
     save_single_file(build_tiny_bundle(1), tmp_path / "secret.safetensors")
     with pytest.raises(SamplingError, match=r"<checkpoint:\.\./secret>: .* does not exist"):
         plan_jobs(SampleRequest(**{**BASE, "prompt": "<checkpoint:../secret>", "models_dir": str(tmp_path / "models")}))
+    with pytest.raises(SamplingError, match="does not exist"):  # a path is not taken from a prompt for models
+        plan_jobs(SampleRequest(**{**BASE, "prompt": f"<checkpoint:{tmp_path / 'secret.safetensors'}>",
+                                   "models_dir": str(tmp_path / "models")}))

@@ -157,7 +157,8 @@ def run_sample(args: argparse.Namespace) -> int:
     total = sum(model_steps(job.request or request, img2img=init is not None) for job in jobs)  # <steps:N> tags
     images = [None] * len(jobs)
     with tqdm(total=total, desc="img2img" if init else "sampling", unit="step") as bar:
-        for checkpoint, indices in checkpoint_groups(jobs, switch=bool(args.models_dir)):  # <checkpoint:NAME> tags: one model loaded at a time
+        # <checkpoint:NAME> tags with --models_dir: one model loaded at a time, images kept in job order
+        for checkpoint, indices in checkpoint_groups(jobs, switch=bool(args.models_dir)):
             session = SamplingSession(load_bundle_from_args(args, checkpoint))
             made = session.run_jobs(request, [jobs[i] for i in indices], on_step=bar.update,
                                     max_batch=request.batch_size,

@@ -22,17 +22,17 @@ LORA_SUFFIXES = (".safetensors",)
 
 def resolve_lora(name: str, lora_dir: str | os.PathLike[str] | None) -> Path:
     """A `<lora:NAME>` tag's file: NAME.safetensors in lora_dir (or NAME as a path)."""
-    return resolve_named_file("lora", name, lora_dir, LORA_SUFFIXES, "--lora_dir")
+    return resolve_named_file("lora", name, lora_dir, LORA_SUFFIXES, "--lora_dir", allow_path=True)
 
 
 def resolve_named_file(tag: str, name: str, folder: str | os.PathLike[str] | None,
-                       suffixes: tuple[str, ...], flag: str) -> Path:
-    """A `<tag:NAME>` prompt tag's file: NAME as a path to an existing file, else NAME + a suffix in `folder`.
+                       suffixes: tuple[str, ...], flag: str, allow_path: bool = False) -> Path:
+    """A `<tag:NAME>` prompt tag's file: NAME (+ a suffix) in `folder`; with allow_path also a path to a file.
 
     A name that would lead out of `folder` (`../x`) is refused, so a prompt cannot reach other files.
     """
     direct = Path(name)
-    if direct.suffix.lower() in suffixes and direct.is_file():
+    if allow_path and direct.suffix.lower() in suffixes and direct.is_file():
         return direct
     if folder is None:
         raise SamplingError(f"prompt uses <{tag}:{name}> but no folder for it was given",

@@ -80,7 +80,7 @@ def extract_prompt_tags(prompt: str, keep_settings: bool = False) -> tuple[str, 
         else:
             raise SamplingError(
                 f"prompt: unknown tag {match.group(0)!r}",
-                [f"known tags: <lora:NAME:WEIGHT>, <lyco:...>, "
+                ["known tags: <lora:NAME:WEIGHT>, <lyco:...>, "
                  + ", ".join(f"<{name}:...>" for name in SETTING_TAGS),
                  "to write '<' or '>' as text, leave out the ':' or put a space after '<'"])
         return ""
