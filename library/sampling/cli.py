@@ -35,7 +35,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                          defaults=config_defaults(SHARED_OPTIONS) | SAMPLE_DEFAULTS)
     p.add_argument("--output_dir", default=None,
                    help="folder for the PNGs (created if missing; default outputs/txt2img, outputs/img2img with --init_image)")
-    p.add_argument("--prompt", required=True, help="A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:0.8>, {a|b}")
+    p.add_argument("--prompt", required=True,
+                   help="A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:0.8>, {a|b}; settings per image as "
+                        "<cfg_scale:5>, <steps:20>, <sampler_name:DPM++ 2M Karras>, <width:768>, <seed:1>, ...")
     p.add_argument("--negative_prompt", default="", help="what to steer away from")
     p.add_argument("--steps", type=int, default=30, help="sampling steps")
     p.add_argument("--cfg_scale", type=float, default=7.0, help="classifier-free guidance scale")
@@ -46,6 +48,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=1, help="images generated together")
     p.add_argument("--batch_count", type=int, default=1, help="how many batches")
     p.add_argument("--lora_dir", default=None, help="folder where <lora:NAME:WEIGHT> tags find NAME.safetensors")
+    p.add_argument("--models_dir", default=None,
+                   help="folder where <checkpoint:NAME> prompt tags find NAME.safetensors/.ckpt (sample switches "
+                        "models per image; without it the tag must name the loaded model)")
     p.add_argument("--wildcards_dir", default=None, help="folder of NAME.txt files for __NAME__ wildcards")
     p.add_argument("--init_image", default=None,
                    help="img2img: an image used for every image, or a folder whose images (sorted by name) are used "
@@ -58,7 +63,7 @@ def request_from_args(args: argparse.Namespace, **overrides):
     from library.sampling.pipeline import SampleRequest
 
     names = ("prompt", "negative_prompt", "steps", "cfg_scale", "sampler", "width", "height", "seed", "batch_size",
-             "batch_count", "clip_skip", "lora_dir", "wildcards_dir")
+             "batch_count", "clip_skip", "lora_dir", "wildcards_dir", "models_dir")
     fields = {name: getattr(args, name) for name in names}
     for name, value in SAMPLE_DEFAULTS.items():  # "--seed none" / "--clip_skip none" mean unset
         if fields[name] is None:
@@ -148,13 +153,19 @@ def run_sample(args: argparse.Namespace) -> int:
     seed, jobs = plan_jobs(request)  # checks prompts, wildcards and LoRA tags before loading the model
     if request.seed < 0:
         print(f"seed: {seed}")
-    bundle = load_bundle_from_args(args)
-    session = SamplingSession(bundle)
     init_images = cycle_images(init, len(jobs)) if init else None
-    total = len(jobs) * model_steps(request, img2img=init is not None)
+    total = sum(model_steps(job.request or request, img2img=init is not None) for job in jobs)  # <steps:N> tags
+    images = [None] * len(jobs)
     with tqdm(total=total, desc="img2img" if init else "sampling", unit="step") as bar:
-        images = session.run_jobs(request, jobs, on_step=bar.update, max_batch=request.batch_size,
-                                  init_images=init_images)
+        # <checkpoint:NAME> tags with --models_dir: one model loaded at a time, images kept in job order
+        for checkpoint, indices in checkpoint_groups(jobs, switch=bool(args.models_dir)):
+            session = SamplingSession(load_bundle_from_args(args, checkpoint))
+            made = session.run_jobs(request, [jobs[i] for i in indices], on_step=bar.update,
+                                    max_batch=request.batch_size,
+                                    init_images=[init_images[i] for i in indices] if init_images else None)
+            for i, image in zip(indices, made):
+                images[i] = image
+            del session
     if not images:
         raise SamplingError("nothing was generated")
     output_dir = output_dir_from_args(args)
@@ -162,6 +173,17 @@ def run_sample(args: argparse.Namespace) -> int:
         path = save_png(img.image, next_image_path(output_dir, img.seed), img.parameters)
         print(f"{path}  (seed {img.seed})")
     return 0
+
+
+def checkpoint_groups(jobs, switch: bool) -> list[tuple[str | None, list[int]]]:
+    """Job indices per `<checkpoint:...>` file (None: the --pretrained_model_name_or_path model), first seen first.
+
+    Without `switch` (no --models_dir) every job runs on the given model, which a tag must then name.
+    """
+    groups: dict[str | None, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.checkpoint if switch else None, []).append(i)
+    return list(groups.items())
 
 
 def model_steps(request, img2img: bool) -> int:

@@ -37,6 +37,25 @@ def resolve_lora(name: str, lora_dir: str | os.PathLike[str] | None) -> Path:
     return path
 
 
+def resolve_named_file(tag: str, name: str, folder: str | os.PathLike[str] | None,
+                       suffixes: tuple[str, ...], flag: str) -> Path:
+    """A `<tag:NAME>` prompt tag's file (a `<checkpoint:…>`): NAME (+ a suffix) inside `folder`, never outside.
+
+    Same rule and same message for "missing" and "not allowed" as `<lora:…>` (see prompt_files).
+    """
+    if folder is None:
+        raise SamplingError(f"prompt uses <{tag}:{name}> but no folder for it was given",
+                            [f"pass {flag} FOLDER holding {name}{suffixes[0]}"])
+    for suffix in suffixes:
+        path = file_in_folder(folder, name, suffix)
+        if path is not None:
+            return path
+    known = ", ".join(n for n in (names_in_folder(folder, s) for s in suffixes) if n != "none") or "none"
+    raise SamplingError(f"<{tag}:{name}>: no such file in {folder}", [
+        f"a tag names a file inside {flag} (subfolders allowed; no absolute paths or '..')",
+        f"{tag} files there: {known}"])
+
+
 @lru_cache(maxsize=256)
 def _short_hash(path: str, mtime_ns: int) -> str:
     from library.lora.file import data_region_sha256

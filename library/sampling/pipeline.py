@@ -26,9 +26,9 @@ from library.errors import SamplingError
 from library.sampling.conditioning import PromptEncoder
 from library.sampling.denoiser import CFGDenoiser, DiscreteDenoiser
 from library.sampling.dynamic_prompts import expand_prompt
-from library.sampling.infotext import format_infotext, format_number, model_label, version_string
-from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora
-from library.sampling.prompt_parser import extract_lora_tags
+from library.sampling.infotext import MODEL_EXTENSIONS, format_infotext, format_number, model_label, version_string
+from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora, resolve_named_file
+from library.sampling.prompt_parser import extract_prompt_tags
 from library.sampling.sampler_registry import infotext_sampler, resolve_sampler
 
 StepCallback = Callable[[int], None]
@@ -53,6 +53,7 @@ class SampleRequest:
     lora_dir: str | None = None
     wildcards_dir: str | None = None
     denoising_strength: float = 0.75  # img2img only: how much of the schedule re-draws the init image
+    models_dir: str | None = None  # where <checkpoint:NAME> tags find their model file
 
 
 @dataclass
@@ -66,6 +67,10 @@ class ImageJob:
     negative_text: str
     loras: tuple[tuple[str, float], ...]
     lora_names: tuple[tuple[str, str], ...] = ()  # (name, path) for the Lora hashes field
+    # the request with this image's settings tags (<cfg_scale:5>, <steps:20> ...) applied; None: the batch's own
+    request: SampleRequest | None = None
+    checkpoint: str | None = None  # <checkpoint:NAME> / <vae:NAME>: must name what is loaded
+    vae: str | None = None
 
 
 @dataclass
@@ -101,23 +106,72 @@ def validate_request(request: SampleRequest) -> None:
 
 
 def plan_jobs(request: SampleRequest) -> tuple[int, list[ImageJob]]:
-    """(base seed, one job per image): seeds, expanded prompts, LoRA tags resolved to files."""
+    """(base seed, one job per image): seeds, expanded prompts, LoRA and settings tags resolved.
+
+    Dynamic prompts are expanded first, then tags are read, so `{<cfg_scale:5>|<cfg_scale:7>}`
+    varies per image; `<seed:N>` sets that image's noise seed (its prompt choices stay seed + i).
+    """
     seed = request.seed if request.seed is not None and request.seed >= 0 else random.randrange(2**32)
     jobs = []
     for i in range(request.batch_size * request.batch_count):
         s = seed + i
         prompt = expand_prompt(request.prompt, s, request.wildcards_dir)
         negative = expand_prompt(request.negative_prompt, s, request.wildcards_dir)
-        text, tags = extract_lora_tags(prompt)
-        negative_text, _neg_tags = extract_lora_tags(negative)
+        negative_text, _neg_tags, neg_settings = extract_prompt_tags(negative)
+        text, tags, settings = extract_prompt_tags(prompt)
+        settings = neg_settings | settings
+        image_request = _apply_settings(request, settings, prompt)
+        image_seed = settings.pop("seed", s)
+        if image_seed < 0:  # <seed:-1> is "random", as in A1111
+            image_seed = random.randrange(2**32)
         tagged = [(str(resolve_lora(t.name, request.lora_dir)), t.weight, t.name) for t in tags]
         explicit = [(str(p), float(w), _lora_name(p)) for p, w in request.loras]
         shown = prompt + "".join(f" <lora:{name}:{format_number(w)}>" for _p, w, name in explicit)
         all_loras = explicit + tagged
-        jobs.append(ImageJob(s, shown, negative, text, negative_text,
+        jobs.append(ImageJob(image_seed, shown, negative, text, negative_text,
                              tuple((p, w) for p, w, _ in all_loras),
-                             tuple((name, p) for p, w, name in all_loras if w != 0)))
+                             tuple((name, p) for p, w, name in all_loras if w != 0),
+                             request=image_request, checkpoint=_checkpoint(settings, request.models_dir),
+                             vae=settings.get("vae")))
     return seed, jobs
+
+
+def _checkpoint(settings: dict[str, object], models_dir: str | None) -> str | None:
+    """A `<checkpoint:NAME>` tag as a file in models_dir; without models_dir it must name the loaded model."""
+    name = settings.get("checkpoint")
+    if name is None or models_dir is None:
+        return name
+    return str(resolve_named_file("checkpoint", str(name), models_dir, MODEL_EXTENSIONS, "--models_dir"))
+
+
+def _apply_settings(request: SampleRequest, settings: dict[str, object], prompt: str) -> SampleRequest | None:
+    """The request with a prompt's settings tags applied, checked like the request itself."""
+    changes = {k: v for k, v in settings.items() if k not in ("seed", "checkpoint", "vae")}
+    if not changes:
+        return None  # the batch's own request: grids keep batching cells whose prompts differ
+    changed = dataclasses.replace(request, **changes)
+    try:
+        validate_request(changed)
+    except SamplingError as exc:
+        raise SamplingError(f"prompt {prompt!r}: its settings tags give values that cannot be used",
+                            exc.problems) from None
+    return changed
+
+
+def check_model_tags(bundle, jobs: Sequence[ImageJob]) -> None:
+    """`<checkpoint:NAME>` / `<vae:NAME>` must name the loaded model / VAE (switching per image is not supported)."""
+    facts = bundle.facts
+    for kind, loaded in (("checkpoint", facts.name), ("vae", getattr(facts, "vae_name", None))):
+        for job in jobs:
+            wanted = getattr(job, kind)
+            if wanted is None or (loaded and model_label(Path(wanted).name) == model_label(Path(loaded).name)):
+                continue
+            flag = "--pretrained_model_name_or_path" if kind == "checkpoint" else "--vae"
+            how = ("`lorasmith sample --models_dir FOLDER` switches checkpoints per image; here "
+                   if kind == "checkpoint" else "VAEs are not switched per image: ")
+            raise SamplingError(
+                f"prompt tag <{kind}:{wanted}>: the loaded {kind} is {loaded or 'the one inside the model'}",
+                [f"{how}load {wanted} with {flag}, or remove the tag (a grid's Checkpoint axis compares checkpoints)"])
 
 
 def _lora_name(path: str) -> str:
@@ -149,13 +203,17 @@ class SamplingSession:
         if init_images is not None and len(init_images) != len(jobs):
             raise SamplingError("img2img needs one init image per image to make",
                                 [f"{len(init_images)} init images for {len(jobs)} images"])
+        check_model_tags(self.bundle, jobs)
         out: list[GeneratedImage] = []
         i = 0
         while i < len(jobs):
             j = i + 1
-            while j < len(jobs) and j - i < max_batch and jobs[j].loras == jobs[i].loras:
+            while j < len(jobs) and j - i < max_batch and jobs[j].loras == jobs[i].loras \
+                    and jobs[j].request == jobs[i].request:
                 j += 1
-            out += self._run_batch(request, list(jobs[i:j]), on_step, init_images[i:j] if init_images else None)
+            batch_request = jobs[i].request or request  # settings tags make a per-image request
+            out += self._run_batch(batch_request, list(jobs[i:j]), on_step,
+                                   init_images[i:j] if init_images else None)
             i = j
         return out
 

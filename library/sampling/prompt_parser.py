@@ -10,6 +10,10 @@ Behaviour follows A1111's `prompt_parser.parse_prompt_attention` and
   when a chunk fills up and its last comma is at most 20 tokens back, the tokens after
   that comma move to the next chunk.
 - ``<lora:NAME>`` / ``<lora:NAME:WEIGHT>`` tags are removed from the text and returned.
+- Settings tags as the Randomizer Keywords extension writes them (``<cfg_scale:5>``,
+  ``<sampler_name:DPM++ 2M Karras>``, ``<steps:30>``, ``<checkpoint:NAME>`` ...) are removed
+  and returned as typed values; any other ``<name:value>`` tag is an error naming it,
+  so it never reaches the text encoder as text.
 """
 from __future__ import annotations
 
@@ -27,7 +31,16 @@ BREAK = "BREAK"
 # one token of attention syntax per match; the weight group catches ":1.3)"
 _ATTENTION = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.DOTALL)
-_LORA_TAG = re.compile(r"<(lora|lyco):([^>]*)>", re.IGNORECASE)
+# one parser for every <name:value> tag; <hypernet:...> is left in the text as before (not supported)
+_ANGLE_TAG = re.compile(r"<([A-Za-z_]+):([^<>]*)>")
+LORA_KINDS = ("lora", "lyco")
+PASSED_THROUGH = ("hypernet",)
+# Randomizer Keywords tag -> (SampleRequest field, value type); checkpoint/vae name files.
+SETTING_TAGS: dict[str, tuple[str, type]] = {
+    "checkpoint": ("checkpoint", str), "sampler_name": ("sampler", str), "cfg_scale": ("cfg_scale", float),
+    "steps": ("steps", int), "width": ("width", int), "height": ("height", int), "seed": ("seed", int),
+    "clip_skip": ("clip_skip", int), "denoising_strength": ("denoising_strength", float), "vae": ("vae", str),
+}
 
 
 @dataclass(frozen=True)
@@ -39,26 +52,70 @@ class LoraTag:
 
 
 def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
-    """Remove `<lora:NAME[:WEIGHT]>` tags from a prompt; return the text and the tags in order."""
+    """Remove `<lora:NAME[:WEIGHT]>` tags from a prompt; return the text and the tags in order.
+
+    Settings tags are checked but stay in the text, for `extract_prompt_tags` to read later
+    (training samples drop the LoRA tags, then sample the rest like `lorasmith sample`).
+    """
+    text, tags, _settings = extract_prompt_tags(prompt, keep_settings=True)
+    return text, tags
+
+
+def extract_prompt_tags(prompt: str, keep_settings: bool = False) -> tuple[str, list[LoraTag], dict[str, object]]:
+    """(text without tags, LoRA tags in order, settings by SampleRequest field); the last setting tag wins."""
     tags: list[LoraTag] = []
+    settings: dict[str, object] = {}
 
     def take(match: re.Match[str]) -> str:
-        args = [a.strip() for a in match.group(2).split(":")]
-        if not args or not args[0]:
-            raise SamplingError(f"prompt: LoRA tag {match.group(0)!r} has no name", ["write it as <lora:NAME:0.8>"])
-        weight = 1.0
-        if len(args) > 1 and args[1]:
-            try:
-                weight = float(args[1])
-            except ValueError:
-                raise SamplingError(
-                    f"prompt: LoRA tag {match.group(0)!r} has weight {args[1]!r}, not a number",
-                    ["write the weight as a number, e.g. <lora:NAME:0.8>"],
-                ) from None
-        tags.append(LoraTag(args[0], weight))
+        kind = match.group(1).lower()
+        if kind in LORA_KINDS:
+            tags.append(_lora_tag(match))
+        elif kind in SETTING_TAGS:
+            field_name, kind_type = SETTING_TAGS[kind]
+            settings[field_name] = _setting_value(match.group(0), match.group(2).strip(), kind_type)
+            if keep_settings:
+                return match.group(0)
+        elif kind in PASSED_THROUGH:
+            return match.group(0)
+        else:
+            raise SamplingError(
+                f"prompt: unknown tag {match.group(0)!r}",
+                ["known tags: <lora:NAME:WEIGHT>, <lyco:...>, "
+                 + ", ".join(f"<{name}:...>" for name in SETTING_TAGS),
+                 "to write '<' or '>' as text, leave out the ':' or put a space after '<'"])
         return ""
 
-    return _LORA_TAG.sub(take, prompt), tags
+    return _ANGLE_TAG.sub(take, prompt), tags, settings
+
+
+def _lora_tag(match: re.Match[str]) -> LoraTag:
+    args = [a.strip() for a in match.group(2).split(":")]
+    if not args or not args[0]:
+        raise SamplingError(f"prompt: LoRA tag {match.group(0)!r} has no name", ["write it as <lora:NAME:0.8>"])
+    weight = 1.0
+    if len(args) > 1 and args[1]:
+        try:
+            weight = float(args[1])
+        except ValueError:
+            raise SamplingError(
+                f"prompt: LoRA tag {match.group(0)!r} has weight {args[1]!r}, not a number",
+                ["write the weight as a number, e.g. <lora:NAME:0.8>"],
+            ) from None
+    return LoraTag(args[0], weight)
+
+
+def _setting_value(tag: str, value: str, kind: type) -> object:
+    """A settings tag's value as int/float/str; a wrong one is an error naming the tag."""
+    if not value:
+        raise SamplingError(f"prompt: tag {tag!r} has no value", ["write it as e.g. <steps:30>"])
+    if kind is str:
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise SamplingError(f"prompt: tag {tag!r} has value {value!r}, not {what}",
+                            [f"write {what}, e.g. {'<steps:30>' if kind is int else '<cfg_scale:7.5>'}"]) from None
 
 
 def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
