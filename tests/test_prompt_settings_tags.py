@@ -160,8 +160,8 @@ def test_checkpoint_tag_stays_inside_models_dir(tmp_path):
 
     (tmp_path / "models").mkdir()
     save_single_file(build_tiny_bundle(1), tmp_path / "secret.safetensors")
-    with pytest.raises(SamplingError, match=r"<checkpoint:\.\./secret>: .* does not exist"):
+    with pytest.raises(SamplingError, match=r"<checkpoint:\.\./secret>: no such file in "):
         plan_jobs(SampleRequest(**{**BASE, "prompt": "<checkpoint:../secret>", "models_dir": str(tmp_path / "models")}))
-    with pytest.raises(SamplingError, match="does not exist"):  # a path is not taken from a prompt for models
+    with pytest.raises(SamplingError, match="no such file in "):  # a path is not taken from a prompt for models
         plan_jobs(SampleRequest(**{**BASE, "prompt": f"<checkpoint:{tmp_path / 'secret.safetensors'}>",
                                    "models_dir": str(tmp_path / "models")}))
