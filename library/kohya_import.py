@@ -37,8 +37,7 @@ _NEUTRAL_WHEN_EMPTY = {
     "down_lr_weight", "mid_lr_weight", "up_lr_weight",
 }
 _NEUTRAL_WHEN_FALSEY = {
-    "sdxl", "weighted_captions", "no_token_padding", "scale_v_pred_loss_like_noise_pred",
-    "v_pred_like_loss", "stop_text_encoder_training",
+    "sdxl", "weighted_captions", "no_token_padding", "stop_text_encoder_training",
 }
 
 _LORA_TYPES = {"Standard": False, "LoCon": True, "Kohya LoCon": True}
