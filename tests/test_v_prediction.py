@@ -139,3 +139,27 @@ def test_snr_table_ignores_the_zero_terminal_rescale() -> None:
     snr = step_module.snr_table(SimpleNamespace(bundle=bundle, alphas_cumprod=training_alphas_cumprod(betas, True)))
     ac = torch.cumprod(1.0 - betas, dim=0)
     assert snr[999].item() == pytest.approx(ac[999].item() / (1 - ac[999].item()), rel=1e-5) and snr[999].item() > 0
+
+
+def test_a_v_prediction_run_records_it_in_the_lora(shapes_data, tmp_path) -> None:
+    from safetensors import safe_open
+
+    from library.training.trainer import train
+
+    cfg = TrainConfig(pretrained_model_name_or_path="tiny", train_data_dir=str(shapes_data), output_dir=str(tmp_path),
+                      output_name="v", caption_extension=".txt", resolution="64", enable_bucket=True, min_bucket_reso=64,
+                      max_bucket_reso=128, train_batch_size=2, max_train_steps=1, cache_latents=True, seed=3,
+                      v_parameterization=True, zero_terminal_snr=True, scale_v_pred_loss_like_noise_pred=True)
+    train(cfg)
+    with safe_open(str(tmp_path / "v.safetensors"), "pt") as f:
+        md = f.metadata()
+    assert md["ss_v_parameterization"] == "True" and md["ss_zero_terminal_snr"] == "True"
+    assert md["modelspec.prediction_type"] == "v" and md["ss_base_model_version"] == "sd_v1_v"
+
+
+def test_an_epsilon_lora_says_so() -> None:
+    from library.lora.metadata import build_metadata
+
+    md = build_metadata({"output_name": "e"}, dataset={}, model={}, optimizer="AdamW", session_id=1,
+                        training_started_at=0.0, epoch=1, steps=1, num_epochs=1, max_train_steps=1, num_batches_per_epoch=1)
+    assert md["ss_v_parameterization"] == "False" and md["modelspec.prediction_type"] == "epsilon"
