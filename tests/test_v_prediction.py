@@ -141,12 +141,18 @@ def test_snr_table_ignores_the_zero_terminal_rescale() -> None:
     assert snr[999].item() == pytest.approx(ac[999].item() / (1 - ac[999].item()), rel=1e-5) and snr[999].item() > 0
 
 
-def test_a_v_prediction_run_records_it_in_the_lora(shapes_data, tmp_path) -> None:
+def test_a_v_prediction_run_records_it_in_the_lora_and_samples_as_v(shapes_data, tmp_path, monkeypatch) -> None:
     from safetensors import safe_open
 
+    from library.sampling.denoiser import DiscreteDenoiser
     from library.training.trainer import train
 
-    cfg = TrainConfig(pretrained_model_name_or_path="tiny", train_data_dir=str(shapes_data), output_dir=str(tmp_path),
+    seen = []
+    original = DiscreteDenoiser.__init__
+    monkeypatch.setattr(DiscreteDenoiser, "__init__", lambda self, unet, sc: (seen.append(sc["prediction_type"]),
+                                                                               original(self, unet, sc))[1])
+    (tmp_path / "prompts.txt").write_text("a shape --w 64 --h 64 --s 2\n")
+    cfg = TrainConfig(sample_prompts=str(tmp_path / "prompts.txt"), sample_at_first=True, pretrained_model_name_or_path="tiny", train_data_dir=str(shapes_data), output_dir=str(tmp_path),
                       output_name="v", caption_extension=".txt", resolution="64", enable_bucket=True, min_bucket_reso=64,
                       max_bucket_reso=128, train_batch_size=2, max_train_steps=1, cache_latents=True, seed=3,
                       v_parameterization=True, zero_terminal_snr=True, scale_v_pred_loss_like_noise_pred=True)
@@ -155,6 +161,7 @@ def test_a_v_prediction_run_records_it_in_the_lora(shapes_data, tmp_path) -> Non
         md = f.metadata()
     assert md["ss_v_parameterization"] == "True" and md["ss_zero_terminal_snr"] == "True"
     assert md["modelspec.prediction_type"] == "v" and md["ss_base_model_version"] == "sd_v1_v"
+    assert seen and set(seen) == {"v_prediction"}  # the tiny model's own config says epsilon
 
 
 def test_an_epsilon_lora_says_so() -> None:
