@@ -100,3 +100,14 @@ def test_guidance_rescale_changes_samples_and_writes_the_extension_field() -> No
     assert not np.array_equal(np.asarray(plain.image), np.asarray(rescaled.image))
     with pytest.raises(SamplingError, match="guidance_rescale 1.5"):
         generate(bundle, SampleRequest(**base, guidance_rescale=1.5))
+
+
+def test_grid_has_a_cfg_rescale_axis() -> None:
+    from library.evaluation.axes import CellSettings
+    from library.evaluation.grid import parse_axes, plan_cells
+
+    base = CellSettings(SampleRequest(prompt="a cube", steps=2, width=64, height=64, seed=1), "tiny")
+    axes = parse_axes(base, [("CFG Rescale", "0, 0.7")], None)
+    cells = plan_cells(base, axes)
+    assert [c.settings.request.guidance_rescale for c in cells] == [0.0, 0.7]
+    assert axes[0].labels == ["CFG Rescale: 0", "CFG Rescale: 0.7"]
