@@ -170,3 +170,15 @@ def test_an_epsilon_lora_says_so() -> None:
     md = build_metadata({"output_name": "e"}, dataset={}, model={}, optimizer="AdamW", session_id=1,
                         training_started_at=0.0, epoch=1, steps=1, num_epochs=1, max_train_steps=1, num_batches_per_epoch=1)
     assert md["ss_v_parameterization"] == "False" and md["modelspec.prediction_type"] == "epsilon"
+
+
+def test_v_parameterization_sets_the_bundle_facts(shapes_data, tmp_path) -> None:
+    from library.data.prepare import prepare_data
+    from library.training.setup import build_run
+
+    cfg = TrainConfig(pretrained_model_name_or_path="tiny", train_data_dir=str(shapes_data), output_dir=str(tmp_path),
+                      caption_extension=".txt", resolution="64", train_batch_size=2, max_train_steps=1,
+                      v_parameterization=True, zero_terminal_snr=True)
+    parts = build_run(cfg, prepare_data(cfg), 3)
+    assert parts.v_prediction and parts.bundle.facts.prediction_type == "v_prediction"
+    assert parts.bundle.scheduler_config["prediction_type"] == "v_prediction" and parts.alphas_cumprod[-1].item() == 0.0

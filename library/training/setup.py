@@ -195,8 +195,9 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
 
     ac = training_alphas_cumprod(make_noise_scheduler(bundle).betas, cfg.zero_terminal_snr).to(device)
     v_pred = cfg.v_parameterization or bundle.facts.prediction_type == "v_prediction"
-    if v_pred:  # samples during training read the UNet's output as v too; a copy, as configs may be shared
+    if v_pred:  # samples during training read the UNet's output as v too; copies, as configs may be shared
         bundle.scheduler_config = {**bundle.scheduler_config, "prediction_type": "v_prediction"}
+        bundle.facts = dataclasses.replace(bundle.facts, prediction_type="v_prediction")
     notes = list(choice.notes) + ([cache_note] if cache_note else [])
     if moved and device.type != "cpu":
         notes.append(f"after caching, {' and '.join(moved)} moved to RAM (back on the GPU only for samples)")
