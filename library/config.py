@@ -225,6 +225,12 @@ class TrainConfig:
     ip_noise_gamma_random_strength: bool = option(False, "Scale input perturbation by a random factor", group="Noise and loss")
     min_snr_gamma: float | None = option(None, "Min-SNR weighting gamma (Hang et al. 2023); 5 is the paper's value", group="Noise and loss", min=0.0)
     debiased_estimation_loss: bool = option(False, "Weight the loss by 1/sqrt(SNR) (Yu et al. 2024): more weight on noisy timesteps, where layout and shape are learned", group="Noise and loss")
+    zero_terminal_snr: bool = option(False, "Rescale the noise schedule so the last timestep is pure noise (Lin et al. 2023); "
+                                     "for v-prediction models", group="Noise and loss", advanced=True)
+    scale_v_pred_loss_like_noise_pred: bool = option(False, "Scale the v-prediction loss by SNR/(SNR+1) so it weighs timesteps "
+                                                     "like the noise-prediction loss (needs v_parameterization)", group="Noise and loss", advanced=True)
+    v_pred_like_loss: float | None = option(None, "Add this times a v-prediction-like loss (the loss x (SNR+1)/SNR) to a "
+                                            "noise-prediction loss", group="Noise and loss", min=0.0, advanced=True)
     min_timestep: int | None = option(None, "Smallest sampled timestep (default 0)", group="Noise and loss", min=0, max=1000)
     max_timestep: int | None = option(None, "Largest sampled timestep, exclusive (default 1000)", group="Noise and loss", min=1, max=1000)
     masked_loss: bool = option(False, "Learn only where the mask is white: the per-pixel loss is multiplied by the mask "

@@ -170,6 +170,7 @@ def _check_contradictions(cfg: TrainConfig, rep: ValidationReport) -> None:
     hi = cfg.max_timestep if cfg.max_timestep is not None else 1000
     if isinstance(lo, int) and isinstance(hi, int) and lo >= hi:
         rep.error("min_timestep", f"{lo} must be below max_timestep {hi}")
+    _check_v_prediction(cfg, rep)
     if cfg.v2:
         rep.error("v2", "SD 2.x models are not supported yet; use an SD 1.x checkpoint")
     if cfg.xformers and importlib.util.find_spec("xformers") is None:
@@ -299,3 +300,14 @@ def _check_paths(cfg: TrainConfig, rep: ValidationReport) -> None:
 
 def _is_placeholder(value: str) -> bool:
     return value.startswith("<") and value.endswith(">")
+
+
+def _check_v_prediction(cfg: TrainConfig, rep: ValidationReport) -> None:
+    """sd-scripts' rules for the v-prediction loss options (train_util.verify_training_args)."""
+    if cfg.scale_v_pred_loss_like_noise_pred and not cfg.v_parameterization:
+        rep.error("scale_v_pred_loss_like_noise_pred", "needs v_parameterization (it rescales a v-prediction loss); add --v_parameterization or drop it")
+    if cfg.v_pred_like_loss and cfg.v_parameterization:
+        rep.error("v_pred_like_loss", "is for noise-prediction models and cannot be used with v_parameterization; drop one of them")
+    if cfg.zero_terminal_snr and not cfg.v_parameterization:
+        rep.warn("zero_terminal_snr", "without v_parameterization a noise-prediction model cannot learn the pure-noise last timestep "
+                 "(sd-scripts warns the same); add --v_parameterization for a v-prediction model")

@@ -32,8 +32,7 @@ GUI_ONLY_KEYS = {
 }
 
 _NEUTRAL_WHEN_FALSEY = {
-    "sdxl", "weighted_captions", "no_token_padding", "scale_v_pred_loss_like_noise_pred",
-    "v_pred_like_loss", "stop_text_encoder_training",
+    "sdxl", "weighted_captions", "no_token_padding", "stop_text_encoder_training",
 }
 
 # kohya_ss LoRA_type -> (network_module, LyCORIS algo); kohya_ss itself sends "LoCon" to LyCORIS

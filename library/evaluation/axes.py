@@ -193,6 +193,8 @@ AXIS_TYPES: dict[str, AxisType] = {t.name: t for t in (
     AxisType("Sampler", _samplers, lambda s, v, vals: _req(s, sampler=v), str, cost=3),
     AxisType("Steps", _numbers("int", "Steps"), lambda s, v, vals: _req(s, steps=v), _labelled("Steps"), cost=3),
     AxisType("CFG Scale", _numbers("float", "CFG Scale"), lambda s, v, vals: _req(s, cfg_scale=v), _labelled("CFG Scale"), 2),
+    AxisType("CFG Rescale", _numbers("float", "CFG Rescale"), lambda s, v, vals: _req(s, guidance_rescale=v),
+             _labelled("CFG Rescale"), 2),  # the CFG Rescale extension's axis (Lin et al. 2023 guidance_rescale)
     AxisType("Denoising", _denoising, lambda s, v, vals: _req(s, denoising_strength=v), _labelled("Denoising"), 2),
     AxisType("Seed", _numbers("int", "Seed"), lambda s, v, vals: _req(s, seed=v), _labelled("Seed"), cost=0),
 )}

@@ -73,6 +73,7 @@ _BOOL_FROM_CONFIG = (
     ("ss_gradient_checkpointing", "gradient_checkpointing"),
     ("ss_full_fp16", "full_fp16"),
     ("ss_v2", "v2"),
+    ("ss_v_parameterization", "v_parameterization"),  # read by loaders and model pickers to tell v-prediction LoRAs
     ("ss_cache_latents", "cache_latents"),
     ("ss_debiased_estimation", "debiased_estimation_loss"),
     ("ss_fp8_base", "fp8_base"),

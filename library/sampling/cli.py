@@ -41,6 +41,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative_prompt", default="", help="what to steer away from")
     p.add_argument("--steps", type=int, default=30, help="sampling steps")
     p.add_argument("--cfg_scale", type=float, default=7.0, help="classifier-free guidance scale")
+    p.add_argument("--guidance_rescale", type=float, default=0.0,
+                   help="CFG rescale φ in [0, 1] (Lin et al. 2023; A1111's CFG Rescale extension, diffusers' guidance_rescale): "
+                        "against washed-out or over-exposed images from v-prediction / zero-terminal-SNR models; 0.7 typical, 0 = off")
     p.add_argument("--sampler", default="Euler a",
                    help=SAMPLER_HELP)
     p.add_argument("--width", type=int, default=512, help="image width, a multiple of 8")
@@ -62,8 +65,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 def request_from_args(args: argparse.Namespace, **overrides):
     from library.sampling.pipeline import SampleRequest
 
-    names = ("prompt", "negative_prompt", "steps", "cfg_scale", "sampler", "width", "height", "seed", "batch_size",
-             "batch_count", "clip_skip", "lora_dir", "wildcards_dir", "models_dir")
+    names = ("prompt", "negative_prompt", "steps", "cfg_scale", "guidance_rescale", "sampler", "width", "height", "seed",
+             "batch_size", "batch_count", "clip_skip", "lora_dir", "wildcards_dir", "models_dir")
     fields = {name: getattr(args, name) for name in names}
     for name, value in SAMPLE_DEFAULTS.items():  # "--seed none" / "--clip_skip none" mean unset
         if fields[name] is None:

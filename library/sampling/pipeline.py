@@ -42,6 +42,7 @@ class SampleRequest:
     negative_prompt: str = ""
     steps: int = 30
     cfg_scale: float = 7.0
+    guidance_rescale: float = 0.0  # CFG rescale φ (Lin et al. 2023), 0 = off; 0.7 is the paper's value
     sampler: str = "Euler a"
     width: int = 512
     height: int = 512
@@ -97,6 +98,8 @@ def validate_request(request: SampleRequest) -> None:
                         "(1 re-draws everything)")
     if request.clip_skip < 1:
         problems.append(f"clip_skip {request.clip_skip}: use 1 (none) or more")
+    if not 0.0 <= request.guidance_rescale <= 1.0:
+        problems.append(f"guidance_rescale {request.guidance_rescale}: use a value in [0, 1] (0 = off, 0.7 is the paper's)")
     try:
         resolve_sampler(request.sampler)
     except SamplingError as exc:
@@ -244,6 +247,8 @@ class SamplingSession:
             "Denoising strength": format_number(request.denoising_strength) if img2img else None,
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
             "RNG": "CPU",  # sample_latents draws every noise tensor on the CPU
+            # the CFG Rescale extension's field (an extra parameter: after A1111's own ones)
+            "CFG Rescale": format_number(request.guidance_rescale) if request.guidance_rescale else None,
             "Lora hashes": lora_hashes or None, "Version": version_string(),
         }
         return format_infotext(job.prompt, job.negative_prompt, params)
@@ -296,7 +301,7 @@ def sample_latents(denoiser: DiscreteDenoiser, request: SampleRequest, seeds: Se
     if init_latents is not None:
         sigmas = img2img_sigmas(sigmas, request.steps, request.denoising_strength)
         start = init_latents.to(device) + noise * sigmas[0]
-    model = CFGDenoiser(denoiser, cond.to(device), uncond.to(device), request.cfg_scale)
+    model = CFGDenoiser(denoiser, cond.to(device), uncond.to(device), request.cfg_scale, request.guidance_rescale)
     callback = (lambda info: on_step(len(seeds))) if on_step else None
     return spec.fn(model, start, sigmas, noise_sampler=noise_sampler, callback=callback)
 

@@ -40,6 +40,26 @@ def debiased_estimation_weights(snr_t: torch.Tensor, v_prediction: bool = False)
     return 1.0 / (capped + 1.0) if v_prediction else 1.0 / torch.sqrt(capped)
 
 
+def v_pred_snr_scale(snr_t: torch.Tensor) -> torch.Tensor:
+    """SNR/(SNR + 1) with SNR capped at 1000: the ε-loss to v-loss ratio (Salimans & Ho 2022, "Progressive Distillation").
+
+    At a given x_t, ε − ε̂ = √ᾱ·(v − v̂) and ᾱ = SNR/(SNR + 1), so this factor turns a
+    v-loss into the size of the ε-loss (sd-scripts' get_snr_scale; the cap keeps t = 0 finite).
+    """
+    capped = torch.clamp(snr_t, max=1000.0)
+    return capped / (capped + 1.0)
+
+
+def scale_v_pred_like_noise_pred(loss: torch.Tensor, snr_t: torch.Tensor) -> torch.Tensor:
+    """--scale_v_pred_loss_like_noise_pred: v-loss × SNR/(SNR + 1) (Salimans & Ho 2022), sd-scripts' formula."""
+    return loss * v_pred_snr_scale(snr_t)
+
+
+def add_v_pred_like_loss(loss: torch.Tensor, snr_t: torch.Tensor, weight: float) -> torch.Tensor:
+    """--v_pred_like_loss: ε-loss + weight · ε-loss · (SNR + 1)/SNR, a v-like term (Salimans & Ho 2022), as sd-scripts adds it."""
+    return loss + loss / v_pred_snr_scale(snr_t) * weight
+
+
 def huber_threshold(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, huber_c: float,
                     schedule: str, num_train_timesteps: int) -> torch.Tensor:
     """Per-sample Huber δ (Khrapov et al. 2024, "Improving Diffusion Models's Data-Corruption Resistance using Scheduled Pseudo-Huber Loss").
@@ -101,18 +121,24 @@ def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "
 def weighted_batch_loss(per_sample: torch.Tensor, item_weights: torch.Tensor,
                         timesteps: torch.Tensor, snr: torch.Tensor | None,
                         min_snr_gamma: float | None, v_prediction: bool = False,
-                        debiased_estimation: bool = False) -> torch.Tensor:
-    """Batch mean of per-sample losses × item weight (prior_loss_weight) × min-SNR and debiasing weights.
+                        debiased_estimation: bool = False, scale_v_like_eps: bool = False,
+                        v_pred_like: float | None = None) -> torch.Tensor:
+    """Batch mean of per-sample losses × item weight (prior_loss_weight) × the SNR-based weights.
 
-    Both weightings may be on at once; sd-scripts multiplies them in this order.
+    Any of them may be on at once; sd-scripts applies them in this order: min-SNR,
+    scale_v_pred_loss_like_noise_pred, v_pred_like_loss, debiased estimation.
     """
     loss = per_sample * item_weights.to(per_sample.device, per_sample.dtype)
-    if min_snr_gamma or debiased_estimation:
+    if min_snr_gamma or debiased_estimation or scale_v_like_eps or v_pred_like:
         if snr is None:
-            raise ValueError("min_snr_gamma and debiased_estimation need the SNR table")
+            raise ValueError("the SNR-based loss weights need the SNR table")
         snr_t = snr.to(per_sample.device)[timesteps]
         if min_snr_gamma:
             loss = loss * min_snr_weights(snr_t, min_snr_gamma, v_prediction)
+        if scale_v_like_eps:
+            loss = scale_v_pred_like_noise_pred(loss, snr_t)
+        if v_pred_like:
+            loss = add_v_pred_like_loss(loss, snr_t, v_pred_like)
         if debiased_estimation:
             loss = loss * debiased_estimation_weights(snr_t, v_prediction)
     return loss.mean()

@@ -26,7 +26,9 @@ class RunMetadata:
         self.dataset["num_validation_images"] = parts.prepared.held_out_images  # sd-scripts: ss_num_validation_images
         # Hashes come from the loaded bundle: no second pass over a multi-GB checkpoint,
         # and built-in models get their hashes too.
-        self.model = model_metadata_from_facts(parts.bundle.facts, v2=cfg.v2, v_parameterization=cfg.v_parameterization)
+        # the prediction type the run trained (the flag, or the model's own scheduler config)
+        self.config["v_parameterization"] = bool(parts.v_prediction)
+        self.model = model_metadata_from_facts(parts.bundle.facts, v2=cfg.v2, v_parameterization=parts.v_prediction)
         self.optimizer = parts.optimizer.description
         self.session_id = session_id
         self.started_at = time.time()

@@ -131,6 +131,21 @@ def velocity(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     return (ac.sqrt().view(shape) * noise.float() - (1.0 - ac).sqrt().view(shape) * latents.float()).to(latents.dtype)
 
 
+def zero_terminal_snr_betas(betas: torch.Tensor) -> torch.Tensor:
+    """Rescaled betas with ᾱ_T = 0 (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Alg. 1).
+
+    √ᾱ is shifted so its last value is 0 and scaled so its first stays as it was;
+    betas are then read back from the ratios of consecutive ᾱ (sd-scripts'
+    fix_noise_scheduler_betas_for_zero_terminal_snr). Computed in float64.
+    """
+    sqrt_ab = torch.cumprod(1.0 - betas.double(), dim=0).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+    ab = sqrt_ab ** 2
+    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
+    return (1.0 - alphas).to(betas.dtype)
+
+
 @dataclass
 class NoisedBatch:
     noise: torch.Tensor

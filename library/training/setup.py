@@ -19,6 +19,7 @@ from library.errors import ConfigError
 from library.models.modules import cast_module
 from library.training.attention import install_lean_attention
 from library.training.conv_path import install_small_conv_path
+from library.training.noise import zero_terminal_snr_betas
 from library.training.flat_params import FlatGroups, can_flatten
 from library.training.fp8 import store_fp8
 from library.training.memory import keep_freed_memory
@@ -194,8 +195,11 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
         allow_fp16_unscale(accelerator)
     from library.models import make_noise_scheduler
 
-    ac = make_noise_scheduler(bundle).alphas_cumprod.to(device)
+    ac = training_alphas_cumprod(make_noise_scheduler(bundle).betas, cfg.zero_terminal_snr).to(device)
     v_pred = cfg.v_parameterization or bundle.facts.prediction_type == "v_prediction"
+    if v_pred:  # samples during training read the UNet's output as v too; copies, as configs may be shared
+        bundle.scheduler_config = {**bundle.scheduler_config, "prediction_type": "v_prediction"}
+        bundle.facts = dataclasses.replace(bundle.facts, prediction_type="v_prediction")
     notes = list(choice.notes) + ([cache_note] if cache_note else [])
     if moved and device.type != "cpu":
         notes.append(f"after caching, {' and '.join(moved)} moved to RAM (back on the GPU only for samples)")
@@ -203,6 +207,13 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
                     lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, notes, flat,
                     compile_unet(bundle.unet, cfg.dynamo_backend) if cfg.torch_compile else bundle.unet,
                     pin_batches=device.type == "cuda" and not caches_on_device, val_dataset=val_dataset)
+
+
+def training_alphas_cumprod(betas: torch.Tensor, zero_terminal_snr: bool) -> torch.Tensor:
+    """ᾱ of the training schedule: the model's, or rescaled to zero terminal SNR (Lin et al. 2023) with --zero_terminal_snr."""
+    if zero_terminal_snr:
+        betas = zero_terminal_snr_betas(betas)
+    return torch.cumprod(1.0 - betas, dim=0)
 
 
 def check_dynamo_backend(backend: str) -> None:

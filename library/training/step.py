@@ -17,8 +17,9 @@ class StepMath:
         cfg = parts.config
         self.parts = parts
         self.noise = NoiseSettings.from_config(cfg)
-        weighted = cfg.min_snr_gamma or cfg.debiased_estimation_loss
-        self.snr = snr_from_alphas(parts.alphas_cumprod) if weighted else None
+        weighted = (cfg.min_snr_gamma or cfg.debiased_estimation_loss or cfg.scale_v_pred_loss_like_noise_pred
+                    or cfg.v_pred_like_loss)
+        self.snr = snr_table(parts) if weighted else None
         self.scaling = float(getattr(parts.bundle.vae.config, "scaling_factor", 0.18215))
         self.memory_format = torch.channels_last if cfg.unet_channels_last else torch.preserve_format
 
@@ -64,4 +65,17 @@ class StepMath:
         per = per_sample_loss(pred, target, cfg.loss_type, delta, batch.get("masks"))
         weights = batch["loss_weights"].to(p.device, non_blocking=True)
         return weighted_batch_loss(per, weights, nb.timesteps, self.snr, cfg.min_snr_gamma,
-                                   p.v_prediction, cfg.debiased_estimation_loss)
+                                   p.v_prediction, cfg.debiased_estimation_loss,
+                                   cfg.scale_v_pred_loss_like_noise_pred, cfg.v_pred_like_loss)
+
+
+def snr_table(parts: Any) -> torch.Tensor:
+    """SNR(t) for the loss weights, from the model's own schedule even with --zero_terminal_snr.
+
+    sd-scripts computes its SNR table before it rescales the betas, so the weights never see
+    the terminal SNR of 0 (which would make the ε min-SNR weight 0/0); the noise and the
+    target do use the rescaled ᾱ.
+    """
+    from library.models import make_noise_scheduler
+
+    return snr_from_alphas(make_noise_scheduler(parts.bundle).alphas_cumprod.to(parts.alphas_cumprod.device))
