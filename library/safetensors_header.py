@@ -12,6 +12,7 @@ same function serves LoRA files (`inspect`, `verify`, `--network_weights`,
 from __future__ import annotations
 
 import json
+import re
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,26 @@ def read_header(path: str | os.PathLike[str], error: type[LorasmithError] = Lora
     return result
 
 
+# A real header nests 3 deep ({name: {shape: [...]}}); far deeper JSON is only made to crash parsers.
+_MAX_NESTING = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_nesting(raw: bytes) -> int:
+    """How deep `[`/`{` nest in JSON text, strings skipped, without parsing it (no recursion at any depth)."""
+    import numpy as np
+
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    steps = np.isin(codes, (91, 123)).astype(np.int64) - np.isin(codes, (93, 125))
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def _parse_json(path: Path, raw: bytes, error: type[LorasmithError]) -> dict:
+    # Checked before json.loads: a RecursionError raised deep inside the parser is caught here, but the
+    # exception and its 100,000-frame traceback can outlive the call and crash whoever prints it later.
+    if json_nesting(raw) > _MAX_NESTING:
+        raise error(f"{path}: the safetensors header nests JSON too deeply to be a safetensors header",
+                    ["the file is damaged or was made to crash readers; do not use it"])
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
