@@ -41,25 +41,27 @@ def own_temp_of(name: str, pid: int) -> tuple[str, str] | None:
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside `dest`; on success it replaces `dest`.
 
-    On any exception the temp file is removed and `dest` is left untouched.
+    The temp file lives alone in a private hidden folder (`.NAME.lorasmith-PID-XXXX.tmp/NAME`)
+    because writers we call may make temp files of their own next to the path they
+    are given: safetensors >= 0.8 writes `.tmpXXXXXX` and renames it, and a kill in
+    between would otherwise litter the user's folder with a name nobody can
+    attribute. On any exception the folder is removed and `dest` is left untouched.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=own_temp_prefix(dest), suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600; give the file the permissions a plain open() would.
-    os.chmod(tmp_path, 0o666 & ~_current_umask())
+    folder = Path(tempfile.mkdtemp(prefix=own_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
+    tmp_path = folder / dest.name
     try:
+        # an empty file with the permissions a plain open() would give (callers may only append to it)
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
         yield tmp_path
         apply_user_mode(tmp_path)
         _fsync_file(tmp_path)
         os.replace(tmp_path, dest)
         _fsync_dir(dest.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
