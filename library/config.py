@@ -187,6 +187,14 @@ class TrainConfig:
     validate_every_n_steps: int | None = option(None, "Also measure the validation loss every N optimizer steps", group="Training", min=1)
     validate_every_n_epochs: int | None = option(None, "Measure the validation loss every N epochs (unset = every epoch)", group="Training", min=1)
     max_validation_steps: int | None = option(None, "Measure at most this many validation batches (unset = all held-out images)", group="Training", min=1)
+    ema_decay: float | None = option(None, "lorasmith only: keep an exponential moving average (EMA) of the LoRA weights with this decay "
+                                     "and save it beside each LoRA file as <name>-000001-ema.safetensors (unset = off; 0.999 is "
+                                     "OneTrainer's default, 0.99 ai-toolkit's; it averages about the last 1/(1-decay) updates). "
+                                     "Must be above 0 and below 1", group="Training")
+    ema_update_every: int = option(1, "Update the EMA every N optimizer steps (OneTrainer's ema_update_step_interval)", group="Training",
+                                   min=1, advanced=True)
+    ema_warmup: bool = option(True, "Ramp the EMA decay up as OneTrainer does: min(ema_decay, (1+t)/(10+t)) at step t, so the "
+                              "untrained start fades out quickly", group="Training", advanced=True)
     clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models; 1 or unset = the last layer)", group="Training", min=1, max=12, sample_default=1)
 
     # --- Precision and memory -------------------------------------------------

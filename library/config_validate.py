@@ -7,6 +7,7 @@ caller can print them (CLI) or show them beside the field (GUI).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -70,6 +71,7 @@ def check_config(cfg: TrainConfig, *, for_training: bool = True) -> ValidationRe
     _check_optimizer(cfg, rep)
     _check_network_args(cfg, rep)
     _check_saving(cfg, rep)
+    _check_ema(cfg, rep)
     if for_training:
         _check_required(cfg, rep)
         _check_paths(cfg, rep)
@@ -236,6 +238,13 @@ def _check_saving(cfg: TrainConfig, rep: ValidationReport) -> None:
         rep.warn("save_every_n_epochs", f"{cfg.save_every_n_epochs} is more than max_train_epochs {epochs}: only the final file will be written")
     if cfg.sample_every_n_epochs and epochs and cfg.sample_every_n_epochs > epochs:
         rep.warn("sample_every_n_epochs", f"{cfg.sample_every_n_epochs} is more than max_train_epochs {epochs}: no per-epoch samples")
+
+
+def _check_ema(cfg: TrainConfig, rep: ValidationReport) -> None:
+    """The decay is a fraction strictly between 0 and 1: 0 copies the weights, 1 never moves."""
+    d = cfg.ema_decay
+    if isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and not 0 < d < 1:
+        rep.error("ema_decay", f"{d!r} must be above 0 and below 1 (0.999 is typical; unset turns the EMA off)")
 
 
 def _check_required(cfg: TrainConfig, rep: ValidationReport) -> None:

@@ -54,6 +54,7 @@ class TrainingPlan:
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     held_out_images: int = 0  # images kept out of training for the validation loss (--validation_split)
+    ema: dict | None = None  # {"decay", "update_every", "warmup"} with --ema_decay: an EMA file beside each LoRA file
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,6 +190,10 @@ def format_plan(plan: TrainingPlan) -> str:
     ]
     if plan.held_out_images:
         lines.append(f"validation images held out (not trained on): {plan.held_out_images}")
+    if plan.ema:
+        e = plan.ema
+        lines.append(f"EMA of the LoRA weights:                     decay {e['decay']:g}, every {e['update_every']} step(s)"
+                     f"{', warm-up min(d, (1+t)/(10+t))' if e['warmup'] else ''}; saved as <name>-ema beside each file")
     if plan.buckets:
         lines.append("buckets: " + ", ".join(f"{b['resolution'][0]}x{b['resolution'][1]}: {b['count']}" for b in plan.buckets))
     lines += [f"warning: {w}" for w in plan.warnings]

@@ -142,6 +142,9 @@ def prepare_data(config, *, num_processes: int = 1) -> PreparedData:
         optimizer_type=opt(config, "optimizer_type"), target_steps=opt(config, "target_steps"),
     )
     plan.held_out_images = held_out_count(held)
+    if opt(config, "ema_decay") is not None:
+        plan.ema = {"decay": float(opt(config, "ema_decay")), "update_every": int(opt(config, "ema_update_every", 1)),
+                    "warmup": bool(opt(config, "ema_warmup", True))}
     if held is None and any(d.validation_split > 0 for d in specs):
         plan.warnings.append("validation_split holds out no image: every folder is too small for it (a folder of n images "
                              "keeps ceil(n x (1 - split)) for training); raise validation_split or add images")

@@ -103,6 +103,26 @@ def write_lora(network: Any, path: Path, fmt: str, dtype: torch.dtype | None, me
         raise write_error(path, reason) from None
 
 
+def write_tensors(tensors: Mapping[str, torch.Tensor], path: Path, fmt: str, dtype: torch.dtype | None,
+                  metadata: Mapping[str, str]) -> Path:
+    """Like write_lora, for a state dict that is not the network's own (the EMA weights)."""
+    from library.lora.file import save_lora
+
+    try:
+        if fmt == "safetensors":
+            return save_lora(tensors, path, dtype, metadata)
+        state = {k: (v.detach().cpu().to(dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu())
+                 for k, v in tensors.items()}
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return path
+    except Exception as exc:  # a full disk arrives as OSError, SafetensorError or RuntimeError
+        reason = write_failure_reason(exc, path)
+        if reason is None:
+            raise
+        raise write_error(path, reason) from None
+
+
 def write_error(path: Path, reason: str, what: str = "") -> TrainingError:
     """The named error for a save that failed: which file, why, and that nothing else was harmed."""
     free = free_bytes(path.parent)

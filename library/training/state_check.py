@@ -52,6 +52,8 @@ def state_problems(state: dict[str, Any], plan: Any) -> list[str]:
     if isinstance(opt, dict) and not (isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
                                       and all(isinstance(g, dict) for g in opt["param_groups"])):
         problems.append("optimizer: lacks its 'state' and 'param_groups'")
+    if state.get("ema") is not None and not (isinstance(state["ema"], dict) and isinstance(state["ema"].get("tensors"), dict)):
+        problems.append("ema: is not an EMA state (a dict holding 'tensors' and 'updates')")
     if not isinstance(state.get("epoch_losses", []), list):
         problems.append(f"epoch_losses: is a {type(state['epoch_losses']).__name__}, not a list")
     for key, low in (("nan_steps", 0), ("num_processes", 1)):

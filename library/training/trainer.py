@@ -27,6 +27,7 @@ from library.data.plan import format_plan
 from library.data.prepare import PreparedData, prepare_data
 from library.errors import DatasetError, LorasmithError, TrainingError
 from library.training import distributed, preflight, saving, state as run_state
+from library.training.ema import EmaSettings, LoraEMA, ema_file_path
 from library.training.events import Commands, Events
 from library.training.lock import output_lock
 from library.training.memory import gc_paused
@@ -63,6 +64,7 @@ class TrainResult:
     validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (epoch, epoch-end validation loss)
     stopped: bool = False
     warnings: list[str] = field(default_factory=list)
+    ema_files: list[Path] = field(default_factory=list)  # <name>-…-ema files (--ema_decay), oldest first
 
 
 class Trainer:
@@ -99,6 +101,9 @@ class Trainer:
         self.validator = Validator(parts, self.math)
         self.validation_losses: list[tuple[int, float]] = []
         self.last_val_loss: float | None = None
+        settings = EmaSettings.from_config(self.cfg)
+        self.ema = LoraEMA(parts.network, settings) if settings else None
+        self.ema_files: list[Path] = []
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -114,7 +119,8 @@ class Trainer:
             self.tb.close()
         result = TrainResult(self.output_dir, list(self.files), final, self.pos.global_step,
                              min(self.pos.epoch, self.plan.epochs), self.parts.rng.seed, self.tb.log_dir,
-                             list(self.epoch_losses), list(self.validation_losses), stopped, list(self.parts.notes))
+                             list(self.epoch_losses), list(self.validation_losses), stopped, list(self.parts.notes),
+                             [f for f in self.ema_files if f.exists()])
         self.events.on_finish({"final_file": str(final) if final else None, "files": [str(f) for f in self.files],
                                "global_step": result.global_step, "epochs": result.epochs, "stopped": stopped,
                                "log_dir": str(self.tb.log_dir) if self.tb.log_dir else None,
@@ -234,6 +240,8 @@ class Trainer:
         if self.cfg.scale_weight_norms:
             p.network.apply_max_norm(self.cfg.scale_weight_norms)
         self.pos.global_step += 1
+        if self.ema is not None:
+            self.ema.after_step(self.pos.global_step)
 
     # -- after each step / epoch -------------------------------------------------------------
     def _after_step(self) -> None:
@@ -353,6 +361,8 @@ class Trainer:
         extra = {"recorder": self.recorder.state_dict(), "epoch_losses": list(self.epoch_losses),
                  "validation_losses": [list(v) for v in self.validation_losses],
                  "nan_steps": self.nan_steps, "num_processes": self.world}
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
         run_state.save_state(folder, self.parts, dataclasses.asdict(pos), extra)
         self.events.on_save({"path": str(folder), "kind": "state", "epoch": min(pos.epoch, self.plan.epochs),
                              "step": pos.global_step})
@@ -362,6 +372,7 @@ class Trainer:
         """State folders go with their pruned LoRA files (sd-scripts' save_last_n_* also drops states)."""
         for path in pruned:
             shutil.rmtree(path.parent / run_state.state_folder_name(path.name, self.ext), ignore_errors=True)
+            ema_file_path(path).unlink(missing_ok=True)  # the EMA file goes with its LoRA file
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """The loop's own bookkeeping from a state saved by `_save_state`."""
@@ -386,9 +397,26 @@ class Trainer:
         saving.write_lora(self.parts.network, path, self.ext, self.save_dtype, md)
         if path not in self.files:
             self.files.append(path)
+        if self.ema is not None:
+            ema_path = ema_file_path(path)
+            saving.write_tensors(self.ema.tensors(self.parts.network), ema_path, self.ext, self.save_dtype,
+                                 self.ema.metadata(md))
+            self.ema_files = [f for f in self.ema_files if f != ema_path] + [ema_path]
+            self.events.on_save({"path": str(ema_path), "kind": f"{kind} ema", "epoch": epoch, "step": self.pos.global_step})
         self.files = [f for f in self.files if f.exists()]
         self.events.on_save({"path": str(path), "kind": kind, "epoch": epoch, "step": self.pos.global_step})
         return path
+
+
+def restore_ema(trainer: Trainer, folder: Path, saved: dict[str, Any], events: Events) -> None:
+    """The EMA from the state; a state saved without one starts the average from the resumed weights."""
+    if trainer.ema is None:
+        return
+    if saved.get("ema") is None:
+        trainer.ema = LoraEMA(trainer.parts.network, trainer.ema.settings)
+        events.on_log({"message": f"{folder} holds no EMA (saved without --ema_decay): the EMA starts from the resumed weights"})
+        return
+    run_state.restore_part(folder, "EMA weights", trainer.ema.load_state_dict, saved["ema"])
 
 
 def train(config: TrainConfig, events: Events | None = None, commands: Commands | None = None) -> TrainResult:
@@ -450,6 +478,7 @@ def _train_prepared(cfg: TrainConfig, prepared: PreparedData, events: Events, co
             events.on_log({"message": note})
         trainer.pos = LoopPosition(**saved["position"])
         run_state.restore_part(resume_from, "loss history", trainer.load_extra_state, saved)
+        restore_ema(trainer, resume_from, saved, events)
         events.on_log({"message": f"resumed from {resume_from} at epoch {trainer.pos.epoch}, step {trainer.pos.global_step}"})
     result = trainer.run()
     result.warnings = warnings + result.warnings
