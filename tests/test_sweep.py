@@ -82,6 +82,8 @@ def test_a_bad_value_names_the_variant_and_field_before_anything_runs(shapes_dat
     assert "variant dim-4_lr--1: learning_rate: -1.0 is out of range" in text
     assert "variant dim-4_lr-0.001:" not in text
     assert not (tmp_path / "sw").exists()
+    with pytest.raises(ConfigError, match="inside train_data_dir"):
+        prepare_sweep(base, parse_vary(["network_dim=4"]), shapes_data / "sweep")
 
 
 # --- running, resuming, ranking -------------------------------------------------------------

@@ -59,6 +59,15 @@ def sweep_dir_of(base: TrainConfig, sweep_dir: str | None) -> Path:
     return Path(folder).expanduser()
 
 
+def check_sweep_dir(base: TrainConfig, sweep_dir: Path) -> None:
+    """Variant folders inside a dataset folder would be read as image folders by the next variant."""
+    for name in ("train_data_dir", "reg_data_dir"):
+        folder = getattr(base, name)
+        if folder and Path(folder).expanduser().resolve() in [sweep_dir.resolve(), *sweep_dir.resolve().parents]:
+            raise ConfigError(f"the sweep folder {sweep_dir} is inside {name} {folder}",
+                              ["its variant folders would be read as dataset folders; choose an --output_dir outside it"])
+
+
 def prepare_sweep(base: TrainConfig, vary: list[tuple[str, list[Any]]], sweep_dir: Path, *,
                   scan_data: bool = True) -> tuple[Manifest, list[Variant]]:
     """Expand and check every variant, then open (or create) the manifest. Nothing is trained here.
@@ -66,6 +75,7 @@ def prepare_sweep(base: TrainConfig, vary: list[tuple[str, list[Any]]], sweep_di
     A manifest of another sweep in the folder (other base settings or values) is refused with
     the differences listed; with no seed set, one seed is drawn once and used by every variant.
     """
+    check_sweep_dir(base, sweep_dir)
     path = sweep_dir / MANIFEST_NAME
     saved = load_manifest(path)
     from library.training.rng import pick_seed
