@@ -27,6 +27,7 @@ _LIBRARY_COMMAND_MODULES = (
     "library.lora.tools.cli",
     "library.sampling.cli",
     "library.evaluation.cli",
+    "library.evaluation.score_cli",
     "library.sweep.cli",
 )
 

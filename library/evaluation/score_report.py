@@ -1,0 +1,148 @@
+"""Epoch scores out to people and tools: a terminal table, JSON, CSV, a chart PNG, TensorBoard scalars.
+
+Every file is written atomically (library.fileio). The chart is drawn with Pillow
+(no plotting library needed): fidelity and drift against epoch, one line per weight,
+the recommended point circled. TensorBoard tags: `evaluation/fidelity/w<weight>`
+and `evaluation/drift/w<weight>` with x = epoch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from library.evaluation.scores import EpochScore, Recommendation
+from library.fileio import atomic_path, atomic_write_text
+
+CSV_FIELDS = ("file", "epoch", "weight", "fidelity", "drift", "class_drift", "prior_drift", "reg_drift", "loss",
+              "base_loss", "ema")
+LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def _x(s: EpochScore, index: int) -> int:
+    return s.epoch if s.epoch is not None else index + 1
+
+
+def table(scores: Sequence[EpochScore], rec: Recommendation | None = None) -> str:
+    """One row per (file, weight); the recommended row marked with '<'."""
+    lines = [f"{'file':<32} {'epoch':>5} {'weight':>6} {'fidelity':>8} {'drift':>7} {'class':>7} {'prior':>7} {'reg':>7}"]
+
+    def num(v):
+        return f"{v:7.3f}" if v is not None else f"{'-':>7}"
+
+    for s in scores:
+        mark = "  <" if rec is not None and (s.file, s.weight) == (rec.file, rec.weight) else ""
+        lines.append(f"{Path(s.file).name[-32:]:<32} {s.epoch if s.epoch is not None else '-':>5} {s.weight:6.2f} "
+                     f"{s.fidelity:8.3f} {s.drift:7.3f} {num(s.class_drift)} {num(s.prior_drift)} {num(s.reg_drift)}{mark}")
+    return "\n".join(lines)
+
+
+def to_json(scores: Sequence[EpochScore], rec: Recommendation | None, info: dict | None = None) -> str:
+    return json.dumps({"scores": [s.to_dict() for s in scores], "recommendation": rec.to_dict() if rec else None,
+                       **(info or {})}, indent=1)
+
+
+def to_csv(scores: Sequence[EpochScore]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for s in scores:
+        row = s.to_dict()
+        writer.writerow({k: row[k] for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def _series(scores: Sequence[EpochScore], key: str) -> dict[float, list[tuple[int, float]]]:
+    out: dict[float, list[tuple[int, float]]] = {}
+    files = list(dict.fromkeys(s.file for s in scores))
+    for s in scores:
+        out.setdefault(s.weight, []).append((_x(s, files.index(s.file)), float(getattr(s, key))))
+    return {w: sorted(v) for w, v in out.items()}
+
+
+def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size: tuple[int, int] = (900, 360)):
+    """Two panels, fidelity and drift against epoch; one coloured line per weight; a ring on the recommendation."""
+    from PIL import Image, ImageDraw
+
+    from library.evaluation.render import get_font
+
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = get_font(13)
+    files = list(dict.fromkeys(s.file for s in scores))
+    panel_w = (w - 40) // 2
+    for p, (key, title) in enumerate((("fidelity", "fidelity (loss / base; lower = closer)"),
+                                      ("drift", "drift (vs base; lower = less damage)"))):
+        series = _series(scores, key)
+        x0, y0, x1, y1 = 20 + p * (panel_w + 20) + 45, 30, 20 + p * (panel_w + 20) + panel_w, h - 70
+        xs = [x for pts in series.values() for x, _ in pts]
+        ys = [y for pts in series.values() for _, y in pts]
+        lo, hi = min(ys), max(ys)
+        lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+        xmin, xmax = min(xs), max(xs)
+
+        def px(x, y):
+            fx = 0.5 if xmax == xmin else (x - xmin) / (xmax - xmin)
+            return x0 + fx * (x1 - x0), y1 - (y - lo) / (hi - lo) * (y1 - y0)
+
+        draw.rectangle([x0, y0, x1, y1], outline=(160, 160, 160))
+        draw.text((x0, 8), title, fill="black", font=font)
+        for frac in (0.0, 0.5, 1.0):
+            v = lo + frac * (hi - lo)
+            draw.text((x0 - 44, px(xmin, v)[1] - 7), f"{v:.3g}", fill="black", font=font)
+        for x in sorted(set(xs)):
+            draw.text((px(x, lo)[0] - 4, y1 + 4), str(x), fill="black", font=font)
+        draw.text(((x0 + x1) / 2 - 15, y1 + 22), "epoch", fill="black", font=font)
+        for i, (weight, pts) in enumerate(sorted(series.items())):
+            colour = LINE_COLOURS[i % len(LINE_COLOURS)]
+            points = [px(x, y) for x, y in pts]
+            if len(points) > 1:
+                draw.line(points, fill=colour, width=2)
+            for cx, cy in points:
+                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+            if rec is not None and weight == rec.weight and rec.score is not None:
+                cx, cy = px(_x(rec.score, files.index(rec.file) if rec.file in files else 0), getattr(rec.score, key))
+                draw.ellipse([cx - 8, cy - 8, cx + 8, cy + 8], outline="black", width=2)
+            draw.text((x0 + 10 + i * 90, h - 24), f"weight {weight:g}", fill=colour, font=font)
+    return img
+
+
+def write_reports(scores: Sequence[EpochScore], rec: Recommendation | None, out_dir: str | os.PathLike[str], *,
+                  stem: str = "evaluation", info: dict | None = None) -> dict[str, Path]:
+    """JSON, CSV and chart PNG in out_dir (created), each written atomically; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "chart": out / f"{stem}.png"}
+    atomic_write_text(paths["json"], to_json(scores, rec, info))
+    atomic_write_text(paths["csv"], to_csv(scores))
+    with atomic_path(paths["chart"]) as tmp:
+        chart(scores, rec).save(tmp, format="PNG")
+    return paths
+
+
+def tensorboard_values(scores: Sequence[EpochScore]) -> dict[int, dict[str, float]]:
+    """{epoch: {tag: value}}: evaluation/fidelity/w0.8, evaluation/drift/w0.8, ... (EMA files under .../ema/...)."""
+    files = list(dict.fromkeys(s.file for s in scores))
+    out: dict[int, dict[str, float]] = {}
+    for s in scores:
+        ema = "ema/" if s.ema else ""
+        tags = out.setdefault(_x(s, files.index(s.file)), {})
+        tags[f"evaluation/{ema}fidelity/w{s.weight:g}"] = s.fidelity
+        tags[f"evaluation/{ema}drift/w{s.weight:g}"] = s.drift
+    return out
+
+
+def log_tensorboard(scores: Sequence[EpochScore], log_dir: str | os.PathLike[str]) -> Path:
+    from library.training.tracking import TensorBoardLog
+
+    tb = TensorBoardLog(Path(log_dir))
+    try:
+        for epoch, values in sorted(tensorboard_values(scores).items()):
+            tb.scalars(values, epoch)
+    finally:
+        tb.close()
+    return Path(log_dir)
