@@ -183,7 +183,8 @@ def test_ranking_by_scores_scores_every_epoch_of_every_variant(shapes_data: Path
     from library.sweep.cli import rank_and_report
 
     manifest, variants = prepare_sweep(base_config(shapes_data, full_sweep), parse_vary(VARY), full_sweep)
-    paths = rank_and_report(manifest, variants, full_sweep, rank_by="scores", weights=(0.5, 1.0), log=lambda _: None)
+    paths = rank_and_report(manifest, variants, full_sweep, rank_by="scores", weights=(0.5, 1.0), grid=True,
+                            log=lambda _: None)
     doc = json.loads(paths["json"].read_text())
     assert sorted(v["rank"] for v in doc["variants"]) == [1, 2]
     for v in doc["variants"]:
@@ -195,6 +196,16 @@ def test_ranking_by_scores_scores_every_epoch_of_every_variant(shapes_data: Path
         assert first["value"] <= second["value"]
     scores = list(csv.DictReader(paths["scores_csv"].open()))
     assert len(scores) == 8 and {"variant", "network_dim", "file", "weight", "fidelity", "drift"} <= set(scores[0])
+    from PIL import Image
+
+    with Image.open(paths["chart"]) as chart:
+        assert chart.size[0] == 960
+    for name in ("dim-2", "dim-4"):  # each variant's own evaluation report beside its files
+        report = json.loads((full_sweep / name / "evaluation.json").read_text())
+        assert report["recommendation"]["file"] == next(v["best_file"] for v in doc["variants"] if v["name"] == name)
+    with Image.open(paths["grid"]) as grid:  # one 64-px cell per variant, side by side
+        assert grid.size[0] >= 2 * 64 and paths["grid"].parent.name == "best_grid"
+    assert len(list((paths["grid"].parent / "cells").glob("*.png"))) == 2
 
 
 def test_cli_dry_run_lists_variants_and_bad_vary_exits_2(shapes_data: Path, tmp_path: Path, capsys) -> None:

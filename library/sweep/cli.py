@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--drift_threshold", type=float, default=None, help="most drift a recommended setting may have")
     p.add_argument("--dry_run", action="store_true", help="check every variant and list them; train nothing")
     p.add_argument("--rank_only", action="store_true", help="rank the variants finished so far; train nothing")
+    p.add_argument("--no_grid", action="store_true", help="skip the grid of each variant's best epoch")
+    p.add_argument("--grid_prompt", default=None, help="prompt of the best-epoch grid (default: the training folder's tokens)")
     add_config_arguments(p)
     p.set_defaults(func=run_sweep_command)
 
@@ -122,7 +124,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         raise ConfigError("no variant has finished, so there is nothing to rank")
     weights = _weights(args.eval_weights or settings.get("eval_weights") or "0.6,0.8,1.0")
     threshold = args.drift_threshold if args.drift_threshold is not None else settings.get("drift_threshold")
-    rank_and_report(manifest, variants, sweep_dir, rank_by=rank_by, weights=weights, drift_threshold=threshold)
+    rank_and_report(manifest, variants, sweep_dir, rank_by=rank_by, weights=weights, drift_threshold=threshold,
+                    grid=not args.no_grid, grid_prompt=args.grid_prompt)
     return code
 
 
@@ -138,8 +141,11 @@ def train_all(manifest, variants):
 
 
 def rank_and_report(manifest, variants, sweep_dir: Path, *, rank_by: str, weights=(0.6, 0.8, 1.0),
-                    drift_threshold: float | None = None, log=print) -> dict[str, Path]:
-    """Rank, print the table and write ranking.json / ranking.csv (/ scores.csv) into `sweep_dir`."""
+                    drift_threshold: float | None = None, grid: bool = False, grid_prompt: str | None = None,
+                    log=print) -> dict[str, Path]:
+    """Rank, print the table and write ranking.json / ranking.csv into `sweep_dir`; by scores also
+    scores.csv, the chart ranking.png, each variant's evaluation.json/.csv/.png in its folder and,
+    with `grid`, the grid of each variant's best epoch (best_grid/)."""
     from library.sweep.ranking import format_table, rank_by_scores, rank_by_validation_loss, write_ranking
     from library.sweep.scoring import SweepScorer, comparability_note
 
@@ -161,5 +167,40 @@ def rank_and_report(manifest, variants, sweep_dir: Path, *, rank_by: str, weight
         log(f"note: {note}")
     paths = write_ranking(rows, fields, sweep_dir, rank_by=rank_by,
                           drift_threshold=drift_threshold if rank_by == "scores" else None, note=note)
+    if rank_by == "scores":
+        paths.update(write_score_reports(rows, variants, sweep_dir, drift_threshold))
+        if grid:
+            grid_path = _grid(rows, variants, sweep_dir, scorer, grid_prompt, manifest.seed, log)
+            if grid_path is not None:
+                paths["grid"] = grid_path
     log("written: " + ", ".join(str(p) for p in paths.values()))
     return paths
+
+
+def write_score_reports(rows, variants, sweep_dir: Path, drift_threshold: float) -> dict[str, Path]:
+    """The sweep chart (ranking.png) and, in each variant's folder, evaluation.json/.csv/.png."""
+    from library.evaluation.score_report import write_reports
+    from library.evaluation.scores import EpochScore, recommend
+    from library.fileio import atomic_path
+    from library.sweep.chart import sweep_chart
+
+    folders = {v.name: v.output_dir for v in variants}
+    for row in rows:
+        if row.scores:
+            scores = [EpochScore(**s) for s in row.scores]
+            write_reports(scores, recommend(scores, drift_threshold=drift_threshold), folders[row.name])
+    path = sweep_dir / "ranking.png"
+    with atomic_path(path) as tmp:
+        sweep_chart(rows).save(tmp, format="PNG")
+    return {"chart": path}
+
+
+def _grid(rows, variants, sweep_dir: Path, scorer, prompt: str | None, seed: int, log) -> Path | None:
+    from library.sweep.best_grid import best_epoch_grid
+
+    cfg = variants[0].config
+    path = best_epoch_grid(rows, cfg, sweep_dir, load_bundle=lambda _name: scorer.bundle_for(cfg), prompt=prompt,
+                           seed=seed)
+    if path is None:
+        log("no best-epoch grid: no variant was scored, or no prompt (give --grid_prompt)")
+    return path
