@@ -235,3 +235,20 @@ def test_sweep_file_form(shapes_data: Path, tmp_path: Path, capsys) -> None:
     assert main(["sweep", "--sweep_file", str(tmp_path / "bad.toml"), "--dry_run"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'rank'" in err and "network_dimm: unknown field (did you mean 'network_dim'?)" in err
+
+
+def test_cli_sweep_trains_ranks_and_skips_on_a_second_run(shapes_data: Path, tmp_path: Path, capsys) -> None:
+    from library.cli import main
+    from library.config_io import write_config
+
+    base = write_config(base_config(shapes_data, tmp_path / "out", max_train_epochs=1), tmp_path / "base.toml")
+    argv = ["sweep", "--config", str(base), "--vary", "network_dim=2,4", "--rank_by", "validation_loss", "--no_grid"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Sweep ranking by the final validation loss" in out
+    rows = list(csv.DictReader((tmp_path / "out" / "ranking.csv").open()))
+    assert sorted(r["variant"] for r in rows) == ["dim-2", "dim-4"] and {r["rank"] for r in rows} == {"1", "2"}
+    assert main(argv + ["--rank_only"]) == 0  # re-rank without training
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[1/2] dim-2: finished before, skipped" in out and "[2/2] dim-4: finished before, skipped" in out
