@@ -12,7 +12,13 @@ from library.config import TrainConfig
 from library.config_io import config_from_mapping
 from library.config_validate import validate
 from library.errors import ConfigError
-from library.training.ema import EmaSettings, LoraEMA, ema_decay_at, ema_file_path, ema_state_problems
+from library.training.ema import (
+    EmaSettings,
+    LoraEMA,
+    ema_decay_at,
+    ema_file_path,
+    ema_state_problems,
+)
 
 
 class Toy(torch.nn.Module):
@@ -152,7 +158,7 @@ def test_ema_lies_between_start_and_end(ema_run: Path, shapes_data: Path) -> Non
     """An average of the trajectory: closer to the epoch-2 weights than the final weights are, on the whole."""
     e2, final, ema = (tensors(ema_run / n) for n in ("t-000002.safetensors", "t.safetensors", "t-ema.safetensors"))
     keys = [k for k in final if k.endswith("lora_down.weight")]
-    dist = lambda a, b: sum(float((a[k] - b[k]).pow(2).sum()) for k in keys)  # noqa: E731
+    dist = lambda a, b: sum(float((a[k] - b[k]).pow(2).sum()) for k in keys)
     assert dist(ema, e2) < dist(final, e2)
 
 

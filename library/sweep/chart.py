@@ -11,6 +11,13 @@ from typing import Any
 from library.evaluation.score_report import LINE_COLOURS
 
 
+def _px(frame: tuple[float, ...], x: float, y: float) -> tuple[float, float]:
+    """Data (x, y) to pixels inside a panel frame (x0, y0, x1, y1, xmin, xmax, ymin, ymax)."""
+    x0, y0, x1, y1, xmin, xmax, lo, hi = frame
+    fx = 0.5 if xmax == xmin else (x - xmin) / (xmax - xmin)
+    return x0 + fx * (x1 - x0), y1 - (y - lo) / (hi - lo) * (y1 - y0)
+
+
 def variant_series(row: Any, key: str) -> list[tuple[int, float]]:
     """(epoch, value) of a ranked variant's non-EMA files at its recommended weight, by epoch."""
     pts = {int(s["epoch"]): float(s[key]) for s in row.scores
@@ -45,19 +52,16 @@ def sweep_chart(rows: Sequence[Any], size: tuple[int, int] = (960, 400)):
         lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         xmin, xmax = min(xs), max(xs)
 
-        def px(x: float, y: float) -> tuple[float, float]:
-            fx = 0.5 if xmax == xmin else (x - xmin) / (xmax - xmin)
-            return x0 + fx * (x1 - x0), y1 - (y - lo) / (hi - lo) * (y1 - y0)
-
+        frame = (x0, y0, x1, y1, xmin, xmax, lo, hi)
         for frac in (0.0, 0.5, 1.0):
             v = lo + frac * (hi - lo)
-            draw.text((x0 - 44, px(xmin, v)[1] - 7), f"{v:.3g}", fill="black", font=font)
+            draw.text((x0 - 44, _px(frame, xmin, v)[1] - 7), f"{v:.3g}", fill="black", font=font)
         for x in sorted(set(xs)):
-            draw.text((px(x, lo)[0] - 4, y1 + 4), str(x), fill="black", font=font)
+            draw.text((_px(frame, x, lo)[0] - 4, y1 + 4), str(x), fill="black", font=font)
         draw.text(((x0 + x1) / 2 - 15, y1 + 22), "epoch", fill="black", font=font)
         for i, (name, pts) in enumerate(series.items()):
             colour = LINE_COLOURS[i % len(LINE_COLOURS)]
-            points = [px(x, y) for x, y in pts]
+            points = [_px(frame, x, y) for x, y in pts]
             if len(points) > 1:
                 draw.line(points, fill=colour, width=2)
             for cx, cy in points:

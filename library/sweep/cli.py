@@ -146,7 +146,12 @@ def rank_and_report(manifest, variants, sweep_dir: Path, *, rank_by: str, weight
     """Rank, print the table and write ranking.json / ranking.csv into `sweep_dir`; by scores also
     scores.csv, the chart ranking.png, each variant's evaluation.json/.csv/.png in its folder and,
     with `grid`, the grid of each variant's best epoch (best_grid/)."""
-    from library.sweep.ranking import format_table, rank_by_scores, rank_by_validation_loss, write_ranking
+    from library.sweep.ranking import (
+        format_table,
+        rank_by_scores,
+        rank_by_validation_loss,
+        write_ranking,
+    )
     from library.sweep.scoring import SweepScorer, comparability_note
 
     fields = [f for f, _ in manifest.vary]

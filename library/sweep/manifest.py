@@ -65,8 +65,8 @@ def load_manifest(path: Path) -> Manifest | None:
         return Manifest(path, int(data["seed"]), list(data["vary"]), dict(data["base"]), variants)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path}: cannot read the sweep's progress ({type(exc).__name__}: {str(exc)[:200]})", [
-            "it was not written by this lorasmith or is damaged; remove it to start the sweep afresh "
-            "(finished variants' files stay, but will be trained again), or choose another --sweep_dir"]) from None
+            ("it was not written by this lorasmith or is damaged; remove it to start the sweep afresh "
+             "(finished variants' files stay, but will be trained again), or choose another --sweep_dir")]) from None
 
 
 def differences(saved: Manifest, base: dict[str, Any], vary: list[list[Any]]) -> list[str]:

@@ -23,7 +23,16 @@ from typing import Any
 from library.config import TrainConfig
 from library.errors import ConfigError, LorasmithError
 from library.sweep.manifest import (
-    FAILED, FINISHED, MANIFEST_NAME, PENDING, RUNNING, STOPPED, Manifest, VariantRecord, differences, load_manifest,
+    FAILED,
+    FINISHED,
+    MANIFEST_NAME,
+    PENDING,
+    RUNNING,
+    STOPPED,
+    Manifest,
+    VariantRecord,
+    differences,
+    load_manifest,
 )
 from library.sweep.variants import Variant, check_variants, expand
 from library.training.ema import ema_file_path
@@ -116,11 +125,11 @@ def has_state(output_dir: Path) -> bool:
 
 def epoch_files(cfg: TrainConfig) -> list[Path]:
     """The per-epoch files and the final file of a finished variant, in epoch order (EMA files not included)."""
-    from library.training.saving import _numbered, final_file_name
+    from library.training.saving import epoch_files_of, final_file_name
 
     out = Path(cfg.output_dir)
     ext = cfg.save_model_as
-    files = [p for _, p in sorted(_numbered(out, cfg.output_name, ext, r"-(\d{6})").items())]
+    files = epoch_files_of(out, cfg.output_name, ext)
     final = out / final_file_name(cfg.output_name, ext)
     return files + ([final] if final.exists() else [])
 
@@ -189,5 +198,3 @@ def _release_memory() -> None:
     except ImportError:
         pass
 
-
-STATUS_NAMES = (PENDING, RUNNING, STOPPED, FAILED, FINISHED)

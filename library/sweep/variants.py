@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from library.config import TrainConfig, alias_map, base_type
+from library.config import TrainConfig, alias_map
 from library.config_io import coerce_value, did_you_mean
 from library.errors import ConfigError
 
@@ -101,8 +101,8 @@ def checked_values(key: str, raw: list[Any], names: dict[str, str] | None = None
         close = did_you_mean(key, names)
         raise ConfigError("bad field", [f"{source} {key}: unknown field" + (f" (did you mean {close!r}?)" if close else "")])
     if field in NOT_VARIABLE:
-        raise ConfigError("bad field", [f"{source} {field}: set by the sweep itself (each variant gets its own "
-                                        "output folder, name and logs); it cannot be varied"])
+        raise ConfigError("bad field", [(f"{source} {field}: set by the sweep itself (each variant gets its own "
+                                         "output folder, name and logs); it cannot be varied")])
     problems, values = [], []
     for value in raw:
         if isinstance(value, str) and not value.strip():
@@ -207,7 +207,3 @@ def check_variants(variants: list[Variant], *, scan_data: bool = True) -> None:
             problems += [f"variant {v.name}: {exc.summary}"] + [f"variant {v.name}: {p}" for p in exc.problems]
     if problems:
         raise ConfigError("Some sweep variants cannot run; nothing was started", problems)
-
-
-def field_type_name(field: str) -> str:
-    return base_type(field).__name__

@@ -61,7 +61,7 @@ class EmaSettings:
     warmup: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "EmaSettings | None":
+    def from_config(cls, cfg: Any) -> EmaSettings | None:
         if cfg.ema_decay is None:
             return None
         return cls(float(cfg.ema_decay), int(cfg.ema_update_every), bool(cfg.ema_warmup))

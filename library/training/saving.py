@@ -49,6 +49,11 @@ def _numbered(output_dir: Path, output_name: str, ext: str, pattern: str) -> dic
     return found
 
 
+def epoch_files_of(output_dir: Path, output_name: str, ext: str) -> list[Path]:
+    """The per-epoch files `<output_name>-000001.<ext>` … in `output_dir`, by epoch (EMA twins not included)."""
+    return [p for _, p in sorted(_numbered(output_dir, output_name, ext, r"-(\d{6})").items())]
+
+
 def prune_epoch_files(output_dir: Path, output_name: str, ext: str, current_epoch: int,
                       every: int, keep_last: int | None) -> list[Path]:
     """Remove per-epoch files older than the last `keep_last` saves (sd-scripts' --save_last_n_epochs)."""
