@@ -252,3 +252,17 @@ def test_cli_sweep_trains_ranks_and_skips_on_a_second_run(shapes_data: Path, tmp
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[1/2] dim-2: finished before, skipped" in out and "[2/2] dim-4: finished before, skipped" in out
+
+
+def test_a_variant_killed_before_any_saved_state_is_trained_again(shapes_data: Path, tmp_path: Path) -> None:
+    from library.sweep.manifest import RUNNING
+
+    base = base_config(shapes_data, tmp_path, max_train_epochs=1)
+    manifest, variants = prepare_sweep(base, parse_vary(["network_dim=2"]), tmp_path)
+    manifest.record("dim-2").status = RUNNING  # what a sweep killed hard (no Ctrl-C) leaves behind
+    manifest.save()
+    lines: list[str] = []
+    manifest, variants = prepare_sweep(base, parse_vary(["network_dim=2"]), tmp_path)
+    run_sweep(manifest, variants, log=lines.append)
+    assert lines[0] == "[1/1] dim-2: no saved state from its earlier attempt (running); training it from the start"
+    assert load_manifest(tmp_path / "sweep.json").record("dim-2").status == FINISHED
