@@ -33,9 +33,14 @@ def should_update(step: int, every: int) -> bool:
 
 @torch.no_grad()
 def ema_update(shadow: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
-    """shadow ← decay·shadow + (1 − decay)·param, in place (computed as shadow + (1 − decay)·(param − shadow))."""
-    for s, p in zip(shadow, params, strict=True):
-        s.lerp_(p.detach().to(s.dtype), 1.0 - decay)
+    """shadow ← decay·shadow + (1 − decay)·param, in place (computed as shadow + (1 − decay)·(param − shadow)).
+
+    One foreach call over every tensor (a LoRA has hundreds of small ones; per-tensor calls cost more).
+    """
+    if len(shadow) != len(params):
+        raise ValueError(f"{len(shadow)} EMA tensors for {len(params)} parameters")
+    if shadow:
+        torch._foreach_lerp_(shadow, [p.detach().to(s.dtype) for s, p in zip(shadow, params)], 1.0 - decay)
 
 
 def ema_file_path(path: Path) -> Path:
