@@ -187,6 +187,8 @@ class TrainConfig:
     validate_every_n_steps: int | None = option(None, "Also measure the validation loss every N optimizer steps", group="Training", min=1)
     validate_every_n_epochs: int | None = option(None, "Measure the validation loss every N epochs (unset = every epoch)", group="Training", min=1)
     max_validation_steps: int | None = option(None, "Measure at most this many validation batches (unset = all held-out images)", group="Training", min=1)
+    evaluate_every_n_epochs: int | None = option(None, "lorasmith only: at every N-th epoch save, score the saved LoRA (fidelity and drift vs the base model "
+                                                 "at weights 0.6/0.8/1.0, as `lorasmith evaluate`) and log it to TensorBoard; unset = never", group="Training", min=1)
     clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models; 1 or unset = the last layer)", group="Training", min=1, max=12, sample_default=1)
 
     # --- Precision and memory -------------------------------------------------
