@@ -195,6 +195,8 @@ class TrainConfig:
                                    min=1, advanced=True)
     ema_warmup: bool = option(True, "Ramp the EMA decay up as OneTrainer does: min(ema_decay, (1+t)/(10+t)) at step t, so the "
                               "untrained start fades out quickly", group="Training", advanced=True)
+    evaluate_every_n_epochs: int | None = option(None, "lorasmith only: at every N-th epoch save, score the saved LoRA (fidelity and drift vs the base model "
+                                                 "at weights 0.6/0.8/1.0, as `lorasmith evaluate`) and log it to TensorBoard; unset = never", group="Training", min=1)
     clip_skip: int | None = option(None, "Use the output of the N-th last text-encoder layer (2 for anime-style models; 1 or unset = the last layer)", group="Training", min=1, max=12, sample_default=1)
 
     # --- Precision and memory -------------------------------------------------

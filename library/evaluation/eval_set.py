@@ -124,3 +124,35 @@ def _split_tokens(tokens: str | None) -> tuple[str | None, str | None]:
         return None, None
     words = tokens.split()
     return words[0], (" ".join(words[1:]) or None)
+
+
+def eval_set_from_dataset(dataset, scaling_factor: float, *, class_prompt: str | None = None,
+                          prior_prompts: tuple[str, ...] = DEFAULT_PRIOR_PROMPTS, seed: int = 0,
+                          source: str = "training images") -> EvalSet | None:
+    """From a LoraDataset with cached latents (the trainer's): no image is read or encoded again.
+
+    Returns None when the dataset holds no cached latents (the caller encodes from folders instead).
+    """
+    if dataset is None or dataset.latents is None:
+        return None
+    concept: dict[tuple, tuple[list[torch.Tensor], list[str]]] = defaultdict(lambda: ([], []))
+    reg: dict[tuple, tuple[list[torch.Tensor], list[str]]] = defaultdict(lambda: ([], []))
+    seen = set()
+    items = []
+    for di, lay in enumerate(dataset.layouts):
+        for k, it in enumerate(lay.items):
+            if it.image.path in seen:
+                continue
+            seen.add(it.image.path)
+            items.append(it)
+            group = reg if it.is_reg else concept
+            lat, caps = group[tuple(it.bucket)]
+            lat.append(dataset.latents[(di, k)].latents.float() * scaling_factor)
+            caps.append(it.image.caption)
+    trigger, derived = _split_tokens(_folder_tokens([it for it in items if not it.is_reg]))
+
+    def batches(groups):
+        return [EvalBatch(torch.stack(lat), caps) for lat, caps in groups.values()]
+
+    return EvalSet(batches(concept), class_prompt=class_prompt or derived, prior_prompts=tuple(prior_prompts),
+                   reg=batches(reg), seed=seed, source=source, instance_token=trigger)

@@ -210,27 +210,74 @@ def _prompt_sets(eval_set: EvalSet, concept: list[_Inputs], reg: list[_Inputs]) 
     return sets
 
 
-@torch.no_grad()
+@dataclass
+class _Candidate:
+    file: str
+    epoch: int | None
+    ema: bool
+
+
 def score_files(bundle, files: Sequence[str | os.PathLike[str]], eval_set: EvalSet, *,
                 weights: Sequence[float] = DEFAULT_WEIGHTS, max_batch: int = 32,
                 progress: Callable[[int, int, str], None] | None = None) -> list[EpochScore]:
     """Fidelity and drift of every (file, weight), in file order then weight order.
 
-    The bundle's own weights are untouched (LoRAs are applied as wrappers and removed);
-    its modules' train/eval modes are restored. Files are checked to fit the model
-    before any is scored: a LoRA for another architecture is one LoRAFileError.
+    The bundle's own weights are untouched (LoRAs are applied as wrappers with the
+    sampler's LoraStack and removed); its modules' train/eval modes are restored.
+    Files are checked to fit the model before any is scored: a LoRA for another
+    architecture is one LoRAFileError.
     """
     from library.lora.loading import load_lora, match_modules
-    from library.models import make_noise_scheduler
     from library.sampling.lora_stack import LoraStack
 
     check_prompts(eval_set)
     paths = [Path(f) for f in files]
     for path in paths:  # every file is checked before minutes of work
         match_modules(load_lora(path), bundle.unet, bundle.text_encoder, strict=True)
+    stack = LoraStack(bundle.unet, bundle.text_encoder)
+
+    def apply(candidate: _Candidate | None, weight: float) -> bool:
+        return stack.activate([(candidate.file, weight)] if candidate is not None else [])
+
+    candidates = [_Candidate(str(p), epoch_of(p), p.stem.endswith("-ema")) for p in paths]
+    try:
+        return _score(bundle, candidates, eval_set, weights, apply, max_batch, progress)
+    finally:
+        stack.clear()
+
+
+def score_network(bundle, network, eval_set: EvalSet, *, file: str, epoch: int | None,
+                  weights: Sequence[float] = DEFAULT_WEIGHTS, max_batch: int = 32) -> list[EpochScore]:
+    """The same scores for a network already applied to the bundle (the trainer's, at a save).
+
+    Its multiplier goes to 0 for the base model's predictions and to each weight in
+    turn, then back; its train/eval mode is restored. Nothing is read from disk.
+    """
+    check_prompts(eval_set)
+    old, mode = network.multiplier, network.training
+    network.eval()
+
+    def apply(candidate: _Candidate | None, weight: float) -> bool:
+        network.set_multiplier(float(weight) if candidate is not None else 0.0)
+        return bool(network.text_encoder_loras)
+
+    try:
+        return _score(bundle, [_Candidate(str(file), epoch, str(file).endswith("-ema.safetensors"))], eval_set,
+                      weights, apply, max_batch, None)
+    finally:
+        network.set_multiplier(old)
+        network.train(mode)
+
+
+@torch.no_grad()
+def _score(bundle, candidates: list[_Candidate], eval_set: EvalSet, weights: Sequence[float],
+           apply: Callable[[_Candidate | None, float], bool], max_batch: int,
+           progress: Callable[[int, int, str], None] | None) -> list[EpochScore]:
+    """Base predictions once (apply(None, 0)), then every (candidate, weight) against them."""
+    from library.models import make_noise_scheduler
+
     scheduler = make_noise_scheduler(bundle)
-    steps = int(scheduler.config.num_train_timesteps)
-    timesteps = list(eval_set.timesteps) or validation_timesteps(0, steps)
+    timesteps = list(eval_set.timesteps) or validation_timesteps(0, int(scheduler.config.num_train_timesteps))
     device = next(bundle.unet.parameters()).device
     dtype = next(bundle.unet.parameters()).dtype
     concept = fixed_inputs(eval_set.concept, timesteps, eval_set.seed, scheduler, device, dtype)
@@ -240,19 +287,18 @@ def score_files(bundle, files: Sequence[str | os.PathLike[str]], eval_set: EvalS
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
-    stack = LoraStack(bundle.unet, bundle.text_encoder)
     predictor = _Predictor(bundle, max_batch)
     try:
-        stack.clear()
+        apply(None, 0.0)
         base_concept = [predictor.predict(inp) for inp in concept]
         base_loss = sum(_mse(p, inp.target) for p, inp in zip(base_concept, concept)) / len(concept)
         base_sets = {k: [(predictor.predict(inp, caps), inp) for inp, caps in v] for k, v in sets.items()}
         base_err = {k: sum(_mse(p, inp.target) for p, inp in v) / len(v) for k, v in base_sets.items()}
         results = []
-        total, done = len(paths) * len(weights), 0
-        for path in paths:
+        total = len(candidates) * len(weights)
+        for cand in candidates:
             for weight in weights:
-                if stack.activate([(path, float(weight))]):
+                if apply(cand, float(weight)):
                     predictor.forget_text()
                 loss = sum(_mse(predictor.predict(inp), inp.target) for inp in concept) / len(concept)
                 drifts = {}
@@ -261,16 +307,13 @@ def score_files(bundle, files: Sequence[str | os.PathLike[str]], eval_set: EvalS
                                 for (inp, caps), (bp, _i) in zip(items, base_sets[kind])) / len(items)
                     drifts[kind] = moved / max(base_err[kind], 1e-12)
                 results.append(EpochScore(
-                    file=str(path), epoch=epoch_of(path), weight=float(weight), fidelity=loss / max(base_loss, 1e-12),
+                    file=cand.file, epoch=cand.epoch, weight=float(weight), fidelity=loss / max(base_loss, 1e-12),
                     drift=sum(drifts.values()) / len(drifts) if drifts else 0.0, loss=loss, base_loss=base_loss,
                     class_drift=drifts.get("class"), prior_drift=drifts.get("prior"), reg_drift=drifts.get("reg"),
-                    ema=path.stem.endswith("-ema")))
-                done += 1
+                    ema=cand.ema))
                 if progress:
-                    progress(done, total, f"{path.name} @ {weight:g}")
+                    progress(len(results), total, f"{Path(cand.file).name} @ {weight:g}")
     finally:
-        if stack.clear():
-            predictor.forget_text()
         for m, mode in zip(modules, modes):
             m.train(mode)
     return results

@@ -35,6 +35,7 @@ from library.training.metadata import RunMetadata
 from library.training.optimizers import check_group_lrs
 from library.training.readback import StepReadback, StepRecord
 from library.training.rng import pick_seed
+from library.training.epoch_scores import EpochScoreHook
 from library.training.samples import SampleHook
 from library.training.setup import RunParts, build_run
 from library.training.step import StepMath
@@ -90,6 +91,7 @@ class Trainer:
         self.tb = TensorBoardLog(log_dir, on_problem=lambda message: self.events.on_log({"message": f"warning: {message}"}))
         self.metadata = RunMetadata(parts, session_id=random.SystemRandom().randint(0, 2**32 - 1))
         self.samples = SampleHook(parts, self.events)
+        self.epoch_scores = EpochScoreHook(parts, self.events, self.tb)
         self.files: list[Path] = []
         self.epoch_losses: list[float] = []
         self.nan_steps = 0
@@ -320,8 +322,9 @@ class Trainer:
         self.events.on_epoch({"epoch": epoch, "num_epochs": self.plan.epochs, "avg_loss": avg,
                               "step": self.pos.global_step, "val_loss": val})
         if saving.should_save_epoch(epoch, self.cfg.save_every_n_epochs, self.plan.epochs):
-            self._save_numbered(saving.epoch_file_name(self.cfg.output_name, epoch, self.ext), "epoch")
+            saved = self._save_numbered(saving.epoch_file_name(self.cfg.output_name, epoch, self.ext), "epoch")
             if self.is_main:
+                self.epoch_scores.maybe(epoch, saved)
                 self._drop_states(saving.prune_epoch_files(self.output_dir, self.cfg.output_name, self.ext, epoch,
                                                            self.cfg.save_every_n_epochs or 1, self.cfg.save_last_n_epochs))
         if self.cfg.sample_every_n_epochs and epoch % self.cfg.sample_every_n_epochs == 0:
@@ -386,6 +389,8 @@ class Trainer:
         name = f"{self.cfg.output_name}-interrupted.{self.ext}" if stopped else saving.final_file_name(self.cfg.output_name, self.ext)
         epoch = min(self.pos.epoch, self.plan.epochs) if stopped else self.plan.epochs
         path = self._write(self.output_dir / name, "interrupted" if stopped else "final", epoch)
+        if not stopped and self.is_main:
+            self.epoch_scores.maybe(epoch, path)  # the last epoch's file is the final one
         if stopped or self.cfg.save_state or self.cfg.save_state_on_train_end:
             self._save_state(saving.final_file_name(self.cfg.output_name, self.ext), after_epoch=False)
         return path

@@ -80,10 +80,23 @@ def classifier_truth(bundle, classifier, files: list[Path], epochs: list[int], *
     return truths
 
 
-def best_band(truths: list[EpochTruth], tolerance: float) -> list[int]:
-    """Epochs whose classifier rating is within `tolerance` of the best epoch's rating."""
-    top = max(t.rating for t in truths)
-    return [t.epoch for t in truths if t.rating >= top - tolerance]
+def rating_se(t: EpochTruth, n_concept: int, n_world: int) -> float:
+    """Standard error of fidelity x flexibility from the two binomial sample rates (delta method)."""
+    f, x = t.fidelity, t.flexibility
+    var = x * x * f * (1 - f) / n_concept + f * f * x * (1 - x) / n_world
+    return float(np.sqrt(var))
+
+
+def best_band(truths: list[EpochTruth], n_concept: int, n_world: int, z: float = 2.0) -> list[int]:
+    """Epochs the classifier cannot tell from its best at this sample size.
+
+    The band holds every epoch whose rating is within z standard errors of the best
+    epoch's rating (the best epoch's standard error, at least one world sample's worth,
+    1 / n_world, so a perfect best epoch does not make the band a single point).
+    """
+    best = max(truths, key=lambda t: t.rating)
+    margin = z * max(rating_se(best, n_concept, n_world), 1.0 / n_world)
+    return [t.epoch for t in truths if t.rating >= best.rating - margin]
 
 
 def star_eval_set(bundle, folder: Path, prior_prompts=WORLD_PROMPTS):

@@ -1,0 +1,78 @@
+"""`--evaluate_every_n_epochs`: score the LoRA at its epoch saves, as `lorasmith evaluate` would.
+
+The run's own network is scored in place (library.evaluation.scores.score_network:
+its multiplier set to 0 for the base model, then to each weight), on the held-out
+images when there is a validation split, else on the training images, from the
+latents the run already cached. Values go to TensorBoard as
+`evaluation/fidelity/w<weight>` and `evaluation/drift/w<weight>` (x = epoch) and to
+the log; the running recommendation is logged after each scoring.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from library.training.events import Events
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class EpochScoreHook:
+    def __init__(self, parts: Any, events: Events, tb: Any) -> None:
+        self.parts = parts
+        self.events = events
+        self.tb = tb
+        self.every = parts.config.evaluate_every_n_epochs
+        self.scores: list = []
+        self.done: set[int] = set()
+        self._eval_set = None
+        self.seconds: list[float] = []
+
+    def maybe(self, epoch: int, path: Path) -> list:
+        if not self.every or epoch % self.every != 0 or epoch in self.done:
+            return []
+        self.done.add(epoch)
+        from library.evaluation.score_report import tensorboard_values
+        from library.evaluation.scores import recommend, score_network
+
+        p = self.parts
+        models = (p.bundle.vae, p.bundle.text_encoder)  # may wait in RAM after caching (training.placement)
+        homes = [module_device(m) for m in models]
+        start = time.perf_counter()
+        try:
+            for model in models:
+                model.to(p.device)
+            eval_set = self._set()
+            autocast = p.device.type == "cuda" and p.weight_dtype != torch.float32
+            with torch.autocast(p.device.type, dtype=p.weight_dtype, enabled=autocast):
+                scores = score_network(p.bundle, p.network, eval_set, file=str(path), epoch=epoch)
+        finally:
+            for model, home in zip(models, homes):
+                model.to(home)
+        self.seconds.append(time.perf_counter() - start)
+        self.scores.extend(scores)
+        self.tb.scalars(tensorboard_values(scores).get(epoch, {}), epoch)
+        line = ", ".join(f"w{s.weight:g} fidelity {s.fidelity:.3f} drift {s.drift:.3f}" for s in scores)
+        rec = recommend(self.scores)
+        self.events.on_log({"message": f"epoch {epoch} score ({self.seconds[-1]:.1f} s): {line}; "
+                                       f"so far: {rec.why}"})
+        return scores
+
+    def _set(self):
+        if self._eval_set is None:
+            from library.evaluation.eval_set import eval_set_from_config, eval_set_from_dataset
+
+            p = self.parts
+            seed = int(p.config.validation_seed if p.config.validation_seed is not None else p.rng.seed)
+            scale = float(getattr(p.bundle.vae.config, "scaling_factor", 0.18215))
+            held = p.val_dataset is not None
+            self._eval_set = eval_set_from_dataset(p.val_dataset if held else p.dataset, scale, seed=seed,
+                                                   source="held-out images" if held else "training images")
+            if self._eval_set is None:  # latents not cached: encode the images once
+                self._eval_set = eval_set_from_config(p.bundle, p.config, seed=seed)
+        return self._eval_set

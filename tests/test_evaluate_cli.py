@@ -1,0 +1,126 @@
+"""`lorasmith evaluate` and --evaluate_every_n_epochs on the tiny model: outputs, TensorBoard, bad input."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from library.cli import main
+from library.config import TrainConfig
+from library.training.events import RecordingEvents
+from library.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 images in a `1_ohwx shape` folder."""
+    from library.world.bucket_dataset import make_shapes_dataset
+
+    root = tmp_path_factory.mktemp("ev")
+    make_shapes_dataset(root / "a", count=8)
+    shutil.move(str(next((root / "a").iterdir())), root / "train" / "1_ohwx shape")
+    return root / "train"
+
+
+def config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(pretrained_model_name_or_path="tiny", train_data_dir=str(data), output_dir=str(out), output_name="t",
+                caption_extension=".txt", resolution="64", enable_bucket=True, min_bucket_reso=64, max_bucket_reso=128,
+                train_batch_size=4, max_train_epochs=2, save_every_n_epochs=1, cache_latents=True, seed=3,
+                learning_rate=1e-2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def scalars(log_root: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(sorted(log_root.rglob("events.out.tfevents.*"))[0]))
+    ea.Reload()
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    """A 2-epoch run scored at each save, with TensorBoard logs."""
+    out = tmp_path_factory.mktemp("run")
+    events = RecordingEvents()
+    result = train(config(data, out / "lora", evaluate_every_n_epochs=1, logging_dir=str(out / "logs")), events)
+    return out, result, events
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_scores_at_saves_go_to_tensorboard_and_leave_training_unchanged(data, run, tmp_path):
+    out, result, events = run
+    tags = scalars(out / "logs")
+    for w in ("0.6", "0.8", "1"):
+        assert [e for e, _ in tags[f"evaluation/fidelity/w{w}"]] == [1, 2]
+        assert [e for e, _ in tags[f"evaluation/drift/w{w}"]] == [1, 2]
+    messages = [e[1]["message"] for e in events.events if e[0] == "log" and "score" in e[1].get("message", "")]
+    assert len(messages) == 2 and "fidelity" in messages[0] and "drift" in messages[0]
+    plain = train(config(data, tmp_path / "plain"))
+    from safetensors.torch import load_file
+
+    for a, b in zip(plain.files, result.files, strict=True):  # scoring changed no weight, no RNG draw
+        ta, tb = load_file(str(a)), load_file(str(b))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_evaluate_command_writes_table_json_csv_chart_and_leaves_files_alone(data, run, capsys):
+    out, result, _events = run
+    files = list(result.files)
+    before = [_sha(f) for f in files]
+    code = main(["evaluate", "--lora", str(files[0].parent / "t*.safetensors"), "--train_data_dir", str(data),
+                 "--pretrained_model_name_or_path", "tiny", "--resolution", "64", "--caption_extension", ".txt",
+                 "--output_dir", str(out / "eval"), "--eval_prompts", "a red ball", "a house"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "recommended:" in printed and "t-000001.safetensors" in printed
+    data_json = json.loads((out / "eval" / "evaluation.json").read_text())
+    assert len(data_json["scores"]) == 3 * 2 and data_json["recommendation"]["weight"] in (0.6, 0.8, 1.0)
+    assert data_json["evaluation_set"] == {"images": 8, "source": "training images", "class_prompt": "shape",
+                                           "prior_prompts": ["a red ball", "a house"], "reg_images": 0}
+    rows = list(csv.DictReader((out / "eval" / "evaluation.csv").open()))
+    assert [(r["epoch"], r["weight"]) for r in rows] == [("1", "0.6"), ("1", "0.8"), ("1", "1.0"),
+                                                        ("2", "0.6"), ("2", "0.8"), ("2", "1.0")]
+    assert Image.open(out / "eval" / "evaluation.png").size == (900, 360)
+    assert [_sha(f) for f in files] == before
+
+
+def test_evaluate_on_held_out_images_with_the_runs_split(data, run, capsys):
+    out, result, _events = run
+    code = main(["evaluate", "--lora", str(result.files[0]), "--train_data_dir", str(data), "--validation_split", "0.25",
+                 "--pretrained_model_name_or_path", "tiny", "--resolution", "64", "--caption_extension", ".txt",
+                 "--output_dir", str(out / "held"), "--weights", "1"])
+    assert code == 0
+    info = json.loads((out / "held" / "evaluation.json").read_text())["evaluation_set"]
+    assert info["images"] == 2 and info["source"] == "held-out images"
+
+
+def test_bad_input_gives_one_clear_error_each(data, run, tmp_path, capsys):
+    out, result, _events = run
+    empty = tmp_path / "empty" / "1_ohwx shape"
+    empty.mkdir(parents=True)
+    common = ["--pretrained_model_name_or_path", "tiny", "--resolution", "64", "--caption_extension", ".txt"]
+    assert main(["evaluate", "--lora", str(result.files[0]), "--train_data_dir", str(empty.parent), *common]) == 2
+    err = capsys.readouterr().err
+    assert "1_ohwx shape: folder has no images" in err and "Traceback" not in err
+    assert main(["evaluate", "--lora", str(result.files[0]), "--train_data_dir", str(data), *common,
+                 "--eval_prompts", "ohwx on a beach"]) == 2
+    err = capsys.readouterr().err
+    assert "trigger word" in err and "Traceback" not in err
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(4, 640),
+               "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": torch.zeros(640, 4)}, str(other))
+    assert main(["evaluate", "--lora", str(other), "--train_data_dir", str(data), *common]) == 2
+    assert "another architecture" in capsys.readouterr().err
