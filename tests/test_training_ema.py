@@ -191,3 +191,22 @@ def test_plan_shows_the_ema(shapes_data: Path, tmp_path: Path) -> None:
     text = format_plan(prepare_data(config(shapes_data, tmp_path, ema_update_every=2)).plan)
     assert "EMA of the LoRA weights:" in text and "decay 0.9, every 2 step(s)" in text
     assert "EMA" not in format_plan(prepare_data(config(shapes_data, tmp_path, ema_decay=None)).plan)
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "AdaFactor"])  # one flat tensor per group / per-tensor steps
+def test_trainer_updates_the_ema_after_each_step_with_the_warmup_decay(shapes_data: Path, tmp_path: Path,
+                                                                       optimizer: str) -> None:
+    """lora_up starts at zero, so by hand: after step 1, ema = (1 - d1)·up1 with d1 = min(0.9, 2/11);
+    after step 2, ema2 = ema1 + (1 - d2)·(up2 - ema1) with d2 = min(0.9, 3/12)."""
+    from library.training.trainer import train
+
+    train(config(shapes_data, tmp_path, max_train_epochs=1, save_every_n_epochs=None, save_every_n_steps=1,
+                 optimizer_type=optimizer, lr_scheduler="constant", lr_warmup_steps=0))
+    up = lambda name: {k: v for k, v in tensors(tmp_path / name).items() if k.endswith("lora_up.weight")}  # noqa: E731
+    p1, p2 = up("t-step00000001.safetensors"), up("t-step00000002.safetensors")
+    e1, e2 = up("t-step00000001-ema.safetensors"), up("t-step00000002-ema.safetensors")
+    d1, d2 = 2 / 11, 3 / 12
+    assert any(v.abs().max() > 0 for v in p1.values())
+    for k in p1:
+        torch.testing.assert_close(e1[k], (1 - d1) * p1[k], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(e2[k], e1[k] + (1 - d2) * (p2[k] - e1[k]), rtol=1e-5, atol=1e-9)
