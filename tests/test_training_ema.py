@@ -202,7 +202,7 @@ def test_trainer_updates_the_ema_after_each_step_with_the_warmup_decay(shapes_da
 
     train(config(shapes_data, tmp_path, max_train_epochs=1, save_every_n_epochs=None, save_every_n_steps=1,
                  optimizer_type=optimizer, lr_scheduler="constant", lr_warmup_steps=0))
-    up = lambda name: {k: v for k, v in tensors(tmp_path / name).items() if k.endswith("lora_up.weight")}  # noqa: E731
+    up = lambda name: {k: v for k, v in tensors(tmp_path / name).items() if k.endswith("lora_up.weight")}
     p1, p2 = up("t-step00000001.safetensors"), up("t-step00000002.safetensors")
     e1, e2 = up("t-step00000001-ema.safetensors"), up("t-step00000002-ema.safetensors")
     d1, d2 = 2 / 11, 3 / 12
