@@ -266,3 +266,11 @@ def test_a_variant_killed_before_any_saved_state_is_trained_again(shapes_data: P
     run_sweep(manifest, variants, log=lines.append)
     assert lines[0] == "[1/1] dim-2: no saved state from its earlier attempt (running); training it from the start"
     assert load_manifest(tmp_path / "sweep.json").record("dim-2").status == FINISHED
+
+
+def test_sweep_refuses_a_multi_process_launch(tmp_path: Path, monkeypatch, capsys) -> None:
+    from library.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sweep", "--output_dir", str(tmp_path), "--vary", "network_dim=2", "--dry_run"]) == 2
+    assert "runs in one process" in capsys.readouterr().err

@@ -210,3 +210,23 @@ def test_trainer_updates_the_ema_after_each_step_with_the_warmup_decay(shapes_da
     for k in p1:
         torch.testing.assert_close(e1[k], (1 - d1) * p1[k], rtol=1e-5, atol=1e-9)
         torch.testing.assert_close(e2[k], e1[k] + (1 - d2) * (p2[k] - e1[k]), rtol=1e-5, atol=1e-9)
+
+
+def test_resume_from_a_state_without_ema_starts_the_average_at_the_resumed_weights(shapes_data: Path,
+                                                                                    tmp_path: Path) -> None:
+    from library.training.events import RecordingEvents
+    from library.training.trainer import train
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(config(shapes_data, first, ema_decay=None, max_train_epochs=2, save_state=True, lr_scheduler="constant",
+                 lr_warmup_steps=0))
+    events = RecordingEvents()
+    train(config(shapes_data, second, max_train_epochs=2, lr_scheduler="constant", lr_warmup_steps=0,
+                 save_every_n_steps=1, resume=str(first / "t-000001-state"), resume_allow_changes=True), events)
+    assert any("holds no EMA" in info.get("message", "") for name, info in events.events if name == "log")
+    up = lambda path: {k: v for k, v in tensors(path).items() if k.endswith("lora_up.weight")}
+    p2, p3 = up(first / "t-000001.safetensors"), up(second / "t-step00000003.safetensors")
+    e3 = up(second / "t-step00000003-ema.safetensors")
+    d3 = 4 / 13  # min(0.9, (1 + 3) / (10 + 3))
+    for k in p2:
+        torch.testing.assert_close(e3[k], p2[k] + (1 - d3) * (p3[k] - p2[k]), rtol=1e-5, atol=1e-9)

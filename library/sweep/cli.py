@@ -9,6 +9,7 @@ Run the same command again after an interruption: finished variants are skipped.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from library.sweep.runner import prepare_sweep, sweep_dir_of
     from library.sweep.variants import merge_vary, parse_vary
 
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ConfigError("lorasmith sweep runs in one process; it was started with accelerate launch on several",
+                          ["start the sweep with plain `lorasmith sweep …` (its variants train one after another)"])
     settings = read_sweep_file(args.sweep_file) if args.sweep_file else {"vary": []}
     if args.config_file is None and settings.get("config"):
         args.config_file = settings["config"]
