@@ -129,13 +129,18 @@ def test_stale_lock_restores_a_state_moved_aside_whose_replacement_never_arrived
 
 
 def test_temp_names_carry_the_tag_and_our_process_id(tmp_path: Path) -> None:
+    """The file is written inside a private folder with our tag: a writer's own temp lands there too."""
     seen = []
     with library.fileio.atomic_path(tmp_path / "a.txt") as tmp:
-        seen.append(tmp.name)
+        seen.append(tmp)
         tmp.write_text("x")
-    assert seen[0].startswith(f".a.txt.lorasmith-{os.getpid()}-") and seen[0].endswith(".tmp")
-    assert library.fileio.own_temp_of(seen[0], os.getpid()) == ("a.txt", "tmp")
-    assert library.fileio.own_temp_of(seen[0], os.getpid() + 1) is None
+        (tmp.parent / ".tmpAbC123").write_text("a library's own temp")  # as safetensors >= 0.8 makes one
+    folder = seen[0].parent
+    assert seen[0].name == "a.txt" and folder.parent == tmp_path
+    assert folder.name.startswith(f".a.txt.lorasmith-{os.getpid()}-") and folder.name.endswith(".tmp")
+    assert library.fileio.own_temp_of(folder.name, os.getpid()) == ("a.txt", "tmp")
+    assert library.fileio.own_temp_of(folder.name, os.getpid() + 1) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # nothing left beside the file
 
 
 def test_lock_is_held_during_training(data: Path, tmp_path: Path) -> None:

@@ -91,3 +91,24 @@ def test_print_plan_warns_about_the_token(tmp_path, capsys):
     assert train_network.main(args) == 0
     out = capsys.readouterr().out
     assert "warning: instance token 'john' is a common word for CLIP" in out and "nlwx, ohwx" in out
+
+
+def test_print_plan_shows_the_per_image_checks(tmp_path, capsys):
+    """The plan carries `dataset check`'s per-image findings (faces aside), each naming the file."""
+    import numpy as np
+
+    sub = tmp_path / "img" / "5_ohwx shape"
+    sub.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):  # fine detail at the sharpness scale (512 px short side), distinct: sharp, no duplicates
+        Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(sub / f"sharp{i}.png")
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(sub / "flat.png")  # no detail at all: "blurry"
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(sub / "small.png")
+    args = ["--pretrained_model_name_or_path", "tiny", "--train_data_dir", str(tmp_path / "img"),
+            "--output_dir", str(tmp_path / "out"), "--resolution", "64", "--print_plan"]
+    assert train_network.main(args) == 0
+    out = capsys.readouterr().out
+    assert "image checks (5 training images" in out
+    assert "5_ohwx shape/flat.png: looks blurry" in out
+    assert "5_ohwx shape/small.png: 48x48 is below the training resolution (64 px short side)" in out
+    assert not any(f"sharp{i}.png" in out for i in range(3))

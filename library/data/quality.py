@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -156,3 +158,31 @@ def set_findings(rows: list[ImageQuality]) -> list[Finding]:
                         f"unrelated photos are ~32, below {LOW_DIVERSITY_BITS:.0f} is flagged)",
                         "vary pose, distance, lighting, clothes and background so the LoRA learns the subject, not one picture")]
     return []
+
+
+def plan_image_findings(prepared: Any) -> tuple[list[Finding], int]:
+    """The per-image checks of `dataset check` (blur, size, aspect, near-duplicates, diversity) for the plan.
+
+    `prepared` is library.data.prepare's PreparedData. Face counting needs OpenCV and
+    is left to `lorasmith dataset check`; this reads only the training images the
+    plan uses (regularization images are other people on purpose), each once, with
+    the subset's own image options. Returns the findings and how many images were measured.
+    """
+    from library.data.images import load_rgb
+
+    rows: list[ImageQuality] = []
+    short_side, limit = 0, None
+    for layout in prepared.layouts:
+        short_side = max(short_side, min(layout.spec.resolution))
+        if layout.buckets:
+            wide = bucket_aspect_limit([b for b, _ in layout.buckets])
+            limit = wide if limit is None else min(limit, wide)
+        seen: set[Path] = set()
+        for item in layout.items:
+            path = item.image.path
+            if item.is_reg or path in seen:
+                continue
+            seen.add(path)
+            options = layout.spec.subsets[item.subset_index].image
+            rows.append(measure(f"{path.parent.name}/{path.name}", load_rgb(path, options)))
+    return image_findings(rows, short_side, limit or 1.5) + set_findings(rows), len(rows)

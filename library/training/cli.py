@@ -35,6 +35,7 @@ def print_plan(args: argparse.Namespace) -> int:
     from library.data.advice import instance_token_advice
     from library.data.plan import format_plan
     from library.data.prepare import prepare_data
+    from library.data.quality import plan_image_findings
     from library.training.vram_plan import vram_section
 
     cfg = resolve_config(args)
@@ -45,6 +46,12 @@ def print_plan(args: argparse.Namespace) -> int:
     for problem, fix in instance_token_advice([s.spec.class_tokens for lay in prepared.layouts for s in lay.subsets
                                                if not s.spec.is_reg]):
         print(f"warning: {problem}; {fix}")
+    findings, measured = plan_image_findings(prepared)
+    print(f"\nimage checks ({measured} training images; faces: lorasmith dataset check):")
+    for finding in findings:
+        print(f"warning: {finding.line()}")
+    if not findings:
+        print("  no blurry, small, elongated or near-duplicate images")
     print()
     print(vram_section(cfg))  # from the configs alone: no weights are loaded
     return 0

@@ -61,3 +61,19 @@ def sharded_batches(dataset: Any, epoch: int, start_round: int, rank: int, world
     n = len(dataset)
     for round_ in range(start_round, rounds_per_epoch(n, world)):
         yield round_, dataset[(epoch, shard_index(round_, rank, world, n))]
+
+
+def finish(world: int) -> None:
+    """Wait for every process, then close the group, so no process exits while another still talks to it.
+
+    Without this the first process to exit tears down its gloo sockets while the main
+    process is still saving; under load the other side's pending operation then aborts
+    that process (SIGABRT) and `accelerate launch` reports a failed run after a good one.
+    """
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

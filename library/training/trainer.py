@@ -486,5 +486,6 @@ def _train_prepared(cfg: TrainConfig, prepared: PreparedData, events: Events, co
         restore_ema(trainer, resume_from, saved, events)
         events.on_log({"message": f"resumed from {resume_from} at epoch {trainer.pos.epoch}, step {trainer.pos.global_step}"})
     result = trainer.run()
+    distributed.finish(trainer.world)  # on success only: after an error another process may never arrive
     result.warnings = warnings + result.warnings
     return result
