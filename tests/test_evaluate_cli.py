@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -124,3 +125,42 @@ def test_bad_input_gives_one_clear_error_each(data, run, tmp_path, capsys):
                "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": torch.zeros(640, 4)}, str(other))
     assert main(["evaluate", "--lora", str(other), "--train_data_dir", str(data), *common]) == 2
     assert "another architecture" in capsys.readouterr().err
+
+
+def test_annotated_cell_has_its_note_strip_and_the_mark_frame():
+    from library.evaluation.render import MARK_COLOUR, annotate_cell
+
+    plain = Image.new("RGB", (64, 64), (200, 200, 200))
+    note = np.asarray(annotate_cell(plain, "F 0.70 D 0.18"))
+    assert note[-3:].mean() < 80 and (note[0, :, :] == 200).all()  # dark strip (white text) at the bottom only
+    framed = np.asarray(annotate_cell(plain, None, marked=True))
+    assert (framed[0, :, :] == MARK_COLOUR).all() and (framed[32, 32] == 200).all()
+    assert np.asarray(plain).max() == 200  # the cell itself is not drawn on
+
+
+def test_grid_with_scores_marks_the_recommended_cell(data, run, capsys):
+    from library.evaluation.render import MARK_COLOUR
+    from library.evaluation.score_report import read_scores, score_notes
+
+    out, result, _events = run
+    files = [str(f) for f in result.files]
+    assert main(["evaluate", "--lora", ",".join(files), "--train_data_dir", str(data), "--weights", "0.6, 1",
+                 "--pretrained_model_name_or_path", "tiny", "--resolution", "64", "--caption_extension", ".txt",
+                 "--output_dir", str(out / "forgrid")]) == 0
+    scores, rec = read_scores(out / "forgrid" / "evaluation.json")
+    note = score_notes(scores, rec)
+    from library.evaluation.axes import CellSettings
+    from library.sampling.pipeline import SampleRequest
+
+    cell = CellSettings(SampleRequest(prompt="x"), "tiny", lora_file=rec.file, lora_weight=rec.weight)
+    text, marked = note(cell)
+    assert marked and text.startswith(f"F {rec.score.fidelity:.2f}")
+    other = [s for s in scores if (s.file, s.weight) != (rec.file, rec.weight)][0]
+    assert note(CellSettings(SampleRequest(prompt="x"), "tiny", lora_file=other.file, lora_weight=other.weight))[1] is False
+    capsys.readouterr()
+    assert main(["grid", "--pretrained_model_name_or_path", "tiny", "--prompt", "ohwx shape", "--steps", "2",
+                 "--width", "64", "--height", "64", "--seed", "1", "--lora", ",".join(files), "--weights", "0.6, 1",
+                 "--scores", str(out / "forgrid" / "evaluation.json"), "--output_dir", str(out / "grid"),
+                 "--no_cells"]) == 0
+    grid = np.asarray(Image.open(sorted((out / "grid").glob("xyz_grid-*.png"))[0]).convert("RGB"))
+    assert (grid == MARK_COLOUR).all(axis=-1).sum() >= 4 * 60  # one framed 64 px cell

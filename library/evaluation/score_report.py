@@ -146,3 +146,38 @@ def log_tensorboard(scores: Sequence[EpochScore], log_dir: str | os.PathLike[str
     finally:
         tb.close()
     return Path(log_dir)
+
+
+def read_scores(path: str | os.PathLike[str]) -> tuple[list[EpochScore], Recommendation | None]:
+    """Scores and recommendation back from an evaluation.json (`lorasmith evaluate`'s output)."""
+    from library.errors import ConfigError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        scores = [EpochScore(**row) for row in data["scores"]]
+        rec = data.get("recommendation")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not an evaluation.json written by `lorasmith evaluate` ({exc})",
+                          ["pass the evaluation.json from `lorasmith evaluate --output_dir ...`"]) from None
+    if rec is None:
+        return scores, None
+    match = next((s for s in scores if (s.file, s.weight) == (rec["file"], rec["weight"])), None)
+    return scores, Recommendation(rec["file"], rec["epoch"], rec["weight"], rec["why"], match)
+
+
+def score_notes(scores: Sequence[EpochScore], rec: Recommendation | None):
+    """A grid's `cell_note`: "F 0.70 D 0.18" on cells whose LoRA file and weight were scored; the
+    recommended one marked. Files compare by resolved path."""
+    by = {(str(Path(s.file).resolve()), round(s.weight, 6)): s for s in scores}
+    marked = (str(Path(rec.file).resolve()), round(rec.weight, 6)) if rec is not None else None
+
+    def note(settings) -> tuple[str | None, bool]:
+        if settings.lora_file is None:
+            return None, False
+        key = (str(Path(settings.lora_file).resolve()), round(float(settings.lora_weight), 6))
+        s = by.get(key)
+        if s is None:
+            return None, False
+        return f"F {s.fidelity:.2f} D {s.drift:.2f}", key == marked
+
+    return note
