@@ -164,3 +164,26 @@ def test_grid_with_scores_marks_the_recommended_cell(data, run, capsys):
                  "--no_cells"]) == 0
     grid = np.asarray(Image.open(sorted((out / "grid").glob("xyz_grid-*.png"))[0]).convert("RGB"))
     assert (grid == MARK_COLOUR).all(axis=-1).sum() >= 4 * 60  # one framed 64 px cell
+
+
+def test_gui_score_form_builds_the_evaluate_command_and_reads_its_results(data, run, tmp_path):
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install -e .[gui])")
+    from gui.evaluate_tab import evaluate_command, score_summary
+    from gui.safety import PathGuard
+    from library.errors import ConfigError
+
+    out, result, _events = run
+    guard = PathGuard.from_dirs([out, data, tmp_path])
+    form = {"model": "tiny", "lora": str(result.files[0]), "score_data": str(data), "score_reg": "",
+            "output_dir": str(tmp_path / "grids"), "width": 64, "score_caption_ext": ".txt"}
+    args = evaluate_command(form, guard)
+    assert args[:3] == ["evaluate", "--pretrained_model_name_or_path", "tiny"]
+    assert args[args.index("--train_data_dir") + 1] == str(data) and "--reg_data_dir" not in args
+    assert main(args) == 0
+    table, chart = score_summary(tmp_path / "grids" / "evaluation" / "evaluation.json")
+    assert table.startswith("**Recommended:**") and table.count("\n| ") == 4  # header rule + 3 weights
+    assert Path(chart).is_file()
+    with pytest.raises(ConfigError, match="outside"):
+        evaluate_command({**form, "score_data": "/etc"}, guard)
+    with pytest.raises(ConfigError, match="Training images folder"):
+        evaluate_command({**form, "score_data": " "}, guard)
