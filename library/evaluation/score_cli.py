@@ -44,6 +44,13 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift_threshold", type=float, default=None, help="the most drift a recommendation may have")
     p.add_argument("--output_dir", default=None, help="folder for evaluation.json/.csv/.png (default: beside the LoRAs)")
     p.add_argument("--eval_batch_size", type=int, default=16, help="UNet batch size while scoring")
+    p.add_argument("--eval_clip_model", default=None,
+                   help="local transformers CLIP folder: adds CLIP-I (samples vs training images) and CLIP-T (vs prompt)")
+    p.add_argument("--eval_dino_model", default=None, help="local DINO / DINOv2 / ViT folder: adds DINO similarity")
+    p.add_argument("--eval_samples", type=int, default=4, help="samples per file and weight for CLIP/DINO")
+    p.add_argument("--eval_sample_steps", type=int, default=20, help="sampling steps for CLIP/DINO samples")
+    p.add_argument("--eval_sample_prompt", default=None,
+                   help="prompt of the CLIP/DINO samples (default: the first concept caption, e.g. 'ohwx woman')")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,6 +90,11 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     files = expand_lora_files(args.lora)
     weights = parse_float_values(args.weights)
     config = config_from_args(args)
+    image_models = None
+    if args.eval_clip_model or args.eval_dino_model:  # checked before minutes of scoring
+        from library.evaluation.image_metrics import load_image_models
+
+        image_models = load_image_models(args.eval_clip_model, args.eval_dino_model)
     bundle = load_model_bundle(config.pretrained_model_name_or_path, vae=getattr(args, "vae", None))
     if one_thread_is_faster(bundle):
         import torch
@@ -97,6 +109,14 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     with tqdm(total=len(files) * len(weights), desc="evaluate", unit="setting") as bar:
         scores = score_files(bundle, files, eval_set, weights=weights, max_batch=max(1, args.eval_batch_size),
                              progress=lambda done, total, what: bar.update(1))
+    if image_models is not None:
+        from library.evaluation.image_metrics import add_image_scores
+
+        prompt = args.eval_sample_prompt or eval_set.concept[0].captions[0]
+        print(f"CLIP/DINO: {args.eval_samples} samples of {prompt!r} per file and weight")
+        add_image_scores(bundle, scores, image_models, eval_set.image_paths, prompt, samples=max(1, args.eval_samples),
+                         size=int(str(config.resolution).split(",")[0]), steps=args.eval_sample_steps,
+                         seed=eval_set.seed)
     seconds = time.perf_counter() - start
     threshold = args.drift_threshold if args.drift_threshold is not None else DEFAULT_DRIFT_THRESHOLD
     rec = recommend(scores, threshold)

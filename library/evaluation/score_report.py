@@ -18,7 +18,7 @@ from library.evaluation.scores import EpochScore, Recommendation
 from library.fileio import atomic_path, atomic_write_text
 
 CSV_FIELDS = ("file", "epoch", "weight", "fidelity", "drift", "class_drift", "prior_drift", "reg_drift", "loss",
-              "base_loss", "ema")
+              "base_loss", "ema", "clip_i", "clip_t", "dino")
 LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
@@ -33,10 +33,13 @@ def table(scores: Sequence[EpochScore], rec: Recommendation | None = None) -> st
     def num(v):
         return f"{v:7.3f}" if v is not None else f"{'-':>7}"
 
+    extra = [k for k in ("clip_i", "clip_t", "dino") if any(getattr(s, k) is not None for s in scores)]
+    lines[0] += "".join(f" {k:>7}" for k in extra)
     for s in scores:
         mark = "  <" if rec is not None and (s.file, s.weight) == (rec.file, rec.weight) else ""
         lines.append(f"{Path(s.file).name[-32:]:<32} {s.epoch if s.epoch is not None else '-':>5} {s.weight:6.2f} "
-                     f"{s.fidelity:8.3f} {s.drift:7.3f} {num(s.class_drift)} {num(s.prior_drift)} {num(s.reg_drift)}{mark}")
+                     f"{s.fidelity:8.3f} {s.drift:7.3f} {num(s.class_drift)} {num(s.prior_drift)} {num(s.reg_drift)}"
+                     + "".join(f" {num(getattr(s, k))}" for k in extra) + mark)
     return "\n".join(lines)
 
 

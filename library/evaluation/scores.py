@@ -59,6 +59,7 @@ class EvalSet:
     timesteps: tuple[int, ...] = ()  # empty: validation_timesteps over the whole schedule
     source: str = "training images"  # or "held-out images": said in the table and the recommendation
     instance_token: str | None = None  # the trigger word: must not appear in the prior prompts
+    image_paths: list[str] = field(default_factory=list)  # the concept images (for CLIP-I / DINO references)
 
     @property
     def image_count(self) -> int:
@@ -80,6 +81,9 @@ class EpochScore:
     prior_drift: float | None = None
     reg_drift: float | None = None
     ema: bool = False
+    clip_i: float | None = None  # optional image metrics (library.evaluation.image_metrics), higher = closer
+    clip_t: float | None = None
+    dino: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
