@@ -187,3 +187,14 @@ def test_gui_score_form_builds_the_evaluate_command_and_reads_its_results(data, 
         evaluate_command({**form, "score_data": "/etc"}, guard)
     with pytest.raises(ConfigError, match="Training images folder"):
         evaluate_command({**form, "score_data": " "}, guard)
+
+
+def test_scores_at_saves_without_cached_latents_and_with_a_split(data, tmp_path):
+    out = tmp_path / "nocache"
+    events = RecordingEvents()
+    train(config(data, out / "lora", max_train_epochs=1, cache_latents=False, validation_split=0.25,
+                 evaluate_every_n_epochs=1, logging_dir=str(out / "logs")), events)
+    tags = scalars(out / "logs")
+    assert [e for e, _ in tags["evaluation/fidelity/w1"]] == [1]
+    fidelity = tags["evaluation/fidelity/w1"][0][1]
+    assert 0.0 < fidelity < 10.0 and fidelity != 1.0
