@@ -66,8 +66,10 @@ def _series(scores: Sequence[EpochScore], key: str) -> dict[float, list[tuple[in
     return {w: sorted(v) for w, v in out.items()}
 
 
-def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size: tuple[int, int] = (900, 360)):
-    """Two panels, fidelity and drift against epoch; one coloured line per weight; a ring on the recommendation."""
+def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size: tuple[int, int] = (900, 360),
+          drift_threshold: float | None = None):
+    """Two panels, fidelity and drift against epoch; one coloured line per weight; a ring on the recommendation;
+    the drift threshold as a dashed grey line."""
     from PIL import Image, ImageDraw
 
     from library.evaluation.render import get_font
@@ -77,13 +79,16 @@ def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size:
     draw = ImageDraw.Draw(img)
     font = get_font(13)
     files = list(dict.fromkeys(s.file for s in scores))
-    panel_w = (w - 40) // 2
+    panel_w = (w - 60) // 2  # 20 px margins left, between and right
     for p, (key, title) in enumerate((("fidelity", "fidelity (loss / base; lower = closer)"),
                                       ("drift", "drift (vs base; lower = less damage)"))):
         series = _series(scores, key)
         x0, y0, x1, y1 = 20 + p * (panel_w + 20) + 45, 30, 20 + p * (panel_w + 20) + panel_w, h - 70
         xs = [x for pts in series.values() for x, _ in pts]
         ys = [y for pts in series.values() for _, y in pts]
+        limit = drift_threshold if key == "drift" else None
+        if limit is not None:
+            ys.append(limit)
         lo, hi = min(ys), max(ys)
         lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         xmin, xmax = min(xs), max(xs)
@@ -100,6 +105,11 @@ def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size:
         for x in sorted(set(xs)):
             draw.text((px(x, lo)[0] - 4, y1 + 4), str(x), fill="black", font=font)
         draw.text(((x0 + x1) / 2 - 15, y1 + 22), "epoch", fill="black", font=font)
+        if limit is not None:
+            y = px(xmin, limit)[1]
+            for x in range(int(x0), int(x1), 10):
+                draw.line([(x, y), (min(x + 5, x1), y)], fill=(120, 120, 120), width=1)
+            draw.text((x1 - 110, y - 16), f"threshold {limit:g}", fill=(120, 120, 120), font=font)
         for i, (weight, pts) in enumerate(sorted(series.items())):
             colour = LINE_COLOURS[i % len(LINE_COLOURS)]
             points = [px(x, y) for x, y in pts]
@@ -123,7 +133,7 @@ def write_reports(scores: Sequence[EpochScore], rec: Recommendation | None, out_
     atomic_write_text(paths["json"], to_json(scores, rec, info))
     atomic_write_text(paths["csv"], to_csv(scores))
     with atomic_path(paths["chart"]) as tmp:
-        chart(scores, rec).save(tmp, format="PNG")
+        chart(scores, rec, drift_threshold=(info or {}).get("drift_threshold")).save(tmp, format="PNG")
     return paths
 
 
