@@ -198,3 +198,20 @@ def test_scores_at_saves_without_cached_latents_and_with_a_split(data, tmp_path)
     assert [e for e, _ in tags["evaluation/fidelity/w1"]] == [1]
     fidelity = tags["evaluation/fidelity/w1"][0][1]
     assert 0.0 < fidelity < 10.0 and fidelity != 1.0
+
+
+def test_evaluate_with_reg_images_measures_their_drift(data, run, tmp_path):
+    from library.world.bucket_dataset import make_shapes_dataset
+
+    out, result, _events = run
+    make_shapes_dataset(tmp_path / "r", count=2)
+    reg = tmp_path / "reg"
+    shutil.move(str(next((tmp_path / "r").iterdir())), reg / "1_shape")
+    assert main(["evaluate", "--lora", str(result.files[-1]), "--train_data_dir", str(data), "--reg_data_dir", str(reg),
+                 "--pretrained_model_name_or_path", "tiny", "--resolution", "64", "--caption_extension", ".txt",
+                 "--weights", "1", "--output_dir", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert report["evaluation_set"]["reg_images"] == 2 and report["evaluation_set"]["images"] == 8
+    row = report["scores"][0]
+    assert row["reg_drift"] > 0
+    assert row["drift"] == pytest.approx((row["class_drift"] + row["prior_drift"] + row["reg_drift"]) / 3)
