@@ -215,3 +215,20 @@ def test_evaluate_with_reg_images_measures_their_drift(data, run, tmp_path):
     row = report["scores"][0]
     assert row["reg_drift"] > 0
     assert row["drift"] == pytest.approx((row["class_drift"] + row["prior_drift"] + row["reg_drift"]) / 3)
+
+
+def test_evaluate_reads_the_runs_config_file_and_flags_win(data, run, tmp_path, capsys):
+    from library.config_io import write_config
+
+    out, result, _events = run
+    run_toml = write_config(config(data, out / "lora", validation_split=0.25), tmp_path / "run.toml")
+    assert main(["evaluate", "--config_file", str(run_toml), "--lora", str(result.files[-1]), "--weights", "1",
+                 "--output_dir", str(tmp_path / "a")]) == 0
+    info = json.loads((tmp_path / "a" / "evaluation.json").read_text())["evaluation_set"]
+    assert (info["images"], info["source"]) == (2, "held-out images")  # the run's split and seed
+    assert main(["evaluate", "--config_file", str(run_toml), "--validation_split", "0", "--lora", str(result.files[-1]),
+                 "--weights", "1", "--output_dir", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "evaluation.json").read_text())["evaluation_set"]["images"] == 8
+    capsys.readouterr()
+    assert main(["evaluate", "--lora", str(result.files[-1]), "--train_data_dir", str(data)]) == 2
+    assert "--pretrained_model_name_or_path" in capsys.readouterr().err

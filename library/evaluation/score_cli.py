@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from library.config_io import add_config_arguments, config_defaults
+from library.config_io import add_config_arguments
 from library.errors import ConfigError
 
 DATA_OPTIONS = ("pretrained_model_name_or_path", "vae", "train_data_dir", "reg_data_dir", "dataset_config",
@@ -33,8 +33,9 @@ def _data_options() -> tuple[str, ...]:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    names = _data_options()
-    add_config_arguments(p, names, defaults=config_defaults(names), required=("pretrained_model_name_or_path",))
+    p.add_argument("--config_file", default=None,
+                   help="the run's TOML / JSON config: its folders, resolution, split and seed (flags given here win)")
+    add_config_arguments(p, _data_options())  # unset flags leave the config file's (or the defaults') values
     p.add_argument("--lora", required=True, help="LoRA files or a quoted glob, e.g. 'out/name-*.safetensors'")
     p.add_argument("--weights", default="0.6, 0.8, 1.0", help="LoRA weights to score each file at")
     p.add_argument("--class_prompt", default=None,
@@ -68,13 +69,23 @@ def one_thread_is_faster(bundle) -> bool:
 
 
 def config_from_args(args: argparse.Namespace):
+    """The run's data options: the config file (when given) under the flags typed here."""
     from library.config import TrainConfig
+    from library.config_resolve import load_config_source
 
-    values = {n: getattr(args, n) for n in _data_options() if getattr(args, n, None) is not None}
-    values.pop("logging_dir", None)
-    if not values.get("train_data_dir") and not values.get("dataset_config"):
-        raise ConfigError("evaluate needs the concept images", ["pass --train_data_dir (or --dataset_config)"])
-    return TrainConfig(**values)
+    overrides = {n: getattr(args, n) for n in _data_options() if hasattr(args, n)}
+    overrides.pop("logging_dir", None)  # TensorBoard only when asked here, not the run's folder
+    config_file = getattr(args, "config_file", None)
+    config = load_config_source(config_file, base=TrainConfig(), overrides=overrides) if config_file \
+        else TrainConfig(**overrides)
+    problems = []
+    if not config.pretrained_model_name_or_path:
+        problems.append("pass --pretrained_model_name_or_path (or a --config_file that sets it)")
+    if not config.train_data_dir and not config.dataset_config:
+        problems.append("pass --train_data_dir (or --dataset_config, or a --config_file that sets one)")
+    if problems:
+        raise ConfigError("evaluate needs the base model and the concept images", problems)
+    return config
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
@@ -95,7 +106,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         from library.evaluation.image_metrics import load_image_models
 
         image_models = load_image_models(args.eval_clip_model, args.eval_dino_model)
-    bundle = load_model_bundle(config.pretrained_model_name_or_path, vae=getattr(args, "vae", None))
+    bundle = load_model_bundle(config.pretrained_model_name_or_path, vae=config.vae)
     if one_thread_is_faster(bundle):
         import torch
 
