@@ -83,6 +83,43 @@ def png_parameters(path: str | Path) -> str:
         return str(img.info.get("parameters", ""))
 
 
+def evaluate_command(form: dict, guard) -> list[str]:
+    """The `lorasmith evaluate` arguments: the form's base model and LoRA files, scored on a training folder."""
+    model = (form["model"] or "").strip()
+    if not model:
+        raise ConfigError("Base model is required", ["'tiny' or a checkpoint file in an allowed folder"])
+    if model not in builtin_model_names():
+        model = str(guard.check(model, "base model"))
+    if not (form.get("lora") or "").strip():
+        raise ConfigError("LoRA files are required to score", ["give the run's files, e.g. out/name*.safetensors"])
+    data = (form.get("score_data") or "").strip()
+    if not data:
+        raise ConfigError("Training images folder is required to score", ["the run's train_data_dir"])
+    out = guard.check(form["output_dir"] or "grids", "grid output folder") / "evaluation"
+    argv = ["evaluate", "--pretrained_model_name_or_path", model, "--lora", _checked_files(form["lora"], guard, "LoRA"),
+            "--train_data_dir", str(guard.check(data, "training images folder")), "--output_dir", str(out),
+            "--resolution", str(int(form["width"])), "--caption_extension", (form.get("score_caption_ext") or ".txt")]
+    reg = (form.get("score_reg") or "").strip()
+    if reg:
+        argv += ["--reg_data_dir", str(guard.check(reg, "regularization folder"))]
+    return argv
+
+
+def score_summary(json_path: str | Path) -> tuple[str, str]:
+    """(Markdown table + recommendation, chart path) from an evaluation.json."""
+    from library.evaluation.score_report import read_scores
+
+    scores, rec = read_scores(json_path)
+    rows = ["| file | epoch | weight | fidelity | drift |", "|---|---|---|---|---|"]
+    for sc in scores:
+        pick = rec is not None and (sc.file, sc.weight) == (rec.file, rec.weight)
+        cells = [Path(sc.file).name, str(sc.epoch if sc.epoch is not None else "-"), f"{sc.weight:g}",
+                 f"{sc.fidelity:.3f}", f"{sc.drift:.3f}"]
+        rows.append("| " + " | ".join(f"**{c}**" if pick else c for c in cells) + " |")
+    why = f"**Recommended:** {rec.why}\n\n" if rec is not None else ""
+    return why + "\n".join(rows), str(Path(json_path).with_suffix(".png"))
+
+
 class EvaluateTab:
     def __init__(self, ctx: GuiContext, training) -> None:
         self.ctx = ctx
@@ -91,6 +128,7 @@ class EvaluateTab:
         self.run_btn.click(self.make_grid, inputs=set(self.form.values()), outputs=[self.gallery, self.message, self.paths])
         self.gallery.select(self.show_parameters, inputs=self.paths, outputs=self.parameters)
         self.fill_btn.click(self.from_last_run, outputs=[self.form["model"], self.form["lora"], self.form["output_dir"]])
+        self.score_btn.click(self.score, inputs=set(self.form.values()), outputs=[self.score_table, self.score_chart])
 
     def _build(self) -> None:
         f: dict = {}
@@ -130,6 +168,15 @@ class EvaluateTab:
         self.parameters = gr.Textbox(label="Parameters of the selected image", lines=4, interactive=False,
                                      elem_id="grid-parameters")
         self.paths = gr.State([])
+        with gr.Accordion("Score epochs: fidelity and drift per file and weight, and which to keep", open=False):
+            with gr.Row():
+                f["score_data"] = gr.Textbox(label="Training images folder (train_data_dir)", elem_id="score-data", scale=3)
+                f["score_reg"] = gr.Textbox(label="Regularization folder (optional)", elem_id="score-reg", scale=2)
+                f["score_caption_ext"] = gr.Textbox(label="Caption extension", value=".txt", elem_id="score-caption-ext")
+            self.score_btn = gr.Button("Score the LoRA files", elem_id="score-run")
+            self.score_table = gr.Markdown(elem_id="score-table")
+            self.score_chart = gr.Image(label="Fidelity and drift against epoch", type="filepath", interactive=False,
+                                        elem_id="score-chart")
 
     def make_grid(self, data: dict) -> dict:
         form = {name: data[comp] for name, comp in self.form.items()}
@@ -145,6 +192,18 @@ class EvaluateTab:
         shown = [str(grid_path)] + [str(c) for c in cells][-64:]
         return {self.gallery: shown, self.paths: shown,
                 self.message: f"Grid written to `{grid_path}` ({size[0]}x{size[1]})."}
+
+    def score(self, data: dict) -> dict:
+        form = {name: data[comp] for name, comp in self.form.items()}
+        try:
+            out, _err = run_lorasmith(evaluate_command(form, self.ctx.guard), GRID_TIMEOUT_S)
+            json_lines = [ln for ln in out if ln.startswith("json: ")]
+            if not json_lines:
+                raise LorasmithError("the evaluate command did not report its results", out[-12:])
+            table, chart = score_summary(json_lines[-1][len("json: "):].strip())
+        except LorasmithError as exc:
+            return {self.score_table: "**Error:** " + str(exc).replace("\n", "  \n")}
+        return {self.score_table: table, self.score_chart: chart}
 
     def show_parameters(self, paths: list[str], evt: gr.SelectData) -> str:
         if not paths or evt.index is None or evt.index >= len(paths):

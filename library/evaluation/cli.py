@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cells differing only in seed or prompt generated together")
     p.add_argument("--grid_max_megapixels", type=float, default=200.0, help="refuse grids larger than this")
     p.add_argument("--no_cells", action="store_true", help="do not save each cell as its own PNG")
+    p.add_argument("--scores", default=None,
+                   help="evaluation.json from `lorasmith evaluate`: write each cell's fidelity (F) and drift (D) "
+                        "into the grid and frame the recommended epoch and weight")
     p.set_defaults(func=run_grid_command)
 
 
@@ -82,10 +85,15 @@ def run_grid_command(args: argparse.Namespace) -> int:
     axes = parse_axes(base, axis_specs(args), args.lora_dir)
     if not any(axes):
         raise SamplingError("a grid needs at least one axis", ["give --x_type/--x_values, or --lora/--weights"])
+    cell_note = None
+    if args.scores:
+        from library.evaluation.score_report import read_scores, score_notes
+
+        cell_note = score_notes(*read_scores(args.scores))
     result = run_grid(base, axes, output_dir_from_args(args),
                       load_bundle=lambda name: load_bundle_from_args(args, name),
                       max_batch=max(1, args.grid_batch_size), margin=max(0, args.margin),
-                      max_megapixels=args.grid_max_megapixels, save_cells=not args.no_cells)
+                      max_megapixels=args.grid_max_megapixels, save_cells=not args.no_cells, cell_note=cell_note)
     for path in result.sub_grid_paths:
         print(path)
     print(f"grid: {result.grid_path}")

@@ -62,7 +62,8 @@ def eval_set_from_images(bundle, paths: Sequence[str | os.PathLike[str]], captio
             size = (resolution, resolution) if resolution else im.size
         items.append((Path(p), size, size))
     return EvalSet(batches_of(bundle.vae, items, list(captions)), class_prompt=class_prompt,
-                   prior_prompts=prior_prompts, seed=seed, source=source, instance_token=instance_token)
+                   prior_prompts=prior_prompts, seed=seed, source=source, instance_token=instance_token,
+                   image_paths=[str(p) for p in paths])
 
 
 def eval_set_from_config(bundle, config, *, class_prompt: str | None = None,
@@ -91,7 +92,8 @@ def eval_set_from_config(bundle, config, *, class_prompt: str | None = None,
                    class_prompt=class_prompt or derived_class or None, prior_prompts=tuple(prior_prompts),
                    reg=batches_of(bundle.vae, [_item(it) for it in reg], [it.image.caption for it in reg]) if reg else [],
                    seed=int(seed if seed is not None else (config.validation_seed or config.seed or 0)),
-                   source=source, instance_token=trigger or (tokens[0].split()[0] if tokens else None))
+                   source=source, instance_token=trigger or (tokens[0].split()[0] if tokens else None),
+                   image_paths=[str(it.image.path) for it in concept])
 
 
 def _item(it) -> tuple[Path, tuple[int, int], tuple[int, int]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from library.errors import SamplingError
 from library.evaluation.axes import AxisType, CellSettings, axis_type
 from library.evaluation.render import (
+    annotate_cell,
     check_size,
     combine_horizontally,
     combined_size,
@@ -163,14 +164,19 @@ def grid_parameters(first: GeneratedImage, axes: Sequence[Axis | None]) -> str:
 
 def run_grid(base: CellSettings, axes: Sequence[Axis | None], output_dir: str | Path, *,
              load_bundle: Callable[[str], object], max_batch: int = 4, margin: int = 0,
-             max_megapixels: float = 200.0, progress: bool = True, save_cells: bool = True) -> GridResult:
-    """Generate every cell and write the grids; refuses an oversize grid before loading anything."""
+             max_megapixels: float = 200.0, progress: bool = True, save_cells: bool = True,
+             cell_note: Callable[[CellSettings], tuple[str | None, bool]] | None = None) -> GridResult:
+    """Generate every cell and write the grids; refuses an oversize grid before loading anything.
+
+    `cell_note(settings) -> (text, marked)` writes a note into each cell of the grid (not into the
+    cell PNGs) and frames the marked ones: epoch scores and the recommended cell.
+    """
     cells = plan_cells(base, axes)
     layouts = layouts_for(cells, axes, margin)
     gap = max(margin, font_size_for(layouts[0].cell_w, layouts[0].cell_h))
     check_size(*combined_size(layouts, gap), max_megapixels)
     images = _generate_cells(cells, axes, load_bundle, max_batch, progress)
-    return _write_outputs(cells, axes, images, layouts, gap, Path(output_dir), save_cells)
+    return _write_outputs(cells, axes, images, layouts, gap, Path(output_dir), save_cells, cell_note)
 
 
 def _generate_cells(cells: Sequence[Cell], axes: Sequence[Axis | None], load_bundle: Callable[[str], object],
@@ -201,7 +207,8 @@ def _generate_cells(cells: Sequence[Cell], axes: Sequence[Axis | None], load_bun
 
 
 def _write_outputs(cells: Sequence[Cell], axes: Sequence[Axis | None], images: dict, layouts, gap: int,
-                   output_dir: Path, save_cells: bool) -> GridResult:
+                   output_dir: Path, save_cells: bool,
+                   cell_note: Callable[[CellSettings], tuple[str | None, bool]] | None = None) -> GridResult:
     cell_paths = []
     if save_cells:
         for cell in cells:
@@ -210,8 +217,14 @@ def _write_outputs(cells: Sequence[Cell], axes: Sequence[Axis | None], images: d
     counts = [len(a.values) if a else 1 for a in (list(axes) + [None] * 3)[:3]]
     params = grid_parameters(images[cells[0].index], axes)
     grids = []
+    settings = {cell.index: cell.settings for cell in cells}
+
+    def shown(index):
+        image = images[index].image
+        return annotate_cell(image, *cell_note(settings[index])) if cell_note is not None else image
+
     for z, layout in enumerate(layouts):
-        rows = [[images[(x, y, z)].image for x in range(counts[0])] for y in range(counts[1])]
+        rows = [[shown((x, y, z)) for x in range(counts[0])] for y in range(counts[1])]
         grids.append(draw_grid(layout, rows))
     stem = _next_grid_stem(output_dir)
     sub_paths = []

@@ -175,3 +175,28 @@ def combine_horizontally(grids: Sequence[Image.Image], gap: int) -> Image.Image:
 
 def combined_size(layouts: Sequence[GridLayout], gap: int) -> tuple[int, int]:
     return (sum(lay.width for lay in layouts) + gap * (len(layouts) - 1), max(lay.height for lay in layouts))
+
+
+MARK_COLOUR = (220, 30, 30)
+
+
+def annotate_cell(img: Image.Image, note: str | None, marked: bool = False) -> Image.Image:
+    """A copy of a cell with `note` on a dark strip along its bottom, and a red frame when `marked`.
+
+    Used to write each cell's epoch score (fidelity, drift) into a grid and to mark the
+    recommended cell (library.evaluation.score_report.score_notes).
+    """
+    out = img.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    if note:
+        font = get_font(max(8, min(out.width // 14, 16)))
+        lines = wrap_text(note, font, out.width - 4)
+        lh = line_height(font)
+        top = out.height - len(lines) * lh - 2
+        draw.rectangle([0, top, out.width, out.height], fill=(0, 0, 0))
+        for i, line in enumerate(lines):
+            draw.text((2, top + 1 + i * lh), line, fill=(255, 255, 255), font=font)
+    if marked:
+        width = max(2, out.width // 40)
+        draw.rectangle([0, 0, out.width - 1, out.height - 1], outline=MARK_COLOUR, width=width)
+    return out

@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from library.config_io import add_config_arguments, config_defaults
+from library.config_io import add_config_arguments
 from library.errors import ConfigError
 
 DATA_OPTIONS = ("pretrained_model_name_or_path", "vae", "train_data_dir", "reg_data_dir", "dataset_config",
@@ -33,8 +33,9 @@ def _data_options() -> tuple[str, ...]:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    names = _data_options()
-    add_config_arguments(p, names, defaults=config_defaults(names), required=("pretrained_model_name_or_path",))
+    p.add_argument("--config_file", default=None,
+                   help="the run's TOML / JSON config: its folders, resolution, split and seed (flags given here win)")
+    add_config_arguments(p, _data_options())  # unset flags leave the config file's (or the defaults') values
     p.add_argument("--lora", required=True, help="LoRA files or a quoted glob, e.g. 'out/name-*.safetensors'")
     p.add_argument("--weights", default="0.6, 0.8, 1.0", help="LoRA weights to score each file at")
     p.add_argument("--class_prompt", default=None,
@@ -44,6 +45,13 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift_threshold", type=float, default=None, help="the most drift a recommendation may have")
     p.add_argument("--output_dir", default=None, help="folder for evaluation.json/.csv/.png (default: beside the LoRAs)")
     p.add_argument("--eval_batch_size", type=int, default=16, help="UNet batch size while scoring")
+    p.add_argument("--eval_clip_model", default=None,
+                   help="local transformers CLIP folder: adds CLIP-I (samples vs training images) and CLIP-T (vs prompt)")
+    p.add_argument("--eval_dino_model", default=None, help="local DINO / DINOv2 / ViT folder: adds DINO similarity")
+    p.add_argument("--eval_samples", type=int, default=4, help="samples per file and weight for CLIP/DINO")
+    p.add_argument("--eval_sample_steps", type=int, default=20, help="sampling steps for CLIP/DINO samples")
+    p.add_argument("--eval_sample_prompt", default=None,
+                   help="prompt of the CLIP/DINO samples (default: the first concept caption, e.g. 'ohwx woman')")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,14 +61,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_evaluate_command)
 
 
-def config_from_args(args: argparse.Namespace):
-    from library.config import TrainConfig
+def one_thread_is_faster(bundle) -> bool:
+    """A tiny UNet on the CPU: its ops are too small to split across threads (measured on the 2-core CI box,
+    tiny-world: 10 s per scored setting with two threads, 0.8 s with one; the demo found the same)."""
+    unet = bundle.unet
+    return next(unet.parameters()).device.type == "cpu" and sum(p.numel() for p in unet.parameters()) < 20_000_000
 
-    values = {n: getattr(args, n) for n in _data_options() if getattr(args, n, None) is not None}
-    values.pop("logging_dir", None)
-    if not values.get("train_data_dir") and not values.get("dataset_config"):
-        raise ConfigError("evaluate needs the concept images", ["pass --train_data_dir (or --dataset_config)"])
-    return TrainConfig(**values)
+
+def config_from_args(args: argparse.Namespace):
+    """The run's data options: the config file (when given) under the flags typed here."""
+    from library.config import TrainConfig
+    from library.config_resolve import load_config_source
+
+    overrides = {n: getattr(args, n) for n in _data_options() if hasattr(args, n)}
+    overrides.pop("logging_dir", None)  # TensorBoard only when asked here, not the run's folder
+    config_file = getattr(args, "config_file", None)
+    config = load_config_source(config_file, base=TrainConfig(), overrides=overrides) if config_file \
+        else TrainConfig(**overrides)
+    problems = []
+    if not config.pretrained_model_name_or_path:
+        problems.append("pass --pretrained_model_name_or_path (or a --config_file that sets it)")
+    if not config.train_data_dir and not config.dataset_config:
+        problems.append("pass --train_data_dir (or --dataset_config, or a --config_file that sets one)")
+    if problems:
+        raise ConfigError("evaluate needs the base model and the concept images", problems)
+    return config
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
@@ -76,7 +101,16 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     files = expand_lora_files(args.lora)
     weights = parse_float_values(args.weights)
     config = config_from_args(args)
-    bundle = load_model_bundle(config.pretrained_model_name_or_path, vae=getattr(args, "vae", None))
+    image_models = None
+    if args.eval_clip_model or args.eval_dino_model:  # checked before minutes of scoring
+        from library.evaluation.image_metrics import load_image_models
+
+        image_models = load_image_models(args.eval_clip_model, args.eval_dino_model)
+    bundle = load_model_bundle(config.pretrained_model_name_or_path, vae=config.vae)
+    if one_thread_is_faster(bundle):
+        import torch
+
+        torch.set_num_threads(1)
     eval_set = eval_set_from_config(bundle, config, class_prompt=args.class_prompt,
                                     prior_prompts=tuple(args.eval_prompts or DEFAULT_PRIOR_PROMPTS))
     print(f"scoring {len(files)} file(s) x {len(weights)} weight(s) on {eval_set.image_count} {eval_set.source}"
@@ -86,6 +120,14 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     with tqdm(total=len(files) * len(weights), desc="evaluate", unit="setting") as bar:
         scores = score_files(bundle, files, eval_set, weights=weights, max_batch=max(1, args.eval_batch_size),
                              progress=lambda done, total, what: bar.update(1))
+    if image_models is not None:
+        from library.evaluation.image_metrics import add_image_scores
+
+        prompt = args.eval_sample_prompt or eval_set.concept[0].captions[0]
+        print(f"CLIP/DINO: {args.eval_samples} samples of {prompt!r} per file and weight")
+        add_image_scores(bundle, scores, image_models, eval_set.image_paths, prompt, samples=max(1, args.eval_samples),
+                         size=int(str(config.resolution).split(",")[0]), steps=args.eval_sample_steps,
+                         seed=eval_set.seed)
     seconds = time.perf_counter() - start
     threshold = args.drift_threshold if args.drift_threshold is not None else DEFAULT_DRIFT_THRESHOLD
     rec = recommend(scores, threshold)

@@ -18,7 +18,7 @@ from library.evaluation.scores import EpochScore, Recommendation
 from library.fileio import atomic_path, atomic_write_text
 
 CSV_FIELDS = ("file", "epoch", "weight", "fidelity", "drift", "class_drift", "prior_drift", "reg_drift", "loss",
-              "base_loss", "ema")
+              "base_loss", "ema", "clip_i", "clip_t", "dino")
 LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
@@ -33,10 +33,13 @@ def table(scores: Sequence[EpochScore], rec: Recommendation | None = None) -> st
     def num(v):
         return f"{v:7.3f}" if v is not None else f"{'-':>7}"
 
+    extra = [k for k in ("clip_i", "clip_t", "dino") if any(getattr(s, k) is not None for s in scores)]
+    lines[0] += "".join(f" {k:>7}" for k in extra)
     for s in scores:
         mark = "  <" if rec is not None and (s.file, s.weight) == (rec.file, rec.weight) else ""
         lines.append(f"{Path(s.file).name[-32:]:<32} {s.epoch if s.epoch is not None else '-':>5} {s.weight:6.2f} "
-                     f"{s.fidelity:8.3f} {s.drift:7.3f} {num(s.class_drift)} {num(s.prior_drift)} {num(s.reg_drift)}{mark}")
+                     f"{s.fidelity:8.3f} {s.drift:7.3f} {num(s.class_drift)} {num(s.prior_drift)} {num(s.reg_drift)}"
+                     + "".join(f" {num(getattr(s, k))}" for k in extra) + mark)
     return "\n".join(lines)
 
 
@@ -63,8 +66,10 @@ def _series(scores: Sequence[EpochScore], key: str) -> dict[float, list[tuple[in
     return {w: sorted(v) for w, v in out.items()}
 
 
-def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size: tuple[int, int] = (900, 360)):
-    """Two panels, fidelity and drift against epoch; one coloured line per weight; a ring on the recommendation."""
+def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size: tuple[int, int] = (900, 360),
+          drift_threshold: float | None = None):
+    """Two panels, fidelity and drift against epoch; one coloured line per weight; a ring on the recommendation;
+    the drift threshold as a dashed grey line."""
     from PIL import Image, ImageDraw
 
     from library.evaluation.render import get_font
@@ -74,13 +79,16 @@ def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size:
     draw = ImageDraw.Draw(img)
     font = get_font(13)
     files = list(dict.fromkeys(s.file for s in scores))
-    panel_w = (w - 40) // 2
+    panel_w = (w - 60) // 2  # 20 px margins left, between and right
     for p, (key, title) in enumerate((("fidelity", "fidelity (loss / base; lower = closer)"),
                                       ("drift", "drift (vs base; lower = less damage)"))):
         series = _series(scores, key)
         x0, y0, x1, y1 = 20 + p * (panel_w + 20) + 45, 30, 20 + p * (panel_w + 20) + panel_w, h - 70
         xs = [x for pts in series.values() for x, _ in pts]
         ys = [y for pts in series.values() for _, y in pts]
+        limit = drift_threshold if key == "drift" else None
+        if limit is not None:
+            ys.append(limit)
         lo, hi = min(ys), max(ys)
         lo, hi = (lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         xmin, xmax = min(xs), max(xs)
@@ -97,6 +105,11 @@ def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size:
         for x in sorted(set(xs)):
             draw.text((px(x, lo)[0] - 4, y1 + 4), str(x), fill="black", font=font)
         draw.text(((x0 + x1) / 2 - 15, y1 + 22), "epoch", fill="black", font=font)
+        if limit is not None:
+            y = px(xmin, limit)[1]
+            for x in range(int(x0), int(x1), 10):
+                draw.line([(x, y), (min(x + 5, x1), y)], fill=(120, 120, 120), width=1)
+            draw.text((x1 - 110, y - 16), f"threshold {limit:g}", fill=(120, 120, 120), font=font)
         for i, (weight, pts) in enumerate(sorted(series.items())):
             colour = LINE_COLOURS[i % len(LINE_COLOURS)]
             points = [px(x, y) for x, y in pts]
@@ -120,7 +133,7 @@ def write_reports(scores: Sequence[EpochScore], rec: Recommendation | None, out_
     atomic_write_text(paths["json"], to_json(scores, rec, info))
     atomic_write_text(paths["csv"], to_csv(scores))
     with atomic_path(paths["chart"]) as tmp:
-        chart(scores, rec).save(tmp, format="PNG")
+        chart(scores, rec, drift_threshold=(info or {}).get("drift_threshold")).save(tmp, format="PNG")
     return paths
 
 
@@ -146,3 +159,38 @@ def log_tensorboard(scores: Sequence[EpochScore], log_dir: str | os.PathLike[str
     finally:
         tb.close()
     return Path(log_dir)
+
+
+def read_scores(path: str | os.PathLike[str]) -> tuple[list[EpochScore], Recommendation | None]:
+    """Scores and recommendation back from an evaluation.json (`lorasmith evaluate`'s output)."""
+    from library.errors import ConfigError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        scores = [EpochScore(**row) for row in data["scores"]]
+        rec = data.get("recommendation")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not an evaluation.json written by `lorasmith evaluate` ({exc})",
+                          ["pass the evaluation.json from `lorasmith evaluate --output_dir ...`"]) from None
+    if rec is None:
+        return scores, None
+    match = next((s for s in scores if (s.file, s.weight) == (rec["file"], rec["weight"])), None)
+    return scores, Recommendation(rec["file"], rec["epoch"], rec["weight"], rec["why"], match)
+
+
+def score_notes(scores: Sequence[EpochScore], rec: Recommendation | None):
+    """A grid's `cell_note`: "F 0.70 D 0.18" on cells whose LoRA file and weight were scored; the
+    recommended one marked. Files compare by resolved path."""
+    by = {(str(Path(s.file).resolve()), round(s.weight, 6)): s for s in scores}
+    marked = (str(Path(rec.file).resolve()), round(rec.weight, 6)) if rec is not None else None
+
+    def note(settings) -> tuple[str | None, bool]:
+        if settings.lora_file is None:
+            return None, False
+        key = (str(Path(settings.lora_file).resolve()), round(float(settings.lora_weight), 6))
+        s = by.get(key)
+        if s is None:
+            return None, False
+        return f"F {s.fidelity:.2f} D {s.drift:.2f}", key == marked
+
+    return note

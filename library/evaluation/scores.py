@@ -34,7 +34,7 @@ from library.errors import ConfigError, LoRAFileError
 from library.training.validation import validation_timesteps
 
 DEFAULT_WEIGHTS = (0.6, 0.8, 1.0)
-DEFAULT_DRIFT_THRESHOLD = 0.3  # tiny-world star run: drift <= 0.27 kept world prompts, >= 0.38 lost them (README)
+DEFAULT_DRIFT_THRESHOLD = 0.25  # tiny-world star run: drift <= 0.25 kept world prompts as the base did, 0.26-0.27 lost some, >= 0.38 all (README)
 DEFAULT_PRIOR_PROMPTS = ("a photo of a city street", "a bowl of fruit on a table", "a landscape with mountains")
 _EPOCH_IN_NAME = re.compile(r"-(\d{6})(?:-ema)?$")
 
@@ -59,6 +59,7 @@ class EvalSet:
     timesteps: tuple[int, ...] = ()  # empty: validation_timesteps over the whole schedule
     source: str = "training images"  # or "held-out images": said in the table and the recommendation
     instance_token: str | None = None  # the trigger word: must not appear in the prior prompts
+    image_paths: list[str] = field(default_factory=list)  # the concept images (for CLIP-I / DINO references)
 
     @property
     def image_count(self) -> int:
@@ -80,6 +81,9 @@ class EpochScore:
     prior_drift: float | None = None
     reg_drift: float | None = None
     ema: bool = False
+    clip_i: float | None = None  # optional image metrics (library.evaluation.image_metrics), higher = closer
+    clip_t: float | None = None
+    dino: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

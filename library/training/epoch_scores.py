@@ -73,6 +73,9 @@ class EpochScoreHook:
             held = p.val_dataset is not None
             self._eval_set = eval_set_from_dataset(p.val_dataset if held else p.dataset, scale, seed=seed,
                                                    source="held-out images" if held else "training images")
+            if held and self._eval_set is not None:  # reg folders are never split: their drift from the training set
+                train_set = eval_set_from_dataset(p.dataset, scale, seed=seed)
+                self._eval_set.reg = train_set.reg if train_set is not None else []
             if self._eval_set is None:  # latents not cached: encode the images once
                 self._eval_set = eval_set_from_config(p.bundle, p.config, seed=seed)
         return self._eval_set
