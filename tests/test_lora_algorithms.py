@@ -369,3 +369,13 @@ def test_folded_conv_trains_on_channels_last_input(kind):
     x = torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last)
     root(x).sum().backward()
     assert adapter.lora_down.weight.grad is not None and adapter.lora_down.weight.grad.abs().sum() > 0
+
+
+def test_a_tucker_locon_core_of_the_wrong_shape_is_named(bundle, tmp_path):
+    from library.errors import LoRAFileError
+
+    save_file({f"{CONV}.lora_down.weight": torch.randn(2, 64, 1, 1), f"{CONV}.lora_mid.weight": torch.randn(2, 3, 3, 3),
+               f"{CONV}.lora_up.weight": torch.randn(64, 2, 1, 1), f"{CONV}.alpha": torch.tensor(1.0)},
+              str(tmp_path / "bad.safetensors"))
+    with pytest.raises(LoRAFileError, match=r"lora_mid has shape \(2, 3, 3, 3\), expected \(2, 2, kh, kw\)"):
+        LoRANetwork.from_weights(tmp_path / "bad.safetensors", bundle.unet, bundle.text_encoder)
