@@ -26,6 +26,7 @@ CONV_IN = "lora_unet_conv_in"  # Conv2d 4 -> 32, 3x3 (LyCORIS' preset adapts it)
 TYPES = {
     "loha": dict(algo="loha"),
     "loha_tucker": dict(algo="loha", algo_options={"use_tucker": True}),
+    "locon_tucker": dict(algo="lora", algo_options={"use_tucker": True}),
     "lokr": dict(algo="lokr"),
     "lokr_factor8_both": dict(algo="lokr", algo_options={"factor": 8, "decompose_both": True}),
     "lora_dora": dict(algo="lora", dora_wd=True),
@@ -137,6 +138,11 @@ LAYOUTS = {
         CONV: {"hada_t1": (2, 2, 3, 3), "hada_w1_a": (2, 64), "hada_w1_b": (2, 64),
                "hada_t2": (2, 2, 3, 3), "hada_w2_a": (2, 64), "hada_w2_b": (2, 64), "alpha": ()},
     },
+    "locon_tucker": {  # lycoris/modules/locon.py use_tucker: 1x1 down, kxk lora_mid core, 1x1 up
+        FC1: {"lora_down.weight": (2, 32), "lora_up.weight": (64, 2), "alpha": ()},
+        CONV: {"lora_down.weight": (2, 64, 1, 1), "lora_mid.weight": (2, 2, 3, 3), "lora_up.weight": (64, 2, 1, 1),
+               "alpha": ()},
+    },
     "lokr": {  # factorization(64) = (8, 8), (32) = (4, 8), (256) = (16, 16)
         FC1: {"lokr_w1": (8, 4), "lokr_w2_a": (8, 2), "lokr_w2_b": (2, 8), "alpha": ()},
         FF: {"lokr_w1": (16, 4), "lokr_w2_a": (16, 2), "lokr_w2_b": (2, 8), "alpha": ()},
@@ -205,6 +211,19 @@ def _hand_written_file(path, kind: str):
                    f"{CONV}.hada_w2_a": a2, f"{CONV}.hada_w2_b": b2, f"{CONV}.alpha": torch.tensor(3.0)})
         rebuild = [torch.einsum("ijkl,ip,jr->prkl", t, a, b) for t, a, b in ((t1, a1, b1), (t2, a2, b2))]
         expected[CONV] = rebuild[0] * rebuild[1]
+    elif kind == "locon_tucker":  # LoRA (Hu et al. 2021) on fc1; Tucker-2 LoCon on the 3x3 conv
+        down, up = r(3, 32), r(64, 3)
+        sd.update({f"{FC1}.lora_down.weight": down, f"{FC1}.lora_up.weight": up, f"{FC1}.alpha": torch.tensor(1.5)})
+        expected[FC1] = up @ down * 0.5
+        cd, cm, cu = r(2, 64, 1, 1), r(2, 2, 3, 3), r(64, 2, 1, 1)
+        sd.update({f"{CONV}.lora_down.weight": cd, f"{CONV}.lora_mid.weight": cm, f"{CONV}.lora_up.weight": cu,
+                   f"{CONV}.alpha": torch.tensor(1.0)})
+        # written out as loops over the rank so the einsum in the code is not reused
+        want = torch.zeros(64, 64, 3, 3)
+        for a in range(2):
+            for b in range(2):
+                want += cu[:, a, 0, 0][:, None, None, None] * cm[a, b][None, None] * cd[b, :, 0, 0][None, :, None, None]
+        expected[CONV] = want * 0.5
     else:  # KronA: kron(w1, w2a @ w2b) * alpha / rank; conv w2_b flattened over (in, kh, kw)
         w1, w2a, w2b = r(8, 4), r(8, 2), r(2, 8)
         sd.update({f"{FC1}.lokr_w1": w1, f"{FC1}.lokr_w2_a": w2a, f"{FC1}.lokr_w2_b": w2b,
@@ -218,7 +237,7 @@ def _hand_written_file(path, kind: str):
     return sd, expected
 
 
-@pytest.mark.parametrize("kind", ["loha", "lokr"])
+@pytest.mark.parametrize("kind", ["loha", "lokr", "locon_tucker"])
 def test_lycoris_files_from_the_published_layout_load_into_ours(bundle, kind, tmp_path):
     sd, expected = _hand_written_file(tmp_path / "f.safetensors", kind)
     network = LoRANetwork.from_weights(tmp_path / "f.safetensors", bundle.unet, bundle.text_encoder)
@@ -246,7 +265,7 @@ def test_dora_magnitude_and_formula():
     assert torch.allclose(dora_weight(w, d, m_in), (w + d) * m_in / (w + d).norm(dim=0, keepdim=True), atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["loha", "lokr", "lora_dora"])
+@pytest.mark.parametrize("kind", ["loha", "lokr", "lora_dora", "locon_tucker"])
 def test_sampler_applies_the_file_linearly_in_its_weight(bundle, kind, tmp_path):
     from library.sampling.lora_stack import LoraStack
 
@@ -350,3 +369,13 @@ def test_folded_conv_trains_on_channels_last_input(kind):
     x = torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last)
     root(x).sum().backward()
     assert adapter.lora_down.weight.grad is not None and adapter.lora_down.weight.grad.abs().sum() > 0
+
+
+def test_a_tucker_locon_core_of_the_wrong_shape_is_named(bundle, tmp_path):
+    from library.errors import LoRAFileError
+
+    save_file({f"{CONV}.lora_down.weight": torch.randn(2, 64, 1, 1), f"{CONV}.lora_mid.weight": torch.randn(2, 3, 3, 3),
+               f"{CONV}.lora_up.weight": torch.randn(64, 2, 1, 1), f"{CONV}.alpha": torch.tensor(1.0)},
+              str(tmp_path / "bad.safetensors"))
+    with pytest.raises(LoRAFileError, match=r"lora_mid has shape \(2, 3, 3, 3\), expected \(2, 2, kh, kw\)"):
+        LoRANetwork.from_weights(tmp_path / "bad.safetensors", bundle.unet, bundle.text_encoder)

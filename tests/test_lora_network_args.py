@@ -53,6 +53,18 @@ def test_lycoris_conv_dim_defaults_to_network_dim(bundle):
     assert adapters["lora_unet_down_blocks_0_resnets_0_conv1"].rank == 4
 
 
+@pytest.mark.parametrize("switch", ["use_tucker=True", "use_cp=True", "use_conv_cp=True"])
+def test_lycoris_locon_tucker_adds_lora_mid_on_kxk_convs_only(bundle, switch):
+    net = _lycoris(bundle, "algo=locon", "conv_dim=3", "conv_alpha=1", switch)
+    adapters = dict(net.named_children())
+    conv = adapters["lora_unet_down_blocks_0_resnets_0_conv1"]
+    assert conv.tucker and tuple(conv.lora_down.weight.shape[2:]) == (1, 1)
+    assert tuple(conv.lora_mid.weight.shape) == (3, 3, 3, 3)
+    shortcut = adapters["lora_unet_up_blocks_0_resnets_0_conv_shortcut"]  # 1x1: no core
+    assert not shortcut.tucker and not hasattr(shortcut, "lora_mid")
+    assert not any(getattr(a, "tucker", False) for a in adapters.values() if a.weight_shape[2:] in ((), (1, 1)))
+
+
 def test_lycoris_lokr_factor_and_dora(bundle):
     net = _lycoris(bundle, "algo=lokr", "factor=8", "dora_wd=True", network_dim=2)
     ff = dict(net.named_children())["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj"]
@@ -70,7 +82,6 @@ def test_networks_lora_is_unchanged_by_default(bundle):
     ("networks.lora", ["algo=loha"], "algo is a LyCORIS option: use --network_module lycoris.kohya"),
     ("lycoris.kohya", ["algo=glora"], "algo=glora: lorasmith trains lora, locon, loha, lokr"),
     ("lycoris.kohya", ["use_scalar=True"], "use_scalar=True: not supported by lorasmith"),
-    ("lycoris.kohya", ["algo=locon", "use_tucker=True"], "Tucker LoCon (lora_mid) is not supported"),
     ("lycoris.kohya", ["block_dims=1"], "block-wise options belong to --network_module networks.lora"),
     ("networks.lora", ["down_lr_weight=wave"], "neither 12 comma-separated numbers nor a preset"),
     ("networks.lora", ["rank_dropout=2"], "rank_dropout=2: must be a number between 0 and 1"),

@@ -32,7 +32,7 @@ def _lycoris_options(parsed: dict[str, Any], dim: int, alpha: float | None) -> d
     algo = ALGOS[str(parsed.get("algo") or "lora").lower()]
     tucker = wants_tucker(parsed)
     algo_options: dict[str, Any] = {}
-    if algo == "loha":
+    if algo in ("lora", "loha"):
         algo_options = {"use_tucker": tucker}
     elif algo == "lokr":
         algo_options = {"use_tucker": tucker, "factor": parsed.get("factor") or -1,

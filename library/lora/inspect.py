@@ -42,7 +42,7 @@ def _rank(parts: dict[str, torch.Tensor]) -> int:
 def _is_conv(parts: dict[str, torch.Tensor]) -> bool:
     """A kxk convolution module (LoHa/LoKr store non-Tucker conv factors flat: counted by their product)."""
     down = parts.get(keys.DOWN)
-    if down is not None:
+    if down is not None and keys.MID not in parts:
         return down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
     product = parts_product(parts)
     return product.dim() == 4 and tuple(product.shape[2:]) != (1, 1)

@@ -18,8 +18,10 @@ UNET_PREFIX = "lora_unet"
 TEXT_ENCODER_PREFIX = "lora_te"
 DOWN = "lora_down.weight"
 UP = "lora_up.weight"
+MID = "lora_mid.weight"  # Tucker LoCon core (LyCORIS use_tucker)
 ALPHA = "alpha"
 LYCORIS_SUFFIXES = (
+    MID,
     "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
     "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
     "dora_scale",

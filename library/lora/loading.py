@@ -78,7 +78,7 @@ def _fill_missing_alpha(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _shape_problem(name: str, parts: Mapping[str, torch.Tensor], target: Target) -> str | None:
-    if keys.DOWN not in parts:
+    if keys.DOWN not in parts or keys.MID in parts:
         out, numel = implied_out_numel(parts)
         weight = target.layer.weight
         if out != weight.shape[0] or numel != weight.numel():

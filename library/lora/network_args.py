@@ -95,9 +95,6 @@ def parse_args(module: str, raw: dict[str, str]) -> tuple[dict[str, Any], list[s
         except ValueError as exc:
             problems.append(f"network_args: {exc}")
     if module == LYCORIS:
-        if wants_tucker(parsed) and ALGOS.get(str(parsed.get("algo") or "lora").lower()) == "lora":
-            problems.append("network_args use_tucker: LyCORIS' Tucker LoCon (lora_mid) is not supported; "
-                            "remove it or use algo=loha / algo=lokr")
         if str(parsed.get("algo") or "lora").lower() not in ALGOS:
             problems.append(f"network_args algo={parsed['algo']}: lorasmith trains {', '.join(ALGOS)}")
         if str(parsed.get("preset") or "full") != "full":

@@ -5,6 +5,12 @@ LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"):
 with `down` kaiming-uniform (a=sqrt 5) and `up` zero, so a fresh adapter changes nothing.
 LoCon is the same pair on 3x3 convolutions: `down` is a kxk conv to rank channels,
 `up` a 1x1 conv back (sd-scripts' conv_dim, LyCORIS `algo=locon`/`algo=lora`).
+
+Tucker LoCon (LyCORIS `use_tucker` on a kxk conv; Tucker 1966, "Some mathematical notes on
+three-mode factor analysis", as Kim et al. 2016 use it to compress convolutions): `down` becomes
+a 1x1 conv (r, in, 1, 1), a core `lora_mid` (r, r, kh, kw) carries the kernel, stride and
+padding, `up` stays (out, r, 1, 1):
+    dW[o, i, :, :] = sum_{a,b} up[o, a] * mid[a, b, :, :] * down[b, i] * alpha / rank
 """
 from __future__ import annotations
 
@@ -20,10 +26,20 @@ from library.lora.adapter import Adapter
 
 DOWN = "lora_down.weight"
 UP = "lora_up.weight"
+MID = "lora_mid.weight"
 
 
-def delta_weight(up: torch.Tensor, down: torch.Tensor, scale: float) -> torch.Tensor:
-    """scale * up @ down in float32 for Linear, 1x1 and kxk Conv2d LoRA pairs (Hu et al. 2021)."""
+def tucker_delta(up: torch.Tensor, mid: torch.Tensor, down: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * up x mid x down in float32: (out, r, 1, 1), (r, r, k, k), (r, in, 1, 1) -> (out, in, k, k)."""
+    up2, down2 = up.float().flatten(1), down.float().flatten(1)
+    return torch.einsum("o a, a b k l, b i -> o i k l", up2, mid.float(), down2) * scale
+
+
+def delta_weight(up: torch.Tensor, down: torch.Tensor, scale: float, mid: torch.Tensor | None = None) -> torch.Tensor:
+    """scale * up @ down in float32 for Linear, 1x1 and kxk Conv2d LoRA pairs (Hu et al. 2021); with
+    `mid`, the Tucker LoCon product up x mid x down."""
+    if mid is not None:
+        return tucker_delta(up, mid, down, scale)
     up, down = up.float(), down.float()
     if down.dim() == 2:
         product = up @ down
@@ -39,14 +55,26 @@ class LoRAModule(Adapter):
     """One low-rank adapter for a Linear or Conv2d layer."""
 
     ALGO: ClassVar[str] = "lora"
-    KEYS: ClassVar[tuple[str, ...]] = (DOWN, UP)
+    KEYS: ClassVar[tuple[str, ...]] = (DOWN, UP, MID)
     PLUS_KEYS: ClassVar[tuple[str, ...]] = (UP,)
     FOLDS: ClassVar[bool] = True
 
-    def __init__(self, name: str, layer: nn.Module, rank: int, alpha: float | None = 1.0, **kwargs: Any) -> None:
-        """kwargs: the Adapter's (dropout, rank_dropout, module_dropout, multiplier, dora, dora_on_output)."""
+    def __init__(self, name: str, layer: nn.Module, rank: int, alpha: float | None = 1.0, *,
+                 use_tucker: bool = False, **kwargs: Any) -> None:
+        """kwargs: the Adapter's (dropout, rank_dropout, module_dropout, multiplier, dora, dora_on_output).
+
+        `use_tucker` (LyCORIS) applies to kxk convolutions only; other layers keep the plain pair.
+        """
         super().__init__(name, layer, rank, alpha, **kwargs)
-        if isinstance(layer, nn.Conv2d):
+        self.tucker = bool(use_tucker and isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) != (1, 1))
+        if self.tucker:
+            self.FOLDS = False  # the fp32 fold path of LoRAHost knows plain pairs only
+            self.lora_down = nn.Conv2d(layer.in_channels, self.rank, (1, 1), bias=False)
+            self.lora_mid = nn.Conv2d(self.rank, self.rank, layer.kernel_size, layer.stride, layer.padding,
+                                      layer.dilation, bias=False)
+            self.lora_up = nn.Conv2d(self.rank, layer.out_channels, (1, 1), (1, 1), bias=False)
+            nn.init.kaiming_uniform_(self.lora_mid.weight, a=math.sqrt(5))
+        elif isinstance(layer, nn.Conv2d):
             self.lora_down = nn.Conv2d(
                 layer.in_channels, self.rank, layer.kernel_size, layer.stride, layer.padding, bias=False
             )
@@ -65,13 +93,19 @@ class LoRAModule(Adapter):
         """(lora_down.weight, lora_up.weight), read straight from the parameter dicts (hot path)."""
         return self._modules["lora_down"]._parameters["weight"], self._modules["lora_up"]._parameters["weight"]
 
+    def _mid(self) -> torch.Tensor | None:
+        return self.lora_mid.weight if self.tucker else None
+
     def product(self) -> torch.Tensor:
-        return delta_weight(self.lora_up.weight, self.lora_down.weight, 1.0)
+        return delta_weight(self.lora_up.weight, self.lora_down.weight, 1.0, self._mid())
 
     def _delta_weight_train(self, dtype: torch.dtype) -> torch.Tensor:
         # differentiable up @ down (delta_weight() above works on detached float copies too)
         up, down = self.lora_up.weight, self.lora_down.weight
-        if down.dim() == 2:
+        if self.tucker:
+            product = torch.einsum("o a, a b k l, b i -> o i k l", up.flatten(1), self.lora_mid.weight,
+                                   down.flatten(1))
+        elif down.dim() == 2:
             product = up @ down
         elif tuple(down.shape[2:]) == (1, 1):
             product = (up.flatten(1) @ down.flatten(1)).reshape(self.weight_shape)
@@ -103,7 +137,10 @@ class LoRAModule(Adapter):
         if type(down) is nn.Linear:
             lx = F.linear(F.linear(x, w), up.weight)
         else:
-            lx = up._conv_forward(down._conv_forward(x, w, None), up.weight, None)
+            hidden = down._conv_forward(x, w, None)
+            if self.tucker:
+                hidden = self.lora_mid(hidden)
+            lx = up._conv_forward(hidden, up.weight, None)
         return lx * (self.multiplier * self.scale)
 
     def _delta_dropout(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -112,6 +149,8 @@ class LoRAModule(Adapter):
             return None
         dtype = self.lora_down.weight.dtype
         lx = self.lora_down(x.to(dtype))
+        if self.tucker:
+            lx = self.lora_mid(lx)
         if self.dropout:
             lx = F.dropout(lx, p=self.dropout)
         scale = self.scale
@@ -130,4 +169,6 @@ class LoRAModule(Adapter):
         if self.dora:
             return super().delta_weight(multiplier, base_weight)
         m = self.multiplier if multiplier is None else multiplier
-        return delta_weight(self.lora_up.weight.detach(), self.lora_down.weight.detach(), m * self.scale)
+        mid = self._mid()
+        return delta_weight(self.lora_up.weight.detach(), self.lora_down.weight.detach(), m * self.scale,
+                            None if mid is None else mid.detach())

@@ -59,6 +59,13 @@ def _lora_problems(name: str, parts: Mapping[str, torch.Tensor]) -> list[str]:
         return [f"{name}: down {tuple(down.shape)} and up {tuple(up.shape)} are not a LoRA pair"]
     if down.shape[0] != up.shape[1]:
         return [f"{name}: rank mismatch, lora_down has rank {down.shape[0]} but lora_up has {up.shape[1]}"]
+    mid = parts.get(keys.MID)
+    if mid is not None:
+        r = down.shape[0]
+        if down.dim() != 4 or tuple(down.shape[2:]) != (1, 1) or tuple(up.shape[2:]) != (1, 1):
+            return [f"{name}: Tucker LoCon needs 1x1 lora_down/lora_up, got {tuple(down.shape)} / {tuple(up.shape)}"]
+        if mid.dim() != 4 or tuple(mid.shape[:2]) != (r, r):
+            return [f"{name}: lora_mid has shape {tuple(mid.shape)}, expected ({r}, {r}, kh, kw)"]
     return []
 
 
@@ -77,7 +84,7 @@ def parts_product(parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
     if cls is LoRAModule:
         from library.lora.algorithms.lora import delta_weight
 
-        return delta_weight(parts[keys.UP], parts[keys.DOWN], 1.0)
+        return delta_weight(parts[keys.UP], parts[keys.DOWN], 1.0, parts.get(keys.MID))
     if cls is None:
         raise ValueError("not a module of a known algorithm")
     return cls.parts_product(parts)
@@ -117,6 +124,8 @@ def adapter_from_parts(name: str, layer: nn.Module, parts: Mapping[str, torch.Te
     options = dict(kwargs)
     if cls is LoHaModule:
         options["use_tucker"] = "hada_t1" in parts
+    if cls is LoRAModule:
+        options["use_tucker"] = keys.MID in parts
     if DORA_KEY in parts:
         options["dora"] = True
         options["dora_on_output"] = is_on_output(parts[DORA_KEY], tuple(layer.weight.shape))
