@@ -1,0 +1,128 @@
+"""Hires fix rules (A1111's) and the tiled upscaler."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from PIL import Image
+
+from library.errors import ModelLoadError, SamplingError
+from library.sampling.hires import hires_infotext, hires_target, second_pass_steps
+from library.sampling.upscale import (
+    ModelUpscaler, image_to_tensor, lanczos_upscale, open_input_image, read_weights, tiled_apply,
+)
+
+
+def test_target_from_scale_truncates_like_int():
+    t = hires_target(512, 768, hr_scale=1.5)
+    assert t.upscale_to == (768, 1152) and t.truncate == (0, 0)
+    assert hires_target(500, 500, hr_scale=1.33).upscale_to == (665, 665)
+
+
+def test_target_from_one_side_keeps_aspect():
+    assert hires_target(512, 768, hr_resize_x=1000).upscale_to == (1000, 1500)
+    assert hires_target(512, 768, hr_resize_y=1000).upscale_to == (666, 1000)
+
+
+def test_target_from_both_sides_fills_then_crops_whole_latent_cells():
+    # 512x768 (ratio 0.667) into 1024x1024 (ratio 1): width rules, height 1536, crop (1536-1024)//8 cells
+    t = hires_target(512, 768, hr_resize_x=1024, hr_resize_y=1024)
+    assert t.upscale_to == (1024, 1536) and t.truncate == (0, 64) and t.final_size == (1024, 1024)
+    t = hires_target(768, 512, hr_resize_x=1000, hr_resize_y=1000)
+    assert t.upscale_to == (1500, 1000) and t.truncate == (62, 0)
+
+
+def test_second_pass_steps_rule():
+    # hr_second_pass_steps 0 -> same as Steps; schedule int(n / min(d, .999)) long, last n run
+    assert second_pass_steps(20, 0, 0.5) == (40, 20)
+    assert second_pass_steps(20, 10, 0.3) == (33, 10)
+    assert second_pass_steps(20, 10, 1.0) == (10, 10)
+    assert second_pass_steps(20, 0, 0.0) == (0, 0)
+    with pytest.raises(SamplingError, match="hr_second_pass_steps"):
+        second_pass_steps(20, -1, 0.5)
+
+
+def test_infotext_fields_as_a1111_writes_them():
+    assert hires_infotext(2, 0, 0, 0, "Latent", 0.7) == {
+        "Denoising strength": 0.7, "Hires upscale": 2, "Hires upscaler": "Latent"}
+    f = hires_infotext(2, 1024, 0, 15, "Lanczos", 0.3)
+    assert list(f) == ["Denoising strength", "Hires resize", "Hires steps", "Hires upscaler"]
+    assert f["Hires resize"] == "1024x0" and f["Hires steps"] == 15
+
+
+class _Up2(torch.nn.Module):
+    """Tiny 2x upscaler: 3x3 conv (receptive field 1 px) then pixel shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 12, 3, padding=1)
+        self.shuffle = torch.nn.PixelShuffle(2)
+
+    def forward(self, x):
+        return self.shuffle(self.conv(x))
+
+
+def test_tiled_equals_untiled_within_tolerance():
+    model = _Up2().eval()
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        full = model(x)
+    tiled = tiled_apply(model, x, scale=2, tile=16, overlap=6)
+    assert tiled.shape == full.shape == (1, 3, 80, 112)
+    # interiors agree exactly; only tile-border pixels (zero padding) carry small blended errors
+    assert (tiled - full).abs().max() < 1e-3
+    # without overlap the zero-padded tile edges show: the blending is what removes the seams
+    seams = tiled_apply(model, x, scale=2, tile=16, overlap=0)
+    assert (seams - full).abs().max() > 0.05
+
+
+def test_tiled_is_exact_for_a_pointwise_model():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 1), torch.nn.PixelShuffle(2)).eval()
+    x = torch.rand(1, 3, 33, 47)
+    with torch.no_grad():
+        assert torch.allclose(tiled_apply(model, x, 2, tile=10, overlap=3), model(x), atol=1e-5)
+
+
+def test_lanczos_upscale_size():
+    img = Image.new("RGB", (30, 20), (10, 200, 30))
+    out = lanczos_upscale(img, 60, 40)
+    assert out.size == (60, 40) and out.getpixel((30, 20)) == (10, 200, 30)
+
+
+class _Boom:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PWNED_MARKER",))
+
+
+def test_malicious_pickle_is_refused_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(pickle.dumps({"w": _Boom()}))
+    with pytest.raises(ModelLoadError, match="never pickled code"):
+        read_weights(bad)
+    assert not (tmp_path / "PWNED_MARKER").exists()
+
+
+def test_missing_and_unknown_model_files(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        read_weights(tmp_path / "nope.pth")
+    odd = tmp_path / "odd.pth"
+    torch.save({"not.a.known.arch": torch.zeros(3)}, odd)
+    assert set(read_weights(odd)) == {"not.a.known.arch"}
+    with pytest.raises(ModelLoadError, match="spandrel"):
+        ModelUpscaler(odd)
+
+
+def test_non_image_input_is_a_clear_error(tmp_path):
+    f = tmp_path / "notes.png"
+    f.write_text("hello")
+    with pytest.raises(SamplingError, match="not an image"):
+        open_input_image(f)
+    with pytest.raises(SamplingError, match="no such file"):
+        open_input_image(tmp_path / "missing.png")
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (4, 4)).save(good)
+    assert image_to_tensor(open_input_image(good)).shape == (1, 3, 4, 4)
