@@ -126,3 +126,54 @@ def test_non_image_input_is_a_clear_error(tmp_path):
     good = tmp_path / "ok.png"
     Image.new("RGB", (4, 4)).save(good)
     assert image_to_tensor(open_input_image(good)).shape == (1, 3, 4, 4)
+
+
+# --- hires fix on the tiny model ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bundle():
+    from library.models import build_tiny_bundle
+    return build_tiny_bundle(0)
+
+
+HR = {"prompt": "a cube", "steps": 3, "width": 32, "height": 48, "seed": 7}
+
+
+def _infotext_fields(parameters: str) -> dict[str, str]:
+    from library.sampling.infotext import parse_infotext
+    return parse_infotext(parameters)[2]
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Latent (nearest)", "Lanczos"])
+def test_hires_fix_makes_the_target_size_and_writes_a1111_fields(bundle, upscaler):
+    from library.sampling.pipeline import SampleRequest, generate
+
+    steps_seen = []
+    req = SampleRequest(**HR, enable_hr=True, hr_scale=2, hr_upscaler=upscaler, hr_second_pass_steps=2,
+                        denoising_strength=0.5)
+    out = generate(bundle, req, on_step=steps_seen.append)[0]
+    assert out.image.size == (64, 96)
+    f = _infotext_fields(out.parameters)
+    assert f["Size"] == "32x48"  # A1111 writes the first-pass size
+    assert (f["Hires upscale"], f["Hires steps"], f["Hires upscaler"], f["Denoising strength"]) == \
+        ("2", "2", upscaler, "0.5")
+    assert len(steps_seen) == 3 + 2  # first pass, then exactly hr_second_pass_steps
+
+
+def test_hires_resize_crops_to_the_requested_size_and_zero_steps_means_steps(bundle):
+    from library.sampling.pipeline import SampleRequest, generate
+
+    steps_seen = []
+    req = SampleRequest(**HR, enable_hr=True, hr_resize_x=64, hr_resize_y=64, denoising_strength=0.4)
+    out = generate(bundle, req, on_step=steps_seen.append)[0]
+    assert out.image.size == (64, 64)  # 64x96 upscaled, 4 latent rows cropped
+    f = _infotext_fields(out.parameters)
+    assert f["Hires resize"] == "64x64" and "Hires steps" not in f and "Hires upscale" not in f
+    assert len(steps_seen) == 3 + 3
+
+
+def test_hires_unknown_upscaler_is_a_clear_error(bundle):
+    from library.sampling.pipeline import SampleRequest, generate
+
+    with pytest.raises(SamplingError, match="hr_upscaler 'ESRGAN_4x'"):
+        generate(bundle, SampleRequest(**HR, enable_hr=True, hr_upscaler="ESRGAN_4x"))
