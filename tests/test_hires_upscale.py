@@ -177,3 +177,20 @@ def test_hires_unknown_upscaler_is_a_clear_error(bundle):
 
     with pytest.raises(SamplingError, match="hr_upscaler 'ESRGAN_4x'"):
         generate(bundle, SampleRequest(**HR, enable_hr=True, hr_upscaler="ESRGAN_4x"))
+
+
+def test_upscale_command_lanczos_and_errors(tmp_path, capsys):
+    from library.cli import main
+
+    src = tmp_path / "in.png"
+    Image.new("RGB", (20, 12), (200, 10, 10)).save(src)
+    assert main(["upscale", str(src), str(tmp_path / "out.png"), "--scale", "2"]) == 0
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.size == (40, 24) and im.getpixel((20, 12)) == (200, 10, 10)
+    bad = tmp_path / "bad.png"
+    bad.write_text("no image")
+    assert main(["upscale", str(bad), str(tmp_path / "o2.png")]) != 0
+    assert "not an image" in capsys.readouterr().err
+    assert main(["upscale", str(src), str(tmp_path / "o3.png"), "--model", str(tmp_path / "none.pth")]) != 0
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "o2.png").exists() and not (tmp_path / "o3.png").exists()
