@@ -61,6 +61,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--denoising_strength", type=float, default=None,
                    help="img2img / hires fix: how much of the init image (or first pass) is re-drawn, "
                         "in (0, 1] (default 0.75)")
+    p.add_argument("--vae_tiling", action="store_true",
+                   help="decode the VAE in blended tiles, so large images fit in less memory")
+    p.add_argument("--attention_slicing", action="store_true",
+                   help="compute UNet attention in slices: lower peak memory, slower")
     p.add_argument("--enable_hr", action="store_true",
                    help="hires fix (A1111 txt2img): sample at --width x --height, upscale, then re-draw at "
                         "--denoising_strength")
@@ -143,8 +147,12 @@ def cycle_images(images: list[Image.Image], count: int) -> list[Image.Image]:
 def load_bundle_from_args(args: argparse.Namespace, name: str | None = None):
     from library.models import load_model_bundle
 
-    return load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae,
-                             use_ema_weights=args.use_ema_weights)
+    from library.sampling.memory import apply_memory_options
+
+    bundle = load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae,
+                               use_ema_weights=args.use_ema_weights)
+    apply_memory_options(bundle, getattr(args, "vae_tiling", False), getattr(args, "attention_slicing", False))
+    return bundle
 
 
 DESCRIPTION = """txt2img (and img2img with --init_image) with AUTOMATIC1111's prompt syntax, LoRAs and dynamic prompts.
