@@ -234,3 +234,13 @@ def test_attention_slicing_gives_the_same_image(bundle):
     assert procs == {"SlicedAttnProcessor"}
     b = np.asarray(generate(sliced, req)[0].image, dtype=np.int16)
     assert np.abs(a - b).max() <= 1
+
+
+def test_cpu_sampling_uses_the_small_conv_path():
+    from library.models import build_tiny_bundle
+    from library.sampling.pipeline import SamplingSession
+
+    b = build_tiny_bundle(0)
+    SamplingSession(b)
+    convs = [m for m in b.unet.modules() if type(m) is torch.nn.Conv2d]
+    assert convs and all("_conv_forward" in m.__dict__ for m in convs)

@@ -196,6 +196,12 @@ class SamplingSession:
         self.encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder)
         self.loras = LoraStack(bundle.unet, bundle.text_encoder)
         self.denoiser = DiscreteDenoiser(bundle.unet, bundle.scheduler_config)
+        if next(bundle.unet.parameters()).device.type == "cpu":
+            # the trainer's CPU choice (library/training/conv_path.py): small convolutions take the
+            # direct im2col+GEMM kernel instead of oneDNN; bench/grid_speed.py --compare_conv_path
+            from library.training.conv_path import install_small_conv_path
+
+            install_small_conv_path(bundle.unet)
 
     def generate(self, request: SampleRequest, on_step: StepCallback | None = None,
                  max_batch: int | None = None) -> list[GeneratedImage]:
