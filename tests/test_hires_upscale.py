@@ -244,3 +244,20 @@ def test_cpu_sampling_uses_the_small_conv_path():
     SamplingSession(b)
     convs = [m for m in b.unet.modules() if type(m) is torch.nn.Conv2d]
     assert convs and all("_conv_forward" in m.__dict__ for m in convs)
+
+
+def test_grid_hires_axes_turn_hires_on_and_denoising_needs_hires_or_init():
+    from library.evaluation.axes import CellSettings
+    from library.evaluation.grid import parse_axes, plan_cells
+    from library.sampling.pipeline import SampleRequest
+
+    base = CellSettings(SampleRequest(prompt="a cube", seed=1), "tiny")
+    with pytest.raises(SamplingError, match="hires fix"):
+        parse_axes(base, [("Denoising", "0.3, 0.6"), (None, None), (None, None)], None)
+    axes = parse_axes(base, [("Hires upscaler", "Latent, Lanczos"), ("Hires steps", "5, 10"), (None, None)], None)
+    reqs = [c.settings.request for c in plan_cells(base, axes)]
+    assert {(r.enable_hr, r.hr_upscaler, r.hr_second_pass_steps) for r in reqs} == {
+        (True, u, n) for u in ("Latent", "Lanczos") for n in (5, 10)}
+    hires_base = CellSettings(SampleRequest(prompt="a cube", seed=1, enable_hr=True), "tiny")
+    axes = parse_axes(hires_base, [("Denoising", "0.3, 0.6"), (None, None), (None, None)], None)
+    assert [c.settings.request.denoising_strength for c in plan_cells(hires_base, axes)] == [0.3, 0.6]
