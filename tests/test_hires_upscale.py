@@ -261,3 +261,58 @@ def test_grid_hires_axes_turn_hires_on_and_denoising_needs_hires_or_init():
     hires_base = CellSettings(SampleRequest(prompt="a cube", seed=1, enable_hr=True), "tiny")
     axes = parse_axes(hires_base, [("Denoising", "0.3, 0.6"), (None, None), (None, None)], None)
     assert [c.settings.request.denoising_strength for c in plan_cells(hires_base, axes)] == [0.3, 0.6]
+
+
+def _tiny_rrdbnet_state(nf: int = 8, gc: int = 32, blocks: int = 1) -> dict[str, torch.Tensor]:
+    """RealESRGAN's RRDBNet key layout (x4: conv_up1/conv_up2), 8 features, random weights (spandrel fixes gc=32)."""
+    g = torch.Generator().manual_seed(0)
+
+    def conv(name, cin, cout, sd):
+        sd[f"{name}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * 0.05
+        sd[f"{name}.bias"] = torch.zeros(cout)
+
+    sd: dict[str, torch.Tensor] = {}
+    conv("conv_first", 3, nf, sd)
+    for b in range(blocks):
+        for r in (1, 2, 3):
+            for i in range(1, 6):
+                conv(f"body.{b}.rdb{r}.conv{i}", nf + (i - 1) * gc, gc if i < 5 else nf, sd)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        conv(name, nf, nf, sd)
+    conv("conv_last", nf, 3, sd)
+    return sd
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_model_upscaler_runs_a_tiny_esrgan_file(tmp_path, suffix):
+    pytest.importorskip("spandrel", reason="spandrel (extra 'upscale') is not installed here")
+    path = tmp_path / f"tiny_x4{suffix}"
+    state = _tiny_rrdbnet_state()
+    if suffix == ".pth":
+        torch.save(state, path)
+    else:
+        from safetensors.torch import save_file
+        save_file(state, str(path))
+    up = ModelUpscaler(path, tile=0)
+    assert up.scale == 4
+    img = Image.new("RGB", (12, 8), (120, 60, 30))
+    out = up.upscale(img, 24, 16)  # one x4 model pass, then Lanczos down to the exact size
+    assert out.size == (24, 16)
+    tiled = ModelUpscaler(path, tile=8, overlap=4)
+    x = image_to_tensor(Image.effect_noise((16, 16), 40).convert("RGB"))
+    with torch.no_grad():
+        full = up.descriptor.model(x)
+        t = tiled_apply(tiled.descriptor.model, x, 4, tile=8, overlap=4)
+    assert t.shape == full.shape == (1, 3, 64, 64)
+
+
+def test_hires_fix_with_an_upscaler_model_file(tmp_path, bundle):
+    pytest.importorskip("spandrel", reason="spandrel (extra 'upscale') is not installed here")
+    from library.sampling.pipeline import SampleRequest, generate
+
+    torch.save(_tiny_rrdbnet_state(), tmp_path / "tiny_x4.pth")
+    req = SampleRequest(**HR, enable_hr=True, hr_upscaler="tiny_x4.pth", models_dir=str(tmp_path),
+                        hr_second_pass_steps=1, denoising_strength=0.3)
+    out = generate(bundle, req)[0]
+    assert out.image.size == (64, 96)
+    assert _infotext_fields(out.parameters)["Hires upscaler"] == "tiny_x4"
