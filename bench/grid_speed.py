@@ -7,6 +7,11 @@ Both runs make the same images; prints one JSON object with images/s and the rat
 (target: grid at least 2× the naive loop).
 
     python bench/grid_speed.py [--model tiny] [--steps 4] [--size 64] [--seeds 2] [--threads 1]
+    python bench/grid_speed.py --compare_conv_path   # also: the grid with PyTorch's own CPU convolutions
+
+Sampling on the CPU routes small convolutions to the direct kernel as training does
+(library/training/conv_path.py); --compare_conv_path runs the grid a second time with
+every Conv2d pinned to PyTorch's default path and reports the ratio.
 """
 from __future__ import annotations
 
@@ -53,6 +58,17 @@ def naive(model: str, cells: list[tuple[str, float, int]], base: SampleRequest) 
     return images
 
 
+def default_conv_bundle(model: str):
+    """The model with every Conv2d pinned to PyTorch's own forward, so the sampler's small-conv path is off."""
+    import functools
+
+    bundle = load_model_bundle(model)
+    for module in bundle.unet.modules():
+        if type(module) is torch.nn.Conv2d:
+            module._conv_forward = functools.partial(torch.nn.Conv2d._conv_forward, module)
+    return bundle
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny")
@@ -61,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--grid_batch_size", type=int, default=4)
+    p.add_argument("--compare_conv_path", action="store_true",
+                   help="also time the grid with the small-convolution path off (PyTorch's default kernels)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         run_grid(settings, axes, folder / "grid", load_bundle=load_model_bundle, max_batch=args.grid_batch_size,
                  progress=False, save_cells=True)
         grid_s = time.perf_counter() - t0
+        no_conv_s = None
+        if args.compare_conv_path:
+            t0 = time.perf_counter()
+            run_grid(settings, axes, folder / "grid-default-conv", load_bundle=default_conv_bundle,
+                     max_batch=args.grid_batch_size, progress=False, save_cells=True)
+            no_conv_s = time.perf_counter() - t0
     n = len(cell_list)
     result = {
         "model": args.model, "cells": n, "steps": args.steps, "size": args.size, "threads": args.threads,
@@ -90,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         "naive_images_per_s": round(n / naive_s, 3), "grid_images_per_s": round(n / grid_s, 3),
         "speedup": round(naive_s / grid_s, 2), "target_speedup": 2.0,
     }
+    if no_conv_s is not None:
+        result.update(grid_seconds_default_conv=round(no_conv_s, 3),
+                      conv_path_speedup=round(no_conv_s / grid_s, 2))
     print(json.dumps(result))
     return 0
 

@@ -26,6 +26,7 @@ _LIBRARY_COMMAND_MODULES = (
     "library.lora.cli",
     "library.lora.tools.cli",
     "library.sampling.cli",
+    "library.sampling.upscale_cli",
     "library.evaluation.cli",
     "library.evaluation.score_cli",
     "library.sweep.cli",

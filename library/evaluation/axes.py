@@ -93,16 +93,26 @@ def _apply_negative_sr(s: CellSettings, value: str, values: list[str]) -> CellSe
 
 
 def _denoising(text: str, base: CellSettings, lora_dir: str | None) -> list[float]:
-    """Denoising strengths; only an img2img grid (one with an init image) has something to denoise."""
-    if base.init_image is None:
-        raise SamplingError("Denoising needs an init image (img2img)",
-                            ["add --init_image FILE; a txt2img grid starts from pure noise"])
+    """Denoising strengths; only an img2img or hires-fix grid has something to denoise."""
+    if base.init_image is None and not base.request.enable_hr:
+        raise SamplingError("Denoising needs an init image (img2img) or hires fix",
+                            ["add --init_image FILE or --enable_hr; a txt2img grid starts from pure noise"])
     values = parse_float_values(text, field="Denoising")
     bad = [format_number(v) for v in values if not 0.0 < v <= 1.0]
     if bad:
         raise SamplingError(f"Denoising: {', '.join(bad)} outside (0, 1]",
                             ["1 re-draws everything; 0.3 keeps most of the init image"])
     return values
+
+
+def _hires_upscalers(text: str, base: CellSettings, lora_dir: str | None) -> list[str]:
+    """Hires fix upscalers: A1111's Latent modes, Lanczos, or upscaler model files (checked when used)."""
+    return split_csv(text)
+
+
+def _hires(s: CellSettings, **changes: Any) -> CellSettings:
+    """A hires axis turns hires fix on for its cells."""
+    return _req(s, enable_hr=True, **changes)
 
 
 def _samplers(text: str, base: CellSettings, lora_dir: str | None) -> list[str]:
@@ -196,6 +206,11 @@ AXIS_TYPES: dict[str, AxisType] = {t.name: t for t in (
     AxisType("CFG Rescale", _numbers("float", "CFG Rescale"), lambda s, v, vals: _req(s, guidance_rescale=v),
              _labelled("CFG Rescale"), 2),  # the CFG Rescale extension's axis (Lin et al. 2023 guidance_rescale)
     AxisType("Denoising", _denoising, lambda s, v, vals: _req(s, denoising_strength=v), _labelled("Denoising"), 2),
+    AxisType("Hires upscaler", _hires_upscalers, lambda s, v, vals: _hires(s, hr_upscaler=v), str, cost=2),
+    AxisType("Hires steps", _numbers("int", "Hires steps"), lambda s, v, vals: _hires(s, hr_second_pass_steps=v),
+             _labelled("Hires steps"), cost=2),
+    AxisType("Hires upscale", _numbers("float", "Hires upscale"), lambda s, v, vals: _hires(s, hr_scale=v),
+             _labelled("Hires upscale"), cost=5),
     AxisType("Seed", _numbers("int", "Seed"), lambda s, v, vals: _req(s, seed=v), _labelled("Seed"), cost=0),
 )}
 

@@ -59,7 +59,22 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="img2img: an image used for every image, or a folder whose images (sorted by name) are used "
                         "in turn; each is resized to --width x --height")
     p.add_argument("--denoising_strength", type=float, default=None,
-                   help="img2img only: how much of the init image is re-drawn, in (0, 1] (default 0.75)")
+                   help="img2img / hires fix: how much of the init image (or first pass) is re-drawn, "
+                        "in (0, 1] (default 0.75)")
+    p.add_argument("--vae_tiling", action="store_true",
+                   help="decode the VAE in blended tiles, so large images fit in less memory")
+    p.add_argument("--attention_slicing", action="store_true",
+                   help="compute UNet attention in slices: lower peak memory, slower")
+    p.add_argument("--enable_hr", action="store_true",
+                   help="hires fix (A1111 txt2img): sample at --width x --height, upscale, then re-draw at "
+                        "--denoising_strength")
+    p.add_argument("--hr_scale", type=float, default=2.0, help="hires fix: upscale factor (unless --hr_resize_x/y)")
+    p.add_argument("--hr_upscaler", default="Latent",
+                   help='hires fix upscaler: Latent, "Latent (nearest)" (and A1111\'s other Latent modes), Lanczos, '
+                        "or an upscaler model file (.pth/.safetensors, path or name in --models_dir; needs spandrel)")
+    p.add_argument("--hr_second_pass_steps", type=int, default=0, help="hires fix steps; 0 = same as --steps")
+    p.add_argument("--hr_resize_x", type=int, default=0, help="hires fix: target width instead of --hr_scale")
+    p.add_argument("--hr_resize_y", type=int, default=0, help="hires fix: target height instead of --hr_scale")
 
 
 def request_from_args(args: argparse.Namespace, **overrides):
@@ -72,11 +87,17 @@ def request_from_args(args: argparse.Namespace, **overrides):
         if fields[name] is None:
             fields[name] = value
     if args.denoising_strength is not None:
-        if not getattr(args, "init_image", None):
+        if not getattr(args, "init_image", None) and not getattr(args, "enable_hr", False):
             raise SamplingError(f"--denoising_strength {args.denoising_strength} is given without --init_image",
                                 [("denoising strength only means something in img2img: add --init_image FILE "
                                   "or leave --denoising_strength out")])
         fields["denoising_strength"] = args.denoising_strength
+    if getattr(args, "enable_hr", False):
+        fields.update(enable_hr=True, hr_scale=args.hr_scale, hr_upscaler=args.hr_upscaler,
+                      hr_second_pass_steps=args.hr_second_pass_steps, hr_resize_x=args.hr_resize_x,
+                      hr_resize_y=args.hr_resize_y)
+        if args.denoising_strength is None:
+            fields["denoising_strength"] = 0.7  # A1111's hires default
     fields.update(overrides)
     return SampleRequest(**fields)
 
@@ -126,8 +147,12 @@ def cycle_images(images: list[Image.Image], count: int) -> list[Image.Image]:
 def load_bundle_from_args(args: argparse.Namespace, name: str | None = None):
     from library.models import load_model_bundle
 
-    return load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae,
-                             use_ema_weights=args.use_ema_weights)
+    from library.sampling.memory import apply_memory_options
+
+    bundle = load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae,
+                               use_ema_weights=args.use_ema_weights)
+    apply_memory_options(bundle, getattr(args, "vae_tiling", False), getattr(args, "attention_slicing", False))
+    return bundle
 
 
 DESCRIPTION = """txt2img (and img2img with --init_image) with AUTOMATIC1111's prompt syntax, LoRAs and dynamic prompts.
@@ -196,5 +221,10 @@ def model_steps(request, img2img: bool) -> int:
     from library.sampling.pipeline import img2img_sigmas
 
     if not img2img:
+        if getattr(request, "enable_hr", False):
+            from library.sampling.hires import second_pass_steps
+
+            return request.steps + second_pass_steps(request.steps, request.hr_second_pass_steps,
+                                                     request.denoising_strength)[1]
         return request.steps
     return len(img2img_sigmas(torch.zeros(request.steps + 1), request.steps, request.denoising_strength)) - 1

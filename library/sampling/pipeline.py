@@ -55,6 +55,13 @@ class SampleRequest:
     wildcards_dir: str | None = None
     denoising_strength: float = 0.75  # img2img only: how much of the schedule re-draws the init image
     models_dir: str | None = None  # where <checkpoint:NAME> tags find their model file
+    # hires fix (A1111 txt2img): first pass at width x height, upscale, img2img pass at denoising_strength
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"  # a Latent mode, "Lanczos", or an upscaler model file
+    hr_second_pass_steps: int = 0  # 0 = same as steps
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
 
 
 @dataclass
@@ -189,6 +196,12 @@ class SamplingSession:
         self.encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder)
         self.loras = LoraStack(bundle.unet, bundle.text_encoder)
         self.denoiser = DiscreteDenoiser(bundle.unet, bundle.scheduler_config)
+        if next(bundle.unet.parameters()).device.type == "cpu":
+            # the trainer's CPU choice (library/training/conv_path.py): small convolutions take the
+            # direct im2col+GEMM kernel instead of oneDNN; bench/grid_speed.py --compare_conv_path
+            from library.training.conv_path import install_small_conv_path
+
+            install_small_conv_path(bundle.unet)
 
     def generate(self, request: SampleRequest, on_step: StepCallback | None = None,
                  max_batch: int | None = None) -> list[GeneratedImage]:
@@ -229,12 +242,38 @@ class SamplingSession:
         cond, uncond = self.encoder.encode_batch([j.text for j in jobs], [j.negative_text for j in jobs], clip_skip)
         init = encode_images(self.bundle.vae, init_images, request.width, request.height) if init_images else None
         latents = sample_latents(self.denoiser, request, [j.seed for j in jobs], cond, uncond, on_step, init)
+        hires = request.enable_hr and init is None
+        if hires:
+            latents = self._hires_pass(request, [j.seed for j in jobs], latents, cond, uncond, on_step)
         images = decode_latents(self.bundle.vae, latents)
         return [GeneratedImage(img, job.seed, job.prompt, job.negative_prompt,
-                               self.infotext(request, job, img2img=init is not None), request)
+                               self.infotext(request, job, img2img=init is not None, hires=hires), request)
                 for img, job in zip(images, jobs)]
 
-    def infotext(self, request: SampleRequest, job: ImageJob, img2img: bool = False) -> str:
+    def _hires_pass(self, request: SampleRequest, seeds: Sequence[int], latents: torch.Tensor, cond: torch.Tensor,
+                    uncond: torch.Tensor, on_step: StepCallback | None) -> torch.Tensor:
+        """A1111's sample_hr_pass: upscale the first pass, crop whole cells, img2img with fixed steps."""
+        from library.sampling.hires import LATENT_UPSCALERS, hires_target, second_pass_steps
+
+        target = hires_target(request.width, request.height, request.hr_scale, request.hr_resize_x,
+                              request.hr_resize_y)
+        total, run = second_pass_steps(request.steps, request.hr_second_pass_steps, request.denoising_strength)
+        (to_w, to_h), (tx, ty) = target.upscale_to, target.truncate
+        if request.hr_upscaler in LATENT_UPSCALERS:
+            mode, antialias = LATENT_UPSCALERS[request.hr_upscaler]
+            latents = torch.nn.functional.interpolate(latents, size=(to_h // 8, to_w // 8), mode=mode,
+                                                      antialias=antialias)
+        else:
+            images = [upscale_image(im, request.hr_upscaler, to_w, to_h, request.models_dir)
+                      for im in decode_latents(self.bundle.vae, latents)]
+            latents = encode_images(self.bundle.vae, images, to_w, to_h)
+        latents = latents[:, :, ty // 2:latents.shape[2] - (ty + 1) // 2, tx // 2:latents.shape[3] - (tx + 1) // 2]
+        if run == 0:
+            return latents
+        second = dataclasses.replace(request, width=latents.shape[3] * 8, height=latents.shape[2] * 8, steps=total)
+        return sample_latents(self.denoiser, second, seeds, cond, uncond, on_step, latents, fixed_steps=run)
+
+    def infotext(self, request: SampleRequest, job: ImageJob, img2img: bool = False, hires: bool = False) -> str:
         facts = self.bundle.facts
         spec = resolve_sampler(request.sampler)
         lora_hashes = ", ".join(f"{name}: {lora_short_hash(path)}" for name, path in job.lora_names)
@@ -246,12 +285,42 @@ class SamplingSession:
             "Model hash": (facts.model_hash or "")[:10] or None, "Model": model_label(facts.name),
             "Denoising strength": format_number(request.denoising_strength) if img2img else None,
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+            **(hires_fields(request) if hires else {}),
             "RNG": "CPU",  # sample_latents draws every noise tensor on the CPU
             # the CFG Rescale extension's field (an extra parameter: after A1111's own ones)
             "CFG Rescale": format_number(request.guidance_rescale) if request.guidance_rescale else None,
             "Lora hashes": lora_hashes or None, "Version": version_string(),
         }
         return format_infotext(job.prompt, job.negative_prompt, params)
+
+
+def hires_fields(request: SampleRequest) -> dict[str, object]:
+    """A1111's hires infotext fields, numbers written as A1111 writes them (2.0 -> "2")."""
+    from library.sampling.hires import hires_infotext
+
+    fields = hires_infotext(request.hr_scale, request.hr_resize_x, request.hr_resize_y,
+                            request.hr_second_pass_steps, upscaler_label(request.hr_upscaler),
+                            request.denoising_strength)
+    return {k: format_number(v) if isinstance(v, float) else v for k, v in fields.items()}
+
+
+def upscaler_label(name: str) -> str:
+    """An upscaler as infotext names it: built-in names as they are, a model file by its stem."""
+    return model_label(Path(name).name) if name.lower().endswith((".pth", ".pt", ".safetensors")) else name
+
+
+def upscale_image(image: Image.Image, upscaler: str, width: int, height: int, models_dir: str | None = None) -> Image.Image:
+    """Pixel-space upscaling for hires fix: "Lanczos"/"None" or an upscaler model file (spandrel, tiled)."""
+    from library.sampling.upscale import ModelUpscaler, lanczos_upscale
+
+    if upscaler in ("Lanczos", "None"):
+        return lanczos_upscale(image, width, height)
+    path = Path(upscaler)
+    if not path.is_file() and models_dir and (Path(models_dir) / upscaler).is_file():
+        path = Path(models_dir) / upscaler
+    if not path.is_file():
+        raise SamplingError(f"--hr_upscaler {upscaler!r}: not a Latent mode, Lanczos, or an upscaler model file")
+    return ModelUpscaler(path).upscale(image, width, height)
 
 
 def per_image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -279,7 +348,7 @@ def encode_images(vae, images: Sequence[Image.Image], width: int, height: int) -
 
 def sample_latents(denoiser: DiscreteDenoiser, request: SampleRequest, seeds: Sequence[int], cond: torch.Tensor,
                    uncond: torch.Tensor, on_step: StepCallback | None = None,
-                   init_latents: torch.Tensor | None = None) -> torch.Tensor:
+                   init_latents: torch.Tensor | None = None, fixed_steps: int | None = None) -> torch.Tensor:
     """Run the sampler from each seed's noise; noise is drawn per image on CPU so batches don't change it.
 
     With `init_latents` (img2img) the noise is added to them at the first sigma of
@@ -299,7 +368,8 @@ def sample_latents(denoiser: DiscreteDenoiser, request: SampleRequest, seeds: Se
     sigmas = spec.sigmas(request.steps, denoiser.scheduler_config).float().to(device)
     start = noise * sigmas[0]
     if init_latents is not None:
-        sigmas = img2img_sigmas(sigmas, request.steps, request.denoising_strength)
+        sigmas = (sigmas[len(sigmas) - 1 - fixed_steps:] if fixed_steps is not None  # hires: last n steps
+                  else img2img_sigmas(sigmas, request.steps, request.denoising_strength))
         start = init_latents.to(device) + noise * sigmas[0]
     model = CFGDenoiser(denoiser, cond.to(device), uncond.to(device), request.cfg_scale, request.guidance_rescale)
     callback = (lambda info: on_step(len(seeds))) if on_step else None
