@@ -202,6 +202,16 @@ def model_metadata(
     return out
 
 
+def _family_or_none(facts: Any) -> Any:
+    """The facts' ModelFamily, or None for objects that do not name one (older callers, mocks)."""
+    from library.models.family import family_of
+
+    try:
+        return family_of(facts)
+    except (ValueError, TypeError):
+        return None
+
+
 def model_metadata_from_facts(facts: Any, *, v2: bool = False, v_parameterization: bool | None = None) -> dict[str, str]:
     """ss_sd_model_* / ss_vae_* from a loaded bundle's ModelFacts (no second hashing pass).
 
@@ -209,8 +219,13 @@ def model_metadata_from_facts(facts: Any, *, v2: bool = False, v_parameterizatio
     """
     if v_parameterization is None:
         v_parameterization = getattr(facts, "prediction_type", "epsilon") == "v_prediction"
+    family = _family_or_none(facts)
+    if family is not None and family.name != "sd1":
+        version = family.base_model_version("v_prediction" if v_parameterization else "epsilon")
+    else:
+        version = base_model_version(v2, v_parameterization)
     out = {
-        "ss_base_model_version": base_model_version(v2, v_parameterization),
+        "ss_base_model_version": version,
         "ss_sd_model_name": str(facts.name),
         "ss_sd_model_hash": str(facts.legacy_hash),
         "ss_new_sd_model_hash": str(facts.model_hash),
