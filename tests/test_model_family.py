@@ -37,3 +37,14 @@ def test_sd1_facts_metadata_unchanged():
     assert model_metadata_from_facts(Facts())["ss_base_model_version"] == "sd_v1"
     Facts.architecture = "sd2"; Facts.prediction_type = "v_prediction"
     assert model_metadata_from_facts(Facts())["ss_base_model_version"] == "sd_v2_v"
+
+
+def test_modelspec_architecture_via_family():
+    from library.lora.metadata import modelspec_metadata
+
+    def arch(**kw):
+        return modelspec_metadata(title="t", resolution=512, timestamp=0, **kw)["modelspec.architecture"]
+    assert arch() == "stable-diffusion-v1/lora"
+    assert arch(v_parameterization=True) == "stable-diffusion-v1/lora"
+    assert arch(v2=True) == "stable-diffusion-v2-512/lora"
+    assert arch(v2=True, v_parameterization=True) == "stable-diffusion-v2-768-v/lora"

@@ -134,9 +134,10 @@ def modelspec_metadata(
 ) -> dict[str, str]:
     """`modelspec.*` fields as sd-scripts writes them for an SD1.x/2.x LoRA."""
     timestamp = time.time() if timestamp is None else timestamp
-    arch = "stable-diffusion-v1"
-    if v2:
-        arch = "stable-diffusion-v2-768-v" if v_parameterization else "stable-diffusion-v2-512"
+    from library.models.family import FAMILIES
+
+    family = FAMILIES["sd2" if v2 else "sd1"]
+    arch = family.modelspec_architecture("v_prediction" if v_parameterization else "epsilon", adapter="")
     width, height = parse_resolution(resolution)
     out = {
         "modelspec.sai_model_spec": "1.0.1",
