@@ -134,9 +134,10 @@ def modelspec_metadata(
 ) -> dict[str, str]:
     """`modelspec.*` fields as sd-scripts writes them for an SD1.x/2.x LoRA."""
     timestamp = time.time() if timestamp is None else timestamp
-    arch = "stable-diffusion-v1"
-    if v2:
-        arch = "stable-diffusion-v2-768-v" if v_parameterization else "stable-diffusion-v2-512"
+    from library.models.family import FAMILIES
+
+    family = FAMILIES["sd2" if v2 else "sd1"]
+    arch = family.modelspec_architecture("v_prediction" if v_parameterization else "epsilon", adapter="")
     width, height = parse_resolution(resolution)
     out = {
         "modelspec.sai_model_spec": "1.0.1",
@@ -202,6 +203,16 @@ def model_metadata(
     return out
 
 
+def _family_or_none(facts: Any) -> Any:
+    """The facts' ModelFamily, or None for objects that do not name one (older callers, mocks)."""
+    from library.models.family import family_of
+
+    try:
+        return family_of(facts)
+    except (ValueError, TypeError):
+        return None
+
+
 def model_metadata_from_facts(facts: Any, *, v2: bool = False, v_parameterization: bool | None = None) -> dict[str, str]:
     """ss_sd_model_* / ss_vae_* from a loaded bundle's ModelFacts (no second hashing pass).
 
@@ -209,8 +220,13 @@ def model_metadata_from_facts(facts: Any, *, v2: bool = False, v_parameterizatio
     """
     if v_parameterization is None:
         v_parameterization = getattr(facts, "prediction_type", "epsilon") == "v_prediction"
+    family = _family_or_none(facts)
+    if family is not None and family.name != "sd1":
+        version = family.base_model_version("v_prediction" if v_parameterization else "epsilon")
+    else:
+        version = base_model_version(v2, v_parameterization)
     out = {
-        "ss_base_model_version": base_model_version(v2, v_parameterization),
+        "ss_base_model_version": version,
         "ss_sd_model_name": str(facts.name),
         "ss_sd_model_hash": str(facts.legacy_hash),
         "ss_new_sd_model_hash": str(facts.model_hash),

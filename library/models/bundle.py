@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -15,6 +15,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 SourceFormat = Literal["builtin", "diffusers", "single_file"]
 WeightsPicked = Literal["ema", "non-ema", "only one set"]
+
+if TYPE_CHECKING:
+    from library.models.family import ModelFamily
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,13 @@ class ModelFacts:
     vae_hash: str | None = None
     vae_legacy_hash: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def family(self) -> "ModelFamily":
+        """The model family (library/models/family.py) named by `architecture`."""
+        from library.models.family import family_of
+
+        return family_of(self.architecture)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
