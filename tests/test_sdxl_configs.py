@@ -49,3 +49,31 @@ def test_sdxl_sized_models_match_public_parameter_counts():
     assert _count(vae) == 83_653_863
     assert len(unet.state_dict()) == 1680  # model.diffusion_model.* keys in sd_xl_base_1.0
     assert len(vae.state_dict()) == 248  # first_stage_model.* keys
+
+
+def test_tiny_sdxl_runs_the_sdxl_conditioning_fast():
+    """tiny-sdxl: SDXL's block layout at tiny widths; a forward pass with text_time conditioning."""
+    import time
+
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    start = time.perf_counter()
+    configs = load_family_configs("tiny-sdxl")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(configs["unet"])
+    te1 = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+    assert time.perf_counter() - start < 2.0
+    real = load_shipped_config("sdxl", "unet")
+    for key in ("down_block_types", "up_block_types", "transformer_layers_per_block", "addition_embed_type"):
+        assert configs["unet"][key] == real[key]
+    ids = torch.tensor([[49406, 320, 49407] + [49407] * 74])
+    hidden = torch.cat([te1(ids, output_hidden_states=True).hidden_states[-2],
+                        te2(ids, output_hidden_states=True).hidden_states[-2]], dim=-1)
+    pooled = te2(ids).text_embeds
+    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])
+    out = unet(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=hidden,
+               added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    assert out.shape == (1, 4, 8, 8)
+    assert torch.isfinite(out).all()

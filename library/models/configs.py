@@ -4,7 +4,9 @@ Each family is a folder under `configs/` laid out like a diffusers pipeline
 (`unet/config.json`, `vae/config.json`, `text_encoder/config.json`,
 `scheduler/scheduler_config.json`). `tiny` is the test architecture every other
 tool in this project was checked against; `sd15` is Stable Diffusion 1.5;
-`sdxl` is SDXL base 1.0 (two text encoders: CLIP ViT-L and OpenCLIP ViT-bigG).
+`sdxl` is SDXL base 1.0 (two text encoders: CLIP ViT-L and OpenCLIP ViT-bigG);
+`tiny-sdxl` has SDXL's block layout (3 levels, 1/2/10 transformer layers, text_time
+embedding, two text encoders) at tiny widths, for tests.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
 # SDXL base 1.0 ships beside the SD1.x families but is not in FAMILIES yet: the
 # SD1.x weight-matching tools iterate FAMILIES and have no second text encoder.
 SDXL_FAMILY = "sdxl"
-_EXTRA_COMPONENTS = {SDXL_FAMILY: ("text_encoder_2",)}
-SHIPPED = FAMILIES + (SDXL_FAMILY,)
+TINY_SDXL_FAMILY = "tiny-sdxl"
+_EXTRA_COMPONENTS = {SDXL_FAMILY: ("text_encoder_2",), TINY_SDXL_FAMILY: ("text_encoder_2",)}
+SHIPPED = FAMILIES + (SDXL_FAMILY, TINY_SDXL_FAMILY)
 _FILE_NAMES = {"scheduler": "scheduler_config.json"}
 
 
