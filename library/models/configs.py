@@ -3,7 +3,10 @@
 Each family is a folder under `configs/` laid out like a diffusers pipeline
 (`unet/config.json`, `vae/config.json`, `text_encoder/config.json`,
 `scheduler/scheduler_config.json`). `tiny` is the test architecture every other
-tool in this project was checked against; `sd15` is Stable Diffusion 1.5.
+tool in this project was checked against; `sd15` is Stable Diffusion 1.5;
+`sdxl` is SDXL base 1.0 (two text encoders: CLIP ViT-L and OpenCLIP ViT-bigG);
+`tiny-sdxl` has SDXL's block layout (3 levels, 1/2/10 transformer layers, text_time
+embedding, two text encoders) at tiny widths, for tests.
 """
 from __future__ import annotations
 
@@ -13,21 +16,33 @@ from typing import Any
 
 FAMILIES = ("tiny", "sd15")
 COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
+# SDXL base 1.0 ships beside the SD1.x families but is not in FAMILIES yet: the
+# SD1.x weight-matching tools iterate FAMILIES and have no second text encoder.
+SDXL_FAMILY = "sdxl"
+TINY_SDXL_FAMILY = "tiny-sdxl"
+_EXTRA_COMPONENTS = {SDXL_FAMILY: ("text_encoder_2",), TINY_SDXL_FAMILY: ("text_encoder_2",)}
+SHIPPED = FAMILIES + (SDXL_FAMILY, TINY_SDXL_FAMILY)
 _FILE_NAMES = {"scheduler": "scheduler_config.json"}
 
 
 def load_shipped_config(family: str, component: str) -> dict[str, Any]:
     """A fresh copy of one shipped config (callers may modify it)."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown config family {family!r}; shipped: {', '.join(FAMILIES)}")
-    if component not in COMPONENTS:
-        raise ValueError(f"unknown component {component!r}; one of {', '.join(COMPONENTS)}")
+    if family not in SHIPPED:
+        raise ValueError(f"unknown config family {family!r}; shipped: {', '.join(SHIPPED)}")
+    allowed = family_components(family)
+    if component not in allowed:
+        raise ValueError(f"unknown component {component!r} for {family}; one of {', '.join(allowed)}")
     name = _FILE_NAMES.get(component, "config.json")
     node = resources.files("library.models").joinpath("configs").joinpath(family)
     text = node.joinpath(component).joinpath(name).read_text(encoding="utf-8")
     return json.loads(text)
 
 
+def family_components(family: str) -> tuple[str, ...]:
+    """The components a shipped family has (SDXL adds `text_encoder_2`, OpenCLIP ViT-bigG)."""
+    return COMPONENTS + _EXTRA_COMPONENTS.get(family, ())
+
+
 def load_family_configs(family: str) -> dict[str, dict[str, Any]]:
-    """All four configs of a family, keyed by component name."""
-    return {component: load_shipped_config(family, component) for component in COMPONENTS}
+    """All configs of a family (four, five for SDXL), keyed by component name."""
+    return {component: load_shipped_config(family, component) for component in family_components(family)}
