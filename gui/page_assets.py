@@ -13,8 +13,11 @@ CSS = """
 .ls-has-error input, .ls-has-error textarea { outline: 2px solid #c0392b; }
 .ls-ok { color: #1e8449; }
 .ls-stale { color: #7f8c8d; font-style: italic; }
-#ls-run-panel { position: sticky; top: 6px; align-self: flex-start; max-height: calc(100vh - 12px);
-                overflow-y: auto; }
+#ls-run-panel { position: sticky !important; top: 6px; align-self: flex-start !important;
+                max-height: calc(100vh - 12px); overflow-y: auto !important; }
+/* sticky needs every ancestor to let it overflow */
+.gradio-container, .gradio-container main, .contain, .tabs, .tabitem, .tab-wrapper, #ls-main,
+.gradio-container .column, .gradio-container .wrap { overflow: visible !important; }
 #ls-main { align-items: flex-start; }
 .ls-table { border-collapse: collapse; width: 100%; font-size: 0.9em; margin-bottom: 6px; }
 .ls-table th, .ls-table td { border-bottom: 1px solid #ddd; padding: 2px 6px; text-align: left; }
