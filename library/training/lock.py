@@ -86,12 +86,12 @@ def acquire(output_dir: Path) -> tuple[Path, list[str]]:
         if _create(path):
             return path, notes
         held = _read(path)
-        pid = _live_holder(held)
-        if pid:
+        if _live_holder(held):
             raise TrainingError(in_use_message(output_dir, held), [
                 f"lock file: {path}",
                 "wait for that training to finish, stop it, or choose another --output_dir",
                 "if no training is running there, delete the lock file"])
+        pid = int(held.get("pid", 0)) if str(held.get("pid", "")).isdigit() else 0  # the dead holder
         notes.append(f"took over a stale lock {path} (process {pid or '?'} is gone)")
         notes += remove_stale_temps(output_dir, pid)
         with contextlib.suppress(FileNotFoundError):
