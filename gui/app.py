@@ -6,7 +6,6 @@ import gradio as gr
 from gui.context import GuiContext
 from gui.training_tab import TrainingTab
 
-CSS = ".ls-error { color: #c0392b; font-weight: 600; }"
 
 
 def warm_up(ctx: GuiContext) -> None:
@@ -26,13 +25,13 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
     """The Blocks for `ctx`; the caller launches it (see `gui.cli`)."""
     warm_up(ctx)
     with gr.Blocks(title="lorasmith") as demo:
-        gr.Markdown("# lorasmith\nPrepare a dataset, fill the form, train while watching loss and d·lr, compare epochs.")
         with gr.Tabs():
             with gr.Tab("Training", id="training"):
                 training = TrainingTab(ctx)
             _optional_tabs(ctx, training)
         demo.load(training.refresh, outputs=training.live_outputs)
         demo.load(training.refresh_presets, outputs=training.preset)  # presets saved in another tab or session
+        training.check_on_load(demo)  # Start is disabled until the form has no errors
     demo.lorasmith_training = training  # for tests: the field name → component map
     return demo
 

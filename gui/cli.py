@@ -78,8 +78,11 @@ def launch_app(demo: Any, *, host: str, port: int, share: bool, auth: tuple[str,
     original = networking.url_ok
     networking.url_ok = patient_url_ok
     try:
+        from gui.page_assets import CSS, HEAD
+
         demo.launch(server_name=host, server_port=port, share=bool(share), auth=auth, allowed_paths=allowed_paths,
-                    inbrowser=inbrowser, show_error=True, footer_links=[], prevent_thread_lock=not block)
+                    inbrowser=inbrowser, show_error=True, footer_links=[], prevent_thread_lock=not block,
+                    css=CSS, head=HEAD)
     except ValueError as exc:
         if "localhost is not accessible" not in str(exc):
             raise

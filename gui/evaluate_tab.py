@@ -127,7 +127,8 @@ class EvaluateTab:
         self._build()
         self.run_btn.click(self.make_grid, inputs=set(self.form.values()), outputs=[self.gallery, self.message, self.paths])
         self.gallery.select(self.show_parameters, inputs=self.paths, outputs=self.parameters)
-        self.fill_btn.click(self.from_last_run, outputs=[self.form["model"], self.form["lora"], self.form["output_dir"]])
+        self.fill_btn.click(self.from_last_run, outputs=[self.form["model"], self.form["lora"], self.form["output_dir"],
+                                                         self.fill_msg])
         self.score_btn.click(self.score, inputs=set(self.form.values()), outputs=[self.score_table, self.score_chart])
 
     def _build(self) -> None:
@@ -139,7 +140,9 @@ class EvaluateTab:
             f["lora_dir"] = gr.Textbox(label="LoRA folder for <lora:NAME:weight> tags in the prompt (optional)",
                                        elem_id="grid-lora-dir")
             f["output_dir"] = gr.Textbox(label="Grid output folder", value="grids", elem_id="grid-output")
-            self.fill_btn = gr.Button("Use the last training run", elem_id="grid-from-run")
+            with gr.Column():
+                self.fill_btn = gr.Button("Use the last training run", elem_id="grid-from-run")
+                self.fill_msg = gr.Markdown(elem_id="grid-from-run-message")
         with gr.Row():
             f["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="grid-prompt", scale=3)
             f["negative"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="grid-negative", scale=2)
@@ -212,11 +215,18 @@ class EvaluateTab:
         return png_parameters(path) if self.ctx.guard.allows(path) else ""
 
     def from_last_run(self) -> dict:
-        job = self.ctx.jobs.current()
-        if job is None:
-            return {}
-        cfg = job.config
-        out = Path(cfg.output_dir or ".")
-        return {self.form["model"]: cfg.pretrained_model_name_or_path or "",
-                self.form["lora"]: str(out / f"{cfg.output_name}*.safetensors"),
-                self.form["output_dir"]: str(out / "grids")}
+        """The latest run that has LoRA files (a run still going, or one that saved nothing, is skipped)."""
+        from gui.run_view import job_files
+
+        for job in reversed(self.ctx.jobs.jobs):
+            if job.state not in ("finished", "stopped", "failed"):
+                continue
+            files = [f for f in job_files(job) if self.ctx.guard.allows(f)]
+            if not files:
+                continue
+            cfg = job.config
+            out = Path(cfg.output_dir or ".")
+            return {self.form["model"]: cfg.pretrained_model_name_or_path or "",
+                    self.form["lora"]: ",".join(files), self.form["output_dir"]: str(out / "grids"),
+                    self.fill_msg: f"Using job #{job.id} **{job.name}** ({job.state}): {len(files)} LoRA file(s)."}
+        return {self.fill_msg: "No ended training run with LoRA files yet (a run that is still going is not used)."}

@@ -112,32 +112,65 @@ def label_of(name: str) -> str:
     return name
 
 
-def build_widgets(cfg: TrainConfig) -> dict[str, Any]:
-    """Create one accordion per group with one widget per field (inside a gr.Blocks).
+# The fields most users change first, per section; the rest sit under the section's "all options" toggle.
+COMMON_FIELDS: dict[str, tuple[str, ...]] = {
+    "Source model": ("pretrained_model_name_or_path", "vae"),
+    "Folders": ("train_data_dir", "reg_data_dir", "output_dir", "output_name", "logging_dir"),
+    "Dataset": ("caption_extension", "shuffle_caption", "keep_tokens", "flip_aug"),
+    "Network": ("network_module", "network_dim", "network_alpha", "network_args", "network_weights"),
+    "Optimizer and LR": ("optimizer_type", "optimizer_args", "learning_rate", "unet_lr", "text_encoder_lr",
+                         "lr_scheduler", "lr_warmup_steps"),
+    "Training": ("train_batch_size", "max_train_epochs", "max_train_steps", "seed", "clip_skip"),
+    "Resolution and buckets": ("resolution", "enable_bucket", "cache_latents"),
+    "Precision and memory": ("mixed_precision", "save_precision", "gradient_checkpointing"),
+    "Noise and loss": ("noise_offset", "min_snr_gamma", "loss_type"),
+    "Saving": ("save_every_n_epochs", "save_model_as", "save_state", "resume"),
+    "Samples": ("sample_prompts", "sample_every_n_epochs", "sample_sampler"),
+    "Advanced": ("progress_file",),
+}
+OPEN_SECTIONS = ("Source model", "Folders")  # the first screen answers "where do I start"
 
-    Returns field name → component.  Advanced fields sit in a closed
-    sub-accordion of their group, so the common ones stay in view.
+
+def section_fields(group: str, names: list[str]) -> tuple[list[str], list[str]]:
+    """(common, all-options) fields of one section, each in declaration order."""
+    common = set(COMMON_FIELDS.get(group, ()))
+    return [n for n in names if n in common], [n for n in names if n not in common]
+
+
+def section_of(name: str) -> str:
+    return spec_of(_field(name)).group
+
+
+def build_widgets(cfg: TrainConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Create one collapsible section per group with one widget per field (inside a gr.Blocks).
+
+    Returns field name → component.  Each section shows its common fields; the
+    others sit in a closed "all options" accordion inside it.  `extra` maps a
+    group to a callable run at the top of that section (the LoRA type picker).
     """
     import gradio as gr
 
     widgets: dict[str, Any] = {}
-    for index, (group, names) in enumerate(group_fields().items()):
+    for group, names in group_fields().items():
         if not names:
             continue
-        with gr.Accordion(group, open=index < 3, elem_id=f"group-{_slug(group)}"):
-            basic = [n for n in names if not spec_of(_field(n)).advanced]
-            advanced = [n for n in names if spec_of(_field(n)).advanced]
-            _widget_grid(basic, cfg, widgets)
-            if advanced:
-                with gr.Accordion(f"{group}: advanced", open=False):
-                    _widget_grid(advanced, cfg, widgets)
+        with gr.Accordion(group, open=group in OPEN_SECTIONS, elem_id=f"group-{_slug(group)}",
+                          elem_classes=["ls-section"]):
+            if extra and group in extra:
+                extra[group]()
+            common, rest = section_fields(group, names)
+            _widget_grid(common, cfg, widgets)
+            if rest:
+                with gr.Accordion(f"all options ({len(rest)} more)", open=False,
+                                  elem_id=f"group-{_slug(group)}-all", elem_classes=["ls-all-options"]):
+                    _widget_grid(rest, cfg, widgets)
     return widgets
 
 
 def _widget_grid(names: list[str], cfg: TrainConfig, widgets: dict[str, Any]) -> None:
     import gradio as gr
 
-    per_row = 3
+    per_row = 2
     for start in range(0, len(names), per_row):
         with gr.Row():
             for name in names[start:start + per_row]:
@@ -169,9 +202,10 @@ def make_widget(name: str, value: Any) -> Any:
     if kind == "dropdown":
         return gr.Dropdown(choices=dropdown_choices(name), value=shown, allow_custom_value=False, **common)
     if kind == "number":
+        # No minimum/maximum here: Gradio would clamp the number while it is typed and answer with an
+        # unnamed toast; the range is checked by config_validate and shown under the field instead.
         is_int = base_type(name) is int
-        return gr.Number(value=shown, minimum=spec.min, maximum=spec.max, precision=0 if is_int else None,
-                         step=1 if is_int else 0.0001, **common)
+        return gr.Number(value=shown, precision=0 if is_int else None, step=1 if is_int else 0.0001, **common)
     if kind == "list":
         return gr.Textbox(value=shown, placeholder="key=value key=value", **common)
     if kind == "path":

@@ -213,8 +213,8 @@ def format_eta(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def status_line(p: Progress) -> str:
-    """'step 12/40 · epoch 2/3 · loss 0.1234 · d·lr 3.1e-05 · 0.52 s/step · ETA 0:14'."""
+def status_line(p: Progress, live: bool = True) -> str:
+    """'step 12/40 · epoch 2/3 · loss 0.1234 · d·lr 3.1e-05 · 0.52 s/step · ETA 0:14' (no speed or ETA once ended)."""
     total = p.total_steps if p.total_steps else "?"
     epochs = f"/{p.total_epochs}" if p.total_epochs else ""
     parts = [f"step {p.step}/{total}", f"epoch {p.epoch}{epochs}"]
@@ -224,6 +224,8 @@ def status_line(p: Progress) -> str:
         parts.append(f"d·lr {p.d_lr:.3g}")
     elif p.lr is not None:
         parts.append(f"lr {p.lr:.3g}")
+    if not live:
+        return " · ".join(parts)
     if p.s_per_step is not None:
         parts.append(f"{p.s_per_step:.2f} s/step")
     parts.append(f"ETA {format_eta(p.eta_s)}")

@@ -83,7 +83,8 @@ class RegularizationTab:
         with gr.Row():
             f["class_prompt"] = gr.Textbox(label="Class (e.g. woman)", elem_id="reg-class")
             f["dest"] = gr.Textbox(label="Reg folder (becomes reg_data_dir)", elem_id="reg-dest")
-            f["count"] = gr.Number(label="Count (empty: images × repeats)", precision=0, minimum=1, elem_id="reg-count")
+            f["count"] = gr.Number(label="Count (starts at images × repeats of train_data_dir)", value=None, precision=0,
+                                   elem_id="reg-count")
             f["repeats"] = gr.Number(label="Repeats", value=1, precision=0, minimum=1, elem_id="reg-repeats")
         with gr.Accordion("From real photos", open=True), gr.Row():
             f["src"] = gr.Textbox(label="Class photos folder", elem_id="reg-src")
@@ -104,6 +105,22 @@ class RegularizationTab:
         self.photos_btn.click(lambda d: self.build(d, photos_args), inputs=inputs, outputs=outputs)
         self.generate_btn.click(lambda d: self.build(d, generate_args), inputs=inputs, outputs=outputs)
         self.check_btn.click(self.check, inputs=inputs, outputs=outputs)
+        self.tab_select = lambda tab: tab.select(self.suggest_count, inputs=inputs, outputs=f["count"])
+
+    def suggest_count(self, data: dict) -> dict:
+        """Count = images × repeats of the training folders (what balancing needs), unless the user set one."""
+        form, count = {name: data[comp] for name, comp in self.form.items()}, None
+        if form["count"]:
+            return gr.skip()
+        try:
+            cfg = values_to_config(self.training.named(data))
+            if cfg.train_data_dir and self.ctx.guard.allows(cfg.train_data_dir):
+                from library.data.prepare import prepare_data
+
+                count = prepare_data(self.ctx.guard.absolutize(cfg)).plan.train_items
+        except Exception:  # no plan yet (no folder, bad form): leave the field for the user
+            return gr.skip()
+        return count if count else gr.skip()
 
     def _read(self, data: dict) -> tuple[dict, TrainConfig]:
         form = {name: data[comp] for name, comp in self.form.items()}
@@ -112,9 +129,18 @@ class RegularizationTab:
     def build(self, data: dict, make_args) -> dict:
         try:
             form, cfg = self._read(data)
+            for key, label in (("class_prompt", "Class"), ("dest", "Reg folder")):
+                if not (form[key] or "").strip():
+                    raise ConfigError(f"{label} is empty", [f"fill in {label} above"])
+            if make_args is photos_args and not (form["src"] or "").strip():
+                raise ConfigError("Class photos folder is empty", ["give the folder with photos of the class"])
+            if form["count"] is not None and form["count"] < 1:
+                raise ConfigError(f"Count {form['count']} is below 1", ["give how many images to build, e.g. images × repeats"])
             lines, _progress = run_lorasmith(make_args(form, cfg, self.ctx.guard))
         except LorasmithError as exc:
-            return {self.message: "**Error:** " + str(exc).replace("\n", "  \n")}
+            return {self.message: "**Build failed:** " + str(exc).replace("\n", "  \n")}
+        except (TypeError, ValueError, OSError) as exc:  # a value the checks above did not foresee: say which
+            return {self.message: f"**Build failed:** {type(exc).__name__}: {exc}"}
         dest = self.ctx.guard.resolve(form["dest"])
         return {self.message: "  \n".join(lines[-15:]), self.gallery: folder_images(dest, self.ctx.guard),
                 self.training.widgets["reg_data_dir"]: str(dest)}

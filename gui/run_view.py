@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from gui.jobs import Job, JobManager
+from gui.jobs import DONE_STATES, FAILED, FINISHED, QUEUED, RUNNING, STOPPED, STOPPING, Job, JobManager
 from gui.progress import status_line
 from gui.safety import PathGuard
 
@@ -25,7 +25,7 @@ def progress_html(job: Job | None) -> str:
         f'<div><b>{html.escape(job.name)}</b> — {job.state} — <span id="ls-percent">{pct:g}%</span></div>'
         f'<div style="background:#ddd;border-radius:4px;height:14px;overflow:hidden">'
         f'<div style="width:{pct}%;background:{color};height:14px"></div></div>'
-        f'<div id="ls-status">{html.escape(status_line(p))}</div>{error}</div>'
+        f'<div id="ls-status">{html.escape(status_line(p, live=job.state not in DONE_STATES))}</div>{error}</div>'
     )
 
 
@@ -47,10 +47,76 @@ def sample_images(job: Job | None, guard: PathGuard) -> list[str]:
     return [str(p) for p in shown[-MAX_SAMPLES:]][::-1]
 
 
-def queue_markdown(jobs: JobManager) -> str:
-    lines = []
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _names(paths: list[str]) -> str:
+    return ", ".join(Path(p).name for p in paths) if paths else "none"
+
+
+def state_label(job: Job, jobs: JobManager) -> str:
+    """Exact words for a job's state: 'running', 'queued 2nd', 'stopping', 'stopped at step 37 — files: …'."""
+    if job.state == QUEUED:
+        waiting = jobs.queued()
+        return f"queued {ordinal(waiting.index(job) + 1)}" if job in waiting else "queued"
+    if job.state == RUNNING:
+        total = job.progress.total_steps
+        return f"running — step {job.progress.step}/{total}" if total else "running"
+    if job.state == STOPPING:
+        return f"stopping at step {job.progress.step}: finishing the step and saving"
+    files = job_files(job)
+    if job.state == STOPPED:
+        return f"stopped at step {job.progress.step} — files: {_names(files)}"
+    if job.state == FINISHED:
+        return f"finished at step {job.progress.step} — files: {_names(files)}"
+    if job.state == FAILED:
+        why = job.progress.error or f"exit {job.returncode}"
+        return f"failed (exit {job.returncode}): {why}"
+    return job.state
+
+
+def job_files(job: Job) -> list[str]:
+    """LoRA files the run reported saving (that still exist), else what its output folder holds of its name."""
+    saved = [p for p in dict.fromkeys(job.progress.saved) if Path(p).is_file()]
+    if saved:
+        return saved
+    return [p for p in saved_files(job) if Path(p).name.startswith(job.config.output_name or "")]
+
+
+def state_folder(job: Job) -> Path | None:
+    """The `<output_name>-state` folder a stopped run wrote (what Resume continues from)."""
+    if not job.config.output_dir:
+        return None
+    folder = Path(job.config.output_dir) / f"{job.config.output_name}-state"
+    return folder if (folder / "train_state.pt").is_file() else None
+
+
+def run_message(job: Job | None, jobs: JobManager) -> str:
+    """The answer under Start/Stop once a run has ended: what happened and what was saved."""
+    if job is None:
+        return ""
+    head = f"Job #{job.id} **{html.escape(job.name)}** {html.escape(state_label(job, jobs))}."
+    if job.state == STOPPED:
+        state = state_folder(job)
+        head += (f"  \nSaved the training state in `{state}`: **Resume** continues from step {job.progress.step}."
+                 if state else "  \nNo training state was saved, so Resume is not possible.")
+    return head
+
+
+def queue_html(jobs: JobManager) -> str:
+    items = []
     for job in jobs.jobs[-20:]:
-        lines.append(f"- #{job.id} **{job.name}** — {job.state}" + (f" (exit {job.returncode})" if job.returncode not in (None, 0) else ""))
+        items.append(f'<li data-job="{job.id}" data-state="{job.state}">#{job.id} <b>{html.escape(job.name)}</b> — '
+                     f'<span class="ls-queue-state">{html.escape(state_label(job, jobs))}</span></li>')
+    if not items:
+        return '<div id="ls-queue">Queue is empty.</div>'
+    return '<div id="ls-queue"><b>Queue and history</b><ul class="ls-queue">' + "".join(items) + "</ul></div>"
+
+
+def queue_markdown(jobs: JobManager) -> str:
+    lines = [f"- #{job.id} **{job.name}** — {state_label(job, jobs)}" for job in jobs.jobs[-20:]]
     return "**Queue and history**\n" + "\n".join(lines) if lines else "Queue is empty."
 
 

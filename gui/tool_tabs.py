@@ -22,8 +22,9 @@ def build_tool_tabs(ctx, training) -> None:
     if _have("regularization.cli"):
         from gui.regularization_tab import RegularizationTab
 
-        with gr.Tab("Regularization", id="regularization"):
-            RegularizationTab(ctx, training)
+        with gr.Tab("Regularization", id="regularization") as tab:
+            reg = RegularizationTab(ctx, training)
+        reg.tab_select(tab)
     if _have("library.evaluation.grid"):
         from gui.evaluate_tab import EvaluateTab
 

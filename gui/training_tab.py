@@ -15,9 +15,14 @@ import gradio as gr
 import pandas as pd
 
 from gui import run_view
-from gui.checks import PLAN_FIELDS, field_info, form_issues, issues_markdown, plan_text
+from gui.checks import PLAN_FIELDS, form_issues, issues_html, plan_html, summary_html
 from gui.context import GuiContext
-from gui.form import build_widgets, config_to_values, help_text, values_to_config
+from gui.form import build_widgets, config_to_values, values_to_config
+from gui.lora_types import LORA_TYPES
+from gui.lora_types import hint as lora_hint
+from gui.lora_types import switch_type as switch_lora
+from gui.lora_types import type_of as lora_type_of
+from gui.preset_flow import apply_preset, differs
 from library.config import TrainConfig
 from library.config_io import command_string, config_to_toml
 from library.config_resolve import load_config_source
@@ -55,53 +60,82 @@ class TrainingTab:
 
     # --- layout --------------------------------------------------------------------
     def _build(self) -> None:
-        with gr.Row():
-            self.preset = gr.Dropdown(choices=preset_choices(), label="Preset", elem_id="preset-select", scale=3)
-            self.load_btn = gr.Button("Load preset", elem_id="preset-load")
-            self.delete_btn = gr.Button("Delete user preset", elem_id="preset-delete")
-        with gr.Row():
-            self.preset_name = gr.Textbox(label="User preset name", elem_id="preset-name", scale=3)
-            self.overwrite = gr.Checkbox(label="Overwrite", elem_id="preset-overwrite")
-            self.save_btn = gr.Button("Save as user preset", elem_id="preset-save")
-            self.rename_btn = gr.Button("Rename selected to this name", elem_id="preset-rename")
-        with gr.Accordion("Import / export", open=False), gr.Row():
-            self.kohya_file = gr.File(label="Import a kohya_ss GUI JSON, a TOML or a preset JSON", file_types=[".json", ".toml"],
-                                      type="filepath", elem_id="import-kohya")
-            with gr.Column():
-                self.export_btn = gr.Button("Export TOML", elem_id="export-toml")
-                self.export_file = gr.File(label="Exported TOML", interactive=False, elem_id="export-file")
-        self.preset_msg = gr.Markdown(elem_id="preset-message")
-        with gr.Row():
-            with gr.Column(scale=3):
-                self.widgets = build_widgets(TrainConfig())
-            with gr.Column(scale=2):
+        """Form on the left in collapsible sections, the run panel on the right (sticky: always in view)."""
+        with gr.Row(elem_id="ls-main", equal_height=False):
+            with gr.Column(scale=3, elem_id="ls-form"):
+                self._build_presets()
+                self.widgets = build_widgets(TrainConfig(), extra={"Network": self._build_lora_type})
+            with gr.Column(scale=2, elem_id="ls-run-panel", min_width=420):
                 self._build_side()
         self.shown = gr.State({})
         self.seen = gr.State({})
+        self.undo_values = gr.State(None)
+        self.applied = gr.State(None)  # {"name": preset, "values": what it put in the form}
+        self.plan_key = gr.State("")
         self.timer = gr.Timer(1.0)
+
+    def _build_presets(self) -> None:
+        gr.Markdown("**Start here:** pick a preset, then set the base model and the folders below.",
+                    elem_id="start-here")
+        with gr.Row():
+            self.preset = gr.Dropdown(choices=preset_choices(), value=None, label="Preset (applies when chosen)",
+                                      elem_id="preset-select", scale=4)
+            self.undo_btn = gr.Button("Undo preset", elem_id="preset-undo", interactive=False, scale=1)
+        self.preset_msg = gr.Markdown(elem_id="preset-message")
+        self.preset_diff = gr.Markdown(elem_id="preset-diff")
+        with gr.Accordion("Save, rename, delete, import, export", open=False, elem_id="preset-tools"):
+            with gr.Row():
+                self.preset_name = gr.Textbox(label="User preset name", elem_id="preset-name", scale=3)
+                self.overwrite = gr.Checkbox(label="Overwrite", elem_id="preset-overwrite")
+            with gr.Row():
+                self.save_btn = gr.Button("Save as user preset", elem_id="preset-save")
+                self.rename_btn = gr.Button("Rename selected to this name", elem_id="preset-rename")
+                self.delete_btn = gr.Button("Delete selected user preset", elem_id="preset-delete")
+            self.save_msg = gr.Markdown(elem_id="preset-save-message")
+            with gr.Row():
+                self.kohya_file = gr.File(label="Import a kohya_ss GUI JSON, a TOML or a preset JSON",
+                                          file_types=[".json", ".toml"], type="filepath", elem_id="import-kohya")
+                with gr.Column():
+                    self.export_btn = gr.Button("Export TOML", elem_id="export-toml")
+                    self.export_file = gr.File(label="Exported TOML", interactive=False, elem_id="export-file")
+            self.import_msg = gr.Markdown(elem_id="import-message")
+            with gr.Accordion("Import report", open=False, elem_id="import-report-box"):
+                self.import_report = gr.Markdown(elem_id="import-report")
+
+    def _build_lora_type(self) -> None:
+        self.lora_type = gr.Radio(list(LORA_TYPES), value="Standard", label="LoRA type", elem_id="lora-type")
+        self.lora_hint = gr.Markdown(lora_hint("Standard"), elem_id="lora-type-args")
 
     def _build_side(self) -> None:
         with gr.Row():
-            self.start_btn = gr.Button("Start (queues if busy)", variant="primary", elem_id="start")
+            self.start_btn = gr.Button("Start (queues if busy)", variant="primary", elem_id="start", interactive=False)
             self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            self.resume_btn = gr.Button("Resume", elem_id="resume", visible=False)
         with gr.Row():
             self.command_btn = gr.Button("Print command", elem_id="print-command")
-            self.tb_btn = gr.Button("Start TensorBoard", elem_id="start-tensorboard")
+            self.tb_btn = gr.Button("TensorBoard", elem_id="start-tensorboard")
         self.run_msg = gr.Markdown(elem_id="run-message")
+        self.tb_link = gr.Markdown(elem_id="tensorboard-link")
+        with gr.Group(visible=False) as self.command_box:
+            self.command = gr.Textbox(label="Equivalent command", lines=3, max_lines=8, interactive=False,
+                                      buttons=["copy"], elem_id="command")
+            with gr.Accordion("TOML", open=False, elem_id="toml-box"):
+                self.toml = gr.Code(label="TOML", elem_id="toml")
+        self.issues = gr.HTML(issues_html({}, {}), elem_id="issues")
+        self.plan_summary = gr.HTML(elem_id="plan-summary")
+        with gr.Accordion("Training plan", open=False, elem_id="plan-box"):
+            self.plan = gr.HTML(elem_id="plan")
         self.progress = gr.HTML(run_view.progress_html(None), elem_id="progress")
         self.loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
-                                     label="Loss", height=220, elem_id="loss-chart")
-        self.samples = gr.Gallery(label="Latest samples", columns=4, height=260, elem_id="samples")
-        self.log = gr.Textbox(label="Log (tail)", lines=8, max_lines=8, interactive=False, elem_id="log-tail")
-        self.queue = gr.Markdown(elem_id="queue")
+                                     label="Loss", height=160, elem_id="loss-chart")
+        self.samples = gr.Gallery(label="Latest samples", columns=6, height=130, elem_id="samples")
+        self.queue = gr.HTML(elem_id="queue")
         with gr.Row():
             self.cancel_id = gr.Number(label="Queued job #", value=None, precision=0, elem_id="cancel-id")
             self.cancel_btn = gr.Button("Remove from queue", elem_id="cancel-queued")
-        self.tb_link = gr.Markdown(elem_id="tensorboard-link")
-        self.issues = gr.Markdown(elem_id="issues")
-        self.plan = gr.Textbox(label="Training plan", lines=14, interactive=False, elem_id="plan")
-        self.command = gr.Code(label="Equivalent command", language="shell", elem_id="command")
-        self.toml = gr.Code(label="TOML", elem_id="toml")
+        self.cancel_msg = gr.Markdown(elem_id="cancel-message")
+        self.log = gr.Textbox(label="Log (tail)", lines=8, max_lines=8, interactive=False, autoscroll=True,
+                              elem_id="log-tail")
 
     # --- helpers ----------------------------------------------------------------------
     def named(self, data: dict) -> dict[str, Any]:
@@ -116,27 +150,54 @@ class TrainingTab:
 
     # --- presets -------------------------------------------------------------------------
     def _wire_presets(self) -> None:
-        outputs = [*self.widgets.values(), self.preset_msg]
-        self._recheck_after(self.load_btn.click(self.load_preset, inputs=self.preset, outputs=outputs))
+        outputs = [*self.widgets.values(), self.preset_msg, self.undo_values, self.applied, self.undo_btn,
+                   self.lora_type, self.lora_hint]
+        self._recheck_after(self.preset.input(self.apply_preset, inputs=self.form_inputs | {self.preset},
+                                              outputs=outputs, show_progress="hidden"))
+        self._recheck_after(self.undo_btn.click(self.undo_preset, inputs=self.undo_values, outputs=outputs))
         self.save_btn.click(self.save_preset, inputs=self.form_inputs | {self.preset_name, self.overwrite},
-                            outputs=[self.preset_msg, self.preset])
-        self.delete_btn.click(self.delete_preset, inputs=self.preset, outputs=[self.preset_msg, self.preset])
+                            outputs=[self.save_msg, self.preset])
+        self.delete_btn.click(self.delete_preset, inputs=self.preset, outputs=[self.save_msg, self.preset])
         self.rename_btn.click(self.rename_preset, inputs=[self.preset, self.preset_name],
-                              outputs=[self.preset_msg, self.preset])
-        self._recheck_after(self.kohya_file.upload(self.import_kohya, inputs=self.kohya_file, outputs=outputs))
-        self.export_btn.click(self.export_toml, inputs=self.form_inputs, outputs=[self.export_file, self.preset_msg])
+                              outputs=[self.save_msg, self.preset])
+        self._recheck_after(self.kohya_file.upload(
+            self.import_kohya, inputs=self.kohya_file,
+            outputs=[*self.widgets.values(), self.import_msg, self.import_report, self.lora_type, self.lora_hint]))
+        self.export_btn.click(self.export_toml, inputs=self.form_inputs, outputs=[self.export_file, self.import_msg])
 
     def refresh_presets(self) -> dict:
         return gr.update(choices=preset_choices())
 
-    def load_preset(self, name: str | None) -> dict:
+    def apply_preset(self, data: dict) -> dict:
+        """A chosen preset goes into the form at once; the user's paths and output name stay; Undo restores."""
+        name = data[self.preset]
         if not name:
-            return {self.preset_msg: "Choose a preset first."}
+            return {self.preset_msg: ""}
         try:
             cfg = load_preset(name)
         except LorasmithError as exc:
             return {self.preset_msg: _error_text(exc)}
-        return {**self._form_updates(cfg), self.preset_msg: f"Loaded preset **{name}**."}
+        current = self.named(data)
+        new, changed, kept = apply_preset(current, cfg)
+        note = f"applied: **{name}** ({len(changed)} field{'s' if len(changed) != 1 else ''} changed)"
+        if kept:
+            note += f"; kept your {', '.join(kept)}"
+        applied = {n: new[n] for n in new if n not in kept}
+        return {**{self.widgets[n]: v for n, v in new.items()}, self.preset_msg: note, self.undo_values: current,
+                self.applied: {"name": name, "values": applied}, self.undo_btn: gr.update(interactive=True),
+                **self._lora_type_updates(new)}
+
+    def undo_preset(self, previous: dict | None) -> dict:
+        if not previous:
+            return {self.preset_msg: "Nothing to undo."}
+        return {**{self.widgets[n]: v for n, v in previous.items() if n in self.widgets},
+                self.preset_msg: "Undone: the form is back to what it was before the preset.",
+                self.undo_values: None, self.applied: None, self.undo_btn: gr.update(interactive=False),
+                **self._lora_type_updates(previous)}
+
+    def _lora_type_updates(self, values: dict) -> dict:
+        kind = lora_type_of(values.get("network_module"), values.get("network_args"))
+        return {self.lora_type: kind, self.lora_hint: lora_hint(kind)}
 
     def save_preset(self, data: dict) -> dict:
         name = (data[self.preset_name] or "").strip()
@@ -144,35 +205,38 @@ class TrainingTab:
             cfg = values_to_config(self.named(data))
             path = save_user_preset(cfg, name, overwrite=bool(data[self.overwrite]))
         except LorasmithError as exc:
-            return {self.preset_msg: _error_text(exc)}
-        return {self.preset_msg: f"Saved user preset **{name}** ({path.name}).",
-                self.preset: gr.update(choices=preset_choices(), value=name)}
+            return {self.save_msg: _error_text(exc)}
+        return {self.save_msg: f"Saved user preset **{name}** ({path.name}).",
+                self.preset: gr.update(choices=preset_choices())}
 
     def delete_preset(self, name: str | None) -> dict:
         try:
             delete_user_preset(name or "")
         except LorasmithError as exc:
-            return {self.preset_msg: _error_text(exc)}
-        return {self.preset_msg: f"Deleted user preset **{name}**.", self.preset: gr.update(choices=preset_choices(), value=None)}
+            return {self.save_msg: _error_text(exc)}
+        return {self.save_msg: f"Deleted user preset **{name}**.", self.preset: gr.update(choices=preset_choices(), value=None)}
 
     def rename_preset(self, old: str | None, new: str) -> dict:
         try:
             rename_user_preset(old or "", (new or "").strip())
         except LorasmithError as exc:
-            return {self.preset_msg: _error_text(exc)}
-        return {self.preset_msg: f"Renamed **{old}** to **{new.strip()}**.",
+            return {self.save_msg: _error_text(exc)}
+        return {self.save_msg: f"Renamed **{old}** to **{new.strip()}**.",
                 self.preset: gr.update(choices=preset_choices(), value=new.strip())}
 
     def import_kohya(self, path: str | None) -> dict:
-        """A kohya_ss GUI JSON (or a TOML / preset JSON) onto the defaults; the summary says what to check."""
+        """A kohya_ss GUI JSON (or a TOML / preset JSON) onto the defaults; the report folds into a box."""
         if not path:
-            return {self.preset_msg: ""}
+            return {self.import_msg: ""}
         try:
             cfg, summary = self._import_config(Path(path))
         except LorasmithError as exc:
-            return {self.preset_msg: _error_text(exc)}
+            return {self.import_msg: _error_text(exc)}
         text = html.escape(summary).replace("\n", "  \n")
-        return {**self._form_updates(cfg), self.preset_msg: f"Imported **{Path(path).name}**.  \n{text}"}
+        values = config_to_values(cfg)
+        return {**self._form_updates(cfg), **self._lora_type_updates(values),
+                self.import_msg: f"Imported **{Path(path).name}**: see the import report below for what to check.",
+                self.import_report: text}
 
     def _import_config(self, path: Path) -> tuple[TrainConfig, str]:
         import json
@@ -196,87 +260,129 @@ class TrainingTab:
         try:
             cfg = values_to_config(self.named(data))
         except LorasmithError as exc:
-            return {self.preset_msg: _error_text(exc), self.export_file: None}
+            return {self.import_msg: _error_text(exc), self.export_file: None}
         folder = Path(tempfile.mkdtemp(prefix="lorasmith-export-"))
         path = folder / f"{cfg.output_name or 'config'}.toml"
         path.write_text(config_to_toml(cfg), encoding="utf-8")
-        return {self.export_file: str(path), self.preset_msg: f"Exported {path.name}."}
+        return {self.export_file: str(path), self.import_msg: f"Exported {path.name}."}
 
     # --- checks, plan, command -----------------------------------------------------------------
     def _wire_checks(self) -> None:
         # `.input` fires on the user's edits only; a preset load re-checks once through `_recheck_after`.
         # `.blur` catches pasted text, which some browsers deliver without an input event.
         gr.on(_edit_triggers(self.widgets.values()), self.check_form, **self._check_args)
-        gr.on(_edit_triggers(self.widgets[n] for n in PLAN_FIELDS if n in self.widgets), self.update_plan, **self._plan_args)
-        self.command_btn.click(self.print_command, inputs=self.form_inputs, outputs=[self.command, self.toml, self.issues])
-        self.widgets["network_module"].change(self.network_args_help, inputs=self.widgets["network_module"],
-                                              outputs=self.widgets["network_args"], show_progress="hidden")
+        self.command_btn.click(self.print_command, inputs=self.form_inputs,
+                               outputs=[self.command, self.toml, self.command_box, self.run_msg])
+        self._recheck_after(self.lora_type.input(self.switch_lora_type,
+                                                 inputs=[self.lora_type, self.widgets["network_args"]],
+                                                 outputs=[self.widgets["network_module"], self.widgets["network_args"],
+                                                          self.lora_hint]))
+        self.widgets["network_module"].input(self.module_changed, inputs=[self.widgets["network_module"],
+                                                                          self.widgets["network_args"]],
+                                             outputs=[self.lora_type, self.lora_hint], show_progress="hidden")
 
-    def network_args_help(self, module: str | None) -> dict:
-        """network_args shows only the options of the chosen network_module (sd-scripts' or LyCORIS')."""
-        from library.lora.network_args import describe
+    def check_on_load(self, demo) -> None:
+        demo.load(self.check_form, **self._check_args)
 
-        info, example = describe(module)
-        return gr.update(info=info, placeholder=example)
+    def switch_lora_type(self, kind: str, args_text: str | None) -> dict:
+        """The picker sets network_module and the args that make the type; args that no longer apply go."""
+        module, args, dropped = switch_lora(kind, args_text)
+        note = lora_hint(kind) + (f"  \nRemoved (not an option of {kind}): {', '.join(dropped)}" if dropped else "")
+        return {self.widgets["network_module"]: module, self.widgets["network_args"]: args, self.lora_hint: note}
+
+    def module_changed(self, module: str | None, args_text: str | None) -> dict:
+        kind = lora_type_of(module, args_text)
+        return {self.lora_type: kind, self.lora_hint: lora_hint(kind)}
 
     @property
     def _check_args(self) -> dict:
-        return {"inputs": self.form_inputs | {self.shown}, "outputs": [*self.widgets.values(), self.issues, self.shown],
+        return {"inputs": self.form_inputs | {self.applied, self.plan_key},
+                "outputs": [self.issues, self.start_btn, self.plan_summary, self.plan, self.plan_key, self.preset_diff],
                 "trigger_mode": "always_last", "show_progress": "hidden"}
 
-    @property
-    def _plan_args(self) -> dict:
-        return {"inputs": self.form_inputs, "outputs": self.plan, "trigger_mode": "always_last", "show_progress": "hidden"}
-
     def _recheck_after(self, event) -> None:
-        event.then(self.check_form, **self._check_args).then(self.update_plan, **self._plan_args)
+        event.then(self.check_form, **self._check_args)
 
     def check_form(self, data: dict) -> dict:
-        """Panel text plus `info` updates only for fields whose message changed."""
-        _cfg, errors, warnings = form_issues(self.named(data), self.ctx.guard, for_training=True)
-        before: dict = data[self.shown] or {}
-        now = {n: field_info(n, errors.get(n), warnings.get(n)) for n in {*errors, *warnings} if n in self.widgets}
-        out: dict = {self.issues: issues_markdown(errors, warnings), self.shown: now}
-        for name in {*before, *now}:
-            if before.get(name) != now.get(name):
-                out[self.widgets[name]] = gr.update(info=now.get(name, help_text(name)))
+        """Errors panel (with the per-field messages), Start's state, the plan and the preset differences."""
+        values = self.named(data)
+        cfg, errors, warnings = form_issues(values, self.ctx.guard, for_training=True)
+        out: dict = {self.issues: issues_html(errors, warnings),
+                     self.start_btn: gr.update(interactive=not errors and cfg is not None)}
+        plan_errors = {n: m for n, m in errors.items() if n in PLAN_FIELDS or n == "form"}
+        key = repr((sorted(plan_errors), [values.get(n) for n in PLAN_FIELDS]))
+        if key != data[self.plan_key]:
+            summary, table = plan_html(cfg, self.ctx.guard, plan_errors)
+            out.update({self.plan_summary: summary_html(summary, table), self.plan: table, self.plan_key: key})
+        else:
+            out.update({self.plan_summary: gr.skip(), self.plan: gr.skip(), self.plan_key: gr.skip()})
+        applied = data[self.applied]
+        if applied:
+            diff = differs(values, applied["values"])
+            out[self.preset_diff] = (f"Differs from **{applied['name']}**: " + ", ".join(diff)) if diff else \
+                f"Same as **{applied['name']}** (apart from your folders and names)."
+        else:
+            out[self.preset_diff] = ""
         return out
-
-    def update_plan(self, data: dict) -> str:
-        cfg, _errors, _warnings = form_issues(self.named(data), self.ctx.guard, for_training=False)
-        return plan_text(cfg, self.ctx.guard)
 
     def print_command(self, data: dict) -> dict:
         try:
             cfg = values_to_config(self.named(data))
         except LorasmithError as exc:
-            return {self.issues: _error_text(exc)}
-        return {self.command: command_string(cfg), self.toml: config_to_toml(cfg)}
+            return {self.run_msg: _error_text(exc)}
+        return {self.command: command_string(cfg), self.toml: config_to_toml(cfg),
+                self.command_box: gr.update(visible=True), self.run_msg: "The command is below; the copy button copies it."}
 
     # --- run ----------------------------------------------------------------------------------
     def _wire_run(self) -> None:
         live = self.live_outputs
         self.start_btn.click(self.start, inputs=self.form_inputs, outputs=[self.run_msg, self.issues, *live])
         self.stop_btn.click(self.stop, outputs=self.run_msg)
-        self.cancel_btn.click(self.cancel, inputs=self.cancel_id, outputs=self.run_msg)
+        self.resume_btn.click(self.resume, outputs=[self.run_msg, *live])
+        self.cancel_btn.click(self.cancel, inputs=self.cancel_id, outputs=self.cancel_msg)
         self.tb_btn.click(self.start_tensorboard, inputs=self.form_inputs, outputs=self.tb_link)
         self.timer.tick(self.refresh, inputs=self.seen, outputs=live, show_progress="hidden")
 
     def start(self, data: dict) -> dict:
         cfg, errors, warnings = form_issues(self.named(data), self.ctx.guard, for_training=True)
         if errors or cfg is None:
-            return {self.run_msg: f"Not started: {len(errors)} problem(s), listed below.",
-                    self.issues: issues_markdown(errors, warnings)}
-        job = self.ctx.jobs.submit(self.ctx.guard.absolutize(cfg))
-        where = "started" if job.state != "queued" else f"queued behind {len(self.ctx.jobs.queued()) - 1} job(s)"
-        return {self.run_msg: f"Job #{job.id} **{job.name}** {where}.", **self.refresh()}
+            return {self.run_msg: f"Not started: {len(errors)} problem(s), listed under the fields and below.",
+                    self.issues: issues_html(errors, warnings)}
+        return self._submit(self.ctx.guard.absolutize(cfg), "")
+
+    def _submit(self, cfg: TrainConfig, what: str) -> dict:
+        job = self.ctx.jobs.submit(cfg)
+        if job.state == "queued":
+            running = self.ctx.jobs.current()
+            behind = f" (#{running.id} {running.name} is {running.state})" if running and running.state in ("running", "stopping") else ""
+            where = run_view.state_label(job, self.ctx.jobs) + behind
+        else:
+            where = "started"
+        seen = {"run-message": repr((job.id, job.state))}
+        return {**self.refresh(seen), self.run_msg: f"Job #{job.id} **{job.name}** {what}{where}."}
+
+    def resume(self) -> dict:
+        """Queue the stopped run again from the state it saved (its config with resume = that folder)."""
+        import dataclasses
+
+        job = self.ctx.jobs.current()
+        folder = run_view.state_folder(job) if job is not None and job.state == "stopped" else None
+        if folder is None:
+            return {self.run_msg: "Nothing to resume: the last run did not stop with a saved state."}
+        return self._submit(dataclasses.replace(job.config, resume=str(folder)), f"resumes from step {job.progress.step}: ")
 
     @property
     def live_outputs(self) -> list:
-        return [self.progress, self.loss_plot, self.samples, self.log, self.queue, self.seen]
+        return [self.progress, self.loss_plot, self.samples, self.log, self.queue, self.run_msg, self.resume_btn, self.seen]
 
     def stop(self) -> str:
-        return self.ctx.jobs.stop()
+        job = self.ctx.jobs.current()
+        answer = self.ctx.jobs.stop()
+        if answer == "nothing is running":
+            return "Nothing is running."
+        if answer == "killed":
+            return f"Job #{job.id} killed: files being written keep their previous version."
+        return f"Job #{job.id} **stopping**: it finishes this step, saves the state and a LoRA, then ends (Stop again kills it)."
 
     def cancel(self, job_id: float | None) -> str:
         if job_id is None:
@@ -289,19 +395,24 @@ class TrainingTab:
         """Live panels; a panel whose content did not change is skipped (no re-render every second)."""
         job = self.ctx.jobs.current()
         rows = run_view.loss_rows(job)
+        ended = job is not None and job.state in ("stopped", "finished", "failed")
         fresh = {
             self.progress: (run_view.progress_html(job), None),
             self.loss_plot: ((job.id if job else None, len(rows), rows[-1] if rows else None),
                              lambda: pd.DataFrame(rows, columns=["step", "loss"])),
             self.samples: (tuple(run_view.sample_images(job, self.ctx.guard)), None),
             self.log: (job.log_tail() if job else "", None),
-            self.queue: (run_view.queue_markdown(self.ctx.jobs), None),
+            self.queue: (run_view.queue_html(self.ctx.jobs), None),
+            # The answer under Start/Stop follows the run: "stopping…" becomes what was saved.
+            self.run_msg: ((job.id, job.state) if ended else None, lambda: run_view.run_message(job, self.ctx.jobs)),
+            self.resume_btn: (bool(ended and job.state == "stopped" and run_view.state_folder(job)),
+                              lambda: gr.update(visible=bool(ended and job.state == "stopped" and run_view.state_folder(job)))),
         }
         seen = dict(seen or {})
         out: dict = {}
         for comp, (key, make) in fresh.items():
             name = comp.elem_id
-            if seen.get(name) == repr(key):
+            if seen.get(name) == repr(key) or (comp is self.run_msg and key is None):
                 out[comp] = gr.skip()
                 continue
             seen[name] = repr(key)

@@ -297,10 +297,14 @@ def _check_paths(cfg: TrainConfig, rep: ValidationReport) -> None:
         if value and not _is_placeholder(value) and not Path(value).expanduser().is_dir():
             rep.error(name, f"{value!r} is not a folder; give the folder holding '<repeats>_<class tokens>' subfolders "
                             "(e.g. img/10_ohwx woman/)")
+        elif value and not _is_placeholder(value) and not os.access(Path(value).expanduser(), os.R_OK | os.X_OK):
+            rep.error(name, f"{value!r} cannot be read (permission denied); fix its permissions (chmod u+rx) or use another folder")
     for name in ("dataset_config", "network_weights", "sample_prompts"):
         value = getattr(cfg, name)
         if value and not _is_placeholder(value) and not Path(value).expanduser().is_file():
             rep.error(name, f"{value!r} is not a file")
+        elif value and not _is_placeholder(value) and not os.access(Path(value).expanduser(), os.R_OK):
+            rep.error(name, f"{value!r} cannot be read (permission denied); fix its permissions (chmod u+r) or use another file")
     for name in ("output_dir", "logging_dir"):
         value = getattr(cfg, name)
         if value and not _is_placeholder(value) and Path(value).expanduser().is_file():

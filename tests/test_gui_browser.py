@@ -27,7 +27,8 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="gradio is not installed (pip install -e .[gui])"),
 ]
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts" / "gui"
+# Screenshots go where LORASMITH_GUI_ARTIFACTS says, else under pytest's temporary folder (see `artifacts`).
+ARTIFACTS = Path(os.environ.get("LORASMITH_GUI_ARTIFACTS") or tempfile.gettempdir()) / "lorasmith-gui-artifacts"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--no-first-run", "--disable-sync"]
 START_TIMEOUT = 240  # seconds: importing gradio and torch on 2 busy cores is slow
@@ -106,7 +107,7 @@ def browser():
 @pytest.fixture()
 def page(browser, server):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    pg = browser.new_page(viewport={"width": 1500, "height": 1100})
+    pg = browser.new_page(viewport={"width": 1440, "height": 900})
     pg.set_default_timeout(60_000)
     _open(pg, server)
     yield pg
@@ -120,7 +121,8 @@ def _open(pg, url: str) -> None:
 
 
 def _shot(pg, name: str) -> None:
-    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    """A 1440x900 screenshot of what the user sees (the viewport, not the whole page)."""
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def _field(pg, name: str):
@@ -149,8 +151,7 @@ def _choose(pg, elem_id: str, label: str) -> None:
 
 def _fill_tiny_form(pg, ws: Path) -> None:
     _choose(pg, "preset-select", "quick-cpu-test (builtin)")
-    pg.locator("#preset-load").click()
-    pg.wait_for_function("document.querySelector('#preset-message').innerText.includes('Loaded preset')")
+    pg.wait_for_function("document.querySelector('#preset-message').innerText.includes('applied: quick-cpu-test')")
     _fill(pg, "train_data_dir", str(ws / "img"))
     _fill(pg, "output_dir", str(ws / "out"))
     _fill(pg, "output_name", "browserlora")
@@ -176,17 +177,17 @@ def test_form_preset_save_reload_load(page, server, workspace):
     assert before["pretrained_model_name_or_path"] == "tiny" and before["output_name"] == "browserlora"
     assert float(before["learning_rate"]) == 1.0 and before["network_dim"] == "4"
     _shot(page, "01-form-filled")
+    page.locator("#preset-tools button").first.click()
     page.locator("#preset-name textarea").fill("browser test")
     page.locator("#preset-save").click()
-    page.wait_for_function("document.querySelector('#preset-message').innerText.includes('Saved user preset')")
+    page.wait_for_function("document.querySelector('#preset-save-message').innerText.includes('Saved user preset')")
     assert (workspace / "home" / "presets" / "browser test.json").is_file()
     _shot(page, "02-preset-saved")
 
     _open(page, server)  # reload: the form is back to the defaults
     assert _field(page, "output_name").input_value() == "last"
     _choose(page, "preset-select", "browser test (user)")
-    page.locator("#preset-load").click()
-    page.wait_for_function("document.querySelector('#preset-message').innerText.includes('Loaded preset')")
+    page.wait_for_function("document.querySelector('#preset-message').innerText.includes('applied: browser test')")
     page.wait_for_timeout(500)
     assert _values(page) == before
     _shot(page, "03-preset-loaded")
@@ -196,18 +197,22 @@ def test_checks_refuse_paths_outside_allowed_folders(page, workspace):
     _fill_tiny_form(page, workspace)
     _fill(page, "train_data_dir", "/etc")
     page.wait_for_function("document.querySelector('#issues').innerText.includes('outside the allowed folders')")
-    page.locator("#start").click()
-    page.wait_for_function("document.querySelector('#run-message').innerText.includes('Not started')")
-    assert "train_data_dir" in page.locator("#field-train_data_dir").inner_text()  # message beside the field
+    assert "outside the allowed folders" in _wait_msg(page, "train_data_dir", "train_data_dir")  # under the field
+    assert not _start_enabled(page)  # Start is disabled while there are errors
     _shot(page, "04-path-refused")
 
 
 def test_print_command_shows_cli_and_toml(page, workspace):
     _fill_tiny_form(page, workspace)
     page.locator("#print-command").click()
-    page.wait_for_function("document.querySelector('#command').innerText.includes('--output_name')")
-    command = page.locator("#command").inner_text()
+    page.wait_for_function("(document.querySelector('#command textarea')?.value || '').includes('--output_name')")
+    command = page.locator("#command textarea").input_value()
     assert "python train_network.py" in command and "--pretrained_model_name_or_path tiny" in command
+    assert page.locator("#command button").count() >= 1  # the copy button
+    wraps = page.evaluate("getComputedStyle(document.querySelector('#command textarea')).whiteSpace")
+    assert wraps != "nowrap" and page.locator("#command textarea").evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    page.locator("#toml-box button").first.click()
+    page.wait_for_function("(document.querySelector('#toml')?.innerText || '').includes('output_name')")
     assert "output_name = \"browserlora\"" in page.locator("#toml").inner_text()
     _shot(page, "05-command")
 
@@ -389,3 +394,146 @@ def test_regularization_from_photos_fills_reg_data_dir(page, workspace):
     _tab(page, "Training")
     assert _field(page, "reg_data_dir").input_value() == str(workspace / "reg")
     _shot(page, "12-regularization")
+
+
+# --- issue 22: validation where the user looks, presets, layout, run states ----------------------------------
+def _start_enabled(pg) -> bool:
+    return pg.locator("#start").is_enabled()
+
+
+def _wait_msg(pg, name: str, text: str) -> str:
+    pg.wait_for_function(f"(document.querySelector('#msg-{name}')?.innerText || '').includes({text!r})")
+    return pg.locator(f"#msg-{name}").inner_text()
+
+
+def _cli_message(**values) -> dict[str, str]:
+    """What `lorasmith train` says about these values (config_validate, the one source of the words)."""
+    import dataclasses
+
+    from library.config_validate import check_config
+    from library.presets import load_preset
+
+    cfg = dataclasses.replace(load_preset("quick-cpu-test"), **values)
+    return {i.field: i.message for i in check_config(cfg, for_training=True).errors}
+
+
+def test_errors_show_under_the_field_block_start_and_keep_typed_numbers(page, workspace):
+    _fill_tiny_form(page, workspace)
+    page.wait_for_function("!document.querySelector('#start').disabled")
+    missing = str(workspace / "no-such-folder")
+    _fill(page, "train_data_dir", missing)
+    shown = _wait_msg(page, "train_data_dir", "is not a folder")
+    expected = _cli_message(train_data_dir=missing, output_dir=str(workspace / "out"), output_name="browserlora",
+                            sample_prompts=str(workspace / "prompts.txt"), sample_every_n_epochs=1)
+    assert shown == expected["train_data_dir"]  # the same words as the CLI
+    assert not _start_enabled(page)
+    assert page.locator("#ls-issues li[data-field='train_data_dir']").count() == 1
+    assert page.locator("#ls-plan-summary").get_attribute("data-stale") == "1"  # the plan says it is not up to date
+    assert "train_data_dir" in page.locator("#plan-summary").inner_text()
+    _open_group(page, "Network")
+    box = _field(page, "network_dim")
+    box.fill("0")  # typed, not yet left: the value stays, the message names the range
+    assert _wait_msg(page, "network_dim", "out of range") == "network_dim: 0 is out of range; use a value from 1 to 1024"
+    assert box.input_value() == "0"
+    box.press("Tab")
+    page.wait_for_timeout(500)
+    assert box.input_value() == "0"  # no reset to the minimum
+    assert page.locator("#ls-issues").get_attribute("data-errors") == "2"
+    _shot(page, "20-errors-under-fields")
+    _fill(page, "network_dim", "4")
+    _fill(page, "train_data_dir", str(workspace / "img"))
+    page.wait_for_function("!document.querySelector('#start').disabled")
+    assert page.locator(".ls-field-msg.ls-field-error").count() == 0
+    page.wait_for_function("document.querySelector('#ls-plan-summary')?.dataset.stale === '0'")
+    assert "12 steps = 3 epoch(s)" in page.locator("#ls-plan-summary").inner_text()
+    page.locator("#plan-box button").first.click()
+    page.wait_for_selector("#ls-plan-folders")
+    assert "1_ohwx shape" in page.locator("#ls-plan-folders").inner_text()  # the plan is a table again
+    assert page.locator("#ls-plan-totals tr").count() >= 9
+
+
+def test_error_link_opens_the_section_and_scrolls_to_the_field(page, workspace):
+    _fill_tiny_form(page, workspace)
+    _open_group(page, "Training")
+    _fill(page, "train_batch_size", "0")
+    _wait_msg(page, "train_batch_size", "out of range")
+    page.locator("#group-training button").first.click()  # close the section again
+    page.wait_for_timeout(300)
+    assert not _field(page, "train_batch_size").is_visible()
+    page.evaluate("window.scrollTo(0, 0)")
+    page.locator("#ls-issues a[data-field='train_batch_size']").click()
+    page.wait_for_function("""(() => { const r = document.querySelector('#field-train_batch_size').getBoundingClientRect();
+        return r.height > 0 && r.top >= 0 && r.bottom <= innerHeight; })()""")
+    _fill(page, "train_batch_size", "2")
+
+
+def test_output_folder_locked_by_another_run_blocks_start(page, workspace):
+    import json
+
+    locked = workspace / "locked-out"
+    locked.mkdir(exist_ok=True)
+    (locked / ".lorasmith-train.lock").write_text(json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-12-05T05:00:00"}))
+    _fill_tiny_form(page, workspace)
+    _fill(page, "output_dir", str(locked))
+    text = _wait_msg(page, "output_dir", "in use by another training")
+    assert f"process {os.getpid()}" in text and not _start_enabled(page)
+    (locked / ".lorasmith-train.lock").unlink()
+    _fill(page, "output_dir", str(workspace / "out"))
+    page.wait_for_function("!document.querySelector('#start').disabled")
+
+
+def test_preset_applies_on_selection_keeps_user_folders_and_undo(page, workspace):
+    _fill(page, "train_data_dir", str(workspace / "img"))
+    _fill(page, "output_dir", str(workspace / "out"))
+    _fill(page, "output_name", "mine")
+    _choose(page, "preset-select", "quick-cpu-test (builtin)")
+    page.wait_for_function("document.querySelector('#preset-message').innerText.includes('applied: quick-cpu-test')")
+    note = page.locator("#preset-message").inner_text()
+    assert "fields changed" in note and "kept your" in note
+    assert _field(page, "train_data_dir").input_value() == str(workspace / "img")
+    assert _field(page, "output_dir").input_value() == str(workspace / "out")
+    assert _field(page, "output_name").input_value() == "mine"
+    assert _field(page, "pretrained_model_name_or_path").input_value() == "tiny"  # it was empty: the preset fills it
+    _open_group(page, "Network")
+    _fill(page, "network_dim", "16")
+    page.wait_for_function("document.querySelector('#preset-diff').innerText.includes('network_dim')")
+    page.locator("#preset-undo").click()
+    page.wait_for_function("document.querySelector('#preset-message').innerText.includes('Undone')")
+    assert _field(page, "pretrained_model_name_or_path").input_value() == ""
+    assert _field(page, "output_name").input_value() == "mine"
+
+
+def test_lora_type_picker_sets_module_and_shows_its_args(page):
+    _open_group(page, "Network")
+    page.locator("#lora-type").get_by_text("LoKr", exact=True).click()
+    page.wait_for_function("document.querySelector('#field-network_args textarea').value.includes('algo=lokr')")
+    hint = page.locator("#lora-type-args").inner_text()
+    assert "factor" in hint and "block_dims" not in hint
+    assert "lycoris.kohya" in page.locator("#field-network_module input").input_value()
+    page.locator("#lora-type").get_by_text("Standard", exact=True).click()
+    page.wait_for_function("!document.querySelector('#field-network_args textarea').value.includes('algo')")
+    assert "networks.lora" in page.locator("#field-network_module input").input_value()
+    assert "block_dims" in page.locator("#lora-type-args").inner_text()
+
+
+def _in_viewport(pg, selector: str) -> bool:
+    return pg.evaluate(f"""(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect();
+        return r.width > 0 && r.top >= 0 && r.left >= 0 && r.right <= innerWidth && r.top < innerHeight; }})()""")
+
+
+def test_one_screen_layout_with_the_run_panel_in_view(page):
+    assert page.viewport_size == {"width": 1440, "height": 900}
+    for sel in ("#preset-select", "#field-pretrained_model_name_or_path", "#field-train_data_dir", "#start",
+                "#ls-run-panel"):
+        assert _in_viewport(page, sel), sel
+    form = page.locator("#ls-form").bounding_box()
+    panel = page.locator("#ls-run-panel").bounding_box()
+    assert form["x"] + form["width"] <= panel["x"] + 1  # side by side
+    assert not _field(page, "sample_prompts").is_visible()  # Samples starts folded
+    assert page.locator(".ls-section").count() >= 10 and page.locator(".ls-all-options").count() >= 2  # toggles in open sections
+    _shot(page, "21-first-screen")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_timeout(300)
+    assert _in_viewport(page, "#start") and _in_viewport(page, "#ls-run-panel")  # the panel stays in view
+    _shot(page, "22-scrolled-run-panel-in-view")

@@ -48,12 +48,13 @@ def test_widget_kinds_follow_types_and_specs():
     assert widget_kind("output_name") == "text"
 
 
-def test_number_widgets_carry_the_range():
+def test_number_widgets_show_the_range_but_do_not_clamp():
+    """Gradio would clamp a typed 0 to the minimum with an unnamed toast: the range is checked by config_validate."""
     with gr.Blocks():
         widgets = build_widgets(TrainConfig())
-    assert widgets["network_dim"].minimum == 1 and widgets["network_dim"].maximum == 1024
+    assert widgets["network_dim"].minimum is None and widgets["network_dim"].maximum is None
     assert widgets["network_dim"].precision == 0
-    assert widgets["caption_dropout_rate"].maximum == 1.0
+    assert "range 1…1024" in widgets["network_dim"].info
 
 
 @pytest.mark.parametrize("preset", [p["name"] for p in list_presets() if p["source"] == "builtin"])
@@ -117,3 +118,44 @@ def test_form_issues_place_messages_on_fields(tmp_path):
     text = issues_markdown(errors, warnings)
     assert "*Folders* — output_dir" in text and "*Dataset* — color_aug" in text
     assert field_info("color_aug", errors["color_aug"], None).startswith("ERROR: color_aug")
+
+
+def test_preset_keeps_user_paths_and_counts_changes():
+    from gui.preset_flow import apply_preset, differs
+
+    current = config_to_values(TrainConfig())
+    current.update(train_data_dir="/data/img", output_name="mine")
+    new, changed, kept = apply_preset(current, load_preset("quick-cpu-test"))
+    assert new["train_data_dir"] == "/data/img" and new["output_name"] == "mine"
+    assert new["pretrained_model_name_or_path"] == "tiny" and "pretrained_model_name_or_path" in changed
+    assert "train_data_dir" not in changed
+    assert differs({**new, "network_dim": 16}, new) == ["network_dim"]
+
+
+def test_lora_type_picker_switches_module_and_args():
+    from gui.lora_types import applicable_args, switch_type, type_of
+
+    module, args, dropped = switch_type("LoKr", "conv_dim=8 block_dims=1,2 loraplus_lr_ratio=16")
+    assert module == "lycoris.kohya" and "algo=lokr" in args and "conv_dim=8" in args and "factor=-1" in args
+    assert dropped == ["block_dims"] and type_of(module, args) == "LoKr"
+    module, args, _ = switch_type("DoRA", args)
+    assert type_of(module, args) == "DoRA" and "dora_wd=True" in args and "factor" not in args
+    module, args, dropped = switch_type("Standard", args)
+    assert module == "networks.lora" and "algo" not in args and "conv_dim" in dropped
+    assert "block_dims" in applicable_args("Standard") and "conv_dim" not in applicable_args("Standard")
+
+
+def test_form_issues_flag_a_missing_folder_and_a_locked_output(tmp_path):
+    import json
+    import os
+    import socket
+
+    guard = PathGuard.from_dirs([tmp_path])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".lorasmith-train.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))  # alive, not us
+    values = config_to_values(dataclasses.replace(load_preset("quick-cpu-test"), train_data_dir="missing",
+                                                  output_dir=str(out)))
+    _cfg, errors, _ = form_issues(values, guard, for_training=True)
+    assert "is not a folder" in errors["train_data_dir"] and str(tmp_path / "missing") in errors["train_data_dir"]
+    assert "in use by another training" in errors["output_dir"]

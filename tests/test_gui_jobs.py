@@ -185,3 +185,28 @@ def test_free_port_is_bindable():
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_queue_labels_are_exact(tmp_path):
+    """'running', 'queued 1st/2nd' while another runs (never 'queued behind 0'), and the ended state with files."""
+    from gui.jobs import STOPPED
+    from gui.run_view import ordinal, queue_html, state_label
+
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 21, 22)] == ["1st", "2nd", "3rd", "4th", "11th", "12th", "21st", "22nd"]
+    manager = _manager(tmp_path, steps=200, delay=0.05)
+    try:
+        first = manager.submit(TrainConfig(output_name="a"))
+        second = manager.submit(TrainConfig(output_name="b"))
+        third = manager.submit(TrainConfig(output_name="c"))
+        assert state_label(first, manager).startswith("running")
+        assert state_label(second, manager) == "queued 1st" and state_label(third, manager) == "queued 2nd"
+        assert 'data-state="queued"' in queue_html(manager)
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "a-interrupted.safetensors").write_bytes(b"x")
+        first.progress.saved.append(str(out / "a-interrupted.safetensors"))
+        first.progress.step = 37
+        first.state = STOPPED
+        assert state_label(first, manager) == "stopped at step 37 — files: a-interrupted.safetensors"
+    finally:
+        manager.shutdown(timeout=5)

@@ -43,17 +43,19 @@ def form_data(tab, **values) -> dict:
 
 def test_preset_save_load_rename_delete(app, tmp_path):
     tab, _ctx = app
-    loaded = by_name(tab, tab.load_preset("quick-cpu-test"))
+    applied = tab.apply_preset({**form_data(tab), tab.preset: "quick-cpu-test"})
+    loaded = by_name(tab, applied)
+    assert applied[tab.preset_msg].startswith("applied: **quick-cpu-test** (")
     assert loaded["pretrained_model_name_or_path"] == "tiny" and loaded["optimizer_type"] == "DAdaptAdam"
     assert loaded["optimizer_args"] == "decouple=True weight_decay=0.01 use_bias_correction=True"
     data = form_data(tab, network_dim=32, output_name="mine")
     data.update({tab.preset_name: "my preset", tab.overwrite: False})
-    assert "Saved user preset" in tab.save_preset(data)[tab.preset_msg]
-    assert "already exists" in tab.save_preset(data)[tab.preset_msg]
-    assert by_name(tab, tab.load_preset("my preset"))["network_dim"] == 32
-    assert "Renamed" in tab.rename_preset("my preset", "renamed")[tab.preset_msg]
-    assert "read-only" in tab.save_preset({**data, tab.preset_name: "quick-cpu-test"})[tab.preset_msg]
-    assert "Deleted" in tab.delete_preset("renamed")[tab.preset_msg]
+    assert "Saved user preset" in tab.save_preset(data)[tab.save_msg]
+    assert "already exists" in tab.save_preset(data)[tab.save_msg]
+    assert by_name(tab, tab.apply_preset({**form_data(tab), tab.preset: "my preset"}))["network_dim"] == 32
+    assert "Renamed" in tab.rename_preset("my preset", "renamed")[tab.save_msg]
+    assert "read-only" in tab.save_preset({**data, tab.preset_name: "quick-cpu-test"})[tab.save_msg]
+    assert "Deleted" in tab.delete_preset("renamed")[tab.save_msg]
     assert not (tmp_path / "home" / "presets" / "renamed.json").exists()
 
 
@@ -65,7 +67,7 @@ def test_import_kohya_json_and_export_toml(app, seed_guide_dir, tmp_path):
     assert "decouple=True" in values["optimizer_args"]
     prompts = Path(values["sample_prompts"])  # kohya_ss keeps prompts inline: written into an allowed folder
     assert prompts.is_relative_to(tmp_path) and "--w 768" in prompts.read_text()
-    assert "Paths still to fill in" in out[tab.preset_msg]
+    assert "Paths still to fill in" in out[tab.import_report] and "import report" in out[tab.import_msg]
     exported = tab.export_toml(form_data(tab, network_dim=16, output_name="exp"))[tab.export_file]
     text = Path(exported).read_text()
     assert Path(exported).name == "exp.toml" and "network_dim = 16" in text
@@ -83,13 +85,11 @@ def test_print_command_and_field_messages(app, tmp_path):
     out = tab.print_command(form_data(tab, network_dim=8, output_dir=str(tmp_path)))
     assert "--network_dim 8" in out[tab.command] and "network_dim = 8" in out[tab.toml]
     data = form_data(tab, color_aug=True, cache_latents=True)
-    data[tab.shown] = {}
+    data.update({tab.applied: None, tab.plan_key: ""})
     checked = tab.check_form(data)
-    assert "color_aug" in checked[tab.shown]
-    assert checked[tab.widgets["color_aug"]]["info"].startswith("ERROR: color_aug")
-    data[tab.shown] = checked[tab.shown]
-    again = tab.check_form(data)
-    assert tab.widgets["color_aug"] not in again  # unchanged messages are not sent again
+    assert 'data-field="color_aug"' in checked[tab.issues] and "color_aug: cannot be used with cache_latents" in checked[tab.issues]
+    assert checked[tab.start_btn]["interactive"] is False
+    assert tab.widgets["color_aug"] not in checked  # the widget itself is never re-sent (no reset while typing)
 
 
 def test_grid_command_checks_paths_and_expands_globs(tmp_path):
@@ -187,6 +187,6 @@ def test_dataset_tab_check_shows_findings(tmp_path, monkeypatch):
     ctx.close()
 def test_network_args_help_follows_network_module(app):
     tab, _ctx = app
-    update = tab.network_args_help("lycoris.kohya")
-    assert "algo" in update["info"] and "block_dims" not in update["info"] and "algo=loha" in update["placeholder"]
-    assert "block_dims" in tab.network_args_help("networks.lora")["info"]
+    out = tab.module_changed("lycoris.kohya", "algo=loha")
+    assert out[tab.lora_type] == "LoHa" and "block_dims" not in out[tab.lora_hint] and "use_tucker" in out[tab.lora_hint]
+    assert "block_dims" in tab.module_changed("networks.lora", "")[tab.lora_hint]

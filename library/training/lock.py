@@ -55,6 +55,28 @@ def _create(path: Path) -> bool:
     return True
 
 
+def _live_holder(held: dict) -> int:
+    """The pid of another process that holds the lock and still runs (0: free or stale)."""
+    pid = int(held.get("pid", 0)) if str(held.get("pid", "")).isdigit() else 0
+    same_host = held.get("host") in (None, socket.gethostname())
+    return pid if pid and pid != os.getpid() and (pid_alive(pid) or not same_host) else 0
+
+
+def in_use_message(output_dir: str | os.PathLike[str], held: dict) -> str:
+    """What the trainer says when another run holds `output_dir` (the GUI shows the same words)."""
+    return (f"{output_dir} is in use by another training (process {held.get('pid')} on {held.get('host')}, "
+            f"started {held.get('started')})")
+
+
+def lock_problem(output_dir: str | os.PathLike[str]) -> str | None:
+    """Read-only probe: `in_use_message` when a live run holds the folder, else None (nothing is created)."""
+    path = Path(output_dir) / LOCK_NAME
+    if not path.is_file():
+        return None
+    held = _read(path)
+    return in_use_message(output_dir, held) if _live_holder(held) else None
+
+
 def acquire(output_dir: Path) -> tuple[Path, list[str]]:
     """Take the lock (returns its path and notes) or raise TrainingError naming the running process."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -64,14 +86,12 @@ def acquire(output_dir: Path) -> tuple[Path, list[str]]:
         if _create(path):
             return path, notes
         held = _read(path)
-        pid = int(held.get("pid", 0)) if str(held.get("pid", "")).isdigit() else 0
-        same_host = held.get("host") in (None, socket.gethostname())
-        if pid and pid != os.getpid() and (pid_alive(pid) or not same_host):
-            raise TrainingError(f"{output_dir} is in use by another training (process {pid} on {held.get('host')}, "
-                                f"started {held.get('started')})", [
+        if _live_holder(held):
+            raise TrainingError(in_use_message(output_dir, held), [
                 f"lock file: {path}",
                 "wait for that training to finish, stop it, or choose another --output_dir",
                 "if no training is running there, delete the lock file"])
+        pid = int(held.get("pid", 0)) if str(held.get("pid", "")).isdigit() else 0  # the dead holder
         notes.append(f"took over a stale lock {path} (process {pid or '?'} is gone)")
         notes += remove_stale_temps(output_dir, pid)
         with contextlib.suppress(FileNotFoundError):
