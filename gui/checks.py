@@ -163,7 +163,7 @@ def plan_html(cfg: TrainConfig | None, guard: PathGuard, errors: Mapping[str, st
         return msg, f'<div id="ls-plan" data-stale="0">{html.escape(msg)}</div>'
     except LorasmithError as exc:
         lines = [f"No plan yet: {exc.summary}"] + list(getattr(exc, "problems", []))
-        return lines[0], (f'<div id="ls-plan" data-stale="0" class="ls-warning">'
+        return lines[0], ('<div id="ls-plan" data-stale="0" class="ls-warning">'
                           + "<br>".join(html.escape(x) for x in lines) + "</div>")
     return plan_summary(plan), _plan_table(plan, vram)
 

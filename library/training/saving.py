@@ -93,14 +93,10 @@ def write_lora(network: Any, path: Path, fmt: str, dtype: torch.dtype | None, me
 
     sd-scripts writes ckpt/pt as a bare state dict; metadata travels only in safetensors.
     """
+    if fmt != "safetensors":
+        return write_tensors(network.state_dict(), path, fmt, dtype, metadata)
     try:
-        if fmt == "safetensors":
-            return network.save_weights(path, dtype, metadata)
-        state = {k: (v.detach().cpu().to(dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu())
-                 for k, v in network.state_dict().items()}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        return path
+        return network.save_weights(path, dtype, metadata)
     except Exception as exc:  # a full disk arrives as OSError, SafetensorError or RuntimeError
         reason = write_failure_reason(exc, path)
         if reason is None:
