@@ -29,11 +29,21 @@ def test_the_trainer_does_not_import_the_tools_above_it():
 
     from library.cli import build_parser
 
-    training = Path(__file__).resolve().parents[1] / "library" / "training"
-    for path in training.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        assert not {m for m in modules if m.startswith(("library.world", "library.demo", "library.evaluation"))}, path
+    library = Path(__file__).resolve().parents[1] / "library"
+
+    def imported(package: str) -> dict[Path, set[str]]:
+        found = {}
+        for path in (library / package).glob("*.py"):
+            tree = ast.parse(path.read_text())
+            found[path] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        return found
+
+    above_training = ("library.world", "library.demo", "library.evaluation", "library.sweep", "library.cli")
+    for path, modules in imported("training").items():
+        assert not {m for m in modules if m.startswith(above_training)}, path
+    # The scorer is measured by both the trainer (--evaluate_every_n_epochs) and `lorasmith evaluate`: below both.
+    for path, modules in imported("scoring").items():
+        assert not {m for m in modules if m.startswith(above_training + ("library.training",))}, path
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert "demo" in sub.choices and "train" in sub.choices
 

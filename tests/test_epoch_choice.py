@@ -3,7 +3,7 @@
 The demo's star concept (8 blue stars on white, DAdaptAdam, rank 4, seed 42) is
 trained for 16 epochs at a constant learning rate, saving every epoch. Every epoch
 is judged twice, independently:
-- by the scorer (library.evaluation.scores: fidelity and drift from latents, noise
+- by the scorer (library.scoring.scores: fidelity and drift from latents, noise
   and prompts; it never sees a sample), which recommends an epoch and a weight;
 - by the world classifier on samples at weight 1 (library.world.epoch_choice):
   "ohwx shape" drawn blue on white (fidelity) x world prompts followed
@@ -28,7 +28,7 @@ import dataclasses
 import pytest
 import torch
 
-from library.evaluation.scores import epoch_of, recommend, score_files
+from library.scoring.scores import epoch_of, recommend, score_files
 from library.world.classifier import train_classifier
 from library.world.epoch_choice import best_band, classifier_truth, star_eval_set, train_star, WORLD_PROMPTS
 from library.world.model import build_tiny_world_bundle

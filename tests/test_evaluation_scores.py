@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from library.errors import ConfigError, LoRAFileError
-from library.evaluation.scores import (
+from library.scoring.scores import (
     EpochScore,
     EvalBatch,
     EvalSet,
@@ -134,7 +134,7 @@ def test_lora_for_another_architecture_is_refused_before_scoring(bundle, eval_se
 
 
 def test_eval_set_from_images_encodes_each_image_once(bundle, tmp_path):
-    from library.evaluation.eval_set import eval_set_from_images
+    from library.scoring.eval_set import eval_set_from_images
 
     paths = []
     for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):

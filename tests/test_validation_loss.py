@@ -15,7 +15,8 @@ from library.training.events import RecordingEvents
 from library.training.setup import build_run
 from library.training.step import StepMath
 from library.training.trainer import Trainer, train
-from library.training.validation import Validator, should_validate_epoch, should_validate_step, validation_timesteps
+from library.scoring.timesteps import validation_timesteps
+from library.training.validation import Validator, should_validate_epoch, should_validate_step
 
 
 @pytest.fixture(scope="module")

@@ -92,9 +92,9 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from library.evaluation.axes import expand_lora_files
-    from library.evaluation.eval_set import eval_set_from_config
+    from library.scoring.eval_set import eval_set_from_config
     from library.evaluation.score_report import log_tensorboard, table, write_reports
-    from library.evaluation.scores import DEFAULT_DRIFT_THRESHOLD, DEFAULT_PRIOR_PROMPTS, recommend, score_files
+    from library.scoring.scores import DEFAULT_DRIFT_THRESHOLD, DEFAULT_PRIOR_PROMPTS, recommend, score_files
     from library.evaluation.values import parse_float_values
     from library.models import load_model_bundle
 

@@ -14,16 +14,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from library.evaluation.scores import EpochScore, Recommendation
+from library.scoring.scores import EpochScore, Recommendation, score_x, tensorboard_values
 from library.fileio import atomic_path, atomic_write_text
 
 CSV_FIELDS = ("file", "epoch", "weight", "fidelity", "drift", "class_drift", "prior_drift", "reg_drift", "loss",
               "base_loss", "ema", "clip_i", "clip_t", "dino")
 LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-
-
-def _x(s: EpochScore, index: int) -> int:
-    return s.epoch if s.epoch is not None else index + 1
 
 
 def table(scores: Sequence[EpochScore], rec: Recommendation | None = None) -> str:
@@ -62,7 +58,7 @@ def _series(scores: Sequence[EpochScore], key: str) -> dict[float, list[tuple[in
     out: dict[float, list[tuple[int, float]]] = {}
     files = list(dict.fromkeys(s.file for s in scores))
     for s in scores:
-        out.setdefault(s.weight, []).append((_x(s, files.index(s.file)), float(getattr(s, key))))
+        out.setdefault(s.weight, []).append((score_x(s, files.index(s.file)), float(getattr(s, key))))
     return {w: sorted(v) for w, v in out.items()}
 
 
@@ -118,7 +114,7 @@ def chart(scores: Sequence[EpochScore], rec: Recommendation | None = None, size:
             for cx, cy in points:
                 draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
             if rec is not None and weight == rec.weight and rec.score is not None:
-                cx, cy = px(_x(rec.score, files.index(rec.file) if rec.file in files else 0), getattr(rec.score, key))
+                cx, cy = px(score_x(rec.score, files.index(rec.file) if rec.file in files else 0), getattr(rec.score, key))
                 draw.ellipse([cx - 8, cy - 8, cx + 8, cy + 8], outline="black", width=2)
             draw.text((x0 + 10 + i * 90, h - 24), f"weight {weight:g}", fill=colour, font=font)
     return img
@@ -135,18 +131,6 @@ def write_reports(scores: Sequence[EpochScore], rec: Recommendation | None, out_
     with atomic_path(paths["chart"]) as tmp:
         chart(scores, rec, drift_threshold=(info or {}).get("drift_threshold")).save(tmp, format="PNG")
     return paths
-
-
-def tensorboard_values(scores: Sequence[EpochScore]) -> dict[int, dict[str, float]]:
-    """{epoch: {tag: value}}: evaluation/fidelity/w0.8, evaluation/drift/w0.8, ... (EMA files under .../ema/...)."""
-    files = list(dict.fromkeys(s.file for s in scores))
-    out: dict[int, dict[str, float]] = {}
-    for s in scores:
-        ema = "ema/" if s.ema else ""
-        tags = out.setdefault(_x(s, files.index(s.file)), {})
-        tags[f"evaluation/{ema}fidelity/w{s.weight:g}"] = s.fidelity
-        tags[f"evaluation/{ema}drift/w{s.weight:g}"] = s.drift
-    return out
 
 
 def log_tensorboard(scores: Sequence[EpochScore], log_dir: str | os.PathLike[str]) -> Path:

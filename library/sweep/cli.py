@@ -163,7 +163,7 @@ def rank_and_report(manifest, variants, sweep_dir: Path, *, rank_by: str, weight
         rows = rank_by_validation_loss(manifest)
         title, note = "Sweep ranking by the final validation loss (lower is better; not the fidelity/drift score)", ""
     else:
-        from library.evaluation.scores import DEFAULT_DRIFT_THRESHOLD
+        from library.scoring.scores import DEFAULT_DRIFT_THRESHOLD
 
         drift_threshold = DEFAULT_DRIFT_THRESHOLD if drift_threshold is None else drift_threshold
         scorer = SweepScorer(variants, weights=weights, progress=log)
@@ -189,7 +189,7 @@ def rank_and_report(manifest, variants, sweep_dir: Path, *, rank_by: str, weight
 def write_score_reports(rows, variants, sweep_dir: Path, drift_threshold: float) -> dict[str, Path]:
     """The sweep chart (ranking.png) and, in each variant's folder, evaluation.json/.csv/.png."""
     from library.evaluation.score_report import write_reports
-    from library.evaluation.scores import EpochScore, recommend
+    from library.scoring.scores import EpochScore, recommend
     from library.fileio import atomic_path
     from library.sweep.chart import sweep_chart
 

@@ -2,7 +2,7 @@
 
 Two measures:
 - `scores` (default): every epoch file (and EMA file) of every finished variant is
-  scored with library.evaluation.scores (fidelity and prior drift at several LoRA
+  scored with library.scoring.scores (fidelity and prior drift at several LoRA
   weights, on the same evaluation set for all); each variant's best setting is what
   `recommend` picks among its own files, and variants are ranked by that setting:
   those whose drift stays under the threshold first, by fidelity (lower = closer to
@@ -91,7 +91,7 @@ def _numbered(rows: list[VariantRank], key: Callable[[VariantRank], Any]) -> lis
 def rank_by_scores(manifest: Manifest, score: Callable[[VariantRecord, list[str]], list[Any]], *,
                    drift_threshold: float, include_ema: bool = True) -> list[VariantRank]:
     """`score(record, files) -> [EpochScore]` for each finished variant; ranked as the module says."""
-    from library.evaluation.scores import recommend
+    from library.scoring.scores import recommend
 
     rows = []
     for rec in manifest.variants:

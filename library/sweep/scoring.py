@@ -1,4 +1,4 @@
-"""Score a sweep's files with library.evaluation.scores, loading each base model and evaluation set once.
+"""Score a sweep's files with library.scoring.scores, loading each base model and evaluation set once.
 
 All variants of a sweep usually share the base model and the dataset, so the model
 is loaded once and the evaluation images encoded once; a sweep that varies the model
@@ -13,7 +13,7 @@ from typing import Any
 from library.sweep.manifest import VariantRecord
 from library.sweep.variants import Variant
 
-# Fields that decide the evaluation set (library.evaluation.eval_set.eval_set_from_config).
+# Fields that decide the evaluation set (library.scoring.eval_set.eval_set_from_config).
 EVAL_SET_FIELDS = ("train_data_dir", "reg_data_dir", "dataset_config", "validation_split", "validation_seed", "seed",
                    "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
                    "bucket_no_upscale", "caption_extension", "caption_prefix", "caption_suffix")
@@ -57,7 +57,7 @@ class SweepScorer:
         return self._bundles[key]
 
     def eval_set_for(self, cfg: Any, bundle: Any) -> Any:
-        from library.evaluation.eval_set import eval_set_from_config
+        from library.scoring.eval_set import eval_set_from_config
 
         key = tuple(getattr(cfg, f) for f in MODEL_FIELDS + EVAL_SET_FIELDS)
         if key not in self._sets:
@@ -65,7 +65,7 @@ class SweepScorer:
         return self._sets[key]
 
     def __call__(self, rec: VariantRecord, files: list[str]) -> list[Any]:
-        from library.evaluation.scores import score_files
+        from library.scoring.scores import score_files
 
         cfg = self.configs[rec.name]
         bundle = self.bundle_for(cfg)

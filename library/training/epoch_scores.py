@@ -1,6 +1,6 @@
 """`--evaluate_every_n_epochs`: score the LoRA at its epoch saves, as `lorasmith evaluate` would.
 
-The run's own network is scored in place (library.evaluation.scores.score_network:
+The run's own network is scored in place (library.scoring.scores.score_network:
 its multiplier set to 0 for the base model, then to each weight), on the held-out
 images when there is a validation split, else on the training images, from the
 latents the run already cached. Values go to TensorBoard as
@@ -37,8 +37,7 @@ class EpochScoreHook:
         if not self.every or epoch % self.every != 0 or epoch in self.done:
             return []
         self.done.add(epoch)
-        from library.evaluation.score_report import tensorboard_values
-        from library.evaluation.scores import recommend, score_network
+        from library.scoring.scores import recommend, score_network, tensorboard_values
 
         p = self.parts
         models = (p.bundle.vae, p.bundle.text_encoder)  # may wait in RAM after caching (training.placement)
@@ -65,7 +64,7 @@ class EpochScoreHook:
 
     def _set(self):
         if self._eval_set is None:
-            from library.evaluation.eval_set import eval_set_from_config, eval_set_from_dataset
+            from library.scoring.eval_set import eval_set_from_config, eval_set_from_dataset
 
             p = self.parts
             seed = int(p.config.validation_seed if p.config.validation_seed is not None else p.rng.seed)

@@ -21,18 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
+from library.scoring.timesteps import validation_timesteps
 from library.training.noise import timestep_range
-
-NUM_VALIDATION_TIMESTEPS = 4  # sd-scripts' fixed count
-
-
-def validation_timesteps(low: int, high: int, count: int = NUM_VALIDATION_TIMESTEPS) -> list[int]:
-    """`count` timesteps spread evenly inside [low, high), ends excluded (sd-scripts: linspace(...)[1:-1])."""
-    return [int(t) for t in np.linspace(low, high, count + 2, dtype=int)[1:-1]]
-
 
 def validation_batch_count(available: int, max_validation_steps: int | None) -> int:
     """Batches one validation runs: all held-out batches, or at most `--max_validation_steps`."""

@@ -8,7 +8,7 @@ from the world classifier (library.world.classifier), which never sees the score
   the LoRA at weight 1, the fraction whose shape and colour match the prompt.
 The classifier's rating of an epoch is fidelity x flexibility: a LoRA that draws
 its concept but has forgotten the world scores low, as does one that learned
-nothing. The scorer (library.evaluation.scores) sees only latents, noise and
+nothing. The scorer (library.scoring.scores) sees only latents, noise and
 prompts, never samples.
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ def best_band(truths: list[EpochTruth], n_concept: int, n_world: int, z: float =
 
 def star_eval_set(bundle, folder: Path, prior_prompts=WORLD_PROMPTS):
     """The scorer's evaluation set: the 8 training stars (no split), class prompt "shape", world prompts."""
-    from library.evaluation.eval_set import eval_set_from_images
+    from library.scoring.eval_set import eval_set_from_images
 
     return eval_set_from_images(bundle, sorted(folder.glob("*.png")), [CONCEPT_PROMPT] * 8,
                                 class_prompt=CLASS_PROMPT, prior_prompts=tuple(prior_prompts), instance_token="ohwx")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from library.errors import ConfigError, LoRAFileError
-from library.training.validation import validation_timesteps
+from library.scoring.timesteps import validation_timesteps
 
 DEFAULT_WEIGHTS = (0.6, 0.8, 1.0)
 DEFAULT_DRIFT_THRESHOLD = 0.25  # tiny-world star run: drift <= 0.25 kept world prompts as the base did, 0.26-0.27 lost some, >= 0.38 all (README)
@@ -352,3 +352,20 @@ def recommend(scores: Sequence[EpochScore], drift_threshold: float = DEFAULT_DRI
 def _label(s: EpochScore) -> str:
     name = f"epoch {s.epoch}" if s.epoch is not None else Path(s.file).name
     return f"{name}{' (EMA)' if s.ema else ''} at weight {s.weight:g}"
+
+
+def score_x(s: EpochScore, index: int) -> int:
+    """A score's place on an epoch axis: its epoch, else its file's position (from 1)."""
+    return s.epoch if s.epoch is not None else index + 1
+
+
+def tensorboard_values(scores: Sequence[EpochScore]) -> dict[int, dict[str, float]]:
+    """{epoch: {tag: value}}: evaluation/fidelity/w0.8, evaluation/drift/w0.8, ... (EMA files under .../ema/...)."""
+    files = list(dict.fromkeys(s.file for s in scores))
+    out: dict[int, dict[str, float]] = {}
+    for s in scores:
+        ema = "ema/" if s.ema else ""
+        tags = out.setdefault(score_x(s, files.index(s.file)), {})
+        tags[f"evaluation/{ema}fidelity/w{s.weight:g}"] = s.fidelity
+        tags[f"evaluation/{ema}drift/w{s.weight:g}"] = s.drift
+    return out

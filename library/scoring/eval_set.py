@@ -1,4 +1,4 @@
-"""The images, captions and prompts a LoRA's epochs are scored on (library.evaluation.scores).
+"""The images, captions and prompts a LoRA's epochs are scored on (library.scoring.scores).
 
 From dataset folders (`lorasmith evaluate`): the same scan, buckets and held-out
 split as training (library.data.prepare with the run's options), so with
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from library.errors import DatasetError
-from library.evaluation.scores import DEFAULT_PRIOR_PROMPTS, EvalBatch, EvalSet
+from library.scoring.scores import DEFAULT_PRIOR_PROMPTS, EvalBatch, EvalSet
 
 
 @torch.no_grad()
