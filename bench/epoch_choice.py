@@ -3,7 +3,7 @@
     python bench/epoch_choice.py --epochs 16 --out /tmp/epoch_choice
 
 Trains the demo's held-back star (DAdaptAdam, rank 4, seed 42, constant LR so it
-overfits), saving every epoch; scores every file with library.evaluation.scores
+overfits), saving every epoch; scores every file with library.scoring.scores
 (fidelity and drift at 0.6/0.8/1.0); samples every epoch at weight 1 and reads the
 samples with the world classifier (library.world.epoch_choice); prints one table
 with both, the classifier's best band and the recommendation, and writes it as JSON.
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.evaluation.scores import DEFAULT_DRIFT_THRESHOLD, epoch_of, recommend, score_files  # noqa: E402
+from library.scoring.scores import DEFAULT_DRIFT_THRESHOLD, epoch_of, recommend, score_files  # noqa: E402
 from library.world.classifier import train_classifier  # noqa: E402
 from library.world.epoch_choice import WORLD_PROMPTS, best_band, classifier_truth, star_eval_set, train_star  # noqa: E402
 from library.world.model import build_tiny_world_bundle  # noqa: E402
