@@ -13,10 +13,10 @@ from collections.abc import Callable
 import torch
 
 from library.models.bundle import ModelBundle, ModelFacts, count_parameters, dtype_name
-from library.models.configs import load_family_configs
+from library.models.configs import TINY_SDXL_FAMILY, family_components, load_family_configs
 from library.models.hashing import state_dict_sha256
-from library.models.modules import build_text_encoder, build_unet, build_vae, cast_module, freeze
-from library.models.tokenizer import load_tokenizer
+from library.models.modules import build_component, cast_module, freeze
+from library.models.tokenizer import OPENCLIP_PAD_TOKEN, load_tokenizer
 
 BuiltinBuilder = Callable[[torch.dtype], ModelBundle]
 BUILTIN_MODELS: dict[str, BuiltinBuilder] = {}
@@ -41,29 +41,31 @@ def bundle_state_dict(bundle: ModelBundle) -> dict[str, torch.Tensor]:
     return merged
 
 
-def build_random_bundle(family: str, seed: int, name: str, dtype: torch.dtype = torch.float32) -> ModelBundle:
+def build_random_bundle(family: str, seed: int, name: str, dtype: torch.dtype = torch.float32,
+                        architecture: str = "sd1") -> ModelBundle:
     """A bundle of a shipped architecture with weights drawn from `seed`.
 
-    Each component gets its own seed (seed, seed+1, seed+2) inside a forked RNG,
-    so the result does not depend on, or disturb, the caller's random state.
+    Each component gets its own seed (seed, seed+1, seed+2, seed+3 in the order unet, vae,
+    text_encoder, text_encoder_2) inside a forked RNG, so the result does not depend on, or
+    disturb, the caller's random state. `architecture` is the model family (library/models/family.py).
     """
     configs = load_family_configs(family)
+    order = ("unet", "vae", *[c for c in family_components(family) if c.startswith("text_encoder")])
+    modules: dict[str, torch.nn.Module] = {}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = build_unet(configs["unet"])
-        torch.manual_seed(seed + 1)
-        vae = build_vae(configs["vae"])
-        torch.manual_seed(seed + 2)
-        text_encoder = build_text_encoder(configs["text_encoder"])
-    modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+        for offset, component in enumerate(order):
+            torch.manual_seed(seed + offset)
+            modules[component] = build_component(component, configs[component])
     for module in modules.values():
         freeze(cast_module(module, dtype))
     bundle = ModelBundle(
-        tokenizer=load_tokenizer(), text_encoder=text_encoder, vae=vae, unet=unet,
+        tokenizer=load_tokenizer(), text_encoder=modules["text_encoder"], vae=modules["vae"], unet=modules["unet"],
         scheduler_config=configs["scheduler"], facts=None,  # type: ignore[arg-type]
+        text_encoder_2=modules.get("text_encoder_2"),
+        tokenizer_2=load_tokenizer(OPENCLIP_PAD_TOKEN) if "text_encoder_2" in modules else None,
     )
     bundle.facts = ModelFacts(
-        architecture="sd1",
+        architecture=architecture,
         prediction_type=configs["scheduler"].get("prediction_type", "epsilon"),
         source=f"builtin:{name}",
         source_format="builtin",
@@ -96,3 +98,11 @@ def _build_tiny_world(dtype: torch.dtype) -> ModelBundle:
 
 
 register_builtin("tiny-world", _build_tiny_world)
+
+
+def build_tiny_sdxl_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelBundle:
+    """`tiny-sdxl`: SDXL's block layout and two text encoders at tiny widths, random weights."""
+    return build_random_bundle(TINY_SDXL_FAMILY, seed, name=TINY_SDXL_FAMILY, dtype=dtype, architecture="sdxl")
+
+
+register_builtin(TINY_SDXL_FAMILY, lambda dtype: build_tiny_sdxl_bundle(0, dtype=dtype))

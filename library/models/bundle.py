@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 SourceFormat = Literal["builtin", "diffusers", "single_file"]
 WeightsPicked = Literal["ema", "non-ema", "only one set"]
@@ -76,9 +76,19 @@ class ModelBundle:
     unet: UNet2DConditionModel
     scheduler_config: dict[str, Any]
     facts: ModelFacts
+    # SDXL only: OpenCLIP ViT-bigG (HF layout, with its projection) and its zero-padding tokenizer.
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
 
     def components(self) -> dict[str, torch.nn.Module]:
-        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+        found = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+        if self.text_encoder_2 is not None:
+            found["text_encoder_2"] = self.text_encoder_2
+        return found
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """Every text encoder, in the family's order (te1, te2): what a LoRA's text-encoder part wraps."""
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
 
 
 def count_parameters(modules: dict[str, torch.nn.Module]) -> dict[str, int]:

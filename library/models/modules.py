@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from library.models.configs import load_family_configs
 
@@ -42,7 +42,18 @@ def build_text_encoder(config: dict[str, Any], empty: bool = False) -> CLIPTextM
     return CLIPTextModel(te_config)
 
 
-_BUILDERS = {"unet": build_unet, "vae": build_vae, "text_encoder": build_text_encoder}
+def build_text_encoder_2(config: dict[str, Any], empty: bool = False) -> CLIPTextModelWithProjection:
+    """SDXL's second text encoder (OpenCLIP ViT-bigG in HF layout): its projected pooled output
+    is the `text_embeds` half of SDXL's added conditioning."""
+    te_config = CLIPTextConfig(**config)
+    if empty:
+        with init_empty_weights():
+            return CLIPTextModelWithProjection(te_config)
+    return CLIPTextModelWithProjection(te_config)
+
+
+_BUILDERS = {"unet": build_unet, "vae": build_vae, "text_encoder": build_text_encoder,
+             "text_encoder_2": build_text_encoder_2}
 
 
 def build_component(component: str, config: dict[str, Any], empty: bool = False) -> torch.nn.Module:

@@ -64,8 +64,11 @@ def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
     return {tok: i for i, tok in enumerate(tokens)}
 
 
-@functools.lru_cache(maxsize=1)
-def _build_tokenizer() -> CLIPTokenizer:
+OPENCLIP_PAD_TOKEN = "!"  # id 0: OpenCLIP pads with zeros (SD2's and SDXL's second tokenizer, as diffusers ships them)
+
+
+@functools.lru_cache(maxsize=2)
+def _build_tokenizer(pad_token: str = EOS_TOKEN) -> CLIPTokenizer:
     merges = read_bpe_merges()
     vocab = build_vocab(merges)
     tokenizer = CLIPTokenizer(
@@ -75,7 +78,7 @@ def _build_tokenizer() -> CLIPTokenizer:
         unk_token=EOS_TOKEN,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
+        pad_token=pad_token,
     )
     # CLIPTokenizer keeps the Python merge list it was built from (~10 MB of tuples) beside the
     # Rust BPE model that holds its own copy; nothing reads it again (saving serialises the Rust
@@ -85,6 +88,10 @@ def _build_tokenizer() -> CLIPTokenizer:
     return tokenizer
 
 
-def load_tokenizer() -> CLIPTokenizer:
-    """SD1.x's CLIP tokenizer, built once per process and shared (tokenizers are read-only)."""
-    return _build_tokenizer()
+def load_tokenizer(pad_token: str = EOS_TOKEN) -> CLIPTokenizer:
+    """SD1.x's CLIP tokenizer, built once per process and shared (tokenizers are read-only).
+
+    The vocabulary and merges are the same for OpenAI CLIP and OpenCLIP; only the padding
+    differs: pass `OPENCLIP_PAD_TOKEN` for an OpenCLIP text encoder (SD2, SDXL's second).
+    """
+    return _build_tokenizer(pad_token)
