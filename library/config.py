@@ -35,7 +35,7 @@ GROUPS = (
 
 # The models built into lorasmith (library.models.builtin registers their builders):
 # named here too, so checking a config needs no torch.
-BUILTIN_MODEL_NAMES = ("tiny", "tiny-world", "tiny-sdxl")
+BUILTIN_MODEL_NAMES = ("tiny", "tiny-world", "tiny-sdxl", "tiny-sd2")
 
 SAMPLER_NAMES = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a",

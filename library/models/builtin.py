@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from library.models.bundle import ModelBundle, ModelFacts, count_parameters, dtype_name
-from library.models.configs import TINY_SDXL_FAMILY, family_components, load_family_configs
+from library.models.configs import TINY_SD2_FAMILY, TINY_SDXL_FAMILY, family_components, load_family_configs
 from library.models.hashing import state_dict_sha256
 from library.models.modules import build_component, cast_module, freeze
 from library.models.tokenizer import OPENCLIP_PAD_TOKEN, load_tokenizer
@@ -106,3 +106,13 @@ def build_tiny_sdxl_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) ->
 
 
 register_builtin(TINY_SDXL_FAMILY, lambda dtype: build_tiny_sdxl_bundle(0, dtype=dtype))
+
+
+def build_tiny_sd2_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelBundle:
+    """`tiny-sd2`: SD2.x 768-v's layout (OpenCLIP-style text encoder, v-prediction) at tiny widths."""
+    bundle = build_random_bundle(TINY_SD2_FAMILY, seed, name=TINY_SD2_FAMILY, dtype=dtype, architecture="sd2")
+    bundle.tokenizer = load_tokenizer(OPENCLIP_PAD_TOKEN)
+    return bundle
+
+
+register_builtin(TINY_SD2_FAMILY, lambda dtype: build_tiny_sd2_bundle(0, dtype=dtype))

@@ -20,8 +20,11 @@ COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
 # SD1.x weight-matching tools iterate FAMILIES and have no second text encoder.
 SDXL_FAMILY = "sdxl"
 TINY_SDXL_FAMILY = "tiny-sdxl"
+# SD2.x 768-v's shape at tiny widths: OpenCLIP-style text encoder (gelu, zero padding), linear
+# transformer projections, per-level head counts, v-prediction.
+TINY_SD2_FAMILY = "tiny-sd2"
 _EXTRA_COMPONENTS = {SDXL_FAMILY: ("text_encoder_2",), TINY_SDXL_FAMILY: ("text_encoder_2",)}
-SHIPPED = FAMILIES + (SDXL_FAMILY, TINY_SDXL_FAMILY)
+SHIPPED = FAMILIES + (SDXL_FAMILY, TINY_SDXL_FAMILY, TINY_SD2_FAMILY)
 _FILE_NAMES = {"scheduler": "scheduler_config.json"}
 
 
