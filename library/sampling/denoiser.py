@@ -19,6 +19,7 @@ import torch
 
 from library.errors import SamplingError
 from library.sampling.schedules import model_sigmas, sigma_to_t
+from library.sampling.sdxl_conditioning import SDXLCond, cat_conditioning, sdxl_unet_kwargs
 
 
 class DiscreteDenoiser:
@@ -43,7 +44,9 @@ class DiscreteDenoiser:
         c_in = 1 / (s**2 + 1).sqrt()
         t = sigma_to_t(sigma.detach().cpu(), self.log_sigmas).to(x.device)
         dtype = next(self.unet.parameters()).dtype
-        out = self.unet((x * c_in).to(dtype), t.to(dtype), encoder_hidden_states=cond.to(dtype)).sample
+        kwargs = (sdxl_unet_kwargs(cond, x, dtype) if isinstance(cond, SDXLCond)
+                  else {"encoder_hidden_states": cond.to(dtype)})
+        out = self.unet((x * c_in).to(dtype), t.to(dtype), **kwargs).sample
         return denoised_from_output(x, s, out.to(x.dtype), self.prediction_type)
 
     def output_offset(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,7 @@ class CFGDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.cfg_scale == 1.0:
             return self.inner(x, sigma, self.cond)
-        d = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([self.uncond, self.cond]))
+        d = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), cat_conditioning([self.uncond, self.cond]))
         d_uncond, d_cond = d.chunk(2)
         guided = d_uncond + (d_cond - d_uncond) * self.cfg_scale
         if not self.guidance_rescale:

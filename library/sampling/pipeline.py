@@ -23,13 +23,13 @@ import torch
 from PIL import Image
 
 from library.errors import SamplingError
-from library.sampling.conditioning import PromptEncoder
 from library.sampling.denoiser import CFGDenoiser, DiscreteDenoiser
 from library.sampling.dynamic_prompts import expand_prompt
 from library.sampling.infotext import MODEL_EXTENSIONS, format_infotext, format_number, model_label, version_string
 from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora, resolve_named_file
 from library.sampling.prompt_parser import extract_prompt_tags
 from library.sampling.sampler_registry import infotext_sampler, resolve_sampler
+from library.sampling.sdxl_conditioning import make_prompt_encoder
 
 StepCallback = Callable[[int], None]
 
@@ -193,7 +193,7 @@ class SamplingSession:
 
     def __init__(self, bundle) -> None:
         self.bundle = bundle
-        self.encoder = PromptEncoder(bundle.tokenizer, bundle.text_encoder)
+        self.encoder = make_prompt_encoder(bundle)  # SD1, SD2 (OpenCLIP padding) or SDXL (two encoders)
         self.loras = LoraStack(bundle.unet, bundle.text_encoder)
         self.denoiser = DiscreteDenoiser(bundle.unet, bundle.scheduler_config)
         if next(bundle.unet.parameters()).device.type == "cpu":

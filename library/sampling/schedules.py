@@ -39,9 +39,31 @@ def betas_from_config(config: Mapping[str, Any]) -> torch.Tensor:
     )
 
 
+# A1111's and ComfyUI's stand-in for the terminal ᾱ = 0 of a zero-terminal-SNR schedule (σ would be ∞)
+ZERO_SNR_TERMINAL_ABAR = 4.8973451890853435e-08
+
+
+def rescale_zero_terminal_snr_abar(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", algorithm 1.
+
+    Shift √ᾱ so the last is 0 and scale it so the first is unchanged; the last ᾱ is then set to
+    A1111's / ComfyUI's 4.897e-08 so σ stays finite (diffusers' Euler uses 2**-24 instead).
+    """
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    abar = ((root - last) * (first / (first - last))) ** 2
+    abar[-1] = ZERO_SNR_TERMINAL_ABAR
+    return abar
+
+
 def model_sigmas(config: Mapping[str, Any]) -> torch.Tensor:
-    """Sigma of every training timestep, ascending: sqrt((1 - abar) / abar) (DDPM, Ho et al. 2020)."""
+    """Sigma of every training timestep, ascending: sqrt((1 - abar) / abar) (DDPM, Ho et al. 2020).
+
+    A config with diffusers' `rescale_betas_zero_snr: true` gets the zero-terminal-SNR schedule.
+    """
     alphas_cumprod = torch.cumprod(1.0 - betas_from_config(config), dim=0)
+    if config.get("rescale_betas_zero_snr"):
+        alphas_cumprod = rescale_zero_terminal_snr_abar(alphas_cumprod)
     return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
 
 
