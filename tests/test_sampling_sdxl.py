@@ -1,0 +1,156 @@
+"""SDXL in the bundled sampler, on the built-in tiny-sdxl.
+
+The reference is diffusers' StableDiffusionXLPipeline built from the same tiny modules, with
+the same starting noise and an Euler scheduler on the same sigmas ("linspace" spacing at 10
+steps gives integer timesteps 999, 888, ..., 0, which is A1111's uniform schedule). Emphasis
+and BREAK have no diffusers counterpart and are checked against hand-built expectations.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+from library.models import load_model_bundle
+from library.sampling.conditioning import apply_emphasis
+from library.sampling.pipeline import SampleRequest, SamplingSession, generate
+from library.sampling.sdxl_conditioning import SDXLCond, pad_after_end, sdxl_time_ids
+
+STEPS = 10
+SIZE = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_model_bundle("tiny-sdxl")
+
+
+def diffusers_pipe(bundle) -> StableDiffusionXLPipeline:
+    scheduler = EulerDiscreteScheduler.from_config(bundle.scheduler_config, timestep_spacing="linspace")
+    return StableDiffusionXLPipeline(
+        vae=bundle.vae, text_encoder=bundle.text_encoder, text_encoder_2=bundle.text_encoder_2,
+        tokenizer=bundle.tokenizer, tokenizer_2=bundle.tokenizer_2, unet=bundle.unet, scheduler=scheduler,
+        force_zeros_for_empty_prompt=True)
+
+
+def seed_noise(seed: int) -> torch.Tensor:
+    """The noise our sampler draws for one image of this seed (pipeline.sample_latents)."""
+    return torch.randn((4, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(seed)).unsqueeze(0)
+
+
+@pytest.mark.parametrize("negative", ["blurry, ugly", ""])
+def test_txt2img_matches_diffusers_sdxl_pipeline(bundle, negative):
+    request = SampleRequest(prompt="a photo of a cat", negative_prompt=negative, steps=STEPS, cfg_scale=5.0,
+                            sampler="Euler", width=SIZE, height=SIZE, seed=3)
+    ours = np.asarray(generate(bundle, request)[0].image, dtype=np.float32)
+    with torch.no_grad():
+        ref = diffusers_pipe(bundle)(
+            prompt="a photo of a cat", negative_prompt=negative or None, num_inference_steps=STEPS,
+            guidance_scale=5.0, height=SIZE, width=SIZE, latents=seed_noise(3), output_type="np").images[0]
+    diff = np.abs(ours - ref * 255.0)
+    assert diff.max() <= 1.0, diff.max()  # uint8 rounding only
+    assert ref.std() > 0.01  # the image is not flat, so equality means something
+
+
+def test_latents_match_diffusers_and_cfg_rescale(bundle):
+    """Before the VAE, with CFG rescale: diffusers' guidance_rescale and ours agree on the latents."""
+    request = SampleRequest(prompt="a red (car:1.0) on a road", negative_prompt="lowres", steps=STEPS,
+                            cfg_scale=7.0, guidance_rescale=0.7, sampler="Euler", width=SIZE, height=SIZE, seed=5)
+    session = SamplingSession(bundle)
+    from library.sampling.pipeline import sample_latents
+
+    cond, uncond = session.encoder.encode_batch([request.prompt], [request.negative_prompt], None)
+    ours = sample_latents(session.denoiser, request, [5], cond, uncond)
+    with torch.no_grad():
+        ref = diffusers_pipe(bundle)(
+            prompt="a red car on a road", negative_prompt="lowres", num_inference_steps=STEPS, guidance_scale=7.0,
+            guidance_rescale=0.7, height=SIZE, width=SIZE, latents=seed_noise(5), output_type="latent").images
+    assert torch.allclose(ours, ref, atol=2e-4, rtol=1e-4), float((ours - ref).abs().max())
+
+
+def test_conditioning_matches_diffusers_encode_prompt(bundle):
+    session = SamplingSession(bundle)
+    cond, uncond = session.encoder.encode_batch(["a dog, running"], [""], None)
+    pe, npe, pooled, npooled = diffusers_pipe(bundle).encode_prompt(
+        "a dog, running", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    assert torch.allclose(cond.hidden, pe, atol=1e-5)
+    assert torch.allclose(cond.pooled, pooled, atol=1e-5)
+    assert torch.count_nonzero(uncond.hidden) == 0 and torch.count_nonzero(uncond.pooled) == 0
+    assert torch.equal(npe, uncond.hidden) and torch.equal(npooled, uncond.pooled)
+    # te1 (32 wide) then te2 (32 wide): the UNet's cross-attention width 64
+    assert cond.hidden.shape == (1, 77, 64) and cond.pooled.shape == (1, 32)
+
+
+def hand_states(encoder, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    out = encoder(torch.tensor([tokens]), output_hidden_states=True, return_dict=True)
+    return out.hidden_states[-2][0], getattr(out, "text_embeds", None)
+
+
+def test_emphasis_and_break_on_both_encoders_by_hand(bundle):
+    """'(cat:1.5) BREAK dog': two chunks; each encoder's states weighted and mean-restored on its own."""
+    tok, tok2 = bundle.tokenizer, bundle.tokenizer_2
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    cat, dog = tok("cat", add_special_tokens=False).input_ids, tok("dog", add_special_tokens=False).input_ids
+    chunk1 = [bos] + cat + [eos] * (76 - len(cat))
+    chunk2 = [bos] + dog + [eos] * (76 - len(dog))
+    weights1 = torch.ones(77)
+    weights1[1:1 + len(cat)] = 1.5
+    with torch.no_grad():
+        expected_parts, pooled = [], None
+        for encoder, pad in ((bundle.text_encoder, eos), (bundle.text_encoder_2, tok2.pad_token_id)):
+            z1, p1 = hand_states(encoder, pad_after_end(chunk1, eos, pad))
+            z2, _ = hand_states(encoder, pad_after_end(chunk2, eos, pad))
+            mean = z1.mean()
+            z1w = z1 * weights1[:, None]
+            z1w = z1w * (mean / z1w.mean())
+            expected_parts.append(torch.cat([z1w, z2]))
+            pooled = p1 if p1 is not None else pooled
+        expected = torch.cat(expected_parts, dim=-1).unsqueeze(0)
+        got = SamplingSession(bundle).encoder.encode("(cat:1.5) BREAK dog")
+    assert tok2.pad_token_id == 0 and pad_after_end(chunk1, eos, 0)[len(cat) + 2] == 0
+    assert got.hidden.shape == (1, 154, 64)
+    assert torch.allclose(got.hidden, expected, atol=1e-5)
+    assert torch.allclose(got.pooled, pooled.unsqueeze(0), atol=1e-5)  # first chunk, unweighted
+    # emphasis on the concatenation instead would differ: the two encoders keep their own means
+    joint = apply_emphasis(torch.cat([hand_states(bundle.text_encoder, chunk1)[0],
+                                      hand_states(bundle.text_encoder_2, pad_after_end(chunk1, eos, 0))[0]], -1),
+                           weights1)
+    assert not torch.allclose(got.hidden[0, :77], joint, atol=1e-4)
+
+
+def test_pad_after_end_by_hand():
+    assert pad_after_end([9, 5, 7, 7, 7], 7, 0) == [9, 5, 7, 0, 0]
+    assert pad_after_end([9, 5, 7, 7], 7, 7) == [9, 5, 7, 7]
+
+
+def test_time_ids_are_height_width_crop_target():
+    ids = sdxl_time_ids(768, 1024, 2)
+    assert ids.tolist() == [[768, 1024, 0, 0, 768, 1024]] * 2
+
+
+def test_time_ids_follow_the_latent_size(bundle):
+    """A non-square request passes (h, w, 0, 0, h, w) to the UNet's add_time_ids."""
+    seen = []
+    hook = bundle.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True)
+    try:
+        generate(bundle, SampleRequest(prompt="x", steps=1, width=48, height=32, seed=1, sampler="Euler"))
+    finally:
+        hook.remove()
+    assert seen and seen[0].tolist() == [[32, 48, 0, 0, 32, 48]] * 2  # uncond and cond halves
+
+
+def test_cond_cat_and_shape():
+    a = SDXLCond(torch.zeros(1, 77, 8), torch.zeros(1, 4))
+    b = SDXLCond(torch.ones(1, 77, 8), torch.ones(1, 4))
+    both = SDXLCond.cat([a, b])
+    assert both.shape == (2, 77, 8) and both.pooled[1].sum() == 4
