@@ -154,3 +154,37 @@ def test_cond_cat_and_shape():
     b = SDXLCond(torch.ones(1, 77, 8), torch.ones(1, 4))
     both = SDXLCond.cat([a, b])
     assert both.shape == (2, 77, 8) and both.pooled[1].sum() == 4
+
+
+def test_fp16_vae_nan_is_decoded_again_in_fp32(bundle, caplog):
+    """A NaN from the fp16 VAE (forced at its last conv) → the batch is decoded in fp32, logged, VAE back to fp16."""
+    import copy
+    import logging
+
+    from library.sampling.pipeline import decode_latents
+
+    vae = copy.deepcopy(bundle.vae)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = np.asarray(decode_latents(vae, latents)[0])  # fp32 reference
+    vae.half()
+    vae.decoder.conv_out.register_forward_hook(
+        lambda m, args, out: out * float("nan") if out.dtype == torch.float16 else out)
+    with caplog.at_level(logging.WARNING, logger="library.sampling.vae_decode"):
+        image = np.asarray(decode_latents(vae, latents)[0])
+    assert "NaN" in caplog.text and "fp32" in caplog.text and "--no_half_vae" in caplog.text
+    assert next(vae.parameters()).dtype == torch.float16
+    # fp16 weights rounded, then decoded in fp32: within a few levels of the fp32 VAE's image
+    assert np.abs(image.astype(int) - expected.astype(int)).max() <= 3
+    assert expected.std() > 1
+
+
+def test_finite_fp16_decode_is_not_retried(bundle, caplog):
+    import copy
+    import logging
+
+    from library.sampling.vae_decode import decode_to_pixels
+
+    vae = copy.deepcopy(bundle.vae).half()
+    with caplog.at_level(logging.WARNING, logger="library.sampling.vae_decode"):
+        pixels, retried = decode_to_pixels(vae, torch.zeros(1, 4, 8, 8))
+    assert not retried and torch.isfinite(pixels).all() and caplog.text == ""

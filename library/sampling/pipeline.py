@@ -30,6 +30,7 @@ from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora
 from library.sampling.prompt_parser import extract_prompt_tags
 from library.sampling.sampler_registry import infotext_sampler, resolve_sampler
 from library.sampling.sdxl_conditioning import make_prompt_encoder
+from library.sampling.vae_decode import decode_to_pixels
 
 StepCallback = Callable[[int], None]
 
@@ -377,10 +378,8 @@ def sample_latents(denoiser: DiscreteDenoiser, request: SampleRequest, seeds: Se
 
 
 def decode_latents(vae, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE decode (latents / scaling_factor) → 8-bit RGB images."""
-    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
-    dtype = next(vae.parameters()).dtype
-    pixels = vae.decode((latents / scale).to(dtype)).sample.float()
+    """VAE decode (latents / scaling_factor) → 8-bit RGB images; an fp16 NaN decode is redone in fp32."""
+    pixels, _retried = decode_to_pixels(vae, latents)
     arr = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
 
