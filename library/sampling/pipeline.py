@@ -285,9 +285,13 @@ class SamplingSession:
             "Size": f"{request.width}x{request.height}",
             "Model hash": (facts.model_hash or "")[:10] or None, "Model": model_label(facts.name),
             "Denoising strength": format_number(request.denoising_strength) if img2img else None,
-            "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+            # SDXL ignores clip skip (as A1111 does unless sdxl_clip_l_skip is set): not written for it
+            "Clip skip": request.clip_skip if request.clip_skip > 1 and getattr(self.bundle, "text_encoder_2", None) is None else None,
             **(hires_fields(request) if hires else {}),
             "RNG": "CPU",  # sample_latents draws every noise tensor on the CPU
+            # A1111's field for a zero-terminal-SNR schedule (from the model's rescale_betas_zero_snr)
+            "Noise Schedule": "Zero Terminal SNR" if self.denoiser.scheduler_config.get("rescale_betas_zero_snr")
+            else None,
             # the CFG Rescale extension's field (an extra parameter: after A1111's own ones)
             "CFG Rescale": format_number(request.guidance_rescale) if request.guidance_rescale else None,
             "Lora hashes": lora_hashes or None, "Version": version_string(),

@@ -111,6 +111,11 @@ def _eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
             m.train(was_training)
 
 
+def _text_encoders(bundle) -> list[torch.nn.Module]:
+    """te1 and, for SDXL, te2: both go to eval mode while sampling."""
+    return [m for m in (bundle.text_encoder, getattr(bundle, "text_encoder_2", None)) if m is not None]
+
+
 def sample_for_training(bundle, network, prompt_line: str | dict[str, Any], *, sampler: str = "ddim",
                         seed: int | None = None, clip_skip: int | None = None) -> GeneratedImage:
     """One sample image for a prompt line (or a read_prompt_entries dict), with the network as it is now.
@@ -129,7 +134,7 @@ def sample_for_training(bundle, network, prompt_line: str | dict[str, Any], *, s
     validate_request(request)
     session = SamplingSession(bundle)
     _base, jobs = plan_jobs(request)
-    with _eval_mode(bundle.unet, bundle.text_encoder, bundle.vae, network), torch.no_grad():
+    with _eval_mode(bundle.unet, *_text_encoders(bundle), bundle.vae, network), torch.no_grad():
         return session.run_jobs(request, jobs)[0]
 
 
