@@ -188,3 +188,23 @@ def test_finite_fp16_decode_is_not_retried(bundle, caplog):
     with caplog.at_level(logging.WARNING, logger="library.sampling.vae_decode"):
         pixels, retried = decode_to_pixels(vae, torch.zeros(1, 4, 8, 8))
     assert not retried and torch.isfinite(pixels).all() and caplog.text == ""
+
+
+def test_unet_lora_tag_applies_and_is_removed_on_sdxl(bundle, tmp_path):
+    """<lora:NAME:1> with a UNet-only LoRA (saved by our own network, whatever its key naming) on SDXL."""
+    from library.lora.network import LoRANetwork
+
+    net = LoRANetwork.create(bundle.unet, bundle.text_encoder, rank=4, alpha=4, train_text_encoder=False)
+    gen = torch.Generator().manual_seed(0)
+    for p in net.parameters():
+        p.data = torch.randn(p.shape, generator=gen) * 0.3
+    net.save_weights(tmp_path / "x.safetensors")
+    net.restore()
+    request = SampleRequest(prompt="a cat", steps=2, width=32, height=32, seed=1, sampler="Euler",
+                            lora_dir=str(tmp_path))
+    before = np.asarray(generate(bundle, request)[0].image, dtype=int)
+    with_lora = generate(bundle, SampleRequest(**{**request.__dict__, "prompt": "a cat <lora:x:1>"}))[0]
+    after = np.asarray(generate(bundle, request)[0].image, dtype=int)
+    assert np.abs(np.asarray(with_lora.image, dtype=int) - before).max() > 5
+    assert np.array_equal(before, after)  # removed again
+    assert 'Lora hashes: "x: ' in with_lora.parameters
