@@ -14,7 +14,12 @@ from PIL import Image
 
 from library.models import load_model_bundle
 from library.sampling.infotext import parse_infotext
-from library.sampling.pipeline import SampleRequest, SamplingSession, generate, plan_jobs
+from library.sampling.pipeline import (
+    SampleRequest,
+    SamplingSession,
+    generate,
+    plan_jobs,
+)
 
 FAMILIES = ["tiny-sdxl", "tiny-sd2"]
 INIT = Image.new("RGB", (64, 64), (220, 40, 40))

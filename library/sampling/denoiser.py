@@ -19,7 +19,11 @@ import torch
 
 from library.errors import SamplingError
 from library.sampling.schedules import model_sigmas, sigma_to_t
-from library.sampling.sdxl_conditioning import SDXLCond, cat_conditioning, sdxl_unet_kwargs
+from library.sampling.sdxl_conditioning import (
+    SDXLCond,
+    cat_conditioning,
+    sdxl_unet_kwargs,
+)
 
 
 class DiscreteDenoiser:

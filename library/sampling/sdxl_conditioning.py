@@ -27,7 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from library.sampling.conditioning import PromptEncoder, apply_emphasis, encode_chunks, pad_chunks
+from library.sampling.conditioning import (
+    PromptEncoder,
+    apply_emphasis,
+    encode_chunks,
+    pad_chunks,
+)
 from library.sampling.prompt_parser import PromptChunk, tokenize_prompt
 
 
@@ -58,11 +63,11 @@ class SDXLCond:
     def shape(self) -> torch.Size:
         return self.hidden.shape
 
-    def to(self, *args, **kwargs) -> "SDXLCond":
+    def to(self, *args, **kwargs) -> SDXLCond:
         return SDXLCond(self.hidden.to(*args, **kwargs), self.pooled.to(*args, **kwargs))
 
     @staticmethod
-    def cat(items: list["SDXLCond"]) -> "SDXLCond":
+    def cat(items: list[SDXLCond]) -> SDXLCond:
         return SDXLCond(torch.cat([c.hidden for c in items]), torch.cat([c.pooled for c in items]))
 
 
