@@ -16,8 +16,8 @@ import torch
 log = logging.getLogger(__name__)
 
 NAN_MESSAGE = ("the VAE produced NaN/inf in {dtype} (the SDXL VAE overflows in fp16); decoded again in fp32. "
-               "To decode in fp32 from the start load the model with --no_half_vae, or use an fp16-fixed SDXL VAE "
-               "(--vae)")
+               "To keep the VAE in fp32 while training use --no_half_vae (sd-scripts' flag), or give an "
+               "fp16-fixed SDXL VAE with --vae")
 
 
 def decode_to_pixels(vae, latents: torch.Tensor) -> tuple[torch.Tensor, bool]:
