@@ -208,3 +208,20 @@ def test_unet_lora_tag_applies_and_is_removed_on_sdxl(bundle, tmp_path):
     assert np.abs(np.asarray(with_lora.image, dtype=int) - before).max() > 5
     assert np.array_equal(before, after)  # removed again
     assert 'Lora hashes: "x: ' in with_lora.parameters
+
+
+@pytest.mark.parametrize("family", ["sdxl", "tiny-sdxl"])
+def test_conditioning_layout_fits_the_unet(family):
+    """te1 ⊕ te2 states fill cross-attention; te2's projection + 6 size ids × time dim fill the add-embedding.
+
+    Real SDXL base (shipped config): 768 + 1280 = 2048 and 1280 + 6 × 256 = 2816.
+    """
+    from library.models.configs import load_family_configs
+
+    c = load_family_configs(family)
+    unet = c["unet"]
+    assert c["text_encoder"]["hidden_size"] + c["text_encoder_2"]["hidden_size"] == unet["cross_attention_dim"]
+    assert (c["text_encoder_2"]["projection_dim"] + sdxl_time_ids(1024, 1024, 1).shape[1]
+            * unet["addition_time_embed_dim"]) == unet["projection_class_embeddings_input_dim"]
+    if family == "sdxl":
+        assert (unet["cross_attention_dim"], unet["projection_class_embeddings_input_dim"]) == (2048, 2816)
