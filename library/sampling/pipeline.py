@@ -274,6 +274,9 @@ class SamplingSession:
         second = dataclasses.replace(request, width=latents.shape[3] * 8, height=latents.shape[2] * 8, steps=total)
         return sample_latents(self.denoiser, second, seeds, cond, uncond, on_step, latents, fixed_steps=run)
 
+    def _sdxl(self) -> bool:
+        return getattr(self.bundle, "text_encoder_2", None) is not None
+
     def infotext(self, request: SampleRequest, job: ImageJob, img2img: bool = False, hires: bool = False) -> str:
         facts = self.bundle.facts
         spec = resolve_sampler(request.sampler)
@@ -286,7 +289,7 @@ class SamplingSession:
             "Model hash": (facts.model_hash or "")[:10] or None, "Model": model_label(facts.name),
             "Denoising strength": format_number(request.denoising_strength) if img2img else None,
             # SDXL ignores clip skip (as A1111 does unless sdxl_clip_l_skip is set): not written for it
-            "Clip skip": request.clip_skip if request.clip_skip > 1 and getattr(self.bundle, "text_encoder_2", None) is None else None,
+            "Clip skip": request.clip_skip if request.clip_skip > 1 and not self._sdxl() else None,
             **(hires_fields(request) if hires else {}),
             "RNG": "CPU",  # sample_latents draws every noise tensor on the CPU
             # A1111's field for a zero-terminal-SNR schedule (from the model's rescale_betas_zero_snr)
