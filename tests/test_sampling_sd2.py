@@ -140,3 +140,17 @@ def test_zero_terminal_snr_model_samples(bundle):
     images = session.generate(SampleRequest(prompt="x", steps=4, width=32, height=32, seed=1, sampler="Euler",
                                             guidance_rescale=0.7))
     assert np.asarray(images[0].image).std() > 0
+
+
+def test_a_files_ztsnr_marker_selects_the_zero_snr_schedule(bundle):
+    """`v_pred` + `ztsnr` keys in the file (kept as ldm_extras): ComfyUI's zsnr sampling, and the infotext says so."""
+    from types import SimpleNamespace
+
+    from library.sampling.schedules import sampling_scheduler_config
+
+    marked = SimpleNamespace(scheduler_config=bundle.scheduler_config,
+                             ldm_extras={"v_pred": torch.zeros(0), "ztsnr": torch.zeros(0)})
+    assert sampling_scheduler_config(marked)["rescale_betas_zero_snr"] is True
+    only_v = SimpleNamespace(scheduler_config=bundle.scheduler_config, ldm_extras={"v_pred": torch.zeros(0)})
+    assert not sampling_scheduler_config(only_v).get("rescale_betas_zero_snr")
+    assert not sampling_scheduler_config(bundle).get("rescale_betas_zero_snr")  # no extras at all

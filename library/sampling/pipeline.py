@@ -29,6 +29,7 @@ from library.sampling.infotext import MODEL_EXTENSIONS, format_infotext, format_
 from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora, resolve_named_file
 from library.sampling.prompt_parser import extract_prompt_tags
 from library.sampling.sampler_registry import infotext_sampler, resolve_sampler
+from library.sampling.schedules import sampling_scheduler_config
 from library.sampling.sdxl_conditioning import make_prompt_encoder
 from library.sampling.vae_decode import decode_to_pixels
 
@@ -196,7 +197,7 @@ class SamplingSession:
         self.bundle = bundle
         self.encoder = make_prompt_encoder(bundle)  # SD1, SD2 (OpenCLIP padding) or SDXL (two encoders)
         self.loras = LoraStack(bundle.unet, bundle.text_encoder)
-        self.denoiser = DiscreteDenoiser(bundle.unet, bundle.scheduler_config)
+        self.denoiser = DiscreteDenoiser(bundle.unet, sampling_scheduler_config(bundle))  # + a file's ztsnr
         if next(bundle.unet.parameters()).device.type == "cpu":
             # the trainer's CPU choice (library/training/conv_path.py): small convolutions take the
             # direct im2col+GEMM kernel instead of oneDNN; bench/grid_speed.py --compare_conv_path

@@ -56,6 +56,19 @@ def rescale_zero_terminal_snr_abar(alphas_cumprod: torch.Tensor) -> torch.Tensor
     return abar
 
 
+def sampling_scheduler_config(bundle) -> dict[str, Any]:
+    """The bundle's scheduler config, with `rescale_betas_zero_snr` set when its file says zero terminal SNR.
+
+    A single file marks it with a `ztsnr` key beside `v_pred` (NoobAI-XL v-pred and other zsnr
+    checkpoints); ComfyUI samples such a model on the zero-terminal-SNR schedule, and so do we.
+    """
+    config = dict(bundle.scheduler_config)
+    extras = getattr(bundle, "ldm_extras", None) or {}
+    if "ztsnr" in extras and "v_pred" in extras:
+        config["rescale_betas_zero_snr"] = True
+    return config
+
+
 def model_sigmas(config: Mapping[str, Any]) -> torch.Tensor:
     """Sigma of every training timestep, ascending: sqrt((1 - abar) / abar) (DDPM, Ho et al. 2020).
 
