@@ -23,6 +23,7 @@ diffusers' defaults). Clip skip does not apply to SDXL (A1111 ignores it unless 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,8 @@ def pad_after_end(tokens: list[int], end_id: int, pad_id: int) -> list[int]:
 
 
 def repad_chunks(chunks: list[PromptChunk], end_id: int, pad_id: int) -> list[PromptChunk]:
-    return [PromptChunk(pad_after_end(c.tokens, end_id, pad_id), list(c.weights)) for c in chunks]
+    """The chunks with OpenCLIP padding; every other field (weights, embedding slots) kept."""
+    return [dataclasses.replace(c, tokens=pad_after_end(c.tokens, end_id, pad_id)) for c in chunks]
 
 
 @dataclass
@@ -99,7 +101,9 @@ class OpenCLIPPromptEncoder(PromptEncoder):
     def encode(self, prompt: str, clip_skip: int | None) -> torch.Tensor:
         key = (prompt, clip_skip)
         if key not in self._cache:
-            chunks = tokenize_prompt(self.tokenizer, prompt)
+            # textual-inversion embeddings, where the encoder has them (library/sampling/embeddings.py)
+            embeddings = getattr(self, "embeddings", None)
+            chunks = tokenize_prompt(self.tokenizer, prompt, *(() if embeddings is None else (embeddings,)))
             chunks = repad_chunks(chunks, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
             self._cache[key] = encode_chunks(self.text_encoder, chunks, clip_skip)
         return self._cache[key]
