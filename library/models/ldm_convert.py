@@ -47,16 +47,16 @@ def component_to_ldm(component: str, config: Mapping[str, Any], state_dict: Mapp
     return {table[k]: to_ldm_tensor(table[k], v) for k, v in state_dict.items()}
 
 
-def modules_to_ldm(modules: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """UNet, VAE and text encoder as one LDM-layout state dict (what A1111 and sd-scripts read)."""
-    out: dict[str, torch.Tensor] = {}
-    for component in COMPONENTS:
-        module = modules[component]
-        config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
-        out.update(component_to_ldm(component, config, module.state_dict()))
-    positions = modules["text_encoder"].config.max_position_embeddings
-    out[POSITION_IDS_KEY] = torch.arange(positions, dtype=torch.int64).unsqueeze(0)
-    return out
+def modules_to_ldm(modules: Mapping[str, torch.nn.Module], architecture: str = "sd1",
+                   extras: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """A model family's modules as one LDM-layout state dict (what A1111, ComfyUI and sd-scripts read).
+
+    SD1.x: UNet, VAE and CLIP text encoder (with its position ids). SD2.x and SDXL: see
+    ldm_layout.py; `extras` are tensors the source file had that no module holds.
+    """
+    from library.models.ldm_layout import modules_to_ldm as family_modules_to_ldm
+
+    return family_modules_to_ldm(architecture, modules, extras)
 
 
 def normalise_old_clip_keys(ldm: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
