@@ -177,3 +177,19 @@ def test_refiner_and_inpainting_folders_are_refused(tiny_sdxl, tmp_path):
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(ModelLoadError, match="a FLUX model"):
         load_model_bundle(str(folder))
+
+
+def test_inspect_model_says_what_was_detected_and_why(sdxl_file, capsys):
+    from library.cli import main
+
+    assert main(["inspect-model", str(sdxl_file)]) == 0
+    out = capsys.readouterr().out
+    assert "architecture: Stable Diffusion XL [sdxl] (config: tiny-sdxl)" in out
+    assert "detected by:  two text encoders: `conditioner.embedders.0.transformer.*` (CLIP ViT-L)" in out
+    assert "detected by:  `label_emb` (size/crop conditioning) in the UNet" in out
+    assert ("prediction:   epsilon -- cannot be known from the model; the Stable Diffusion XL default: the file "
+            "does not say; pass --v_parameterization if this is a v-prediction fine-tune") in out
+    assert main(["inspect-model", str(sdxl_file), "--v_parameterization"]) == 0
+    assert "prediction:   v_prediction (from --v_parameterization)" in capsys.readouterr().out
+    assert main(["inspect-model", str(sdxl_file), "--v2"]) == 2
+    assert "--v2 was given but" in capsys.readouterr().err
