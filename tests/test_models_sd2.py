@@ -1,11 +1,19 @@
 """SD2.x: shipped configs (512-base ε, 768-v v), single-file and folder loading, key layout, round trips."""
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from library.errors import ModelLoadError
+from library.models import load_model_bundle
 from library.models.configs import load_family_configs
+from library.models.ldm_layout import expected_ldm_shapes
 from library.models.modules import build_component
+from library.models.saving import ldm_state_dict, save_diffusers, save_single_file
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -36,16 +44,6 @@ def test_sd2_configs_have_the_public_sizes(family, prediction, size):
 
 
 # ---- the single-file layout ---------------------------------------------------------------------
-
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from safetensors.torch import load_file, save_file  # noqa: E402
-
-from library.errors import ModelLoadError  # noqa: E402
-from library.models import load_model_bundle  # noqa: E402
-from library.models.ldm_layout import expected_ldm_shapes  # noqa: E402
-from library.models.saving import ldm_state_dict, save_diffusers, save_single_file  # noqa: E402
 
 TE = "cond_stage_model.model."
 

@@ -193,3 +193,32 @@ def test_inspect_model_says_what_was_detected_and_why(sdxl_file, capsys):
     assert "prediction:   v_prediction (from --v_parameterization)" in capsys.readouterr().out
     assert main(["inspect-model", str(sdxl_file), "--v2"]) == 2
     assert "--v2 was given but" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family, prediction, expected", [
+    ("sdxl", "epsilon", "sdxl"), ("sd2-768-v", "v_prediction", "sd2-768-v"), ("sd2-768-v", "epsilon", "sd2-512"),
+    ("sd15", "epsilon", "sd15"),
+])
+def test_real_sized_layouts_are_detected_and_matched(family, prediction, expected):
+    """The real checkpoints' key sets (shapes only, no 7 GB file): detected family and shipped config.
+    SD2.x 512-base and 768-v have identical shapes, so the prediction type picks the config."""
+    from library.models.architecture import detect_ldm
+    from library.models.configs import architecture_of_config
+    from library.models.single_file import layout_problems, match_config_family
+
+    shapes = dict(expected_ldm_shapes(family))
+    detection = detect_ldm("real.safetensors", shapes)
+    assert detection.architecture == architecture_of_config(family)
+    assert match_config_family(Path("real.safetensors"), detection.architecture, shapes, prediction) == expected
+    if family == "sd2-768-v":  # files without the 24th layer / text_projection / logit_scale still load
+        pruned = {k: v for k, v in shapes.items() if ".resblocks.23." not in k and not k.endswith(("projection", "logit_scale"))}
+        assert layout_problems("sd2", "sd2-768-v", pruned) == []
+        del pruned["model.diffusion_model.out.2.weight"]
+        assert layout_problems("sd2", "sd2-768-v", pruned) == ["missing model.diffusion_model.out.2.weight (unet)"]
+
+
+def test_sd1_only_toolbox_names_sdxl():
+    from library.models.architecture import check_ldm_keys
+
+    with pytest.raises(ModelLoadError, match="is a Stable Diffusion XL checkpoint; this tool handles SD1.x checkpoints only"):
+        check_ldm_keys("x.safetensors", list(expected_ldm_shapes("tiny-sdxl")), 64)

@@ -71,10 +71,10 @@ def _refuse_other_models(source: Path | str, shapes: Mapping[str, tuple[int, ...
         raise refuse(source, "a Stable Diffusion 3 / 3.5 model", f"its `{key}` (MMDiT joint blocks)")
     if key := (_has(shapes, "clip_txt_mapper") or _has(shapes, ".channelwise.")):
         raise refuse(source, "a Stable Cascade (Würstchen) stage", f"its `{key}`")
-    if key := _has(shapes, "conditioner.embedders.0.model."):
-        if not _has(shapes, "conditioner.embedders.1."):
-            raise refuse(source, "the SDXL refiner", f"its only text encoder is OpenCLIP ViT-bigG (`{key}`)",
-                         SUPPORTED + "; train on the SDXL base model: the refiner only polishes its outputs")
+    key = _has(shapes, "conditioner.embedders.0.model.")
+    if key and not _has(shapes, "conditioner.embedders.1."):
+        raise refuse(source, "the SDXL refiner", f"its only text encoder is OpenCLIP ViT-bigG (`{key}`)",
+                     SUPPORTED + "; train on the SDXL base model: the refiner only polishes its outputs")
 
 
 def detect_ldm(source: Path | str, shapes: Mapping[str, tuple[int, ...]]) -> Detection:
@@ -113,7 +113,7 @@ def detect_ldm(source: Path | str, shapes: Mapping[str, tuple[int, ...]]) -> Det
 def _check_cross_attention(source: Path | str, architecture: str, shapes: Mapping[str, tuple[int, ...]],
                            evidence: list[str]) -> None:
     key = SDXL_CROSS_ATTN if architecture == "sdxl" else CROSS_ATTN
-    if key not in shapes:
+    if not shapes.get(key):  # absent, or names only (check_ldm_keys)
         return
     width = shapes[key][-1]
     evidence.append(f"{width}-wide cross-attention (`{key.removeprefix('model.diffusion_model.')}`)")
@@ -126,8 +126,9 @@ def _check_cross_attention(source: Path | str, architecture: str, shapes: Mappin
 
 def _with_prediction(detection: Detection, shapes: Mapping[str, Any]) -> Detection:
     if V_PRED_KEY in shapes:
-        notes = ("the file also has a `ztsnr` key: it was trained with zero terminal SNR "
-                 "(pass --zero_terminal_snr to train it that way)",) if ZTSNR_KEY in shapes else ()
+        ztsnr = ("the file also has a `ztsnr` key: it was trained with zero terminal SNR "
+                 "(pass --zero_terminal_snr to train it that way)")
+        notes = (ztsnr,) if ZTSNR_KEY in shapes else ()
         return Detection(detection.architecture, detection.evidence, "v_prediction",
                          "the file's `v_pred` key (ComfyUI's marker for v-prediction models)", notes)
     return detection
@@ -198,7 +199,7 @@ def detect_diffusers(folder: Path, model_index: Mapping[str, Any] | None, unet: 
         if text_encoder is None or (unet.get("projection_class_embeddings_input_dim") == 2560):
             raise refuse(folder, "the SDXL refiner", "only text_encoder_2/ (OpenCLIP ViT-bigG), "
                          f"`projection_class_embeddings_input_dim: {unet.get('projection_class_embeddings_input_dim')}`",
-                         SUPPORTED + "; train on the SDXL base model: the refiner only polishes its outputs")
+                     SUPPORTED + "; train on the SDXL base model: the refiner only polishes its outputs")
         if text_encoder_2 is None:
             raise ModelLoadError(f"{folder}: an SDXL UNet (`addition_embed_type: text_time`) without text_encoder_2/",
                                  ["restore the folder's text_encoder_2/ (OpenCLIP ViT-bigG)"])

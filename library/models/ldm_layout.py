@@ -27,8 +27,17 @@ from typing import Any
 
 import torch
 
-from library.models.configs import architecture_of_config, family_components, load_family_configs
-from library.models.ldm_keys import UNET_PREFIX, VAE_PREFIX, is_vae_attention_matrix, ldm_key_table
+from library.models.configs import (
+    architecture_of_config,
+    family_components,
+    load_family_configs,
+)
+from library.models.ldm_keys import (
+    UNET_PREFIX,
+    VAE_PREFIX,
+    is_vae_attention_matrix,
+    ldm_key_table,
+)
 from library.models.openclip_convert import hf_to_openclip, openclip_to_hf
 
 Tensor = torch.Tensor

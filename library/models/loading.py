@@ -12,12 +12,17 @@ from pathlib import Path
 import torch
 
 from library.errors import ModelLoadError
+from library.models.architecture import resolve_prediction
 from library.models.builtin import BUILTIN_MODELS, bundle_state_dict
 from library.models.bundle import ModelBundle, ModelFacts, count_parameters, dtype_name
-from library.models.folder import is_diffusers_folder, is_diffusers_vae_folder, load_folder_modules, load_vae_folder
-from library.models.hashing import file_sha256, legacy_hash, state_dict_sha256
-from library.models.architecture import resolve_prediction
 from library.models.configs import ARCHITECTURE_CONFIGS, FAMILIES, load_family_configs
+from library.models.folder import (
+    is_diffusers_folder,
+    is_diffusers_vae_folder,
+    load_folder_modules,
+    load_vae_folder,
+)
+from library.models.hashing import file_sha256, legacy_hash, state_dict_sha256
 from library.models.modules import cast_module, expected_shapes, freeze
 from library.models.single_file import check_v2_flag, load_single_file, load_vae_file
 

@@ -119,7 +119,7 @@ def _write_folder(bundle: ModelBundle, root: Path, dtype: torch.dtype) -> None:
     atomic_write_text(root / "model_index.json", json.dumps(index, indent=2) + "\n")
 
 
-def _write_tokenizer(tok: "CLIPTokenizer", tok_dir: Path) -> None:
+def _write_tokenizer(tok: CLIPTokenizer, tok_dir: Path) -> None:
     """tokenizer.json (transformers 5) plus vocab.json/merges.txt, the files every tool reads."""
     tok.save_pretrained(str(tok_dir))
     model = json.loads(tok.backend_tokenizer.to_str())["model"]

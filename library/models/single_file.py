@@ -11,10 +11,26 @@ from pathlib import Path
 import torch
 
 from library.errors import ModelLoadError
-from library.models.architecture import V_PRED_KEY, ZTSNR_KEY, detect_ldm, resolve_prediction
-from library.models.bundle import ModelBundle, ModelFacts, WeightsPicked, count_parameters, dtype_name
+from library.models.architecture import (
+    V_PRED_KEY,
+    ZTSNR_KEY,
+    detect_ldm,
+    resolve_prediction,
+)
+from library.models.bundle import (
+    ModelBundle,
+    ModelFacts,
+    WeightsPicked,
+    count_parameters,
+    dtype_name,
+)
 from library.models.checkpoint_io import read_state_dict
-from library.models.configs import ARCHITECTURE_CONFIGS, FAMILIES, SD2_512_FAMILY, load_family_configs
+from library.models.configs import (
+    ARCHITECTURE_CONFIGS,
+    FAMILIES,
+    SD2_512_FAMILY,
+    load_family_configs,
+)
 from library.models.family import family_of
 from library.models.hashing import file_sha256, legacy_hash
 from library.models.ldm_convert import ldm_to_component, normalise_old_clip_keys
@@ -26,7 +42,13 @@ from library.models.ldm_layout import (
     slots,
     text_encoder_from_ldm,
 )
-from library.models.modules import assign_weights, build_component, cast_module, expected_shapes, freeze
+from library.models.modules import (
+    assign_weights,
+    build_component,
+    cast_module,
+    expected_shapes,
+    freeze,
+)
 from library.models.tokenizer import family_tokenizers
 
 EMA_PREFIX = "model_ema."
@@ -168,9 +190,7 @@ def optional_ldm_keys(architecture: str, family: str) -> set[str]:
             rest = key[len(slot.prefix):] if key.startswith(slot.prefix) else None
             if rest is None:
                 continue
-            if rest in ("logit_scale",) or (rest == "text_projection" and slot.component == "text_encoder"):
-                optional.add(key)
-            elif rest.startswith("transformer.resblocks.") and int(rest.split(".")[2]) >= layers:
+            if rest in ("logit_scale",) or (rest == "text_projection" and slot.component == "text_encoder") or rest.startswith("transformer.resblocks.") and int(rest.split(".")[2]) >= layers:
                 optional.add(key)
     return optional
 
