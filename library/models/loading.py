@@ -15,7 +15,7 @@ from library.errors import ModelLoadError
 from library.models.architecture import resolve_prediction
 from library.models.builtin import BUILTIN_MODELS, bundle_state_dict
 from library.models.bundle import ModelBundle, ModelFacts, count_parameters, dtype_name
-from library.models.configs import ARCHITECTURE_CONFIGS, FAMILIES, load_family_configs
+from library.models.configs import ARCHITECTURE_CONFIGS, FAMILIES, SD2_512_FAMILY, load_family_configs
 from library.models.folder import (
     is_diffusers_folder,
     is_diffusers_vae_folder,
@@ -79,11 +79,11 @@ def _load_folder(folder: Path, dtype: torch.dtype, v2: bool = False, v_parameter
     stored_dtype = dtype_name(next(modules["unet"].parameters()).dtype)
     for module in modules.values():
         freeze(cast_module(module, dtype))
-    family = match_family(modules, detection.architecture)
     said = scheduler_config.get("prediction_type")
     prediction = resolve_prediction(detection.architecture, said,
                                     "scheduler/scheduler_config.json `prediction_type`" if said else None,
                                     v2=v2, v_parameterization=v_parameterization)
+    family = match_family(modules, detection.architecture, prediction.prediction_type)
     defaults = load_family_configs(family or ARCHITECTURE_CONFIGS[detection.architecture][0])["scheduler"]
     scheduler_config = {**defaults, **scheduler_config, "prediction_type": prediction.prediction_type}
     bundle = ModelBundle(tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler_config=scheduler_config,
@@ -108,9 +108,14 @@ def _load_folder(folder: Path, dtype: torch.dtype, v2: bool = False, v_parameter
     return bundle
 
 
-def match_family(modules: dict[str, torch.nn.Module], architecture: str = "sd1") -> str | None:
-    """Which shipped architecture of this model family these modules have exactly, if any."""
-    for family in ARCHITECTURE_CONFIGS.get(architecture, FAMILIES):
+def match_family(modules: dict[str, torch.nn.Module], architecture: str = "sd1",
+                 prediction_type: str | None = None) -> str | None:
+    """Which shipped architecture of this model family these modules have exactly, if any
+    (SD2.x 512-base and 768-v have the same shapes: the prediction type picks)."""
+    candidates = list(ARCHITECTURE_CONFIGS.get(architecture, FAMILIES))
+    if architecture == "sd2" and prediction_type == "epsilon":
+        candidates.sort(key=lambda f: f != SD2_512_FAMILY)
+    for family in candidates:
         if all({k: tuple(v.shape) for k, v in m.state_dict().items()} == expected_shapes(family, c)
                for c, m in modules.items()):
             return family
