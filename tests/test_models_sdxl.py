@@ -222,3 +222,27 @@ def test_sd1_only_toolbox_names_sdxl():
 
     with pytest.raises(ModelLoadError, match="is a Stable Diffusion XL checkpoint; this tool handles SD1.x checkpoints only"):
         check_ldm_keys("x.safetensors", list(expected_ldm_shapes("tiny-sdxl")), 64)
+
+
+def test_convert_cli_and_separate_vae(tiny_sdxl, sdxl_file, tmp_path, capsys):
+    """`lorasmith convert` both ways in fp16, and an SDXL VAE file (LDM names without prefix) swapped in."""
+    from library.cli import main
+    from library.models.ldm_convert import component_to_ldm
+
+    folder = tmp_path / "pipe"
+    assert main(["convert", str(sdxl_file), str(folder), "--dtype", "fp16"]) == 0
+    back = tmp_path / "back.safetensors"
+    assert main(["convert", str(folder), str(back)]) == 0
+    capsys.readouterr()
+    half = load_file(str(back))
+    assert half[UNET + "label_emb.0.0.weight"].dtype == torch.float16
+    assert torch.equal(half[TE2 + "text_projection"], tiny_sdxl.text_encoder_2.state_dict()["text_projection.weight"].t().half())
+    vae_state = {k.removeprefix("first_stage_model."): v + 1 for k, v in
+                 component_to_ldm("vae", tiny_sdxl.vae.config, tiny_sdxl.vae.state_dict()).items()}
+    vae_path = tmp_path / "sdxl_vae.safetensors"
+    save_file(vae_state, str(vae_path))
+    swapped = load_model_bundle(str(sdxl_file), vae=str(vae_path))
+    assert torch.equal(swapped.vae.state_dict()["decoder.conv_out.bias"], tiny_sdxl.vae.state_dict()["decoder.conv_out.bias"] + 1)
+    assert swapped.vae.config.scaling_factor == 0.13025  # the SDXL VAE's, from the model's own config family
+    counts = swapped.facts.parameter_counts
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total") and "text_encoder_2" in counts
