@@ -95,7 +95,7 @@ class TrainConfig:
         group="Source model", kind="path")
     vae: str | None = option(None, "A separate VAE (.safetensors file or diffusers folder) replacing the checkpoint's", group="Source model", kind="path")
     use_ema_weights: bool = option(False, "Use the EMA weights when the checkpoint holds both (default: non-EMA, as AUTOMATIC1111)", group="Source model")
-    v2: bool = option(False, "The base model is SD 2.x (sd-scripts' flag; lorasmith detects SD 2.x itself). Without v_parameterization it means the epsilon-prediction 512-base", group="Source model", advanced=True)
+    v2: bool = option(False, "The base model is SD 2.x (not supported yet: refused with an explanation)", group="Source model", advanced=True)
     v_parameterization: bool = option(False, "The base model predicts v instead of noise", group="Source model", advanced=True)
 
     # --- Folders ------------------------------------------------------------

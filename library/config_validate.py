@@ -173,6 +173,8 @@ def _check_contradictions(cfg: TrainConfig, rep: ValidationReport) -> None:
     if isinstance(lo, int) and isinstance(hi, int) and lo >= hi:
         rep.error("min_timestep", f"{lo} must be below max_timestep {hi}")
     _check_v_prediction(cfg, rep)
+    if cfg.v2:
+        rep.error("v2", "SD 2.x models are not supported yet; use an SD 1.x checkpoint")
     if cfg.xformers and importlib.util.find_spec("xformers") is None:
         rep.error("xformers", "xformers is not installed; drop --xformers (PyTorch SDPA attention is used by default and is as fast)")
     if cfg.cache_text_encoder_outputs:
