@@ -16,6 +16,7 @@ from library.lazy import lazy_exports
 
 _EXPORTS = {
     "format_infotext": "infotext", "parse_infotext": "infotext", "save_png": "infotext",
+    "parse_parameters": "infotext", "read_png_parameters": "infotext",
     "GeneratedImage": "pipeline", "SampleRequest": "pipeline", "SamplingSession": "pipeline",
     "generate": "pipeline", "SAMPLERS": "sampler_registry", "resolve_sampler": "sampler_registry",
     "sampler_names": "sampler_registry", "parse_prompt_line": "training_samples",
