@@ -24,12 +24,13 @@ from PIL import Image
 
 from library.errors import SamplingError
 from library.sampling.conditioning import PromptEncoder
-from library.sampling.denoiser import CFGDenoiser, DiscreteDenoiser
+from library.sampling.denoiser import DiscreteDenoiser
 from library.sampling.dynamic_prompts import expand_prompt
 from library.sampling.infotext import MODEL_EXTENSIONS, format_infotext, format_number, model_label, version_string
 from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora, resolve_named_file
 from library.sampling.prompt_parser import extract_prompt_tags
 from library.sampling.sampler_registry import infotext_sampler, resolve_sampler
+from library.sampling.step_conditioning import cfg_denoiser, encode_for_sampling, hires_conditioning
 
 StepCallback = Callable[[int], None]
 
@@ -239,7 +240,9 @@ class SamplingSession:
         if self.loras.activate(jobs[0].loras):
             self.encoder.clear()
         clip_skip = request.clip_skip if request.clip_skip > 1 else None
-        cond, uncond = self.encoder.encode_batch([j.text for j in jobs], [j.negative_text for j in jobs], clip_skip)
+        # prompt editing / alternation: per-step conditioning (library/sampling/step_conditioning.py)
+        cond, uncond = encode_for_sampling(self.encoder, [j.text for j in jobs], [j.negative_text for j in jobs],
+                                           clip_skip, request.sampler, request.steps)
         init = encode_images(self.bundle.vae, init_images, request.width, request.height) if init_images else None
         latents = sample_latents(self.denoiser, request, [j.seed for j in jobs], cond, uncond, on_step, init)
         hires = request.enable_hr and init is None
@@ -271,6 +274,7 @@ class SamplingSession:
         if run == 0:
             return latents
         second = dataclasses.replace(request, width=latents.shape[3] * 8, height=latents.shape[2] * 8, steps=total)
+        cond, uncond = hires_conditioning(cond, uncond, request.sampler, request.steps, request.hr_second_pass_steps)
         return sample_latents(self.denoiser, second, seeds, cond, uncond, on_step, latents, fixed_steps=run)
 
     def infotext(self, request: SampleRequest, job: ImageJob, img2img: bool = False, hires: bool = False) -> str:
@@ -371,7 +375,7 @@ def sample_latents(denoiser: DiscreteDenoiser, request: SampleRequest, seeds: Se
         sigmas = (sigmas[len(sigmas) - 1 - fixed_steps:] if fixed_steps is not None  # hires: last n steps
                   else img2img_sigmas(sigmas, request.steps, request.denoising_strength))
         start = init_latents.to(device) + noise * sigmas[0]
-    model = CFGDenoiser(denoiser, cond.to(device), uncond.to(device), request.cfg_scale, request.guidance_rescale)
+    model = cfg_denoiser(denoiser, cond, uncond, request.cfg_scale, request.guidance_rescale, device)
     callback = (lambda info: on_step(len(seeds))) if on_step else None
     return spec.fn(model, start, sigmas, noise_sampler=noise_sampler, callback=callback)
 
