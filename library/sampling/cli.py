@@ -54,6 +54,9 @@ def add_sample_arguments(p: argparse.ArgumentParser, prompt_required: bool = Tru
     p.add_argument("--models_dir", default=None,
                    help="folder where <checkpoint:NAME> prompt tags find NAME.safetensors/.ckpt (sample switches "
                         "models per image; without it the tag must name the loaded model)")
+    p.add_argument("--embeddings_dir", default=None,
+                   help="folder of textual-inversion embeddings (A1111's .pt, .safetensors): a prompt or negative "
+                        "prompt uses one by its file name, e.g. 'EasyNegative', with emphasis like any word")
     p.add_argument("--wildcards_dir", default=None, help="folder of NAME.txt files for __NAME__ wildcards")
     p.add_argument("--init_image", default=None,
                    help="img2img: an image used for every image, or a folder whose images (sorted by name) are used "
@@ -81,7 +84,7 @@ def request_from_args(args: argparse.Namespace, **overrides):
     from library.sampling.pipeline import SampleRequest
 
     names = ("prompt", "negative_prompt", "steps", "cfg_scale", "guidance_rescale", "sampler", "width", "height", "seed",
-             "batch_size", "batch_count", "clip_skip", "lora_dir", "wildcards_dir", "models_dir")
+             "batch_size", "batch_count", "clip_skip", "lora_dir", "wildcards_dir", "models_dir", "embeddings_dir")
     fields = {name: getattr(args, name) for name in names}
     for name, value in SAMPLE_DEFAULTS.items():  # "--seed none" / "--clip_skip none" mean unset
         if fields[name] is None:

@@ -56,6 +56,7 @@ class SampleRequest:
     wildcards_dir: str | None = None
     denoising_strength: float = 0.75  # img2img only: how much of the schedule re-draws the init image
     models_dir: str | None = None  # where <checkpoint:NAME> tags find their model file
+    embeddings_dir: str | None = None  # textual-inversion embeddings, used by file name in prompts
     # hires fix (A1111 txt2img): first pass at width x height, upscale, img2img pass at denoising_strength
     enable_hr: bool = False
     hr_scale: float = 2.0
@@ -221,6 +222,9 @@ class SamplingSession:
             raise SamplingError("img2img needs one init image per image to make",
                                 [f"{len(init_images)} init images for {len(jobs)} images"])
         check_model_tags(self.bundle, jobs)
+        from library.sampling.embeddings import embeddings_for_bundle
+
+        self.encoder.use_embeddings(embeddings_for_bundle(self.bundle, request.embeddings_dir))
         out: list[GeneratedImage] = []
         i = 0
         while i < len(jobs):
@@ -293,9 +297,19 @@ class SamplingSession:
             "RNG": "CPU",  # sample_latents draws every noise tensor on the CPU
             # the CFG Rescale extension's field (an extra parameter: after A1111's own ones)
             "CFG Rescale": format_number(request.guidance_rescale) if request.guidance_rescale else None,
-            "Lora hashes": lora_hashes or None, "Version": version_string(),
+            "Lora hashes": lora_hashes or None, "TI hashes": self.ti_hashes(job), "Version": version_string(),
         }
         return format_infotext(job.prompt, job.negative_prompt, params)
+
+    def ti_hashes(self, job: ImageJob) -> str | None:
+        """A1111's `TI hashes` for the embeddings this image's prompt and negative prompt use."""
+        db = self.encoder.embeddings
+        if db is None:
+            return None
+        from library.sampling.embeddings import embeddings_in_text, ti_hashes
+
+        return ti_hashes(embeddings_in_text(self.bundle.tokenizer, db, job.text),
+                         embeddings_in_text(self.bundle.tokenizer, db, job.negative_text))
 
 
 def hires_fields(request: SampleRequest) -> dict[str, object]:
