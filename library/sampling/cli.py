@@ -49,7 +49,9 @@ def add_sample_arguments(p: argparse.ArgumentParser, prompt_required: bool = Tru
     p.add_argument("--width", type=int, default=512, help="image width, a multiple of 8")
     p.add_argument("--height", type=int, default=512, help="image height, a multiple of 8")
     p.add_argument("--batch_size", type=int, default=1, help="images generated together")
-    p.add_argument("--batch_count", type=int, default=1, help="how many batches")
+    p.add_argument("--batch_count", type=int, default=1,
+                   help="how many batches; 0 = until stopped (sample only: Ctrl-C finishes the current image, "
+                        "A1111's Generate forever)")
     p.add_argument("--lora_dir", default=None, help="folder where <lora:NAME:WEIGHT> tags find NAME.safetensors")
     p.add_argument("--models_dir", default=None,
                    help="folder where <checkpoint:NAME> prompt tags find NAME.safetensors/.ckpt (sample switches "
@@ -235,6 +237,8 @@ def run_sample(args: argparse.Namespace) -> int:
                             ["the prompt may hold A1111 syntax, <lora:NAME:W> tags and settings tags"])
     else:
         request = request_from_args(args)
+    if request.batch_count == 0:
+        return run_until_stopped(args, request, png_settings)
     validate_request(request)
     init = init_images_from_args(args)
     seed, jobs = plan_jobs(request)  # checks prompts, wildcards and LoRA tags before loading the model
@@ -261,6 +265,45 @@ def run_sample(args: argparse.Namespace) -> int:
     for img in images:
         path = save_png(img.image, next_image_path(output_dir, img.seed), img.parameters)
         print(f"{path}  (seed {img.seed})")
+    return 0
+
+
+def run_until_stopped(args: argparse.Namespace, request, png_settings=None) -> int:
+    """--batch_count 0: batch after batch on consecutive seeds, each image saved as soon as it is made."""
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from library.sampling.forever import StopFlag, batches_until_stopped
+    from library.sampling.infotext import next_image_path, save_png
+    from library.sampling.pipeline import SamplingSession, plan_jobs, validate_request
+
+    validate_request(dataclasses.replace(request, batch_count=1))
+    init = init_images_from_args(args)
+    plan_jobs(dataclasses.replace(request, batch_count=1))  # prompt, wildcard and LoRA problems before loading
+    output_dir = output_dir_from_args(args)
+    sessions: dict[str | None, SamplingSession] = {}  # the model loaded now (one at a time)
+    made = 0
+    stop = StopFlag()
+    print("generating until stopped: Ctrl-C finishes the current image")
+    with stop.on_ctrl_c(), tqdm(desc="img2img" if init else "sampling", unit="step") as bar:
+        for batch in batches_until_stopped(request, stop):
+            _seed, jobs = plan_jobs(batch)
+            init_images = cycle_images(init, made + len(jobs))[made:] if init else None
+            for checkpoint, indices in checkpoint_groups(jobs, switch=bool(args.models_dir)):
+                if checkpoint not in sessions:
+                    sessions.clear()
+                    sessions[checkpoint] = SamplingSession(load_bundle_from_args(args, checkpoint))
+                    if png_settings is not None and checkpoint is None:
+                        warn_model_differs(png_settings, sessions[checkpoint].bundle)
+                images = sessions[checkpoint].run_jobs(
+                    batch, [jobs[i] for i in indices], on_step=bar.update, max_batch=batch.batch_size,
+                    init_images=[init_images[i] for i in indices] if init_images else None)
+                for img in images:
+                    path = save_png(img.image, next_image_path(output_dir, img.seed), img.parameters)
+                    bar.write(f"{path}  (seed {img.seed})")
+            made += len(jobs)
+    print(f"stopped after {made} image(s)")
     return 0
 
 
