@@ -150,12 +150,13 @@ def cycle_images(images: list[Image.Image], count: int) -> list[Image.Image]:
     return [images[i % len(images)] for i in range(count)]
 
 
-def load_bundle_from_args(args: argparse.Namespace, name: str | None = None):
+def load_bundle_from_args(args: argparse.Namespace, name: str | None = None, vae: str | None = None):
+    """The model (or `name`) with --vae, or with `vae` when given ("" = the model's own VAE: a grid's VAE axis)."""
     from library.models import load_model_bundle
 
     from library.sampling.memory import apply_memory_options
 
-    bundle = load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae,
+    bundle = load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae if vae is None else vae,
                                use_ema_weights=args.use_ema_weights)
     apply_memory_options(bundle, getattr(args, "vae_tiling", False), getattr(args, "attention_slicing", False))
     return bundle

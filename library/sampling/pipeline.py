@@ -291,6 +291,9 @@ class SamplingSession:
             "CFG scale": format_number(request.cfg_scale), "Seed": job.seed,
             "Size": f"{request.width}x{request.height}",
             "Model hash": (facts.model_hash or "")[:10] or None, "Model": model_label(facts.name),
+            # A1111 writes a separately loaded VAE as its file's short hash and name without extension
+            "VAE hash": (facts.vae_hash or "")[:10] or None if facts.vae_name else None,
+            "VAE": model_label(facts.vae_name) if facts.vae_name else None,
             "Denoising strength": format_number(request.denoising_strength) if img2img else None,
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
             **(hires_fields(request) if hires else {}),
