@@ -130,3 +130,28 @@ def test_no_prompt_and_no_png_is_an_error(tmp_path, capsys):
 def test_bad_number_in_infotext():
     with pytest.raises(SamplingError, match="'Steps' is 'many'"):
         settings_from_infotext("x\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 1")
+
+
+def test_embeddings_restored_and_checked_by_ti_hashes(tmp_path, capsys):
+    import torch
+
+    emb_dir = tmp_path / "emb"
+    emb_dir.mkdir()
+    torch.save({"string_to_param": {"*": torch.nn.Parameter(torch.randn(2, 32))}}, emb_dir / "badthing.pt")
+    first = tmp_path / "first"
+    assert main(BASE + ["--prompt", "a cube", "--negative_prompt", "(badthing:1.2)", "--embeddings_dir",
+                        str(emb_dir), "--steps", "1", "--seed", "9", "--output_dir", str(first)]) == 0
+    pixels, params = _pixels(_only_png(first))
+    assert 'TI hashes: "badthing: ' in params
+    again = tmp_path / "again"
+    assert main(["sample", "--pretrained_model_name_or_path", "tiny", "--from_png", str(_only_png(first)),
+                 "--embeddings_dir", str(emb_dir), "--output_dir", str(again)]) == 0
+    assert np.array_equal(_pixels(_only_png(again))[0], pixels)
+    capsys.readouterr()
+    assert main(["sample", "--pretrained_model_name_or_path", "tiny", "--from_png", str(_only_png(first)),
+                 "--output_dir", str(tmp_path / "none")]) != 0
+    assert "pass --embeddings_dir" in capsys.readouterr().err
+    torch.save({"string_to_param": {"*": torch.nn.Parameter(torch.randn(2, 32))}}, emb_dir / "badthing.pt")
+    assert main(["sample", "--pretrained_model_name_or_path", "tiny", "--from_png", str(_only_png(first)),
+                 "--embeddings_dir", str(emb_dir), "--output_dir", str(tmp_path / "changed")]) != 0
+    assert "embeddings differ" in capsys.readouterr().err

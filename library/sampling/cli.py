@@ -209,7 +209,8 @@ def request_from_png(args: argparse.Namespace):
     """--from_png: the PNG's settings, then every flag the user typed on top; LoRA files checked by hash."""
     import dataclasses
 
-    from library.sampling.from_png import check_lora_hashes, resolve_upscaler, settings_from_png
+    from library.sampling.from_png import (check_embedding_hashes, check_lora_hashes, resolve_upscaler,
+                                           settings_from_png)
 
     settings = settings_from_png(args.from_png)
     given = getattr(args, "given_flags", frozenset())
@@ -219,6 +220,8 @@ def request_from_png(args: argparse.Namespace):
         request = dataclasses.replace(request, hr_upscaler=resolve_upscaler(request.hr_upscaler, request.models_dir))
     if "prompt" not in given:
         check_lora_hashes(settings, request.lora_dir, str(args.from_png))
+    if "prompt" not in given or "negative_prompt" not in given:
+        check_embedding_hashes(settings, request.embeddings_dir, str(args.from_png))
     if settings.not_restored:
         print(f"{args.from_png}: not restored (not supported here): {', '.join(settings.not_restored)}")
     return request, settings
@@ -310,10 +313,17 @@ def run_until_stopped(args: argparse.Namespace, request, png_settings=None) -> i
 
 def warn_model_differs(settings, bundle) -> None:
     """--from_png with another checkpoint than the image's: say so (the image will differ), don't refuse."""
+    from library.sampling.infotext import model_label
+
     loaded = (bundle.facts.model_hash or "")[:10]
     if settings.model_hash and loaded and settings.model_hash.lower() != loaded.lower():
         print(f"note: the image was made with model {settings.model or '?'} [{settings.model_hash}], "
               f"the loaded model is {bundle.facts.name} [{loaded}]: the result will differ")
+    vae = model_label(bundle.facts.vae_name) if bundle.facts.vae_name else None
+    if settings.vae != vae:
+        own = "the model's own"
+        print(f"note: the image was made with VAE {settings.vae or own}, now {vae or own} is loaded (--vae): "
+              "the result will differ")
 
 
 def checkpoint_groups(jobs, switch: bool) -> list[tuple[str | None, list[int]]]:

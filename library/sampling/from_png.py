@@ -39,6 +39,8 @@ class PngSettings:
     lora_hashes: dict[str, str] = field(default_factory=dict)  # LoRA name -> 12-hex short hash (A1111 "Lora hashes")
     model: str | None = None  # `Model` (file name without extension) and `Model hash` (10 hex)
     model_hash: str | None = None
+    ti_hashes: dict[str, str] = field(default_factory=dict)  # embedding name -> 12-hex (A1111 "TI hashes")
+    vae: str | None = None  # `VAE` (file name without extension) when the image used a separate VAE
     not_restored: list[str] = field(default_factory=list)  # settings in the text this sampler cannot reproduce
     parameters: dict[str, str] = field(default_factory=dict)  # everything parse_parameters read
 
@@ -98,8 +100,9 @@ def settings_from_parameters(params: dict[str, str], source: str = "infotext") -
     not_restored = [k for k in params if k not in _USED and k not in _INFORMATIONAL]
     if "Denoising strength" in params and not hires:
         not_restored.insert(0, "Denoising strength (an img2img image: give its --init_image to redo it)")
-    return PngSettings(fields, parse_lora_hashes(params.get("Lora hashes", "")), params.get("Model"),
-                       params.get("Model hash"), not_restored, params)
+    return PngSettings(fields, lora_hashes=parse_lora_hashes(params.get("Lora hashes", "")), model=params.get("Model"),
+                       model_hash=params.get("Model hash"), ti_hashes=parse_lora_hashes(params.get("TI hashes", "")),
+                       vae=params.get("VAE"), not_restored=not_restored, parameters=params)
 
 
 def settings_from_infotext(text: str, source: str = "infotext") -> PngSettings:
@@ -132,6 +135,35 @@ def check_lora_hashes(settings: PngSettings, lora_dir: str | os.PathLike[str] | 
     if problems:
         raise SamplingError(f"{source}: LoRA files differ from the ones the image was made with", problems + [
             "put the original files in --lora_dir, or give --prompt to sample with the files you have"])
+
+
+def check_embedding_hashes(settings: PngSettings, embeddings_dir: str | os.PathLike[str] | None, source: str) -> None:
+    """The infotext's `TI hashes` against the files in --embeddings_dir: a missing or different file is an error.
+
+    Why: without the embedding its name reaches the text encoder as words, and the image silently differs.
+    """
+    if not settings.ti_hashes:
+        return
+    if embeddings_dir is None:
+        raise SamplingError(f"{source}: the image used textual-inversion embeddings "
+                            f"({', '.join(settings.ti_hashes)})", ["pass --embeddings_dir FOLDER holding them"])
+    from library.sampling.embeddings import EMBEDDING_SUFFIXES, file_sha256
+
+    root = Path(os.path.expanduser(str(embeddings_dir)))
+    files = {p.stem.replace(":", "").replace(",", ""): p for p in sorted(root.rglob("*"), reverse=True)
+             if p.is_file() and p.suffix.lower() in EMBEDDING_SUFFIXES} if root.is_dir() else {}
+    problems = []
+    for name, wanted in settings.ti_hashes.items():
+        path = files.get(name)
+        if path is None:
+            problems.append(f"{name}: no such embedding in {root}")
+            continue
+        found = file_sha256(str(path), path.stat().st_mtime_ns)[:12]
+        if found[: len(wanted)].lower() != wanted.lower():
+            problems.append(f"{name}: {path} has hash {found}, the image was made with {wanted}")
+    if problems:
+        raise SamplingError(f"{source}: embeddings differ from the ones the image was made with", problems + [
+            "put the original files in --embeddings_dir, or give --prompt/--negative_prompt to use what you have"])
 
 
 def resolve_upscaler(name: str, models_dir: str | None) -> str:
