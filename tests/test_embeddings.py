@@ -173,3 +173,28 @@ def test_cli_embeddings_dir(tmp_path):
                  "--seed", "3", "--output_dir", str(out)]) == 0
     with Image.open(next(out.glob("*.png"))) as png:
         assert 'TI hashes: "neg: ' in png.text["parameters"]  # quoted: the value holds a colon
+
+
+def test_comma_backtrack_moves_embedding_slots_with_their_fix():
+    from library.sampling.prompt_parser import chunk_tokens
+
+    class Fake:
+        name, count = "e", 2
+
+    emb = Fake()
+    comma = 9
+    runs = [([1] * 70 + [comma, 2, emb, 5, 6], 1.0)]
+    first, second = chunk_tokens(runs, bos=100, eos=101, comma=comma)
+    # 70 ones, comma (70), 2 (71), slots 72-73, 5 (74): full; 6 arrives, the comma is 4 back -> cut after it
+    assert first.tokens[1:72] == [1] * 70 + [comma] and first.fixes == []
+    assert second.tokens[1:6] == [2, 0, 0, 5, 6] and second.fixes == [(1, emb)]
+
+
+def test_embedding_names(tmp_path):
+    from library.sampling.embeddings import embedding_names
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.pt").write_bytes(b"")
+    (tmp_path / "sub" / "A.safetensors").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert embedding_names(tmp_path) == ["A", "b"] and embedding_names(tmp_path / "missing") == []

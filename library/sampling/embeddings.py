@@ -187,6 +187,18 @@ def load_embeddings(folder: str | os.PathLike[str], widths: Iterable[int]) -> Em
     return db
 
 
+def embedding_names(folder: str | os.PathLike[str]) -> list[str]:
+    """Names a prompt can use from a folder (file names without extension), sorted; [] for no folder.
+
+    For pickers (the GUI's Generate tab): nothing is loaded, so it is cheap on every refresh.
+    """
+    root = Path(os.path.expanduser(str(folder)))
+    if not root.is_dir():
+        return []
+    return sorted({p.stem for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EMBEDDING_SUFFIXES},
+                  key=str.lower)
+
+
 def usable_with(emb: Embedding, widths: Sequence[int]) -> bool:
     """A1111's shape check: an SD1/SD2 file on a one-encoder model of its width; clip_l + clip_g on SDXL."""
     if "" in emb.vectors:
