@@ -155,3 +155,13 @@ def test_embeddings_restored_and_checked_by_ti_hashes(tmp_path, capsys):
     assert main(["sample", "--pretrained_model_name_or_path", "tiny", "--from_png", str(_only_png(first)),
                  "--embeddings_dir", str(emb_dir), "--output_dir", str(tmp_path / "changed")]) != 0
     assert "embeddings differ" in capsys.readouterr().err
+
+
+def test_settings_give_a_request_with_overrides():
+    from library.sampling.pipeline import SampleRequest
+
+    s = settings_from_infotext("a cat\nSteps: 12, Sampler: Euler, CFG scale: 4, Seed: 8, Size: 64x96")
+    base = SampleRequest(prompt="", lora_dir="loras", steps=30)
+    r = s.request(base, seed=9)
+    assert (r.prompt, r.steps, r.cfg_scale, r.seed, r.width, r.height, r.lora_dir, r.sampler) == (
+        "a cat", 12, 4.0, 9, 64, 96, "loras", "Euler")

@@ -44,6 +44,15 @@ class PngSettings:
     not_restored: list[str] = field(default_factory=list)  # settings in the text this sampler cannot reproduce
     parameters: dict[str, str] = field(default_factory=dict)  # everything parse_parameters read
 
+    def request(self, base=None, **overrides):
+        """A SampleRequest: `base`'s folders and other settings, the PNG's values, then `overrides` on top."""
+        import dataclasses
+
+        from library.sampling.pipeline import SampleRequest
+
+        base = base if base is not None else SampleRequest(prompt="")
+        return dataclasses.replace(base, **{**self.fields, **overrides})
+
 
 def _number(params: dict[str, str], key: str, kind: type, source: str) -> Any:
     try:
