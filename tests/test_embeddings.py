@@ -12,8 +12,12 @@ from safetensors.torch import save_file
 from library.errors import SamplingError
 from library.models import build_tiny_bundle
 from library.sampling.conditioning import PromptEncoder
-from library.sampling.embeddings import (embeddings_for_bundle, load_embeddings, read_embedding_file,
-                                         ti_hashes)
+from library.sampling.embeddings import (
+    embeddings_for_bundle,
+    load_embeddings,
+    read_embedding_file,
+    ti_hashes,
+)
 from library.sampling.prompt_parser import tokenize_prompt
 
 WIDTH = 32  # the tiny model's text encoder

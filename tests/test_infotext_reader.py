@@ -5,7 +5,12 @@ import pytest
 from PIL import Image
 
 from library.errors import SamplingError
-from library.sampling.infotext import format_infotext, parse_parameters, read_png_parameters, save_png
+from library.sampling.infotext import (
+    format_infotext,
+    parse_parameters,
+    read_png_parameters,
+    save_png,
+)
 
 # The example in A1111's parse_generation_parameters docstring (modules/infotext_utils.py).
 A1111_DOC = (

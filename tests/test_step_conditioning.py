@@ -109,8 +109,8 @@ def test_plain_prompt_image_is_unchanged_by_the_wiring(session):
     image = session.generate(req)[0].image
     cond, uncond = session.encoder.encode_batch(["a cube"], [""], None)
     latents = sample_latents(session.denoiser, req, [5], cond, uncond)
-    from library.sampling.pipeline import decode_latents
-
     import numpy as np
+
+    from library.sampling.pipeline import decode_latents
 
     assert np.array_equal(np.asarray(decode_latents(session.bundle.vae, latents)[0]), np.asarray(image))

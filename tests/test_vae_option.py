@@ -21,7 +21,7 @@ def vae_folder(tmp_path_factory):
 
 
 def _png(folder):
-    path = sorted(folder.glob("*.png"))[0]
+    path = min(folder.glob("*.png"))
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB")).copy(), im.text["parameters"]
 

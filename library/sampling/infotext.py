@@ -154,9 +154,9 @@ def read_png_parameters(path: str | os.PathLike[str]) -> str:
                             ["give a PNG written by lorasmith or AUTOMATIC1111"]) from None
     if not text or not str(text).strip():
         raise SamplingError(f"{path}: the image has no generation parameters (no A1111 'parameters' text chunk)",
-                            ["only PNGs saved by lorasmith or AUTOMATIC1111 (with 'Save text information about "
-                             "generation parameters as chunks to png files' on) carry them; "
-                             "images that were re-saved or converted lose them"])
+                            [("only PNGs saved by lorasmith or AUTOMATIC1111 (with 'Save text information about "
+                              "generation parameters as chunks to png files' on) carry them; "
+                              "images that were re-saved or converted lose them")])
     return str(text)
 
 
