@@ -165,3 +165,16 @@ def test_settings_give_a_request_with_overrides():
     r = s.request(base, seed=9)
     assert (r.prompt, r.steps, r.cfg_scale, r.seed, r.width, r.height, r.lora_dir, r.sampler) == (
         "a cat", 12, 4.0, 9, 64, 96, "loras", "Euler")
+
+
+def test_hires_upscaler_name_found_in_models_dir(tmp_path):
+    from library.sampling.from_png import resolve_upscaler
+
+    assert resolve_upscaler("Latent (nearest)", None) == "Latent (nearest)"
+    assert resolve_upscaler("Lanczos", None) == "Lanczos"
+    (tmp_path / "4x-UltraSharp.pth").write_bytes(b"x")
+    assert resolve_upscaler("4x-UltraSharp", str(tmp_path)) == str((tmp_path / "4x-UltraSharp.pth").resolve())
+    with pytest.raises(SamplingError, match="pass --models_dir"):
+        resolve_upscaler("4x-UltraSharp", None)
+    with pytest.raises(SamplingError, match="no such file"):
+        resolve_upscaler("R-ESRGAN 4x+", str(tmp_path))
