@@ -222,9 +222,7 @@ class SamplingSession:
             raise SamplingError("img2img needs one init image per image to make",
                                 [f"{len(init_images)} init images for {len(jobs)} images"])
         check_model_tags(self.bundle, jobs)
-        from library.sampling.embeddings import embeddings_for_bundle
-
-        self.encoder.use_embeddings(embeddings_for_bundle(self.bundle, request.embeddings_dir))
+        self._use_embeddings(request.embeddings_dir)
         out: list[GeneratedImage] = []
         i = 0
         while i < len(jobs):
@@ -304,9 +302,22 @@ class SamplingSession:
         }
         return format_infotext(job.prompt, job.negative_prompt, params)
 
+    def _use_embeddings(self, folder: str | None) -> None:
+        """Textual-inversion embeddings from `folder` for the prompts of this call (None: none)."""
+        from library.sampling.embeddings import embeddings_for_bundle
+
+        use = getattr(self.encoder, "use_embeddings", None)
+        if use is None:
+            if folder is not None:
+                raise SamplingError(f"--embeddings_dir {folder}: textual-inversion embeddings are not supported "
+                                    f"with this model's prompt encoder ({type(self.encoder).__name__}) yet",
+                                    ["leave --embeddings_dir out and write the prompt without embedding names"])
+            return
+        use(embeddings_for_bundle(self.bundle, folder))
+
     def ti_hashes(self, job: ImageJob) -> str | None:
         """A1111's `TI hashes` for the embeddings this image's prompt and negative prompt use."""
-        db = self.encoder.embeddings
+        db = getattr(self.encoder, "embeddings", None)
         if db is None:
             return None
         from library.sampling.embeddings import embeddings_in_text, ti_hashes

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from library.sampling.conditioning import PromptEncoder, pad_chunks
+from library.sampling.conditioning import PromptEncoder
 from library.sampling.denoiser import CFGDenoiser, DiscreteDenoiser
 from library.sampling.prompt_schedule import has_schedule, prompt_schedule, text_at_step
 
@@ -42,8 +42,24 @@ def needs_steps(prompts: Sequence[str], negatives: Sequence[str]) -> bool:
     return any(has_schedule(p) for p in [*prompts, *negatives])
 
 
+def _row(batch, i: int):
+    """Row i of a conditioning batch: a tensor, or a structure with `hidden`/`pooled` (SDXL's)."""
+    if hasattr(batch, "hidden"):
+        return type(batch)(batch.hidden[i:i + 1], batch.pooled[i:i + 1])
+    return batch[i:i + 1]
+
+
+def _cat(rows: list):
+    return type(rows[0]).cat(rows) if hasattr(rows[0], "hidden") else torch.cat(rows)
+
+
 class StepConditioning:
-    """Schedules for a batch's prompts and negative prompts, and their encodings, for one pass."""
+    """Schedules for a batch's prompts and negative prompts, and their encodings, for one pass.
+
+    The distinct texts go through the encoder's own `encode_batch` once, so padding to one
+    length (the empty prompt's chunk) and any family rule (SDXL's zero empty negative) are the
+    same as for fixed prompts.
+    """
 
     def __init__(self, encoder: PromptEncoder, prompts: Sequence[str], negatives: Sequence[str],
                  clip_skip: int | None, steps: int, hires_steps: int | None = None) -> None:
@@ -53,13 +69,12 @@ class StepConditioning:
         self.steps, self.hires_steps = steps, hires_steps
         self.cond_schedules = [prompt_schedule(p, steps, hires_steps) for p in self.prompts]
         self.uncond_schedules = [prompt_schedule(n, steps, hires_steps) for n in self.negatives]
-        texts = {t for sched in self.cond_schedules + self.uncond_schedules for _end, t in sched}
-        encoded = {t: encoder.encode(t, clip_skip) for t in texts}
-        length = max(z.shape[1] for z in encoded.values())
-        empty = encoder.encode("", clip_skip)
-        # one padded tensor per distinct text: every call of every image takes one of these
-        self.encoded = {t: pad_chunks(z, length, empty) for t, z in encoded.items()}
-        self.calls = 0
+        cond_texts = list(dict.fromkeys(t for sched in self.cond_schedules for _end, t in sched))
+        uncond_texts = list(dict.fromkeys(t for sched in self.uncond_schedules for _end, t in sched))
+        conds, unconds = encoder.encode_batch(cond_texts, uncond_texts, clip_skip)
+        # one padded row per distinct text and side: every call of every image takes one of these
+        self.cond_rows = {t: _row(conds, i) for i, t in enumerate(cond_texts)}
+        self.uncond_rows = {t: _row(unconds, i) for i, t in enumerate(uncond_texts)}
         self.used: list[tuple[list[str], list[str]]] = []  # texts per call (cond, uncond), for tests and logs
 
     def for_hires(self, first_pass_steps: int, hires_steps: int) -> StepConditioning:
@@ -67,21 +82,19 @@ class StepConditioning:
         return StepConditioning(self.encoder, self.prompts, self.negatives, self.clip_skip,
                                 first_pass_steps, hires_steps)
 
-    @property
-    def shape(self) -> torch.Size:
-        first = next(iter(self.encoded.values()))
-        return torch.Size((len(self.prompts), *first.shape[1:]))
-
     def texts_at(self, call: int) -> tuple[list[str], list[str]]:
         return ([text_at_step(s, call) for s in self.cond_schedules],
                 [text_at_step(s, call) for s in self.uncond_schedules])
 
-    def at(self, call: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond, uncond), each (B, T, D), for the 0-based denoiser call `call`."""
+    def batch_at(self, call: int):
+        """(cond, uncond) batches for the 0-based denoiser call `call`, on the CPU."""
         cond_texts, uncond_texts = self.texts_at(call)
-        self.used.append((cond_texts, uncond_texts))
-        cond = torch.cat([self.encoded[t] for t in cond_texts])
-        uncond = torch.cat([self.encoded[t] for t in uncond_texts])
+        return _cat([self.cond_rows[t] for t in cond_texts]), _cat([self.uncond_rows[t] for t in uncond_texts])
+
+    def at(self, call: int, device: torch.device | str | None = None):
+        """(cond, uncond) for the 0-based denoiser call `call`, recorded in `used`."""
+        self.used.append(self.texts_at(call))
+        cond, uncond = self.batch_at(call)
         return cond.to(device), uncond.to(device)
 
 
@@ -90,7 +103,7 @@ class ScheduledCFGDenoiser(CFGDenoiser):
 
     def __init__(self, inner: DiscreteDenoiser, steps: StepConditioning, cfg_scale: float,
                  guidance_rescale: float = 0.0, device: torch.device | str | None = None) -> None:
-        first_cond, first_uncond = (torch.cat([steps.encoded[t] for t in texts]) for texts in steps.texts_at(0))
+        first_cond, first_uncond = steps.batch_at(0)
         super().__init__(inner, first_cond.to(device), first_uncond.to(device), cfg_scale, guidance_rescale)
         self.steps = steps
         self.device = device
