@@ -51,6 +51,9 @@ def test_formats(tmp_path):
     d = read_embedding_file(tmp_path / "xl.safetensors")
     assert d.count == 4 and d.for_width(768).shape == (4, 768) and float(d.for_width(1280).mean()) == 1.0
     assert d.for_width(WIDTH) is None
+    save_file({"clip_l": torch.zeros(1, 8), "clip_g": torch.ones(1, 8)}, tmp_path / "same.safetensors")
+    e = read_embedding_file(tmp_path / "same.safetensors")  # one width for both: the key decides
+    assert float(e.for_width(8, "clip_g").mean()) == 1.0 and float(e.for_width(8, "clip_l").mean()) == 0.0
 
 
 def test_not_an_embedding(tmp_path):

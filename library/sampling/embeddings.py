@@ -46,8 +46,13 @@ class Embedding:
     vectors: dict[str, torch.Tensor]  # "" for single-encoder files; "clip_l"/"clip_g" for SDXL
     count: int  # vectors (token slots) it takes
 
-    def for_width(self, width: int) -> torch.Tensor | None:
-        """The vectors for a text encoder whose token embeddings are `width` wide (None: not usable there)."""
+    def for_width(self, width: int, key: str | None = None) -> torch.Tensor | None:
+        """The vectors for a text encoder whose token embeddings are `width` wide (None: not usable there).
+
+        `key` ("clip_l"/"clip_g") names SDXL's encoder, which matters where both have one width.
+        """
+        if key is not None and key in self.vectors and self.vectors[key].shape[-1] == width:
+            return self.vectors[key]
         for vec in self.vectors.values():
             if vec.shape[-1] == width:
                 return vec
@@ -268,9 +273,11 @@ def token_embedding_module(text_encoder: torch.nn.Module) -> torch.nn.Embedding:
 
 
 @contextmanager
-def embedding_vectors(text_encoder: torch.nn.Module, fixes: Sequence[Sequence[tuple[int, Embedding]]]
-                      ) -> Iterator[None]:
+def embedding_vectors(text_encoder: torch.nn.Module, fixes: Sequence[Sequence[tuple[int, Embedding]]],
+                      key: str | None = None) -> Iterator[None]:
     """While active, row b of a text-encoder call gets fixes[b]'s vectors at slot offset+1 (after BOS).
+
+    `key` picks an SDXL file's vectors for this encoder ("clip_l" for the first, "clip_g" the second).
 
     A1111's EmbeddingsWithFixes: the placeholder tokens' embeddings are overwritten, positions and
     everything after the embedding layer are the model's own.
@@ -286,7 +293,7 @@ def embedding_vectors(text_encoder: torch.nn.Module, fixes: Sequence[Sequence[tu
         out = output.clone()
         for row, row_fixes in enumerate(fixes):
             for offset, emb in row_fixes:
-                vec = emb.for_width(out.shape[-1])
+                vec = emb.for_width(out.shape[-1], key)
                 if vec is None:
                     raise SamplingError(f"embedding {emb.name}: no vectors of width {out.shape[-1]} for this text encoder")
                 vec = vec[: out.shape[1] - offset - 1]
