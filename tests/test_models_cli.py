@@ -21,9 +21,9 @@ def tiny():
 def test_inspect_model_text(capsys):
     assert main(["inspect-model", "tiny"]) == 0
     out = capsys.readouterr().out
-    assert "architecture: sd1 (config: tiny)" in out
+    assert "architecture: Stable Diffusion 1.x [sd1] (config: tiny)" in out
     assert "unet 2,446,788 | vae 367,527 | text_encoder 1,600,672 | total 4,414,987" in out
-    assert "prediction:   epsilon" in out
+    assert "prediction:   epsilon (from the built-in's scheduler config (tiny))" in out
 
 
 def test_inspect_model_json_with_ema(tmp_path, tiny, capsys):

@@ -151,14 +151,17 @@ def test_file_without_unet_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("extra, what", [
-    ({"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.zeros(2)}, "SDXL"),
-    ({"cond_stage_model.model.ln_final.weight": torch.zeros(2)}, "2.x"),
-    ({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(320, 1024)}, "2.x"),
+    # OpenCLIP keys beside SD1.x's CLIP: read as SD2.x, whose text encoder is then missing
+    ({"cond_stage_model.model.ln_final.weight": torch.zeros(2)}, "do not match the Stable Diffusion 2.x layout"),
+    # SD1.x's CLIP with SD2's 1024-wide cross-attention: parts of two models
+    ({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(320, 1024)},
+     "Stable Diffusion 1.x text encoder keys but 1024-wide cross-attention"),
 ])
-def test_sd2_and_sdxl_are_refused(tmp_path, tiny_ldm, extra, what):
-    with pytest.raises(ModelLoadError) as err:
+def test_mixed_families_are_named(tmp_path, tiny_ldm, extra, what):
+    """SD2.x and SDXL load now (tests/test_models_sd2.py, test_models_sdxl.py); a file mixing
+    the families' parts is an error that says which family it was read as and what is wrong."""
+    with pytest.raises(ModelLoadError, match=what):
         load_model_bundle(str(_write(tmp_path / "other.safetensors", {**tiny_ldm, **extra})))
-    assert what in str(err.value) and "SD1.x" in str(err.value)
 
 
 def test_unsupported_suffix(tmp_path):
@@ -196,13 +199,15 @@ def test_diffusers_folder_missing_weights(tmp_path, tiny):
         load_model_bundle(str(folder))
 
 
-def test_v_prediction_folder_refused(tmp_path, tiny):
+def test_v_prediction_folder_is_read_from_its_scheduler_config(tmp_path, tiny):
     import json
     folder = save_diffusers(tiny, tmp_path / "pipe")
     sched = folder / "scheduler" / "scheduler_config.json"
     sched.write_text(json.dumps({**json.loads(sched.read_text()), "prediction_type": "v_prediction"}))
-    with pytest.raises(ModelLoadError, match="v-prediction"):
-        load_model_bundle(str(folder))
+    bundle = load_model_bundle(str(folder))
+    assert bundle.facts.prediction_type == "v_prediction" and bundle.facts.prediction_known
+    assert "scheduler_config.json" in bundle.facts.prediction_source
+    assert bundle.scheduler_config["prediction_type"] == "v_prediction"
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,8 @@ def build_random_bundle(family: str, seed: int, name: str, dtype: torch.dtype = 
         config_family=family,
         stored_dtype=dtype_name(dtype),
         notes=(f"random weights from seed {seed}",),
+        detected_by=(f"the built-in {name} (config family {family})",),
+        prediction_source=f"the built-in's scheduler config ({family})",
     )
     return bundle
 

@@ -48,6 +48,12 @@ class ModelFacts:
     vae_hash: str | None = None
     vae_legacy_hash: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # How the family and prediction type were told (library/models/architecture.py): the key
+    # names/shapes or configs that decided, and where the prediction type came from. When
+    # `prediction_known` is False it was assumed and `prediction_source` names the flag to pass.
+    detected_by: tuple[str, ...] = field(default_factory=tuple)
+    prediction_source: str | None = None
+    prediction_known: bool = True
 
     @property
     def family(self) -> "ModelFamily":
@@ -59,6 +65,7 @@ class ModelFacts:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["notes"] = list(self.notes)
+        data["detected_by"] = list(self.detected_by)
         return data
 
 
@@ -79,6 +86,10 @@ class ModelBundle:
     # SDXL only: OpenCLIP ViT-bigG (HF layout, with its projection) and its zero-padding tokenizer.
     text_encoder_2: CLIPTextModelWithProjection | None = None
     tokenizer_2: CLIPTokenizer | None = None
+    # Tensors of the source single file that no module holds but its layout has (SD2's 24th
+    # OpenCLIP layer, `text_projection`, `logit_scale`; SDXL's `logit_scale`; `v_pred`/`ztsnr`
+    # markers): written back unchanged by save_single_file so a round trip is exact.
+    ldm_extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def components(self) -> dict[str, torch.nn.Module]:
         found = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}

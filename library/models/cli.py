@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch and the loaders are imported when a command runs, not
     from library.models.bundle import ModelFacts
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
-LOAD_OPTIONS = ("pretrained_model_name_or_path", "vae", "use_ema_weights")
+LOAD_OPTIONS = ("pretrained_model_name_or_path", "vae", "use_ema_weights", "v2", "v_parameterization")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,8 +62,11 @@ def format_facts(facts: ModelFacts) -> str:
     lines = [
         ("model", facts.name),
         ("source", f"{facts.source} ({facts.source_format})"),
-        ("architecture", f"{facts.architecture} (config: {facts.config_family or 'from the folder'})"),
-        ("prediction", facts.prediction_type),
+        ("architecture", f"{facts.family.display} [{facts.architecture}] (config: {facts.config_family or 'from the folder'})"),
+    ]
+    lines += [("detected by", why) for why in facts.detected_by]
+    lines += [
+        ("prediction", _prediction_line(facts)),
         ("weights", _weights_line(facts.weights_picked)),
         ("dtype", f"stored {facts.stored_dtype or '?'}, loaded {facts.dtype}"),
         ("parameters", counts),
@@ -77,6 +80,15 @@ def format_facts(facts: ModelFacts) -> str:
     return "\n".join(f"{label + ':':<14}{value}" for label, value in lines)
 
 
+def _prediction_line(facts: ModelFacts) -> str:
+    """The prediction type and where it came from; an assumption says so and names the flag."""
+    if not facts.prediction_source:
+        return facts.prediction_type
+    if facts.prediction_known:
+        return f"{facts.prediction_type} (from {facts.prediction_source})"
+    return f"{facts.prediction_type} -- cannot be known from the model; {facts.prediction_source}"
+
+
 def _weights_line(picked: str) -> str:
     if picked == "non-ema":
         return "non-EMA (the file also holds EMA weights; --use_ema_weights picks those)"
@@ -88,7 +100,8 @@ def _weights_line(picked: str) -> str:
 def inspect_model(args: argparse.Namespace) -> int:
     from library.models.loading import load_model_bundle
 
-    bundle = load_model_bundle(_model_source(args.model, args), vae=args.vae, use_ema_weights=args.use_ema_weights)
+    bundle = load_model_bundle(_model_source(args.model, args), vae=args.vae, use_ema_weights=args.use_ema_weights,
+                               v2=args.v2, v_parameterization=args.v_parameterization)
     if args.json:
         print(json.dumps(bundle.facts.to_dict(), indent=2))
     else:
@@ -119,7 +132,8 @@ def convert_model(args: argparse.Namespace) -> int:
     from library.models.saving import save_diffusers, save_single_file
 
     print(f"loading {source} ...", file=sys.stderr)
-    bundle = load_model_bundle(source, vae=args.vae, use_ema_weights=args.use_ema_weights)
+    bundle = load_model_bundle(source, vae=args.vae, use_ema_weights=args.use_ema_weights,
+                               v2=args.v2, v_parameterization=args.v_parameterization)
     name, dtype = _save_dtype(args.dtype, bundle.facts.stored_dtype)
     print(f"writing {dst} ({name}) ...", file=sys.stderr)
     if dst.suffix.lower() == ".safetensors":

@@ -6,7 +6,11 @@ Each family is a folder under `configs/` laid out like a diffusers pipeline
 tool in this project was checked against; `sd15` is Stable Diffusion 1.5;
 `sdxl` is SDXL base 1.0 (two text encoders: CLIP ViT-L and OpenCLIP ViT-bigG);
 `tiny-sdxl` has SDXL's block layout (3 levels, 1/2/10 transformer layers, text_time
-embedding, two text encoders) at tiny widths, for tests.
+embedding, two text encoders) at tiny widths, for tests. `sd2-768-v` and `sd2-512` are
+Stable Diffusion 2.x (stabilityai/stable-diffusion-2-1 and -2-1-base): the same modules
+(OpenCLIP ViT-H text encoder in Hugging Face layout, 23 of its 24 layers as diffusers
+keeps them; linear transformer projections; per-level head dims 5/10/20/20), differing
+only in prediction type (v vs. epsilon) and default size (768 vs. 512).
 """
 from __future__ import annotations
 
@@ -23,8 +27,17 @@ TINY_SDXL_FAMILY = "tiny-sdxl"
 # SD2.x 768-v's shape at tiny widths: OpenCLIP-style text encoder (gelu, zero padding), linear
 # transformer projections, per-level head counts, v-prediction.
 TINY_SD2_FAMILY = "tiny-sd2"
+SD2_768_V_FAMILY = "sd2-768-v"
+SD2_512_FAMILY = "sd2-512"
+# Config families per model family (library/models/family.py), real sizes first: a checkpoint's
+# shapes are matched against these in order, so the first that fits names its config.
+ARCHITECTURE_CONFIGS: dict[str, tuple[str, ...]] = {
+    "sd1": ("sd15", "tiny"),
+    "sd2": (SD2_768_V_FAMILY, SD2_512_FAMILY, TINY_SD2_FAMILY),
+    "sdxl": (SDXL_FAMILY, TINY_SDXL_FAMILY),
+}
 _EXTRA_COMPONENTS = {SDXL_FAMILY: ("text_encoder_2",), TINY_SDXL_FAMILY: ("text_encoder_2",)}
-SHIPPED = FAMILIES + (SDXL_FAMILY, TINY_SDXL_FAMILY, TINY_SD2_FAMILY)
+SHIPPED = FAMILIES + (SDXL_FAMILY, TINY_SDXL_FAMILY, TINY_SD2_FAMILY, SD2_768_V_FAMILY, SD2_512_FAMILY)
 _FILE_NAMES = {"scheduler": "scheduler_config.json"}
 
 
@@ -49,3 +62,11 @@ def family_components(family: str) -> tuple[str, ...]:
 def load_family_configs(family: str) -> dict[str, dict[str, Any]]:
     """All configs of a family (four, five for SDXL), keyed by component name."""
     return {component: load_shipped_config(family, component) for component in family_components(family)}
+
+
+def architecture_of_config(family: str) -> str:
+    """The model family ("sd1", "sd2", "sdxl") a shipped config family belongs to."""
+    for architecture, families in ARCHITECTURE_CONFIGS.items():
+        if family in families:
+            return architecture
+    raise ValueError(f"config family {family!r} belongs to no model family")

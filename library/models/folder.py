@@ -14,16 +14,16 @@ import torch
 from transformers import CLIPTokenizer
 
 from library.errors import ModelLoadError
-from library.models.architecture import check_diffusers_configs
+from library.models.architecture import Detection, detect_diffusers
 from library.models.checkpoint_io import read_state_dict
-from library.models.configs import load_shipped_config
 from library.models.modules import assign_weights, build_component
-from library.models.tokenizer import load_tokenizer
+from library.models.tokenizer import family_tokenizers, load_tokenizer
 
 _WEIGHT_NAMES = {
     "unet": ("diffusion_pytorch_model", ),
     "vae": ("diffusion_pytorch_model", ),
     "text_encoder": ("model", "pytorch_model"),
+    "text_encoder_2": ("model", "pytorch_model"),
 }
 _VARIANTS = ("", ".fp16", ".bf16")
 _SUFFIXES = (".safetensors", ".bin")
@@ -61,13 +61,15 @@ def find_weights(component_dir: Path, component: str) -> Path:
     ])
 
 
-def normalise_text_encoder_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers < 5 saved `text_model.`-prefixed keys and a `position_ids` buffer; ours have neither."""
+def normalise_text_encoder_keys(state_dict: dict[str, torch.Tensor], keep_prefix: bool = False
+                                ) -> dict[str, torch.Tensor]:
+    """transformers < 5 saved `text_model.`-prefixed keys and a `position_ids` buffer; CLIPTextModel's
+    keys now have neither. CLIPTextModelWithProjection (`keep_prefix`) keeps `text_model.`."""
     out = {}
     for key, value in state_dict.items():
-        key = key.removeprefix("text_model.")
-        if key != "embeddings.position_ids":
-            out[key] = value
+        if key.endswith("embeddings.position_ids"):
+            continue
+        out[key if keep_prefix else key.removeprefix("text_model.")] = value
     return out
 
 
@@ -75,8 +77,8 @@ def load_component(component_dir: Path, component: str, config: dict[str, Any]) 
     """Build one module from its config and assign the folder's weights into it."""
     weights_path = find_weights(component_dir, component)
     state_dict = read_state_dict(weights_path)
-    if component == "text_encoder":
-        state_dict = normalise_text_encoder_keys(state_dict)
+    if component.startswith("text_encoder"):
+        state_dict = normalise_text_encoder_keys(state_dict, keep_prefix=component == "text_encoder_2")
     module = build_component(component, config, empty=True)
     try:
         assign_weights(module, state_dict)
@@ -87,24 +89,42 @@ def load_component(component_dir: Path, component: str, config: dict[str, Any]) 
     return module
 
 
-def load_folder_modules(folder: Path) -> tuple[dict[str, torch.nn.Module], dict[str, Any], CLIPTokenizer]:
-    """(modules by component, scheduler config, tokenizer) from a diffusers folder."""
-    configs = {c: read_json(folder / c / "config.json") for c in ("unet", "vae", "text_encoder")}
+def _optional_json(path: Path) -> dict[str, Any] | None:
+    return read_json(path) if path.is_file() else None
+
+
+def load_folder_modules(folder: Path) -> tuple[dict[str, torch.nn.Module], dict[str, Any], CLIPTokenizer,
+                                               CLIPTokenizer | None, Detection]:
+    """(modules by component, scheduler config, tokenizer, tokenizer_2, detection) from a diffusers folder.
+
+    The family comes from the configs (architecture.detect_diffusers); SDXL folders add
+    `text_encoder_2/` (CLIPTextModelWithProjection) and `tokenizer_2/`.
+    """
+    configs = {c: _optional_json(folder / c / "config.json") for c in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    detection = detect_diffusers(folder, _optional_json(folder / "model_index.json"), configs["unet"],
+                                 configs["text_encoder"], configs["text_encoder_2"])
+    if configs["vae"] is None:
+        raise ModelLoadError(f"missing {folder / 'vae' / 'config.json'}",
+                             ["a diffusers folder needs a config.json in each component folder"])
     sched_path = folder / "scheduler" / "scheduler_config.json"
-    scheduler = read_json(sched_path) if sched_path.is_file() else load_shipped_config("sd15", "scheduler")
-    check_diffusers_configs(folder, configs["unet"], configs["text_encoder"], scheduler)
-    modules = {c: load_component(folder / c, c, cfg) for c, cfg in configs.items()}
-    return modules, scheduler, load_folder_tokenizer(folder)
+    scheduler = read_json(sched_path) if sched_path.is_file() else {}
+    wanted = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if detection.architecture == "sdxl" else ())
+    modules = {c: load_component(folder / c, c, configs[c]) for c in wanted}
+    tokenizer, tokenizer_2 = family_tokenizers(detection.architecture)
+    tokenizer = load_folder_tokenizer(folder, "tokenizer", tokenizer)
+    if tokenizer_2 is not None:
+        tokenizer_2 = load_folder_tokenizer(folder, "tokenizer_2", tokenizer_2)
+    return modules, scheduler, tokenizer, tokenizer_2, detection
 
 
-def load_folder_tokenizer(folder: Path) -> CLIPTokenizer:
-    """The folder's own tokenizer files if it has them (they may add tokens), else ours."""
-    tok_dir = folder / "tokenizer"
+def load_folder_tokenizer(folder: Path, name: str = "tokenizer", fallback: CLIPTokenizer | None = None) -> CLIPTokenizer:
+    """The folder's own tokenizer files if it has them (they may add tokens), else ours (`fallback`)."""
+    tok_dir = folder / name
     has_files = (tok_dir / "tokenizer.json").is_file() or (
         (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file())
     if has_files:
         return CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-    return load_tokenizer()
+    return fallback if fallback is not None else load_tokenizer()
 
 
 def load_vae_folder(path: Path) -> tuple[torch.nn.Module, Path]:

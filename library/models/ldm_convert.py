@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from library.errors import ModelLoadError
-from library.models.configs import FAMILIES, load_family_configs
-from library.models.ldm_keys import LDM_PREFIXES, UNET_PREFIX, is_vae_attention_matrix, ldm_key_table
+from library.models.configs import load_family_configs
+from library.models.ldm_keys import LDM_PREFIXES, is_vae_attention_matrix, ldm_key_table
 from library.models.modules import expected_shapes
 
 COMPONENTS = ("unet", "vae", "text_encoder")
@@ -47,16 +47,16 @@ def component_to_ldm(component: str, config: Mapping[str, Any], state_dict: Mapp
     return {table[k]: to_ldm_tensor(table[k], v) for k, v in state_dict.items()}
 
 
-def modules_to_ldm(modules: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """UNet, VAE and text encoder as one LDM-layout state dict (what A1111 and sd-scripts read)."""
-    out: dict[str, torch.Tensor] = {}
-    for component in COMPONENTS:
-        module = modules[component]
-        config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
-        out.update(component_to_ldm(component, config, module.state_dict()))
-    positions = modules["text_encoder"].config.max_position_embeddings
-    out[POSITION_IDS_KEY] = torch.arange(positions, dtype=torch.int64).unsqueeze(0)
-    return out
+def modules_to_ldm(modules: Mapping[str, torch.nn.Module], architecture: str = "sd1",
+                   extras: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """A model family's modules as one LDM-layout state dict (what A1111, ComfyUI and sd-scripts read).
+
+    SD1.x: UNet, VAE and CLIP text encoder (with its position ids). SD2.x and SDXL: see
+    ldm_layout.py; `extras` are tensors the source file had that no module holds.
+    """
+    from library.models.ldm_layout import modules_to_ldm as family_modules_to_ldm
+
+    return family_modules_to_ldm(architecture, modules, extras)
 
 
 def normalise_old_clip_keys(ldm: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -64,22 +64,6 @@ def normalise_old_clip_keys(ldm: Mapping[str, torch.Tensor]) -> dict[str, torch.
     prefix = LDM_PREFIXES["text_encoder"]
     old = tuple(prefix + sub for sub in _TEXT_SUBMODULES)
     return {(prefix + "text_model." + k[len(prefix):] if k.startswith(old) else k): v for k, v in ldm.items()}
-
-
-def detect_family(path: Path, ldm: Mapping[str, torch.Tensor]) -> str:
-    """Which shipped architecture an LDM UNet is, from the shape of its first conv."""
-    key = f"{UNET_PREFIX}input_blocks.0.0.weight"
-    if key not in ldm:
-        raise ModelLoadError(f"{path} has no Stable Diffusion UNet (no {key})", [
-            "is this a LoRA, embedding or VAE rather than a base model? give a full SD1.x checkpoint",
-        ])
-    shape = tuple(ldm[key].shape)
-    for family in FAMILIES:
-        if expected_shapes(family, "unet")["conv_in.weight"] == shape:
-            return family
-    raise ModelLoadError(f"{path}: UNet input conv has shape {list(shape)}, unlike any SD1.x model", [
-        "SD1.x has [320, 4, 3, 3]; inpainting (9 channels) and other variants are not supported",
-    ])
 
 
 def ldm_to_component(path: Path, family: str, component: str, ldm: Mapping[str, torch.Tensor],
@@ -108,13 +92,3 @@ def ldm_to_component(path: Path, family: str, component: str, ldm: Mapping[str, 
             + ["the file may be damaged, or a different architecture; re-download it or use a diffusers folder"],
         )
     return out
-
-
-def unexpected_ldm_keys(ldm: Mapping[str, torch.Tensor], family: str) -> list[str]:
-    """Keys under the three model prefixes that the architecture does not use."""
-    used = set(IGNORED_LDM_KEYS)
-    configs = load_family_configs(family)
-    for component in COMPONENTS:
-        used.update(ldm_key_table(component, configs[component], list(expected_shapes(family, component))).values())
-    prefixes = tuple(LDM_PREFIXES.values())
-    return sorted(k for k in ldm if k.startswith(prefixes) and k not in used)

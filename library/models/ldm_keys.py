@@ -68,7 +68,12 @@ def _unet_up_pairs(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def unet_prefix_pairs(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(diffusers prefix, LDM prefix, kind) for every block of an SD1-style UNet."""
+    """(diffusers prefix, LDM prefix, kind) for every block of an SD1/SD2/SDXL UNet.
+
+    SDXL's SGM UNet (`sgm/modules/diffusionmodules/openaimodel.py`) keeps the CompVis block
+    numbering; transformer depth per level lives inside `input_blocks.N.1.transformer_blocks.*`,
+    and its `add_embedding` MLP is `label_emb.0.0` / `label_emb.0.2`.
+    """
     pairs = [
         ("conv_in.", "input_blocks.0.0.", "plain"),
         ("time_embedding.linear_1.", "time_embed.0.", "plain"),
@@ -79,6 +84,9 @@ def unet_prefix_pairs(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("mid_block.attentions.0.", "middle_block.1.", "plain"),
         ("mid_block.resnets.1.", "middle_block.2.", "resnet"),
     ]
+    if cfg.get("addition_embed_type") == "text_time":  # SDXL's size/crop/pooled-text embedding MLP
+        pairs += [("add_embedding.linear_1.", "label_emb.0.0.", "plain"),
+                  ("add_embedding.linear_2.", "label_emb.0.2.", "plain")]
     return pairs + _unet_down_pairs(cfg) + _unet_up_pairs(cfg)
 
 

@@ -60,7 +60,7 @@ def build_component(component: str, config: dict[str, Any], empty: bool = False)
     return _BUILDERS[component](config, empty=empty)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def expected_shapes(family: str, component: str) -> dict[str, tuple[int, ...]]:
     """Every state-dict key of one shipped architecture with its shape (built on meta, cached)."""
     config = load_family_configs(family)[component]

@@ -11,14 +11,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 
 from library.errors import ModelLoadError
 from library.fileio import apply_user_mode, atomic_path, atomic_write_text
+from library.models.architecture import V_PRED_KEY, ZTSNR_KEY
 from library.models.bundle import ModelBundle
 from library.models.ldm_convert import modules_to_ldm
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 _FORMAT_METADATA = {"format": "pt"}
 _TE_KEY_PREFIX = "text_model."  # as transformers < 5 and every hub SD1.x folder name them
@@ -29,8 +34,19 @@ def _cast(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, 
 
 
 def ldm_state_dict(bundle: ModelBundle, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The bundle's weights in the LDM single-file layout, cast to `dtype`."""
-    return _cast(modules_to_ldm(bundle.components()), dtype)
+    """The bundle's weights in the LDM single-file layout of its family, cast to `dtype`.
+
+    Tensors the source file had beyond the modules (`bundle.ldm_extras`) are written back; a
+    v-prediction model gets ComfyUI's `v_pred` marker so other tools read it as v too.
+    """
+    extras = dict(bundle.ldm_extras)
+    if bundle.facts.prediction_type == "v_prediction":
+        extras.setdefault(V_PRED_KEY, torch.zeros(0))
+    else:
+        extras.pop(V_PRED_KEY, None)
+    state = modules_to_ldm(bundle.components(), bundle.facts.architecture, extras)
+    state.update({k: v for k, v in extras.items() if k in (V_PRED_KEY, ZTSNR_KEY)})
+    return _cast(state, dtype)
 
 
 def save_single_file(bundle: ModelBundle, path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Path:
@@ -82,20 +98,29 @@ def _write_folder(bundle: ModelBundle, root: Path, dtype: torch.dtype) -> None:
         module.save_config(str(root / name))
         save_file(_cast(module.state_dict(), dtype), str(root / name / "diffusion_pytorch_model.safetensors"),
                   metadata=dict(_FORMAT_METADATA))
-    te_dir = root / "text_encoder"
-    te_dir.mkdir()
-    bundle.text_encoder.config.save_pretrained(str(te_dir))
-    te_state = {_TE_KEY_PREFIX + k: v for k, v in bundle.text_encoder.state_dict().items()}
-    save_file(_cast(te_state, dtype), str(te_dir / "model.safetensors"), metadata=dict(_FORMAT_METADATA))
-    _write_tokenizer(bundle, root / "tokenizer")
-    sched = {"_class_name": "PNDMScheduler", **{k: v for k, v in bundle.scheduler_config.items() if k != "_class_name"}}
+    for name in ("text_encoder", "text_encoder_2"):
+        module = getattr(bundle, name)
+        if module is None:
+            continue
+        te_dir = root / name
+        te_dir.mkdir()
+        module.config.save_pretrained(str(te_dir))
+        # CLIPTextModel's keys lack `text_model.` under transformers 5; every hub folder has it
+        te_state = {(k if k.startswith(("text_model.", "text_projection.")) else _TE_KEY_PREFIX + k): v
+                    for k, v in module.state_dict().items()}
+        save_file(_cast(te_state, dtype), str(te_dir / "model.safetensors"), metadata=dict(_FORMAT_METADATA))
+    _write_tokenizer(bundle.tokenizer, root / "tokenizer")
+    if bundle.tokenizer_2 is not None:
+        _write_tokenizer(bundle.tokenizer_2, root / "tokenizer_2")
+    scheduler_class = bundle.scheduler_config.get("_class_name", "PNDMScheduler")
+    sched = {"_class_name": scheduler_class, **{k: v for k, v in bundle.scheduler_config.items() if k != "_class_name"}}
     atomic_write_text(root / "scheduler" / "scheduler_config.json", json.dumps(sched, indent=2) + "\n")
-    atomic_write_text(root / "model_index.json", json.dumps(_model_index(), indent=2) + "\n")
+    index = _model_index(scheduler_class, sdxl=bundle.text_encoder_2 is not None)
+    atomic_write_text(root / "model_index.json", json.dumps(index, indent=2) + "\n")
 
 
-def _write_tokenizer(bundle: ModelBundle, tok_dir: Path) -> None:
+def _write_tokenizer(tok: CLIPTokenizer, tok_dir: Path) -> None:
     """tokenizer.json (transformers 5) plus vocab.json/merges.txt, the files every tool reads."""
-    tok = bundle.tokenizer
     tok.save_pretrained(str(tok_dir))
     model = json.loads(tok.backend_tokenizer.to_str())["model"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
@@ -103,18 +128,27 @@ def _write_tokenizer(bundle: ModelBundle, tok_dir: Path) -> None:
     atomic_write_text(tok_dir / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def _model_index() -> dict[str, object]:
+def _model_index(scheduler_class: str, sdxl: bool) -> dict[str, object]:
+    """diffusers' model_index.json: StableDiffusionPipeline (SD1.x/2.x) or StableDiffusionXLPipeline."""
     import diffusers
 
-    return {
-        "_class_name": "StableDiffusionPipeline",
+    index: dict[str, object] = {
+        "_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
         "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"],
+    }
+    if sdxl:
+        index["force_zeros_for_empty_prompt"] = True
+    else:
+        index.update({"feature_extractor": [None, None], "requires_safety_checker": False,
+                      "safety_checker": [None, None]})
+    index.update({
+        "scheduler": ["diffusers", scheduler_class],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
-    }
+    })
+    if sdxl:
+        index.update({"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                      "tokenizer_2": ["transformers", "CLIPTokenizer"]})
+    return dict(sorted(index.items()))

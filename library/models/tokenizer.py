@@ -95,3 +95,13 @@ def load_tokenizer(pad_token: str = EOS_TOKEN) -> CLIPTokenizer:
     differs: pass `OPENCLIP_PAD_TOKEN` for an OpenCLIP text encoder (SD2, SDXL's second).
     """
     return _build_tokenizer(pad_token)
+
+
+def family_tokenizers(architecture: str) -> tuple[CLIPTokenizer, CLIPTokenizer | None]:
+    """(tokenizer, tokenizer_2) of a model family: SD1 pads with EOS; SD2's OpenCLIP pads with
+    zeros; SDXL has CLIP ViT-L's (EOS padding) and OpenCLIP bigG's (zero padding)."""
+    if architecture == "sd2":
+        return load_tokenizer(OPENCLIP_PAD_TOKEN), None
+    if architecture == "sdxl":
+        return load_tokenizer(), load_tokenizer(OPENCLIP_PAD_TOKEN)
+    return load_tokenizer(), None
