@@ -225,3 +225,35 @@ def test_conditioning_layout_fits_the_unet(family):
             * unet["addition_time_embed_dim"]) == unet["projection_class_embeddings_input_dim"]
     if family == "sdxl":
         assert (unet["cross_attention_dim"], unet["projection_class_embeddings_input_dim"]) == (2048, 2816)
+
+
+def test_sdxl_textual_inversion_uses_clip_l_and_clip_g_vectors(bundle, tmp_path):
+    """An SDXL embedding whose clip_l / clip_g vectors are each encoder's own "cat" token: "a myemb" == "a cat".
+
+    Both tiny encoders are 32 wide, so only the file's keys tell which vectors go where; swapped, it differs.
+    """
+    from safetensors.torch import save_file
+
+    from library.sampling.embeddings import (
+        token_embedding_module,
+    )
+
+    cat = bundle.tokenizer("cat", add_special_tokens=False).input_ids
+    assert len(cat) == 1
+    vec_l = token_embedding_module(bundle.text_encoder).weight[cat].detach().clone()
+    vec_g = token_embedding_module(bundle.text_encoder_2).weight[cat].detach().clone()
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "swapped").mkdir()
+    save_file({"clip_l": vec_l, "clip_g": vec_g}, tmp_path / "ok" / "myemb.safetensors")
+    save_file({"clip_l": vec_g, "clip_g": vec_l}, tmp_path / "swapped" / "myemb.safetensors")
+    session = SamplingSession(bundle)
+    reference = session.encoder.encode("a (cat:1.2)")
+    session._use_embeddings(str(tmp_path / "ok"))
+    got = session.encoder.encode("a (myemb:1.2)")
+    assert torch.allclose(got.hidden, reference.hidden, atol=1e-5) and torch.allclose(got.pooled, reference.pooled,
+                                                                                      atol=1e-5)
+    session._use_embeddings(str(tmp_path / "swapped"))
+    assert not torch.allclose(session.encoder.encode("a (myemb:1.2)").hidden, reference.hidden, atol=1e-3)
+    image = SamplingSession(bundle).generate(SampleRequest(prompt="a myemb", steps=1, width=32, height=32, seed=1,
+                                                           sampler="Euler", embeddings_dir=str(tmp_path / "ok")))[0]
+    assert 'TI hashes: "myemb: ' in image.parameters

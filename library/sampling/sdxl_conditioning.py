@@ -110,12 +110,22 @@ class OpenCLIPPromptEncoder(PromptEncoder):
 
 
 @torch.no_grad()
-def encode_penultimate(text_encoder: torch.nn.Module, chunks: list[PromptChunk]
+def encode_penultimate(text_encoder: torch.nn.Module, chunks: list[PromptChunk], embedding_key: str | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weighted penultimate states (77k, D), projected pooled state of the first chunk or None)."""
+    """(weighted penultimate states (77k, D), projected pooled state of the first chunk or None).
+
+    Textual-inversion slots (`chunk.fixes`) get the SDXL file's `embedding_key` vectors (clip_l / clip_g).
+    """
     device = next(text_encoder.parameters()).device
     ids = torch.tensor([c.tokens for c in chunks], dtype=torch.long, device=device)
-    out = text_encoder(ids, output_hidden_states=True, return_dict=True)
+    fixes = [getattr(c, "fixes", None) or [] for c in chunks]
+    if any(fixes):
+        from library.sampling.embeddings import embedding_vectors
+
+        with embedding_vectors(text_encoder, fixes, embedding_key):
+            out = text_encoder(ids, output_hidden_states=True, return_dict=True)
+    else:
+        out = text_encoder(ids, output_hidden_states=True, return_dict=True)
     states = out.hidden_states[-2].float().cpu()
     pooled = getattr(out, "text_embeds", None)
     weighted = []
@@ -132,18 +142,28 @@ class SDXLPromptEncoder:
         self.tokenizer, self.text_encoder = tokenizer, text_encoder
         self.tokenizer_2, self.text_encoder_2 = tokenizer_2, text_encoder_2
         self._cache: dict[str, SDXLCond] = {}
+        self.embeddings = None  # an EmbeddingDatabase (library/sampling/embeddings.py) or None
 
     def clear(self) -> None:
         self._cache.clear()
 
+    def use_embeddings(self, embeddings) -> None:
+        """Textual-inversion embeddings (SDXL's clip_l + clip_g files) for prompts encoded from now on."""
+        from library.sampling.embeddings import signature
+
+        if signature(embeddings) != signature(self.embeddings):
+            self.clear()
+        self.embeddings = embeddings
+
     def encode(self, prompt: str, clip_skip: int | None = None) -> SDXLCond:
         """(1, 77k, D1+D2) states and (1, P) pooled; clip_skip is ignored, as in A1111 for SDXL."""
         if prompt not in self._cache:
-            chunks = tokenize_prompt(self.tokenizer, prompt)
-            z1, _ = encode_penultimate(self.text_encoder, chunks)
+            extra = () if self.embeddings is None else (self.embeddings,)
+            chunks = tokenize_prompt(self.tokenizer, prompt, *extra)
+            z1, _ = encode_penultimate(self.text_encoder, chunks, "clip_l")
             t2 = self.tokenizer_2
             z2, pooled = encode_penultimate(self.text_encoder_2, repad_chunks(chunks, t2.eos_token_id,
-                                                                              t2.pad_token_id))
+                                                                              t2.pad_token_id), "clip_g")
             self._cache[prompt] = SDXLCond(torch.cat([z1, z2], dim=-1).unsqueeze(0), pooled.unsqueeze(0))
         return self._cache[prompt]
 
