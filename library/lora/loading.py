@@ -157,11 +157,12 @@ def match_modules(
     Returns (name -> target, unmatched names). With strict, any unmatched module is
     an error; without it, an error only when nothing matches.
     """
+    original = loaded
     loaded = to_model_names(loaded, unet, text_encoder)
     matched, unmatched, problems = pair_modules(loaded, unet, text_encoder)
     total = len(loaded.modules)
     if unmatched and (strict or not matched):
-        lora_arch, model_arch = architectures(loaded, unet)
+        lora_arch, model_arch = architectures(original, unet)
         other = (f"this LoRA is for {lora_arch} and the model is {model_arch}; " if lora_arch != model_arch
                  else "it was probably made for another architecture; ")
         raise LoRAFileError(

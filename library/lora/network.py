@@ -125,8 +125,9 @@ class LoRANetwork(nn.Module):
         train_unet / train_text_encoder False leave that part of the file out.
         """
         loaded = source if isinstance(source, LoadedLoRA) else load_lora(source)
-        loaded = to_model_names(_only_components(loaded, train_unet, train_text_encoder), unet, text_encoder)
+        loaded = _only_components(loaded, train_unet, train_text_encoder)
         matched, unmatched = match_modules(loaded, unet, text_encoder, strict=strict)
+        loaded = to_model_names(loaded, unet, text_encoder)  # the names `matched` uses
         pairs = []
         for name, target in matched.items():
             adapter = adapter_from_parts(
