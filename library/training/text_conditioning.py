@@ -95,7 +95,7 @@ class TextEncoding:
 
     def __init__(self, bundle: Any, clip_skip: int | None, max_token_length: int | None) -> None:
         self.bundle = bundle
-        self.sdxl = bundle.text_encoder_2 is not None
+        self.sdxl = getattr(bundle, "text_encoder_2", None) is not None
         self.clip_skip = clip_skip
         self.max_token_length = max_token_length
 
