@@ -183,3 +183,18 @@ def test_unet_only_with_cached_text_outputs_trains_no_text_encoder(data: Path, t
     result = train(cfg)
     keys = load_file(str(result.final_file)).keys()
     assert keys and not any(k.startswith("lora_te") for k in keys)
+
+
+def test_kohya_ss_sdxl_and_v_prediction_configs_import() -> None:
+    from library.kohya_import import import_kohya_config
+
+    xl = import_kohya_config({"sdxl": True, "sdxl_no_half_vae": True, "sdxl_cache_text_encoder_outputs": True,
+                              "network_train_unet_only": True, "v2": False, "v_parameterization": False})
+    assert xl.unmapped == []
+    assert xl.config.no_half_vae and xl.config.cache_text_encoder_outputs and xl.config.network_train_unet_only
+    assert "sdxl" in xl.mapped
+    sd2 = import_kohya_config({"sdxl": False, "sdxl_cache_text_encoder_outputs": True, "v2": True,
+                               "v_parameterization": True})
+    assert sd2.unmapped == [] and sd2.config.v2 and sd2.config.v_parameterization
+    assert not sd2.config.cache_text_encoder_outputs  # kohya_ss passes sdxl_* options on only for SDXL
+    assert "sdxl_cache_text_encoder_outputs" in sd2.ignored
