@@ -220,3 +220,54 @@ def test_a_diffusers_format_sdxl_lora_loads_into_ours(tmp_path) -> None:
     want = peft_layer.lora_B["default"].weight @ peft_layer.lora_A["default"].weight * (4 / 2)
     ours = net.lora_te2_text_model_encoder_layers_1_self_attn_v_proj.plain_delta()
     assert torch.allclose(ours.reshape(want.shape), want, atol=1e-5)
+
+
+def test_sdxl_block_indices_follow_sd_scripts() -> None:
+    from library.lora.blocks import block_index
+
+    cases = {"lora_unet_time_embed_0": 0, "lora_unet_label_emb_0_0": 0,
+             "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": 5,
+             "lora_unet_middle_block_1_proj_in": 11, "lora_unet_output_blocks_8_0_in_layers_2": 21, "lora_unet_out_2": 22,
+             "lora_te1_text_model_encoder_layers_0_mlp_fc1": -1}
+    assert {n: block_index(n, sdxl=True) for n in cases} == cases
+
+
+def test_sdxl_block_dims_and_lr_weights_use_the_23_blocks(sdxl) -> None:
+    from types import SimpleNamespace
+
+    from library.errors import ConfigError
+    from library.lora.from_config import network_from_config
+
+    dims = [0] * 23
+    dims[5], dims[11], dims[14] = 4, 2, 3  # input_blocks_4, middle_block_1, output_blocks_1
+    cfg = SimpleNamespace(network_module="networks.lora", network_dim=8, network_alpha=1.0,
+                          network_args=["block_dims=" + ",".join(map(str, dims)),
+                                        "down_lr_weight=1,1,1,1,0.5,1,1,1,1", "mid_lr_weight=1,0.25,1"],
+                          network_train_unet_only=True)
+    net = network_from_config(cfg, sdxl.unet, sdxl.text_encoders())
+    ranks = {a.lora_name: a.lora_down.weight.shape[0] for a in net.unet_loras}
+    assert ranks and set(ranks.values()) == {4, 2, 3}
+    assert all(r == {"input_blocks_4": 4, "middle_block_1": 2, "output_blocks_1": 3}[
+        "_".join(n.split("_")[2:5])] for n, r in ranks.items())
+    assert len(net.block_lr_weights) == 23 and net.block_lr_weights[5] == 0.5 and net.block_lr_weights[11] == 0.25
+    groups = net.prepare_optimizer_params(None, 1e-3, 1e-3)
+    assert {g["name"]: g["lr"] for g in groups} == pytest.approx(
+        {"unet_5": 0.5e-3, "unet_11": 0.25e-3, "unet_14": 1e-3})
+    cfg.network_args = ["block_dims=" + ",".join(["4"] * 25)]  # SD1's 25 blocks on SDXL
+    with pytest.raises(ConfigError, match="needs 23"):
+        network_from_config(cfg, sdxl.unet, sdxl.text_encoders())
+
+
+def test_lycoris_algorithms_train_on_sdxl_names(sdxl) -> None:
+    from types import SimpleNamespace
+
+    from library.lora.from_config import network_from_config
+
+    cfg = SimpleNamespace(network_module="lycoris.kohya", network_dim=2, network_alpha=1.0,
+                          network_args=["algo=loha", "conv_dim=2", "conv_alpha=1"])
+    net = network_from_config(cfg, sdxl.unet, sdxl.text_encoders())
+    names = {a.lora_name for a in net.adapters}
+    assert {"lora_unet_input_blocks_0_0", "lora_unet_out_2", "lora_unet_time_embed_0",
+            "lora_unet_input_blocks_1_0_in_layers_2", "lora_te2_text_model_encoder_layers_0_mlp_fc1"} <= names
+    again = LoRANetwork.from_weights(net.state_dict(), sdxl.unet, sdxl.text_encoders())
+    assert {a.lora_name for a in again.adapters} == names and {a.ALGO for a in again.adapters} == {"loha"}

@@ -42,7 +42,7 @@ class LoRANetwork(nn.Module):
         self.unmatched_keys: list[str] = []
         self.source: LoadedLoRA | None = None
         self.loraplus: tuple[float | None, float | None] = (None, None)  # (unet, text encoder) ratios
-        self.block_lr_weights: list[float] | None = None  # 25 UNet block lr factors (sd-scripts)
+        self.block_lr_weights: list[float] | None = None  # 25 UNet block lr factors (SDXL: 23), sd-scripts
         self.model_refs: tuple | None = None  # (unet, text encoder(s)) the names were made for; a tuple, not submodules
 
     # -- construction ---------------------------------------------------------------
@@ -309,11 +309,12 @@ class LoRANetwork(nn.Module):
                       + _groups("textencoder 2", te2, text_encoder_2_lr, te_ratio))
         if self.block_lr_weights is None:
             return groups + _groups("unet", self.unet_loras, lr_unet, unet_ratio)
-        from library.lora.blocks import block_index
+        from library.lora.blocks import block_index, is_sdxl_names
 
+        sdxl = is_sdxl_names(a.lora_name for a in self.unet_loras)
         by_block: dict[int, list[Adapter]] = {}
         for adapter in self.unet_loras:
-            by_block.setdefault(block_index(adapter.lora_name), []).append(adapter)
+            by_block.setdefault(block_index(adapter.lora_name, sdxl), []).append(adapter)
         for idx, adapters in by_block.items():
             factor = self.block_lr_weights[idx] if idx >= 0 else 1.0
             groups += _groups(f"unet_{idx}", adapters, None if lr_unet is None else lr_unet * factor, unet_ratio)
