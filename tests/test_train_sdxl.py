@@ -198,3 +198,22 @@ def test_kohya_ss_sdxl_and_v_prediction_configs_import() -> None:
     assert sd2.unmapped == [] and sd2.config.v2 and sd2.config.v_parameterization
     assert not sd2.config.cache_text_encoder_outputs  # kohya_ss passes sdxl_* options on only for SDXL
     assert "sdxl_cache_text_encoder_outputs" in sd2.ignored
+
+
+def test_vram_plan_builds_the_sdxl_skeleton_with_both_encoders(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from library.models import load_model_bundle
+    from library.training.vram_estimate import build_skeleton, model_family
+
+    assert model_family("tiny-sdxl") == "tiny-sdxl" and model_family("tiny-sd2") == "tiny-sd2"
+    sdxl_file, sd_file = tmp_path / "xl.safetensors", tmp_path / "sd.safetensors"
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(sdxl_file))
+    save_file({"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(2)}, str(sd_file))
+    assert model_family(str(sdxl_file)) == "sdxl" and model_family(str(sd_file)) == "sd15"
+    sk = build_skeleton(TrainConfig(pretrained_model_name_or_path="tiny-sdxl", resolution="64"))
+    b = load_model_bundle("tiny-sdxl")
+    te_bytes = sum(p.numel() * 4 for m in b.text_encoders() for p in m.parameters()) + sum(
+        t.numel() * t.element_size() for m in b.text_encoders() for t in m.buffers())
+    assert sk.weights["text_encoder"] == te_bytes
+    assert {a.lora_name[:8] for a in sk.network.text_encoder_loras} == {"lora_te1", "lora_te2"}
