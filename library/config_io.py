@@ -288,6 +288,19 @@ def config_from_mapping(
             hint = f" (did you mean {close!r}?)" if close else ""
             problems.append(f"unknown key {key!r}{hint}")
             continue
+        if target == "text_encoder_lr" and isinstance(raw, (list, tuple)):
+            # sd-scripts' nargs="*" option: its TOML holds a list, [TE1] or [TE1, TE2] (SDXL)
+            if len(raw) > 2:
+                problems.append(f"text_encoder_lr in {source}: at most two values (text encoder 1 and 2), got {len(raw)}")
+                continue
+            if len(raw) == 2:
+                raw, second = raw[0], raw[1]
+                try:
+                    updates["learning_rate_te2"] = coerce_value("learning_rate_te2", second, source=source)
+                except ConfigError as exc:
+                    problems.append(str(exc))
+            else:
+                raw = raw[0] if raw else None
         try:
             updates[target] = coerce_value(target, raw, source=source)
         except ConfigError as exc:

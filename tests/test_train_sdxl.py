@@ -217,3 +217,19 @@ def test_vram_plan_builds_the_sdxl_skeleton_with_both_encoders(tmp_path: Path) -
         t.numel() * t.element_size() for m in b.text_encoders() for t in m.buffers())
     assert sk.weights["text_encoder"] == te_bytes
     assert {a.lora_name[:8] for a in sk.network.text_encoder_loras} == {"lora_te1", "lora_te2"}
+
+
+def test_text_encoder_lr_takes_one_or_two_values_on_the_command_line_and_in_toml(tmp_path: Path) -> None:
+    from library.config_io import config_from_mapping
+    from library.config_resolve import parse_train_args
+
+    two, _ = parse_train_args(["--text_encoder_lr", "1e-5", "2e-5"])
+    assert (two.text_encoder_lr, two.learning_rate_te2) == (1e-5, 2e-5)
+    one, _ = parse_train_args(["--text_encoder_lr", "3e-5"])
+    assert (one.text_encoder_lr, one.learning_rate_te2) == (3e-5, None)
+    with pytest.raises(SystemExit):
+        parse_train_args(["--text_encoder_lr", "1e-5", "2e-5", "3e-5"])
+    cfg = config_from_mapping({"text_encoder_lr": [1e-5, 2e-5]}, source="run.toml")
+    assert (cfg.text_encoder_lr, cfg.learning_rate_te2) == (1e-5, 2e-5)
+    assert config_from_mapping({"text_encoder_lr": [4e-5]}, source="run.toml").text_encoder_lr == 4e-5
+    assert config_from_mapping({"text_encoder_lr": []}, source="run.toml").text_encoder_lr is None
