@@ -233,3 +233,12 @@ def test_text_encoder_lr_takes_one_or_two_values_on_the_command_line_and_in_toml
     assert (cfg.text_encoder_lr, cfg.learning_rate_te2) == (1e-5, 2e-5)
     assert config_from_mapping({"text_encoder_lr": [4e-5]}, source="run.toml").text_encoder_lr == 4e-5
     assert config_from_mapping({"text_encoder_lr": []}, source="run.toml").text_encoder_lr is None
+
+
+def test_validation_split_runs_on_sdxl(data: Path, tmp_path: Path) -> None:
+    """Held-out images are scored with the same SDXL conditioning (cached text outputs, size ids)."""
+    cfg = TrainConfig(pretrained_model_name_or_path="tiny-sdxl", train_data_dir=str(data), caption_extension=".txt",
+                      output_dir=str(tmp_path), output_name="v", resolution="64", train_batch_size=1, max_train_epochs=1,
+                      network_dim=2, network_train_unet_only=True, cache_latents=True, validation_split=0.5, seed=3)
+    result = train(cfg)
+    assert len(result.validation_losses) == 1 and result.validation_losses[0][1] > 0
