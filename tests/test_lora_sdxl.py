@@ -271,3 +271,14 @@ def test_lycoris_algorithms_train_on_sdxl_names(sdxl) -> None:
             "lora_unet_input_blocks_1_0_in_layers_2", "lora_te2_text_model_encoder_layers_0_mlp_fc1"} <= names
     again = LoRANetwork.from_weights(net.state_dict(), sdxl.unet, sdxl.text_encoders())
     assert {a.lora_name for a in again.adapters} == names and {a.ALGO for a in again.adapters} == {"loha"}
+
+
+def test_block_summaries_name_sdxl_blocks_and_both_encoders() -> None:
+    from library.lora import keys
+
+    assert keys.block_of("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q") == "input_blocks_4"
+    assert keys.block_of("lora_unet_middle_block_1_proj_in") == "middle_block"
+    assert keys.block_of("lora_unet_output_blocks_2_2_conv") == "output_blocks_2"
+    assert keys.block_of("lora_te1_text_model_encoder_layers_3_mlp_fc1") == "te1_layer_3"
+    assert keys.block_of("lora_te2_text_model_encoder_layers_3_mlp_fc1") == "te2_layer_3"
+    assert keys.block_of("lora_te_text_model_encoder_layers_3_mlp_fc1") == "te_layer_3"
