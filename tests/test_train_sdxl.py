@@ -2,6 +2,7 @@
 tags, size/crop conditioning against hand-computed values, the text-encoder cache on disk, exact resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -242,3 +243,22 @@ def test_validation_split_runs_on_sdxl(data: Path, tmp_path: Path) -> None:
                       network_dim=2, network_train_unet_only=True, cache_latents=True, validation_split=0.5, seed=3)
     result = train(cfg)
     assert len(result.validation_losses) == 1 and result.validation_losses[0][1] > 0
+
+
+def test_training_with_the_disk_cache_writes_then_reuses_te_outputs(data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    cfg = TrainConfig(pretrained_model_name_or_path="tiny-sdxl", train_data_dir=str(copy), caption_extension=".txt",
+                      output_dir=str(tmp_path / "out"), output_name="d", resolution="64", train_batch_size=2,
+                      max_train_steps=1, network_dim=2, network_train_unet_only=True,
+                      cache_text_encoder_outputs_to_disk=True, cache_latents=True, seed=3)
+    first = train(cfg).final_file
+    npz = sorted(p.name for p in (copy / "1_ohwx shape").glob("*_te_outputs.npz"))
+    assert npz == ["img0_te_outputs.npz", "img1_te_outputs.npz"]
+    stamps = [p.stat().st_mtime_ns for p in (copy / "1_ohwx shape").glob("*_te_outputs.npz")]
+    second = train(dataclasses.replace(cfg, output_dir=str(tmp_path / "out2"))).final_file
+    assert [p.stat().st_mtime_ns for p in (copy / "1_ohwx shape").glob("*_te_outputs.npz")] == stamps  # reused
+    a, b = load_file(str(first)), load_file(str(second))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # cached outputs give the same training
