@@ -262,3 +262,15 @@ def test_training_with_the_disk_cache_writes_then_reuses_te_outputs(data: Path, 
     assert [p.stat().st_mtime_ns for p in (copy / "1_ohwx shape").glob("*_te_outputs.npz")] == stamps  # reused
     a, b = load_file(str(first)), load_file(str(second))
     assert all(torch.equal(a[k], b[k]) for k in a)  # cached outputs give the same training
+
+
+def test_a_v_prediction_sdxl_run_says_so_in_its_metadata(data: Path, tmp_path: Path) -> None:
+    """SDXL v-prediction descendants (--v_parameterization --zero_terminal_snr): still sdxl_base_v1-0, prediction v."""
+    cfg = TrainConfig(pretrained_model_name_or_path="tiny-sdxl", train_data_dir=str(data), caption_extension=".txt",
+                      output_dir=str(tmp_path), output_name="v", resolution="64", train_batch_size=2, max_train_steps=1,
+                      network_dim=2, v_parameterization=True, zero_terminal_snr=True, cache_latents=True, seed=3)
+    with safe_open(str(train(cfg).final_file), "pt") as f:
+        md = f.metadata()
+    assert md["ss_base_model_version"] == "sdxl_base_v1-0" and md["ss_v_parameterization"] == "True"
+    assert md["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora" and md["modelspec.prediction_type"] == "v"
+    assert md["ss_zero_terminal_snr"] == "True"
