@@ -6,6 +6,10 @@ Cases (one JSON line per side, each side in its own process so peaks do not mix)
   sd15                     SD1.5-sized model from the shipped configs with random weights,
                            gradient checkpointing, UNet LoRA only; 256 px fp32 batch 1 on CPU,
                            512 px bf16 batch 1 and 8 on CUDA
+  sdxl                     SDXL-sized model (shipped SDXL configs, random weights): UNet LoRA only with
+                           gradient checkpointing, cached latents and cached text-encoder outputs (the
+                           24 GB recipe); 1024 px bf16 batch 1 on CUDA, 256 px fp32 batch 1 on CPU
+                           (tens of GB of RAM and minutes per step: use --dry on a shared machine)
   --compile                the tiny cases again with --torch_compile (inductor), labelled
                            tiny_*_compiled; `first_step_s` (setup + compile + one step) shows the compile cost
 For tiny_adamw and sd15 a reference loop (bench/reference_loop.py: plain diffusers + PEFT, the way
@@ -20,13 +24,13 @@ achieved FLOP/s over the card's dense bf16 peak from the vendors' data sheets (t
 On CUDA the sd15 line also carries the VRAM estimate of `--print_plan` for the same config and
 its ratio to the measured `torch.cuda.max_memory_allocated` peak.
 On a busy shared CPU, wall time stretches with the load; `cpu_s_per_step` (process CPU time
-per step) shows what an idle machine would need with that many threads. An SDXL case waits for
-SDXL support in lorasmith (the trainer takes SD1.x models only).
+per step) shows what an idle machine would need with that many threads.
 
     python bench/train_speed.py                 # tiny cases + reference, torch's default threads
     python bench/train_speed.py --threads 1     # one thread: slower, but less sensitive to a busy machine
     python bench/train_speed.py --case sd15     # heavy on a CPU: many GB and minutes
     python bench/train_speed.py --case sd15 --dry   # the sd15 code path on the tiny model at 64 px, seconds
+    python bench/train_speed.py --case sdxl --dry   # the sdxl code path on tiny-sdxl at 64 px, seconds
     python bench/train_speed.py --threads 1 --compile   # adds compiled tiny cases (minutes of compiling)
 """
 from __future__ import annotations
@@ -147,6 +151,14 @@ def case_config(case: str, data: Path, out: Path, cuda: bool, batch: int, dry: b
         return TrainConfig(pretrained_model_name_or_path="tiny", resolution="64" if dry else "128",
                            train_batch_size=2, max_train_steps=8 if dry else 40, **opt, **common)
     steps = 7 if dry else (WARMUP_STEPS + 1 + 11 if cuda else 12)
+    if case == "sdxl":
+        steps = 7 if dry else (WARMUP_STEPS + 1 + 11 if cuda else WARMUP_STEPS + 3)
+        return TrainConfig(pretrained_model_name_or_path="tiny-sdxl" if dry else "sdxl-random",
+                           resolution="64" if dry else ("1024" if cuda else "256"),
+                           train_batch_size=batch, max_train_steps=steps, gradient_checkpointing=True,
+                           mixed_precision="bf16" if cuda else "no", network_train_unet_only=True,
+                           cache_text_encoder_outputs=True, no_half_vae=True,
+                           optimizer_type="AdamW", learning_rate=1e-4, **common)
     return TrainConfig(pretrained_model_name_or_path="tiny" if dry else "sd15-random",
                        resolution="64" if dry else ("512" if cuda else "256"),
                        train_batch_size=batch, max_train_steps=steps, gradient_checkpointing=True,
@@ -184,6 +196,7 @@ def run_case(case: str, batch: int, peak_override: float | None = None, dry: boo
     from library.world.bucket_dataset import make_shapes_dataset
 
     register_builtin("sd15-random", lambda dtype: build_random_bundle("sd15", 0, "sd15-random", dtype))
+    register_builtin("sdxl-random", lambda dtype: build_random_bundle("sdxl", 0, "sdxl-random", dtype, architecture="sdxl"))
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
         data = make_shapes_dataset(Path(tmp) / "data", count=8)
@@ -274,7 +287,7 @@ def _child(args: argparse.Namespace, side: str, case: str, batch: int) -> list[d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", action="append", choices=TINY_CASES + COMPILED_CASES + ("sd15",),
+    parser.add_argument("--case", action="append", choices=TINY_CASES + COMPILED_CASES + ("sd15", "sdxl"),
                         help="default: the tiny cases")
     parser.add_argument("--compile", action="store_true", help="also run the tiny cases with --torch_compile")
     parser.add_argument("--threads", type=int, default=None,
@@ -302,7 +315,7 @@ def main() -> int:
 
     for case in (args.case or list(TINY_CASES)) + (list(COMPILED_CASES) if args.compile else []):
         batches = [1, 8] if case == "sd15" and torch.cuda.is_available() else [1]
-        batches = [1, 2] if case == "sd15" and args.dry else batches
+        batches = [1, 2] if case in ("sd15", "sdxl") and args.dry else batches
         for batch in batches:
             ours = _child(args, "lorasmith", case, batch)
             refs = [] if args.no_reference or case not in REFERENCE_CASES else _child(args, "reference", case, batch)

@@ -95,7 +95,7 @@ class TrainConfig:
         group="Source model", kind="path")
     vae: str | None = option(None, "A separate VAE (.safetensors file or diffusers folder) replacing the checkpoint's", group="Source model", kind="path")
     use_ema_weights: bool = option(False, "Use the EMA weights when the checkpoint holds both (default: non-EMA, as AUTOMATIC1111)", group="Source model")
-    v2: bool = option(False, "The base model is SD 2.x (not supported yet: refused with an explanation)", group="Source model", advanced=True)
+    v2: bool = option(False, "The base model is SD 2.x (the family is detected from the model; this flag only has to agree with it)", group="Source model", advanced=True)
     v_parameterization: bool = option(False, "The base model predicts v instead of noise", group="Source model", advanced=True)
 
     # --- Folders ------------------------------------------------------------
@@ -147,6 +147,7 @@ class TrainConfig:
     cache_latents_to_disk: bool = option(False, "Keep the latent cache in files beside the images, reused across runs", group="Resolution and buckets")
     vae_batch_size: int = option(1, "Images per VAE batch while caching latents", group="Resolution and buckets", min=1)
     cache_text_encoder_outputs: bool = option(False, "Encode captions once (only when the text encoder is not trained and captions are fixed)", group="Resolution and buckets")
+    cache_text_encoder_outputs_to_disk: bool = option(False, "SDXL: keep the text-encoder outputs in <image>_te_outputs.npz beside each image, reused across runs (implies cache_text_encoder_outputs)", group="Resolution and buckets")
 
     # --- Network ------------------------------------------------------------
     network_module: str = option("networks.lora", "Network type: networks.lora (sd-scripts LoRA / LoCon via conv_dim) or lycoris.kohya (LyCORIS: algo=lora|locon|loha|lokr, dora_wd=True)", group="Network", choices=("networks.lora", "lycoris.kohya"))
@@ -165,7 +166,8 @@ class TrainConfig:
     optimizer_args: list[str] = option([], "Optimizer options as key=value, e.g. decouple=True weight_decay=0.20 betas=0.9,0.99", group="Optimizer and LR")
     learning_rate: float = option(1e-4, "Base learning rate (about 1.0 for DAdaptAdam/Prodigy)", group="Optimizer and LR", min=0.0)
     unet_lr: float | None = option(None, "UNet learning rate (default: learning_rate)", group="Optimizer and LR", min=0.0)
-    text_encoder_lr: float | None = option(None, "Text-encoder learning rate (default: learning_rate)", group="Optimizer and LR", min=0.0)
+    text_encoder_lr: float | None = option(None, "Text-encoder learning rate (default: learning_rate); SDXL: both encoders, or give two values (--text_encoder_lr TE1 TE2)", group="Optimizer and LR", min=0.0)
+    learning_rate_te2: float | None = option(None, "SDXL: learning rate of the second text encoder (OpenCLIP bigG); default: text_encoder_lr. Set by the second value of --text_encoder_lr", group="Optimizer and LR", min=0.0, advanced=True)
     lr_scheduler: str = option("constant", "Learning-rate schedule", group="Optimizer and LR", choices=LR_SCHEDULERS)
     lr_warmup_steps: float = option(0, "Warm-up steps, or a fraction of all steps when below 1", group="Optimizer and LR", min=0.0)
     lr_scheduler_num_cycles: int = option(1, "Restarts of cosine_with_restarts", group="Optimizer and LR", min=1)
@@ -202,6 +204,7 @@ class TrainConfig:
     # --- Precision and memory -------------------------------------------------
     mixed_precision: str = option("no", "Autocast precision", group="Precision and memory", choices=("no", "fp16", "bf16"))
     full_fp16: bool = option(False, "Keep LoRA weights and gradients in fp16 too (saves memory, less stable)", group="Precision and memory")
+    no_half_vae: bool = option(False, "Keep the VAE in fp32 (SDXL's VAE overflows in fp16). lorasmith always runs the VAE in fp32, so this flag is accepted and changes nothing", group="Precision and memory", advanced=True)
     full_bf16: bool = option(False, "Keep LoRA weights and gradients in bf16 too", group="Precision and memory")
     save_precision: str | None = option(None, "Precision of saved LoRA files (default: fp32 weights as trained)", group="Precision and memory", choices=(None, "float", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: much less memory, ~30% slower", group="Precision and memory")

@@ -156,7 +156,21 @@ def add_config_arguments(
                 kwargs["help"] += " {" + ", ".join(str(c) for c in spec.choices if c is not None) + "}"
         if f.name not in defaults:
             kwargs["help"] += _default_note(f, kind)
+        if f.name == "text_encoder_lr" and "learning_rate_te2" in {x.name for x in option_fields()}:
+            kwargs.update(nargs="+", action=_TextEncoderLrs)  # sd-scripts: one value, or TE1 TE2
         group.add_argument(*flags, **kwargs)
+
+
+class _TextEncoderLrs(argparse.Action):
+    """`--text_encoder_lr A [B]` as sd-scripts takes it: A for the text encoder(s), B for SDXL's second."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        values = list(values)
+        if len(values) > 2:
+            parser.error(f"{option_string}: at most two values (text encoder 1 and 2), got {len(values)}")
+        setattr(namespace, "text_encoder_lr", values[0])
+        if len(values) == 2:
+            setattr(namespace, "learning_rate_te2", values[1])
 
 
 def _default_note(f: dataclasses.Field[Any], kind: type) -> str:
@@ -274,6 +288,19 @@ def config_from_mapping(
             hint = f" (did you mean {close!r}?)" if close else ""
             problems.append(f"unknown key {key!r}{hint}")
             continue
+        if target == "text_encoder_lr" and isinstance(raw, (list, tuple)):
+            # sd-scripts' nargs="*" option: its TOML holds a list, [TE1] or [TE1, TE2] (SDXL)
+            if len(raw) > 2:
+                problems.append(f"text_encoder_lr in {source}: at most two values (text encoder 1 and 2), got {len(raw)}")
+                continue
+            if len(raw) == 2:
+                raw, second = raw[0], raw[1]
+                try:
+                    updates["learning_rate_te2"] = coerce_value("learning_rate_te2", second, source=source)
+                except ConfigError as exc:
+                    problems.append(str(exc))
+            else:
+                raw = raw[0] if raw else None
         try:
             updates[target] = coerce_value(target, raw, source=source)
         except ConfigError as exc:

@@ -173,11 +173,9 @@ def _check_contradictions(cfg: TrainConfig, rep: ValidationReport) -> None:
     if isinstance(lo, int) and isinstance(hi, int) and lo >= hi:
         rep.error("min_timestep", f"{lo} must be below max_timestep {hi}")
     _check_v_prediction(cfg, rep)
-    if cfg.v2:
-        rep.error("v2", "SD 2.x models are not supported yet; use an SD 1.x checkpoint")
     if cfg.xformers and importlib.util.find_spec("xformers") is None:
         rep.error("xformers", "xformers is not installed; drop --xformers (PyTorch SDPA attention is used by default and is as fast)")
-    if cfg.cache_text_encoder_outputs:
+    if cfg.cache_text_encoder_outputs or cfg.cache_text_encoder_outputs_to_disk:
         trains_te = not cfg.network_train_unet_only
         varies = cfg.shuffle_caption or cfg.caption_dropout_rate > 0 or cfg.caption_tag_dropout_rate > 0 or cfg.caption_dropout_every_n_epochs > 0
         if trains_te:

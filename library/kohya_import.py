@@ -26,13 +26,13 @@ _SAME_NAME = {f.name for f in option_fields()}
 # Keys that only steer the GUI or its launcher; they change nothing in training.
 GUI_ONLY_KEYS = {
     "model_list", "num_cpu_threads_per_process", "use_wandb", "wandb_api_key", "wandb_run_name",
-    "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "train_on_input", "unit",
+    "train_on_input", "unit",
     "noise_offset_type", "save_last_n_steps_state",
     "lr_scheduler_args", "sample_every_n_epochs_default", "log_tracker_name", "log_tracker_config",
 }
 
 _NEUTRAL_WHEN_FALSEY = {
-    "sdxl", "weighted_captions", "no_token_padding", "stop_text_encoder_training",
+    "weighted_captions", "no_token_padding", "stop_text_encoder_training",
 }
 
 # kohya_ss LoRA_type -> (network_module, LyCORIS algo); kohya_ss itself sends "LoCon" to LyCORIS
@@ -208,6 +208,24 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 
+# kohya_ss GUI keys for SDXL: `sdxl` picks sdxl_train_network.py; the others become its flags
+_SDXL_KEYS = {"sdxl": None, "sdxl_no_half_vae": "no_half_vae", "sdxl_cache_text_encoder_outputs": "cache_text_encoder_outputs"}
+
+
+def _sdxl_key(key: str, value: Any, sdxl: bool, out: dict[str, Any], result: KohyaImport) -> None:
+    """`sdxl: true` needs no flag (the family is read from the model); sdxl_* options apply only with it, as in kohya_ss."""
+    if key == "sdxl":
+        if _truthy(value):
+            result.mapped[key] = "SDXL (the model's family is detected from the model; sdxl_train_network.py)"
+        return
+    if not sdxl:
+        result.ignored.append(key)
+        return
+    if _truthy(value):
+        out[_SDXL_KEYS[key]] = True
+        result.mapped[key] = _SDXL_KEYS[key]
+
+
 def import_kohya_config(
     data: Mapping[str, Any], *, source: str = "kohya_ss config", base: TrainConfig | None = None
 ) -> KohyaImport:
@@ -217,8 +235,12 @@ def import_kohya_config(
     module, network_args = _network(data, result)
     if module != "networks.lora":
         out["network_module"] = module
+    sdxl = _truthy(data.get("sdxl"))
     for key, value in data.items():
         if key == "LoRA_type" or key in _NETWORK_KEYS:
+            continue
+        if key in _SDXL_KEYS:  # kohya_ss' SDXL checkbox and the options it only passes on for SDXL
+            _sdxl_key(key, value, sdxl, out, result)
             continue
         if key in GUI_ONLY_KEYS:
             result.ignored.append(key)

@@ -99,6 +99,7 @@ class LoraDataset(torch.utils.data.Dataset):
         batch["loss_weights"] = torch.tensor([weight if it.is_reg else 1.0 for it in items], dtype=torch.float32)
         batch["is_reg"] = [it.is_reg for it in items]
         batch["image_paths"] = [str(it.image.path) for it in items]
+        batch["original_sizes"] = [tuple(it.image.size) for it in items]  # (w, h) before resizing: SDXL's size ids
         return batch
 
     def _visuals(self, ref: BatchRef, items: list[LayoutItem], subsets: list[SubsetSpec], flips, rngs) -> dict:

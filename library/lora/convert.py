@@ -30,7 +30,8 @@ _ROLE_SUFFIXES = (
 )
 _PROCESSOR_RE = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")
 _UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out", "time_embedding.")
-_COMPONENT_PREFIXES = (("unet.", "unet"), ("text_encoder.", "text_encoder"), ("te.", "text_encoder"))
+_COMPONENT_PREFIXES = (("unet.", "unet"), ("text_encoder.", "text_encoder"), ("text_encoder_2.", "text_encoder_2"),
+                       ("te.", "text_encoder"), ("te1.", "text_encoder"), ("te2.", "text_encoder_2"))
 
 
 def detect_format(state_dict: Mapping[str, object]) -> str:
@@ -70,9 +71,15 @@ def _module_path(path: str) -> str:
 
 
 def kohya_name_for(component: str, path: str) -> str:
+    """Kohya name of a diffusers-layout path; SDXL's second encoder (`text_encoder_2.`) is `lora_te2_`.
+
+    The UNet and the first encoder keep diffusers-style names (`lora_unet_down_blocks_…`,
+    `lora_te_…`); loading renames them to an SDXL model's scheme (library.lora.naming).
+    """
     if component == "unet":
         return keys.module_name(keys.UNET_PREFIX, path)
-    return keys.module_name(keys.TEXT_ENCODER_PREFIX, keys.text_encoder_path(path))
+    prefix = keys.TEXT_ENCODER_PREFIX + "2" if component == "text_encoder_2" else keys.TEXT_ENCODER_PREFIX
+    return keys.module_name(prefix, keys.text_encoder_path(path))
 
 
 def to_kohya(

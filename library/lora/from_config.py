@@ -18,12 +18,14 @@ Anything else is a ConfigError naming the key, with a did-you-mean.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from library.errors import ConfigError
 from library.lora.blocks import block_lr_weights, block_ranks
+from library.lora.naming import is_sdxl_unet
 from library.lora.network import LoRANetwork
 from library.lora.network_args import ALGOS, LYCORIS, SD_SCRIPTS, check, wants_tucker
 
@@ -47,11 +49,11 @@ def _lycoris_options(parsed: dict[str, Any], dim: int, alpha: float | None) -> d
     }
 
 
-def network_options(config: Any) -> dict[str, Any]:
+def network_options(config: Any, sdxl: bool = False) -> dict[str, Any]:
     """The keyword arguments of LoRANetwork.create from a config; ConfigError names bad entries.
 
     Also returns `loraplus` (unet ratio, text-encoder ratio) and `block_lr_weights`, which
-    the network keeps for prepare_optimizer_params.
+    the network keeps for prepare_optimizer_params. `sdxl`: block-wise options use SDXL's 23 blocks.
     """
     module = getattr(config, "network_module", None) or SD_SCRIPTS
     parsed, problems = check(module, getattr(config, "network_args", None))
@@ -68,9 +70,12 @@ def network_options(config: Any) -> dict[str, Any]:
         opts = _lycoris_options(parsed, dim, alpha)
     lr_weights = None
     if module == SD_SCRIPTS and not problems:
-        lr_weights = block_lr_weights(parsed)
-        opts["block_ranks"] = block_ranks(parsed, dim, 1.0 if alpha is None else alpha, parsed.get("conv_dim"),
-                                          parsed.get("conv_alpha"), lr_weights)
+        try:
+            lr_weights = block_lr_weights(parsed, sdxl)
+            opts["block_ranks"] = block_ranks(parsed, dim, 1.0 if alpha is None else alpha, parsed.get("conv_dim"),
+                                              parsed.get("conv_alpha"), lr_weights, sdxl)
+        except ValueError as exc:
+            problems.append(f"{exc} for this {'SDXL' if sdxl else 'SD1.x/SD2.x'} model")
     if problems:
         raise ConfigError("the network options cannot be used", problems)
     dropout = parsed.get("dropout")
@@ -90,9 +95,12 @@ def network_options(config: Any) -> dict[str, Any]:
     }
 
 
-def network_from_config(config: Any, unet: nn.Module, text_encoder: nn.Module) -> LoRANetwork:
-    """The network sd-scripts' train_network.py would build for these flags (not yet applied)."""
-    opts = network_options(config)
+def network_from_config(config: Any, unet: nn.Module, text_encoder: nn.Module | Sequence[nn.Module]) -> LoRANetwork:
+    """The network sd-scripts' train_network.py would build for these flags (not yet applied).
+
+    `text_encoder`: one module, or SDXL's (te1, te2).
+    """
+    opts = network_options(config, sdxl=is_sdxl_unet(unet))
     loraplus, lr_weights = opts.pop("loraplus"), opts.pop("block_lr_weights")
     weights = getattr(config, "network_weights", None)
     if weights and getattr(config, "dim_from_weights", False):

@@ -20,7 +20,7 @@ from library.errors import LorasmithError
 from library.lora import keys
 from library.lora.convert import to_kohya
 from library.lora.file import data_region_sha256, precalculate_hashes, read_header, read_tensors, structure_problems
-from library.lora.loading import LoadedLoRA, load_lora, pair_modules
+from library.lora.loading import LoadedLoRA, load_lora, pair_modules, to_model_names
 from library.lora.algorithms.dora import DORA_KEY
 from library.lora.algorithms.registry import algorithm_of, parts_product, parts_scale
 from library.lora.blocks import block_index, block_label
@@ -162,11 +162,13 @@ def _base_modules(base: str) -> tuple[torch.nn.Module, torch.nn.Module, bool]:
     from library.models import load_model_bundle
 
     bundle = load_model_bundle(base)
-    return bundle.unet, bundle.text_encoder, False
+    encoders = bundle.text_encoders()
+    return bundle.unet, encoders if len(encoders) > 1 else bundle.text_encoder, False  # SDXL: (te1, te2)
 
 
 def _match_base(loaded: LoadedLoRA, raw: dict[str, torch.Tensor], base: str, conv: bool) -> dict[str, Any]:
     unet, text_encoder, architecture_only = _base_modules(base)
+    loaded = to_model_names(loaded, unet, text_encoder)  # diffusers-style names on an SDXL base
     matched, unmatched, problems = pair_modules(loaded, unet, text_encoder)
     expected = find_targets(unet, text_encoder, conv=conv)
     return {

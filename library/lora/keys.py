@@ -31,8 +31,8 @@ SUFFIXES = (DOWN, UP, ALPHA) + LYCORIS_SUFFIXES
 # transformers 5 flattened CLIPTextModel (no `.text_model`); Kohya names keep it.
 TEXT_MODEL_SCOPE = "text_model."
 
-_BLOCK_RE = re.compile(r"^lora_unet_(down_blocks_\d+|up_blocks_\d+|mid_block)")
-_TE_LAYER_RE = re.compile(r"^lora_te\d?_text_model_encoder_layers_(\d+)_")
+_BLOCK_RE = re.compile(r"^lora_unet_(down_blocks_\d+|up_blocks_\d+|mid_block|input_blocks_\d+|middle_block|output_blocks_\d+)")
+_TE_LAYER_RE = re.compile(r"^lora_te(\d?)_text_model_encoder_layers_(\d+)_")
 
 
 def module_name(prefix: str, module_path: str) -> str:
@@ -85,7 +85,7 @@ def block_of(name: str) -> str:
         return match.group(1)
     match = _TE_LAYER_RE.match(name)
     if match:
-        return f"te_layer_{match.group(1)}"
+        return f"te{match.group(1)}_layer_{match.group(2)}"  # SDXL: te1_layer_N / te2_layer_N
     return "unet_other" if name.startswith(UNET_PREFIX + "_") else "te_other"
 
 

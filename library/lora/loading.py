@@ -8,7 +8,7 @@ another architecture matches few or none, and is refused with the count.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from library.lora import keys
 from library.lora.algorithms.registry import algorithm_of, implied_out_numel
 from library.lora.convert import to_kohya
 from library.lora.file import read_tensors, structure_problems
+from library.lora.naming import Naming, lora_architecture, model_architecture, text_encoder_list
 from library.lora.targets import Target, all_layers
 
 
@@ -102,10 +103,34 @@ def _shape_problem(name: str, parts: Mapping[str, torch.Tensor], target: Target)
     return None
 
 
+def to_model_names(loaded: LoadedLoRA, unet: nn.Module | None,
+                   text_encoder: nn.Module | Sequence[nn.Module] | None) -> LoadedLoRA:
+    """The LoRA with its module names in the model's scheme (library.lora.naming).
+
+    For SDXL: diffusers-style UNet names (PEFT / diffusers files) become SGM names and a
+    plain `lora_te_` (diffusers' `text_encoder.`) becomes `lora_te1_`. Other models: unchanged.
+    """
+    naming = Naming(unet, text_encoder_list(text_encoder))
+    if not naming.sdxl:
+        return loaded
+    all_layers(unet, text_encoder, naming)
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in loaded.tensors.items():
+        parts = keys.split_key(key)
+        renamed[f"{naming.canonical_name(parts[0])}.{parts[1]}" if parts else key] = value
+    if renamed.keys() == loaded.tensors.keys():
+        return loaded
+    return LoadedLoRA(renamed, loaded.metadata, loaded.source_format, loaded.path)
+
+
 def pair_modules(
-    loaded: LoadedLoRA, unet: nn.Module | None, text_encoder: nn.Module | None
+    loaded: LoadedLoRA, unet: nn.Module | None, text_encoder: nn.Module | Sequence[nn.Module] | None
 ) -> tuple[dict[str, Target], list[str], list[str]]:
-    """(name -> target for modules that fit, unmatched names, one problem line per unmatched)."""
+    """(name -> target for modules that fit, unmatched names, one problem line per unmatched).
+
+    Names are compared in the model's scheme: pass a LoadedLoRA through `to_model_names` first
+    to match diffusers-style names to an SDXL model.
+    """
     layers = all_layers(unet, text_encoder)
     matched: dict[str, Target] = {}
     unmatched: list[str] = []
@@ -124,19 +149,33 @@ def pair_modules(
 
 
 def match_modules(
-    loaded: LoadedLoRA, unet: nn.Module | None, text_encoder: nn.Module | None, *, strict: bool = True
+    loaded: LoadedLoRA, unet: nn.Module | None, text_encoder: nn.Module | Sequence[nn.Module] | None, *,
+    strict: bool = True,
 ) -> tuple[dict[str, Target], list[str]]:
     """Pair the LoRA's modules with layers of the model.
 
     Returns (name -> target, unmatched names). With strict, any unmatched module is
     an error; without it, an error only when nothing matches.
     """
+    original = loaded
+    loaded = to_model_names(loaded, unet, text_encoder)
     matched, unmatched, problems = pair_modules(loaded, unet, text_encoder)
     total = len(loaded.modules)
     if unmatched and (strict or not matched):
+        lora_arch, model_arch = architectures(original, unet)
+        other = (f"this LoRA is for {lora_arch} and the model is {model_arch}; " if lora_arch != model_arch
+                 else "it was probably made for another architecture; ")
         raise LoRAFileError(
-            f"{loaded.label}: only {len(matched)} of {total} LoRA modules match this model; "
-            "it was probably made for another architecture (SD1.x LoRAs need an SD1.x base)",
+            f"{loaded.label}: only {len(matched)} of {total} LoRA modules match this model; {other}"
+            "use a base model of the LoRA's architecture",
             problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else []),
         )
     return matched, unmatched
+
+
+def architectures(loaded: LoadedLoRA, unet: nn.Module | None) -> tuple[str, str]:
+    """(the family the LoRA's names were written for, the model's family), for refusals."""
+    modules = loaded.modules
+    te_width = next((int(p[keys.DOWN].shape[1]) for n, p in modules.items()
+                     if n.startswith("lora_te") and keys.DOWN in p and p[keys.DOWN].dim() == 2), None)
+    return lora_architecture(list(modules), te_width), model_architecture(unet)

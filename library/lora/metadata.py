@@ -120,6 +120,9 @@ def _s(value: Any) -> str:
     return str(value)
 
 
+SGM_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"  # sd-scripts' IMPL_STABILITY_AI
+
+
 def modelspec_metadata(
     *,
     title: str | None,
@@ -131,18 +134,24 @@ def modelspec_metadata(
     min_timestep: int | None = None,
     max_timestep: int | None = None,
     extra: Mapping[str, str] | None = None,
+    family: str | None = None,
 ) -> dict[str, str]:
-    """`modelspec.*` fields as sd-scripts writes them for an SD1.x/2.x LoRA."""
+    """`modelspec.*` fields as sd-scripts writes them for a LoRA (library/sai_model_spec.py).
+
+    `family` (sd1, sd2, sdxl) names the base model's family; without it `v2` picks SD2 or SD1.
+    An SDXL LoRA's implementation is Stability AI's generative-models repository (sd-scripts'
+    IMPL_STABILITY_AI), SD1/SD2 LoRAs' is "diffusers".
+    """
     timestamp = time.time() if timestamp is None else timestamp
     from library.models.family import FAMILIES
 
-    family = FAMILIES["sd2" if v2 else "sd1"]
-    arch = family.modelspec_architecture("v_prediction" if v_parameterization else "epsilon", adapter="")
+    fam = FAMILIES[family] if family in FAMILIES else FAMILIES["sd2" if v2 else "sd1"]
+    arch = fam.modelspec_architecture("v_prediction" if v_parameterization else "epsilon", adapter="")
     width, height = parse_resolution(resolution)
     out = {
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": f"{arch}/lora",
-        "modelspec.implementation": "diffusers",
+        "modelspec.implementation": SGM_IMPLEMENTATION if fam.name == "sdxl" else "diffusers",
         "modelspec.title": title if title else f"LoRA@{timestamp}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
         "modelspec.resolution": f"{width}x{height}",
@@ -256,8 +265,11 @@ def build_metadata(
     training_finished_at: float | None = None,
     num_processes: int = 1,
     timestamp: float | None = None,
+    family: str | None = None,
 ) -> dict[str, str]:
     """Every field sd-scripts' train_network.py writes, plus modelspec and lorasmith_config.
+
+    family: the base model's family (sd1, sd2, sdxl) for modelspec; None = from config["v2"].
 
     config: the resolved TrainConfig as a dict (sd-scripts field names).
     dataset: what `dataset_fields` formats (`library.data.plan.dataset_summary`): num_train_images,
@@ -305,6 +317,7 @@ def build_metadata(
         min_timestep=cfg.get("min_timestep"),
         max_timestep=cfg.get("max_timestep"),
         extra={k: cfg.get(f"metadata_{k}") for k in ("author", "description", "license", "tags")},
+        family=family,
     ))
     return out
 

@@ -9,7 +9,7 @@ same class: the adapters differ, the network does not (library.lora.adapter).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from library.errors import LoRAFileError
 from library.lora import keys
 from library.lora.adapter import Adapter
 from library.lora.algorithms.registry import ALGORITHMS, adapter_from_parts, algorithm_of
-from library.lora.loading import LoadedLoRA, load_lora, match_modules
+from library.lora.loading import LoadedLoRA, load_lora, match_modules, to_model_names
 from library.lora.module import attach, detach
 from library.lora.targets import LYCORIS_EXTRA_UNET_LAYERS, Target, find_targets
 
@@ -42,14 +42,15 @@ class LoRANetwork(nn.Module):
         self.unmatched_keys: list[str] = []
         self.source: LoadedLoRA | None = None
         self.loraplus: tuple[float | None, float | None] = (None, None)  # (unet, text encoder) ratios
-        self.block_lr_weights: list[float] | None = None  # 25 UNet block lr factors (sd-scripts)
+        self.block_lr_weights: list[float] | None = None  # 25 UNet block lr factors (SDXL: 23), sd-scripts
+        self.model_refs: tuple | None = None  # (unet, text encoder(s)) the names were made for; a tuple, not submodules
 
     # -- construction ---------------------------------------------------------------
     @classmethod
     def create(
         cls,
         unet: nn.Module | None,
-        text_encoder: nn.Module | None,
+        text_encoder: nn.Module | Sequence[nn.Module] | None,
         *,
         rank: int = 4,
         alpha: float | None = 1.0,
@@ -100,14 +101,16 @@ class LoRANetwork(nn.Module):
                 module_dropout=module_dropout, multiplier=multiplier, **options,
             )
             pairs.append((target, adapter))
-        return cls(pairs, multiplier)
+        network = cls(pairs, multiplier)
+        network.model_refs = (unet, text_encoder)
+        return network
 
     @classmethod
     def from_weights(
         cls,
         source: str | os.PathLike[str] | Mapping[str, torch.Tensor] | LoadedLoRA,
         unet: nn.Module | None,
-        text_encoder: nn.Module | None,
+        text_encoder: nn.Module | Sequence[nn.Module] | None,
         multiplier: float = 1.0,
         *,
         strict: bool = True,
@@ -124,6 +127,7 @@ class LoRANetwork(nn.Module):
         loaded = source if isinstance(source, LoadedLoRA) else load_lora(source)
         loaded = _only_components(loaded, train_unet, train_text_encoder)
         matched, unmatched = match_modules(loaded, unet, text_encoder, strict=strict)
+        loaded = to_model_names(loaded, unet, text_encoder)  # the names `matched` uses
         pairs = []
         for name, target in matched.items():
             adapter = adapter_from_parts(
@@ -135,6 +139,7 @@ class LoRANetwork(nn.Module):
         network = cls(te_first, multiplier)
         network.unmatched_keys = unmatched
         network.source = loaded
+        network.model_refs = (unet, text_encoder)
         network._load_matched(loaded.tensors)
         return network
 
@@ -146,6 +151,8 @@ class LoRANetwork(nn.Module):
         (the fix for a rank difference is --dim_from_weights).
         """
         loaded = load_lora(source)
+        if self.model_refs is not None:
+            loaded = to_model_names(loaded, *self.model_refs)
         own = dict(self.named_children())
         components = {t.component for t in self._targets.values()}
         loaded = _only_components(loaded, "unet" in components, "text_encoder" in components)
@@ -275,7 +282,8 @@ class LoRANetwork(nn.Module):
 
     # -- training ------------------------------------------------------------------------
     def prepare_optimizer_params(
-        self, text_encoder_lr: float | None, unet_lr: float | None, default_lr: float | None
+        self, text_encoder_lr: float | None, unet_lr: float | None, default_lr: float | None,
+        text_encoder_2_lr: float | None = None,
     ) -> list[dict[str, Any]]:
         """Parameter groups in sd-scripts' order: text encoder, then UNet.
 
@@ -284,20 +292,29 @@ class LoRANetwork(nn.Module):
         which is what the lr/<name> TensorBoard tags use. With LoRA+ (`self.loraplus`)
         the up matrices go to a "<name> plus" group at ratio x lr; with block learning
         rates (`self.block_lr_weights`) the UNet splits into "unet_<block>" groups, as in
-        sd-scripts' networks/lora.py.
+        sd-scripts' networks/lora.py. SDXL: both encoders share the "textencoder" group
+        (sd-scripts' networks.lora) unless `text_encoder_2_lr` differs; then they are
+        "textencoder 1" and "textencoder 2" (sd-scripts' multi-encoder networks' names).
         """
         self.requires_grad_(True)
         unet_ratio, te_ratio = self.loraplus
         lr_te = default_lr if text_encoder_lr is None else text_encoder_lr
         lr_unet = default_lr if unet_lr is None else unet_lr
-        groups = _groups("textencoder", self.text_encoder_loras, lr_te, te_ratio)
+        te2 = [a for a in self.text_encoder_loras if a.lora_name.startswith("lora_te2_")]
+        if text_encoder_2_lr is None or text_encoder_2_lr == lr_te or not te2:
+            groups = _groups("textencoder", self.text_encoder_loras, lr_te, te_ratio)
+        else:
+            te1 = [a for a in self.text_encoder_loras if not a.lora_name.startswith("lora_te2_")]
+            groups = (_groups("textencoder 1", te1, lr_te, te_ratio)
+                      + _groups("textencoder 2", te2, text_encoder_2_lr, te_ratio))
         if self.block_lr_weights is None:
             return groups + _groups("unet", self.unet_loras, lr_unet, unet_ratio)
-        from library.lora.blocks import block_index
+        from library.lora.blocks import block_index, is_sdxl_names
 
+        sdxl = is_sdxl_names(a.lora_name for a in self.unet_loras)
         by_block: dict[int, list[Adapter]] = {}
         for adapter in self.unet_loras:
-            by_block.setdefault(block_index(adapter.lora_name), []).append(adapter)
+            by_block.setdefault(block_index(adapter.lora_name, sdxl), []).append(adapter)
         for idx, adapters in by_block.items():
             factor = self.block_lr_weights[idx] if idx >= 0 else 1.0
             groups += _groups(f"unet_{idx}", adapters, None if lr_unet is None else lr_unet * factor, unet_ratio)

@@ -13,12 +13,13 @@ sd-scripts `networks.lora` looks inside blocks by class name:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from library.lora import keys
+from library.lora.naming import Naming, text_encoder_list
 
 UNET_BLOCKS = ("Transformer2DModel",)
 # LyCORIS' "full" preset (lycoris/config.py) also adapts these UNet layers by name
@@ -65,57 +66,64 @@ def _is_te_block(module: nn.Module) -> bool:
     return bool(_TE_BLOCK_RE.match(type(module).__name__))
 
 
-def _kohya_name(component: str, path: str) -> str:
-    if component == "unet":
-        return keys.module_name(keys.UNET_PREFIX, path)
-    return keys.module_name(keys.TEXT_ENCODER_PREFIX, keys.text_encoder_path(path))
-
-
-def _collect(root: nn.Module, component: str, is_block, out: dict[str, Target]) -> None:
+def _collect(root: nn.Module, component: str, is_block, out: dict[str, Target], name_of) -> None:
     for block_path, block in root.named_modules():
         if not is_block(block):
             continue
         for child_path, layer in _layers_in(block):
             path = ".".join(p for p in (block_path, child_path) if p)
-            name = _kohya_name(component, path)
+            name = name_of(path)
             out.setdefault(name, Target(name, path, layer, root, component, layer_kind(layer) or ""))
 
 
 def find_targets(
     unet: nn.Module | None,
-    text_encoder: nn.Module | None,
+    text_encoder: nn.Module | Sequence[nn.Module] | None,
     *,
     conv: bool = False,
     extra_unet_layers: tuple[str, ...] = (),
 ) -> list[Target]:
     """sd-scripts' LoRA targets, text encoder first (sd-scripts' order), then UNet.
 
+    `text_encoder` is one module or SDXL's (te1, te2); names follow the family (library.lora.naming).
     `extra_unet_layers` are module paths adapted as well (LyCORIS' preset), after the blocks.
     """
+    encoders = text_encoder_list(text_encoder)
+    naming = Naming(unet, encoders)
     found: dict[str, Target] = {}
-    if text_encoder is not None:
-        _collect(text_encoder, "text_encoder", _is_te_block, found)
+    for index, encoder in enumerate(encoders):
+        _collect(encoder, "text_encoder", _is_te_block, found, lambda p, i=index: naming.text_encoder(i, p))
     if unet is not None:
         names = UNET_BLOCKS + (UNET_CONV_BLOCKS if conv else ())
-        _collect(unet, "unet", lambda m: type(m).__name__ in names, found)
+        _collect(unet, "unet", lambda m: type(m).__name__ in names, found, naming.unet)
         for path in extra_unet_layers:
             try:
                 layer = _unwrap(unet.get_submodule(path))
             except AttributeError:
                 continue
             if layer_kind(layer) is not None:
-                name = _kohya_name("unet", path)
+                name = naming.unet(path)
                 found.setdefault(name, Target(name, path, layer, unet, "unet", layer_kind(layer) or ""))
     return list(found.values())
 
 
-def all_layers(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[str, Target]:
-    """Every Linear/Conv2d of both models by Kohya name: what a foreign LoRA may address."""
+def all_layers(unet: nn.Module | None, text_encoder: nn.Module | Sequence[nn.Module] | None,
+               naming: Naming | None = None) -> dict[str, Target]:
+    """Every Linear/Conv2d of the models by Kohya name: what a foreign LoRA may address.
+
+    With `naming`, its `aliases` learn the diffusers-style name of every SDXL UNet layer.
+    """
+    encoders = text_encoder_list(text_encoder)
+    naming = naming or Naming(unet, encoders)
     found: dict[str, Target] = {}
-    for root, component in ((text_encoder, "text_encoder"), (unet, "unet")):
-        if root is None:
-            continue
-        for path, layer in _layers_in(root):
-            name = _kohya_name(component, path)
-            found.setdefault(name, Target(name, path, layer, root, component, layer_kind(layer) or ""))
+    for index, encoder in enumerate(encoders):
+        for path, layer in _layers_in(encoder):
+            name = naming.text_encoder(index, path)
+            found.setdefault(name, Target(name, path, layer, encoder, "text_encoder", layer_kind(layer) or ""))
+    if unet is not None:
+        for path, layer in _layers_in(unet):
+            name = naming.unet(path)
+            if naming.sdxl:
+                naming.aliases[keys.module_name(keys.UNET_PREFIX, path)] = name
+            found.setdefault(name, Target(name, path, layer, unet, "unet", layer_kind(layer) or ""))
     return found

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from library.training.events import Events
+from library.training.placement import text_encoders_of
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
@@ -40,7 +41,7 @@ class EpochScoreHook:
         from library.scoring.scores import recommend, score_network, tensorboard_values
 
         p = self.parts
-        models = (p.bundle.vae, p.bundle.text_encoder)  # may wait in RAM after caching (training.placement)
+        models = (p.bundle.vae, *text_encoders_of(p.bundle))  # may wait in RAM after caching (training.placement)
         homes = [module_device(m) for m in models]
         start = time.perf_counter()
         try:

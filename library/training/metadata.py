@@ -28,6 +28,9 @@ class RunMetadata:
         # and built-in models get their hashes too.
         # the prediction type the run trained (the flag, or the model's own scheduler config)
         self.config["v_parameterization"] = bool(parts.v_prediction)
+        self.family = parts.bundle.facts.family.name
+        # sd-scripts writes ss_v2 = --v2, which an SD2 run needs; here the model says (library.models.family)
+        self.config["v2"] = bool(parts.bundle.facts.family.ss_v2)
         self.model = model_metadata_from_facts(parts.bundle.facts, v2=cfg.v2, v_parameterization=parts.v_prediction)
         self.optimizer = parts.optimizer.description
         self.session_id = session_id
@@ -41,5 +44,5 @@ class RunMetadata:
             session_id=self.session_id, training_started_at=self.started_at, epoch=epoch, steps=steps,
             num_epochs=self.plan.epochs, max_train_steps=self.plan.total_steps,
             num_batches_per_epoch=self.plan.batches_per_epoch, training_finished_at=time.time(),
-            num_processes=self.num_processes,
+            num_processes=self.num_processes, family=self.family,
         )

@@ -80,11 +80,20 @@ def offload_after_caching(bundle: Any, latents_cached: bool, te_cached: bool, lo
         bundle.vae.to("cpu")
         moved.append("VAE")
     if te_cached:
-        bundle.text_encoder.to("cpu")
-        moved.append("text encoder")
+        encoders = text_encoders_of(bundle)
+        for encoder in encoders:
+            encoder.to("cpu")
+        moved.append("text encoders" if len(encoders) > 1 else "text encoder")
     if lowvram and torch.cuda.is_available():
         torch.cuda.empty_cache()
     return moved
+
+
+def text_encoders_of(bundle: Any) -> list[Any]:
+    """The bundle's text encoders (SDXL: two); objects without `text_encoders()` have one."""
+    if hasattr(bundle, "text_encoders"):
+        return list(bundle.text_encoders())
+    return [bundle.text_encoder]
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

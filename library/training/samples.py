@@ -12,7 +12,7 @@ from typing import Any
 
 from library.errors import SamplingError
 from library.training.events import Events
-from library.training.placement import module_device
+from library.training.placement import module_device, text_encoders_of
 
 
 class SampleHook:
@@ -48,7 +48,7 @@ class SampleHook:
         from library.sampling.training_samples import sample_for_training, save_training_sample, training_sample_path
 
         p, cfg = self.parts, self.parts.config
-        models = (p.bundle.vae, p.bundle.text_encoder)  # may wait in RAM after caching (training.placement)
+        models = (p.bundle.vae, *text_encoders_of(p.bundle))  # may wait in RAM after caching (training.placement)
         homes = [module_device(m) for m in models]
         for model in models:
             model.to(p.device)

@@ -56,6 +56,7 @@ class RunParts:
     unet_step: Any = None  # the UNet as the training step calls it (torch.compile'd with --torch_compile)
     pin_batches: bool = False  # the DataLoader hands out batches in pinned memory (CUDA, caches not on the GPU)
     val_dataset: Any = None  # the held-out images (--validation_split), cached like the training data
+    text_cache: Any = None  # SDXL: cached text-encoder outputs by caption (library.training.text_conditioning.TextCache)
 
     @property
     def trainable_params(self) -> list[torch.nn.Parameter]:
@@ -80,11 +81,14 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
     from library.models import load_model_bundle
 
     bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae, use_ema_weights=cfg.use_ema_weights)
+    check_family_flags(cfg, bundle)
     cast_module(bundle.unet, weight_dtype, device)
-    cast_module(bundle.text_encoder, weight_dtype, device)
+    for encoder in bundle.text_encoders():
+        cast_module(encoder, weight_dtype, device)
     if cfg.fp8_base:  # frozen Linear/Conv2d weights in float8, before LoRA hosts wrap them
         store_fp8(bundle.unet.requires_grad_(False))
-        store_fp8(bundle.text_encoder.requires_grad_(False))
+        for encoder in bundle.text_encoders():
+            store_fp8(encoder.requires_grad_(False))
     bundle.vae.to(device)
     if cfg.xformers:
         bundle.unet.enable_xformers_memory_efficient_attention()
@@ -92,6 +96,16 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
     if cfg.unet_channels_last:
         bundle.unet.to(memory_format=torch.channels_last)
     return bundle
+
+
+def check_family_flags(cfg: TrainConfig, bundle: Any) -> None:
+    """The model decides the family; sd-scripts' --v2 must agree with it (sd-scripts refuses v2 for SDXL)."""
+    family = bundle.facts.family
+    if cfg.v2 and family.name != "sd2":
+        raise ConfigError(f"v2: the model {bundle.facts.name} is {family.display}, not SD 2.x",
+                          ["drop --v2 (the model's family is detected from its weights)"])
+    if family.name == "sdxl" and cfg.clip_skip not in (None, 1):
+        log.warning("clip_skip has no effect on SDXL (both encoders' penultimate layers are used, as in sd-scripts)")
 
 
 def install_device_paths(unet: torch.nn.Module, device: torch.device) -> None:
@@ -112,7 +126,8 @@ def build_network(cfg: TrainConfig, bundle: Any, device: torch.device, weight_dt
     """The LoRA network applied to the model; fp32 parameters unless full_fp16/full_bf16."""
     from library.lora.from_config import network_from_config
 
-    network = network_from_config(cfg, bundle.unet, bundle.text_encoder)
+    encoders = bundle.text_encoders()
+    network = network_from_config(cfg, bundle.unet, encoders if len(encoders) > 1 else bundle.text_encoder)
     network.apply_to()
     full = cfg.full_fp16 or cfg.full_bf16
     network.to(device, dtype=weight_dtype if full else torch.float32)
@@ -121,16 +136,16 @@ def build_network(cfg: TrainConfig, bundle: Any, device: torch.device, weight_dt
 
 
 def enable_checkpointing(bundle: Any, train_text_encoder: bool) -> None:
-    """Recompute activations in backward (much less memory); the UNet always, the text encoder when trained."""
+    """Recompute activations in backward (much less memory); the UNet always, the text encoders when trained."""
     bundle.unet.enable_gradient_checkpointing()
     bundle.unet.train()
     if train_text_encoder:
-        te = bundle.text_encoder
-        if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5 name
-            te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        bundle.text_encoder.train()
+        for te in bundle.text_encoders():
+            if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5 name
+                te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            te.train()
 
 
 def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int, train_text_encoder: bool) -> Any:
@@ -140,16 +155,44 @@ def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int,
     are encoded once even without --cache_text_encoder_outputs: same result, less work.
     """
     fixed = all(s.spec.captions.is_fixed for lay in prepared.layouts for s in lay.subsets)
-    cache_te = not train_text_encoder and fixed
+    cache_te = not train_text_encoder and fixed and bundle.text_encoder_2 is None  # SDXL: build_text_cache
     run_cfg = dataclasses.replace(cfg, cache_text_encoder_outputs=cache_te)
     with torch.no_grad():
         return build_dataset(prepared, run_cfg, seed=seed, tokenizer=bundle.tokenizer, vae=bundle.vae,
                              text_encoder=bundle.text_encoder, vae_id=bundle.facts.model_hash, progress=False)
 
 
+def build_text_cache(cfg: TrainConfig, bundle: Any, datasets: list[Any], train_text_encoder: bool) -> Any:
+    """SDXL: both encoders' outputs and the pooled embedding per caption, once, when that is exact.
+
+    As for SD1 (build_data), a frozen encoder fed fixed captions is cached even without the
+    flag; --cache_text_encoder_outputs_to_disk also writes/reuses `<image>_te_outputs.npz`.
+    """
+    from library.training.text_conditioning import TextCache, TextEncoding
+
+    if bundle.text_encoder_2 is None or train_text_encoder:
+        return None
+    layouts = [lay for ds in datasets for lay in ds.layouts]
+    if not all(s.spec.captions.is_fixed for lay in layouts for s in lay.subsets):
+        return None
+    encoding = TextEncoding(bundle, cfg.clip_skip, cfg.max_token_length)
+    cache = TextCache()
+    with torch.no_grad():
+        if cfg.cache_text_encoder_outputs_to_disk:
+            for ds in datasets:
+                captions = ds.fixed_captions()
+                paths = [it.image.path for lay in ds.layouts for it in lay.items]
+                cache.fill_from_disk(encoding, zip(paths, captions))
+        else:
+            for ds in datasets:
+                cache.fill(encoding, ds.fixed_captions())
+    return cache
+
+
 def build_optimizer_and_schedule(cfg: TrainConfig, network: Any,
                                  total_steps: int) -> tuple[OptimizerChoice, Any, list[str], FlatGroups | None]:
-    groups = network.prepare_optimizer_params(cfg.text_encoder_lr, cfg.unet_lr, cfg.learning_rate)
+    groups = network.prepare_optimizer_params(cfg.text_encoder_lr, cfg.unet_lr, cfg.learning_rate,
+                                              text_encoder_2_lr=cfg.learning_rate_te2)
     if not groups:
         raise ConfigError("nothing to train", ["learning_rate, unet_lr and text_encoder_lr are all 0 or the network is empty"])
     names = [g.pop("name") for g in groups]
@@ -186,7 +229,9 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
         enable_checkpointing(bundle, train_te)
     dataset = build_data(cfg, prepared, bundle, seed, train_te)
     val_dataset = build_data(cfg, prepared.validation, bundle, seed, train_te) if prepared.validation else None
-    moved = offload_after_caching(bundle, dataset.latents is not None, dataset.text_encoder_outputs is not None,
+    text_cache = build_text_cache(cfg, bundle, [d for d in (dataset, val_dataset) if d is not None], train_te)
+    te_cached = dataset.text_encoder_outputs is not None or text_cache is not None
+    moved = offload_after_caching(bundle, dataset.latents is not None, te_cached,
                                   cfg.lowram, cfg.lowvram)  # only needed again for samples
     caches_on_device, cache_note = place_caches(dataset, device, cfg.max_data_loader_n_workers, cfg.lowvram)
     choice, lr_scheduler, names, flat = build_optimizer_and_schedule(cfg, network, prepared.plan.total_steps)
@@ -206,7 +251,8 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     return RunParts(cfg, accelerator, device, weight_dtype, bundle, network, prepared, dataset, choice,
                     lr_scheduler, names, rng, ac, train_unet, train_te, v_pred, notes, flat,
                     compile_unet(bundle.unet, cfg.dynamo_backend) if cfg.torch_compile else bundle.unet,
-                    pin_batches=device.type == "cuda" and not caches_on_device, val_dataset=val_dataset)
+                    pin_batches=device.type == "cuda" and not caches_on_device, val_dataset=val_dataset,
+                    text_cache=text_cache)
 
 
 def training_alphas_cumprod(betas: torch.Tensor, zero_terminal_snr: bool) -> torch.Tensor:

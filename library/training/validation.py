@@ -25,6 +25,8 @@ import torch
 
 from library.scoring.timesteps import validation_timesteps
 from library.training.noise import timestep_range
+from library.training.placement import text_encoders_of
+
 
 def validation_batch_count(available: int, max_validation_steps: int | None) -> int:
     """Batches one validation runs: all held-out batches, or at most `--max_validation_steps`."""
@@ -70,7 +72,7 @@ class Validator:
     def evaluate(self) -> ValidationResult:
         """The loss at fixed noise and timesteps, eval mode, no gradient; train modes restored after."""
         p = self.parts
-        modules = [m for m in (p.network, p.bundle.unet, p.bundle.text_encoder) if m is not None]
+        modules = [m for m in (p.network, p.bundle.unet, *text_encoders_of(p.bundle)) if m is not None]
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()

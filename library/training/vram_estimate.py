@@ -141,8 +141,30 @@ class VramEstimate:
 
 
 def model_family(name: str) -> str:
-    """The shipped architecture a model name or path stands for (lorasmith trains SD1.x)."""
-    return "tiny" if name in ("tiny", "tiny-world") else "sd15"
+    """The shipped architecture configs a model name or path stands for, without loading weights.
+
+    Built-in names map to their own configs; an SDXL file (`conditioner.embedders.1.` keys in its
+    safetensors header) or diffusers folder (a `text_encoder_2`) to SDXL's; anything else to SD1.5's.
+    """
+    if name in ("tiny", "tiny-world"):
+        return "tiny"
+    if name in ("tiny-sdxl", "tiny-sd2"):
+        return name
+    from pathlib import Path
+
+    path = Path(str(name)).expanduser()
+    if path.is_dir() and (path / "text_encoder_2").is_dir():
+        return "sdxl"
+    if path.is_file() and path.suffix == ".safetensors":
+        from library.safetensors_header import read_header
+
+        try:
+            entries = read_header(path).entries
+        except Exception:  # an unreadable file is reported by the loader, not by the estimate
+            return "sd15"
+        if any(k.startswith("conditioner.embedders.1.") for k in entries):
+            return "sdxl"
+    return "sd15"
 
 
 def storage_bytes(tensors: Any) -> int:
@@ -199,25 +221,30 @@ class Skeleton:
     vae: torch.nn.Module
     network: Any
     weights: dict[str, int]
+    text_encoder_2: torch.nn.Module | None = None  # SDXL
 
 
 def build_skeleton(cfg: TrainConfig) -> Skeleton:
     """UNet, text encoder, VAE and the configured LoRA network (applied), all on the meta device."""
     from library.lora.from_config import network_from_config
-    from library.models.modules import build_text_encoder, build_unet, build_vae
+    from library.models.modules import build_text_encoder, build_text_encoder_2, build_unet, build_vae
 
     configs = _skeleton_configs(model_family(cfg.pretrained_model_name_or_path))
     unet = build_unet(configs["unet"], empty=True).requires_grad_(False)
     vae = build_vae(configs["vae"], empty=True).requires_grad_(False)
     te = build_text_encoder(configs["text_encoder"], empty=True).requires_grad_(False)
+    te2 = (build_text_encoder_2(configs["text_encoder_2"], empty=True).requires_grad_(False)
+           if "text_encoder_2" in configs else None)
     dtype = weight_dtype(cfg)
     weights = {"unet": weight_bytes(unet, dtype, fp8=bool(getattr(cfg, "fp8_base", False))),
-               "text_encoder": weight_bytes(te, dtype), "vae": weight_bytes(vae, torch.float32)}
+               "text_encoder": weight_bytes(te, dtype) + (weight_bytes(te2, dtype) if te2 is not None else 0),
+               "vae": weight_bytes(vae, torch.float32)}
     with torch.device("meta"):
-        network = network_from_config(dataclasses.replace(cfg, network_weights=None, dim_from_weights=False), unet, te)
+        network = network_from_config(dataclasses.replace(cfg, network_weights=None, dim_from_weights=False), unet,
+                                      [te, te2] if te2 is not None else te)
     network.apply_to()
     network.to(dtype=param_dtype(cfg))
-    return Skeleton(unet, te, vae, network, weights)
+    return Skeleton(unet, te, vae, network, weights, te2)
 
 
 def trained_parts(cfg: TrainConfig, network: Any) -> tuple[bool, bool]:
@@ -229,7 +256,8 @@ def trained_parts(cfg: TrainConfig, network: Any) -> tuple[bool, bool]:
 
 def trainable_parameters(cfg: TrainConfig, network: Any) -> list[torch.nn.Parameter]:
     """The parameters the optimizer gets (groups with a learning rate of 0 are left out, as in training)."""
-    groups = network.prepare_optimizer_params(cfg.text_encoder_lr, cfg.unet_lr, cfg.learning_rate)
+    groups = network.prepare_optimizer_params(cfg.text_encoder_lr, cfg.unet_lr, cfg.learning_rate,
+                                              text_encoder_2_lr=getattr(cfg, "learning_rate_te2", None))
     return [p for g in groups for p in g["params"]]
 
 
@@ -287,22 +315,26 @@ def _fake_module(module: torch.nn.Module, dtype: torch.dtype | None) -> None:
                 mod._buffers[name] = torch.zeros(b.shape, dtype=b.dtype)
 
 
-def _set_checkpointing(unet: torch.nn.Module, te: torch.nn.Module, on: bool, train_te: bool) -> None:
+def _set_checkpointing(unet: torch.nn.Module, encoders: list[torch.nn.Module], on: bool, train_te: bool) -> None:
     if on:
         unet.enable_gradient_checkpointing()
-        if train_te:
-            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         unet.disable_gradient_checkpointing()
-        if train_te:
+    for te in encoders:
+        if train_te and on:
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif train_te:
             te.gradient_checkpointing_disable()
+        te.train(train_te)
     unet.train()
-    te.train(train_te)
 
 
 def _trace_step(cfg: TrainConfig, unet: torch.nn.Module, te: torch.nn.Module, train_te: bool,
-                baseline: list[torch.Tensor]) -> int:
-    """Peak bytes created by one training step on fake tensors (inside the caller's FakeTensorMode)."""
+                baseline: list[torch.Tensor], te2: torch.nn.Module | None = None) -> int:
+    """Peak bytes created by one training step on fake tensors (inside the caller's FakeTensorMode).
+
+    SDXL (`te2`): both encoders' hidden states side by side, plus the pooled text and size ids.
+    """
     width, height = parse_resolution(cfg.resolution)
     batch, chunks = cfg.train_batch_size, max(1, (cfg.max_token_length or 75) // 75)
     dtype = weight_dtype(cfg)
@@ -310,13 +342,24 @@ def _trace_step(cfg: TrainConfig, unet: torch.nn.Module, te: torch.nn.Module, tr
     target = torch.empty(batch, unet.config.out_channels, height // 8, width // 8)
     steps = torch.zeros(batch, dtype=torch.long)
     ids = torch.zeros(batch * chunks, TOKENS_PER_CHUNK, dtype=torch.long)
-    cond = torch.empty(batch, TOKENS_PER_CHUNK * chunks, te.config.hidden_size, dtype=dtype)
+    width_te = te.config.hidden_size + (te2.config.hidden_size if te2 is not None else 0)
+    cond = torch.empty(batch, TOKENS_PER_CHUNK * chunks, width_te, dtype=dtype)
+    added = {}
+    if te2 is not None:
+        added = {"text_embeds": torch.empty(batch, te2.config.projection_dim, dtype=dtype),
+                 "time_ids": torch.zeros(batch, 6, dtype=dtype)}
     # the float32 ops stay in force during backward: checkpointing recomputes under the forward's autocast state
-    with LiveBytes(baseline + [noisy, target, steps, ids, cond]) as live, cuda_float32_norms():
+    with LiveBytes(baseline + [noisy, target, steps, ids, cond, *added.values()]) as live, cuda_float32_norms():
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not torch.float32):
-            if train_te:
+            if train_te and te2 is None:
                 cond = te(ids)[0].reshape(batch, -1, te.config.hidden_size)
-            pred = unet(noisy, steps, cond.to(dtype)).sample
+            elif train_te:
+                h1 = te(ids, output_hidden_states=True).hidden_states[-2]
+                out2 = te2(ids, output_hidden_states=True)
+                cond = torch.cat([h1, out2.hidden_states[-2]], dim=-1).reshape(batch, -1, width_te)
+                added["text_embeds"] = out2.text_embeds.reshape(batch, -1)[:, :te2.config.projection_dim]
+            extra = {"added_cond_kwargs": added} if added else {}
+            pred = unet(noisy, steps, cond.to(dtype), **extra).sample
         loss = (pred.float() - target).pow(2).mean(dim=(1, 2, 3)).mean()
         loss.backward()
         del pred, loss, cond
@@ -335,23 +378,25 @@ def trace_activations(cfg: TrainConfig, sk: Skeleton) -> tuple[int, int, int]:
     """(step peak with checkpointing as configured, with it flipped, one VAE encoding's peak) on fake tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    unet, te, vae, network = sk.unet, sk.text_encoder, sk.vae, sk.network
+    unet, te, vae, network, te2 = sk.unet, sk.text_encoder, sk.vae, sk.network, sk.text_encoder_2
+    encoders = [m for m in (te, te2) if m is not None]
     _, train_te = trained_parts(cfg, network)
     width, height = parse_resolution(cfg.resolution)
     with FakeTensorMode():
         for adapter in network.adapters:
             _fake_module(adapter, None)  # first, so the UNet's cast below leaves the LoRA dtype alone
         _fake_module(unet, weight_dtype(cfg))
-        _fake_module(te, weight_dtype(cfg))
+        for encoder in encoders:
+            _fake_module(encoder, weight_dtype(cfg))
         _fake_module(vae, torch.float32)
         for p in network.parameters():
             p.grad = torch.zeros_like(p) if p.requires_grad else None
-        baseline = [t for m in (unet, te, vae) for t in [*m.parameters(), *m.buffers()]]
+        baseline = [t for m in (unet, *encoders, vae) for t in [*m.parameters(), *m.buffers()]]
         baseline += [p.grad for p in network.parameters() if p.grad is not None]
         peaks = {}
         for on in (cfg.gradient_checkpointing, not cfg.gradient_checkpointing):
-            _set_checkpointing(unet, te, on, train_te)
-            peaks[on] = _trace_step(cfg, unet, te, train_te, baseline)
+            _set_checkpointing(unet, encoders, on, train_te)
+            peaks[on] = _trace_step(cfg, unet, te, train_te, baseline, te2)
         vae_batch = cfg.vae_batch_size if cfg.cache_latents else cfg.train_batch_size
         vae_peak = _trace_vae_encode(vae, vae_batch, width, height, baseline)
     return peaks[cfg.gradient_checkpointing], peaks[not cfg.gradient_checkpointing], vae_peak
