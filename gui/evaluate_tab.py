@@ -107,17 +107,11 @@ def evaluate_command(form: dict, guard) -> list[str]:
 
 def score_summary(json_path: str | Path) -> tuple[str, str]:
     """(Markdown table + recommendation, chart path) from an evaluation.json."""
+    from gui.scores_view import scores_markdown
     from library.evaluation.score_report import read_scores
 
     scores, rec = read_scores(json_path)
-    rows = ["| file | epoch | weight | fidelity | drift |", "|---|---|---|---|---|"]
-    for sc in scores:
-        pick = rec is not None and (sc.file, sc.weight) == (rec.file, rec.weight)
-        cells = [Path(sc.file).name, str(sc.epoch if sc.epoch is not None else "-"), f"{sc.weight:g}",
-                 f"{sc.fidelity:.3f}", f"{sc.drift:.3f}"]
-        rows.append("| " + " | ".join(f"**{c}**" if pick else c for c in cells) + " |")
-    why = f"**Recommended:** {rec.why}\n\n" if rec is not None else ""
-    return why + "\n".join(rows), str(Path(json_path).with_suffix(".png"))
+    return scores_markdown(scores, rec), str(Path(json_path).with_suffix(".png"))
 
 
 class EvaluateTab:

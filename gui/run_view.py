@@ -5,7 +5,7 @@ import html
 from pathlib import Path
 
 from gui.jobs import DONE_STATES, FAILED, FINISHED, QUEUED, RUNNING, STOPPED, STOPPING, Job, JobManager
-from gui.progress import status_line
+from gui.progress import status_line, task_line
 from gui.safety import PathGuard
 
 MAX_SAMPLES = 8
@@ -20,12 +20,17 @@ def progress_html(job: Job | None) -> str:
     pct = round(100 * p.fraction, 1)
     color = {"failed": "#c0392b", "stopped": "#d68910"}.get(job.state, "#2e86c1")
     error = f'<div class="ls-error">{html.escape(p.error)}</div>' if p.error else ""
+    task = ""
+    if p.task and job.state in ("running", "stopping"):  # e.g. caching latents before the first step
+        t = p.task
+        task = (f'<div id="ls-task" data-what="{html.escape(t["what"])}" data-done="{t["done"]}" data-total="{t["total"]}">'
+                f'{html.escape(task_line(t))}</div>')
     return (
         f'<div id="ls-progress" data-state="{job.state}" data-fraction="{p.fraction:.4f}" data-step="{p.step}">'
         f'<div><b>{html.escape(job.name)}</b> — {job.state} — <span id="ls-percent">{pct:g}%</span></div>'
         f'<div style="background:#ddd;border-radius:4px;height:14px;overflow:hidden">'
         f'<div style="width:{pct}%;background:{color};height:14px"></div></div>'
-        f'<div id="ls-status">{html.escape(status_line(p, live=job.state not in DONE_STATES))}</div>{error}</div>'
+        f'{task}<div id="ls-status">{html.escape(status_line(p, live=job.state not in DONE_STATES))}</div>{error}</div>'
     )
 
 

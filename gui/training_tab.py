@@ -129,6 +129,11 @@ class TrainingTab:
         self.loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
                                      label="Loss", height=160, elem_id="loss-chart")
         self.samples = gr.Gallery(label="Latest samples", columns=6, height=130, elem_id="samples")
+        with gr.Accordion("Epoch scores and recommendation", open=True, visible=False,
+                          elem_id="run-scores-box") as self.scores_box:
+            self.scores = gr.Markdown(elem_id="run-scores")
+            self.score_chart = gr.Image(label="Fidelity and drift against epoch", interactive=False, height=220,
+                                        elem_id="run-score-chart")
         self.queue = gr.HTML(elem_id="queue")
         with gr.Row():
             self.cancel_id = gr.Number(label="Queued job #", value=None, precision=0, elem_id="cancel-id")
@@ -373,7 +378,8 @@ class TrainingTab:
 
     @property
     def live_outputs(self) -> list:
-        return [self.progress, self.loss_plot, self.samples, self.log, self.queue, self.run_msg, self.resume_btn, self.seen]
+        return [self.progress, self.loss_plot, self.samples, self.log, self.queue, self.run_msg, self.resume_btn,
+                self.scores, self.score_chart, self.scores_box, self.seen]
 
     def stop(self) -> str:
         job = self.ctx.jobs.current()
@@ -408,6 +414,8 @@ class TrainingTab:
             self.resume_btn: (bool(ended and job.state == "stopped" and run_view.state_folder(job)),
                               lambda: gr.update(visible=bool(ended and job.state == "stopped" and run_view.state_folder(job)))),
         }
+        score_key = self._score_key(job)
+        fresh[self.scores] = (score_key, lambda: self._scores_view(job))
         seen = dict(seen or {})
         out: dict = {}
         for comp, (key, make) in fresh.items():
@@ -417,9 +425,31 @@ class TrainingTab:
                 continue
             seen[name] = repr(key)
             value = make() if make else key
+            if comp is self.scores:  # one view fills three components
+                out.update(value)
+                continue
             out[comp] = list(value) if isinstance(value, tuple) and comp is self.samples else value
+        out.setdefault(self.score_chart, gr.skip())
+        out.setdefault(self.scores_box, gr.skip())
         out[self.seen] = seen
         return out
+
+    @staticmethod
+    def _score_key(job) -> tuple:
+        """Changes when the run scores another epoch, or an evaluation.json appears for its files."""
+        if job is None:
+            return (None,)
+        from gui.scores_view import evaluation_json
+
+        path = None if job.progress.scores else evaluation_json(job.config)
+        return (job.id, len(job.progress.scores), str(path), path.stat().st_mtime if path else None)
+
+    def _scores_view(self, job) -> dict:
+        """The run's score table, chart and recommendation (issue 18), hidden while it has none."""
+        from gui.scores_view import run_scores_markdown
+
+        table, chart = run_scores_markdown(job.progress, job.config) if job is not None else ("", None)
+        return {self.scores: table, self.score_chart: chart, self.scores_box: gr.update(visible=bool(table))}
 
     def start_tensorboard(self, data: dict) -> str:
         logdir = self.named(data).get("logging_dir")

@@ -58,8 +58,10 @@ class EpochScoreHook:
         self.tb.scalars(tensorboard_values(scores).get(epoch, {}), epoch)
         line = ", ".join(f"w{s.weight:g} fidelity {s.fidelity:.3f} drift {s.drift:.3f}" for s in scores)
         rec = recommend(self.scores)
+        # The scores ride along as data: the GUI shows the table, chart and recommendation from them.
         self.events.on_log({"message": f"epoch {epoch} score ({self.seconds[-1]:.1f} s): {line}; "
-                                       f"so far: {rec.why}"})
+                                       f"so far: {rec.why}",
+                            "scores": [s.to_dict() for s in scores], "recommendation": rec.to_dict()})
         return scores
 
     def _set(self):

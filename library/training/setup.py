@@ -133,7 +133,8 @@ def enable_checkpointing(bundle: Any, train_text_encoder: bool) -> None:
         bundle.text_encoder.train()
 
 
-def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int, train_text_encoder: bool) -> Any:
+def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int, train_text_encoder: bool,
+               report: Any = None) -> Any:
     """The dataset, with latents cached when asked and text-encoder outputs cached whenever that is exact.
 
     A frozen text encoder fed fixed captions always gives the same outputs, so they
@@ -144,7 +145,8 @@ def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int,
     run_cfg = dataclasses.replace(cfg, cache_text_encoder_outputs=cache_te)
     with torch.no_grad():
         return build_dataset(prepared, run_cfg, seed=seed, tokenizer=bundle.tokenizer, vae=bundle.vae,
-                             text_encoder=bundle.text_encoder, vae_id=bundle.facts.model_hash, progress=False)
+                             text_encoder=bundle.text_encoder, vae_id=bundle.facts.model_hash, progress=False,
+                             report=report)
 
 
 def build_optimizer_and_schedule(cfg: TrainConfig, network: Any,
@@ -168,8 +170,16 @@ def build_optimizer_and_schedule(cfg: TrainConfig, network: Any,
     return choice, schedulers.make_lr_scheduler(choice.optimizer, spec), names, flat
 
 
-def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
-    """Model, network, data, optimizer and schedule on the training device."""
+def _caching_report(events: Any, what: str) -> Any:
+    if events is None:
+        return None
+    return lambda done, total: events.on_progress({"what": what, "done": done, "total": total})
+
+
+def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int, events: Any = None) -> RunParts:
+    """Model, network, data, optimizer and schedule on the training device.
+
+    `events` (optional) hears `on_progress` while latents are cached: counts the GUI shows with an ETA."""
     if cfg.torch_compile:
         check_dynamo_backend(cfg.dynamo_backend)
     accelerator = make_accelerator(cfg.mixed_precision)
@@ -184,8 +194,10 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     train_unet = bool(network.unet_loras) and not cfg.network_train_text_encoder_only
     if cfg.gradient_checkpointing:
         enable_checkpointing(bundle, train_te)
-    dataset = build_data(cfg, prepared, bundle, seed, train_te)
-    val_dataset = build_data(cfg, prepared.validation, bundle, seed, train_te) if prepared.validation else None
+    dataset = build_data(cfg, prepared, bundle, seed, train_te, report=_caching_report(events, "caching latents"))
+    val_dataset = (build_data(cfg, prepared.validation, bundle, seed, train_te,
+                              report=_caching_report(events, "caching latents (validation)"))
+                   if prepared.validation else None)
     moved = offload_after_caching(bundle, dataset.latents is not None, dataset.text_encoder_outputs is not None,
                                   cfg.lowram, cfg.lowvram)  # only needed again for samples
     caches_on_device, cache_note = place_caches(dataset, device, cfg.max_data_loader_n_workers, cfg.lowvram)
