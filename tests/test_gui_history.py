@@ -172,3 +172,54 @@ def test_a_real_run_replays_with_caching_counts_and_epoch_scores(trained):
     assert sorted({s.epoch for s in scores}) == [1, 2] and {s.weight for s in scores} == {0.6, 0.8, 1.0}
     assert rec is not None and rec.epoch in (1, 2) and rec.why
     assert len(history.lora_files(record)) == 2
+
+
+def test_cli_task_reads_counts_from_the_tqdm_bar(monkeypatch):
+    """A child that draws a tqdm bar on stderr: the GUI sees 'n/total' as it goes, stdout comes back at the end."""
+    import sys
+
+    from gui import cli_runner
+
+    script = ("import sys, time\nfrom tqdm import tqdm\n"
+              "for _ in tqdm(range(4), desc='reg photos', unit='img', mininterval=0):\n    time.sleep(0.3)\n"
+              "print('wrote 4 images')\n")
+    monkeypatch.setattr(cli_runner, "lorasmith_argv", lambda *args: [sys.executable, "-c", script])
+    task = cli_runner.CliTask(["reg", "photos"], timeout=60)
+    seen = set()
+    while task.running:
+        if task.task:
+            seen.add(task.task["done"])
+        time.sleep(0.05)
+    out, _err = task.finish()
+    assert out == ["wrote 4 images"]
+    assert task.task == {"what": "reg photos", "done": 4, "total": 4, "elapsed_s": task.task["elapsed_s"], "eta_s": 0.0}
+    assert len(seen - {4}) >= 1  # at least one count before the end
+    html = cli_runner.task_html(task.task, "ls-reg-task")
+    assert 'data-done="4" data-total="4"' in html and "reg photos 4/4 · ETA 0:00" in html
+
+    monkeypatch.setattr(cli_runner, "lorasmith_argv", lambda *args: [sys.executable, "-c", "import sys; sys.exit(3)"])
+    failing = cli_runner.CliTask(["grid"], timeout=60)
+    with pytest.raises(cli_runner.LorasmithError, match="exit code 3"):
+        failing.finish()
+
+
+def test_crop_reports_counts_through_a_thread_task(tmp_path):
+    from PIL import Image
+
+    from dataset_tools.crop import CropOptions, crop_folder, parse_ratio
+    from gui.cli_runner import ThreadTask
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (80 + i, 60), (i * 40, 90, 160)).save(src / f"p{i}.png")
+    calls = []
+
+    def counting(*args, progress, **kwargs):
+        return crop_folder(*args, progress=lambda d, t: (calls.append((d, t)), progress(d, t)), **kwargs)
+
+    task = ThreadTask("crop", counting, src, tmp_path / "dst", CropOptions(ratio=parse_ratio("1:1")))
+    run = task.result()
+    assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert task.task["done"] == 3 and task.task["total"] == 3 and task.task["eta_s"] == 0.0
+    assert len(run.written) == 3
