@@ -90,7 +90,19 @@ def read_run(folder: Path) -> RunRecord | None:
     except LorasmithError as exc:
         problem = str(exc)
     progress = replay(folder / "progress.jsonl")
-    kind = "sweep" if (folder / "sweep.json").is_file() or (folder / "sweep-command.txt").is_file() else "train"
+    if (folder / "sweep-args.json").is_file():  # a sweep: no events file; its outcome is in its log and ranking
+        from gui.sweep_view import ranking_path, sweep_task
+
+        try:
+            task = sweep_task((folder / "train.log").read_text(encoding="utf-8", errors="replace")[-200_000:])
+        except OSError:
+            task = None
+        progress.task = task
+        if cfg is not None and ranking_path(cfg) is not None:
+            progress.finished = True
+    from gui.jobs import SWEEP_ARGS_FILE
+
+    kind = "sweep" if (folder / SWEEP_ARGS_FILE).is_file() else "train"
     return RunRecord(folder, cfg, progress, outcome(progress), _started(folder), problem, kind)
 
 

@@ -83,9 +83,14 @@ class HistoryTab:
             return {self.details: "", self.config: "", self.grids: [], self.scores: "",
                     self.score_chart: gr.update(visible=False), self.message: ""}
         from gui.scores_view import run_scores_markdown
+        from gui.sweep_view import ranking_markdown, ranking_path
 
         guard = self.ctx.guard
-        table, chart = run_scores_markdown(record.progress, record.config)
+        if record.kind == "sweep":
+            path = ranking_path(record.config)
+            table, chart = ranking_markdown(path) if path else ("The sweep has no ranking yet.", None)
+        else:
+            table, chart = run_scores_markdown(record.progress, record.config)
         return {self.details: history.details_markdown(record), self.config: history.config_text(record),
                 self.grids: [g for g in history.grids(record) if guard.allows(g)],
                 self.scores: table, self.score_chart: gr.update(value=chart, visible=bool(chart)), self.message: ""}
