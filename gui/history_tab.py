@@ -35,7 +35,8 @@ class HistoryTab:
         self.scores = gr.Markdown(elem_id="history-scores")
         self.score_chart = gr.Image(label="Scores against epoch", type="filepath", interactive=False,
                                     visible=False, elem_id="history-score-chart")
-        self.grids = gr.Gallery(label="Grids made from this run", columns=3, height=260, elem_id="history-grids")
+        self.grids = gr.Gallery(label="Grids made from this run", columns=3, height=260, visible=False,
+                                elem_id="history-grids")
         with gr.Accordion("Config (TOML)", open=False, elem_id="history-config-box"):
             self.config = gr.Code(language="toml" if "toml" in getattr(gr.Code, "languages", ()) else None,
                                   elem_id="history-config")
@@ -80,19 +81,20 @@ class HistoryTab:
     def show(self, run_id: str | None) -> dict:
         record = self._record(run_id)
         if record is None:
-            return {self.details: "", self.config: "", self.grids: [], self.scores: "",
+            return {self.details: "", self.config: "", self.grids: gr.update(value=[], visible=False), self.scores: "",
                     self.score_chart: gr.update(visible=False), self.message: ""}
         from gui.scores_view import run_scores_markdown
         from gui.sweep_view import ranking_markdown, ranking_path
 
         guard = self.ctx.guard
+        grids = [g for g in history.grids(record) if guard.allows(g)]
         if record.kind == "sweep":
             path = ranking_path(record.config)
             table, chart = ranking_markdown(path) if path else ("The sweep has no ranking yet.", None)
         else:
             table, chart = run_scores_markdown(record.progress, record.config)
         return {self.details: history.details_markdown(record), self.config: history.config_text(record),
-                self.grids: [g for g in history.grids(record) if guard.allows(g)],
+                self.grids: gr.update(value=grids, visible=bool(grids)),
                 self.scores: table, self.score_chart: gr.update(value=chart, visible=bool(chart)), self.message: ""}
 
     def load_into_form(self, run_id: str | None) -> dict:
