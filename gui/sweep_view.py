@@ -54,10 +54,14 @@ def sweep_task(log_text: str) -> dict | None:
 
     current = None
     bar = None
+    scoring = None
     for line in log_text.splitlines():
         m = _VARIANT.match(line.strip())
         if m:
-            current, bar = (int(m[1]), int(m[2]), m[3], m[4]), None
+            current, bar, scoring = (int(m[1]), int(m[2]), m[3], m[4]), None, None
+            continue
+        if line.startswith("scoring ") and ":" in line:  # the ranking phase: each variant's files are scored
+            scoring = line[len("scoring "):].split(":", 1)[0]
             continue
         found = parse_tqdm(line)
         if found is not None:
@@ -65,6 +69,8 @@ def sweep_task(log_text: str) -> dict | None:
     if current is None:
         return None
     index, total, name, doing = current
+    if scoring is not None:
+        return {"what": f"all variants trained; scoring {scoring}", "done": total, "total": total, "eta_s": None}
     what = f"variant {index}/{total} {name}"
     if bar is not None:
         what += f" (step {bar['done']}/{bar['total']})"

@@ -61,6 +61,8 @@ def test_sweep_task_from_its_log():
     assert task == {"what": "variant 2/3 b (step 1/4)", "done": 1, "total": 3, "eta_s": 3.0}
     assert sweep_task("[3/3] c: finished (4 steps)")["done"] == 3
     assert sweep_task("nothing yet") is None
+    scoring = sweep_task("[3/3] c: finished (4 steps)\nscoring a: 2 file(s) x 3 weight(s)\nscoring b: 2 file(s)")
+    assert scoring == {"what": "all variants trained; scoring b", "done": 3, "total": 3, "eta_s": None}
 
 
 def test_ranking_table_best_first(tmp_path):
