@@ -150,6 +150,7 @@ def _on_save(p: Progress, ev: dict, now: float) -> None:
 
 def _on_finish(p: Progress, ev: dict, now: float) -> None:
     p.finished = True
+    p.task = None
     step = _num(ev.get("global_step")) or _num(ev.get("step"))
     if step:
         p.step = int(step)
@@ -190,6 +191,7 @@ def _on_progress(p: Progress, ev: dict, now: float) -> None:
 
 def _on_error(p: Progress, ev: dict, now: float) -> None:
     p.finished = True
+    p.task = None
     p.error = str(ev.get("message") or ev.get("error") or "training failed")
 
 

@@ -310,6 +310,18 @@ def test_stop_summary_resume_and_log_tail_at_the_end(page, workspace):
     assert int(page.locator("#ls-progress").get_attribute("data-step")) > stopped_at
 
 
+def test_sweep_box_checks_the_vary_lines_like_the_cli(page, workspace):
+    _fill_tiny_form(page, workspace)
+    jobs_before = page.locator("#ls-queue li").count()
+    page.locator("#sweep-box button").first.click()
+    page.locator("#sweep-vary textarea").fill("network_dim=8,x")
+    page.locator("#sweep-start").click()
+    page.wait_for_function("document.querySelector('#sweep-message').innerText.includes('network_dim')")
+    assert "Error" in page.locator("#sweep-message").inner_text()
+    assert page.locator("#ls-queue li").count() == jobs_before  # nothing was queued
+    _shot(page, "15-sweep-refused")
+
+
 def test_history_page_lists_runs_and_loads_a_config(page, workspace):
     from gui.history import scan_runs
 

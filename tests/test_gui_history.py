@@ -161,10 +161,12 @@ def trained(tmp_path_factory):
 
 def test_a_real_run_replays_with_caching_counts_and_epoch_scores(trained):
     lines = [json.loads(ln) for ln in (trained / "progress.jsonl").read_text().splitlines()]
-    caching = [e for e in lines if e["event"] == "progress"]
+    caching = [e for e in lines if e["event"] == "progress" and e["what"] == "caching latents"]
     assert caching[0]["what"] == "caching latents" and (caching[0]["done"], caching[-1]["done"]) == (0, 4)
     assert all(e["total"] == 4 for e in caching)
     assert lines.index(caching[-1]) < min(i for i, e in enumerate(lines) if e["event"] == "step")
+    scoring = [e for e in lines if e["event"] == "progress" and e["what"] == "scoring epoch 1"]
+    assert [e["done"] for e in scoring][-1] == 3 and all(e["total"] == 3 for e in scoring)  # 3 weights
     record = history.read_run(trained)
     assert record.state == "finished" and record.progress.step == 4
     assert record.progress.task is None

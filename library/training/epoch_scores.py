@@ -49,7 +49,9 @@ class EpochScoreHook:
             eval_set = self._set()
             autocast = p.device.type == "cuda" and p.weight_dtype != torch.float32
             with torch.autocast(p.device.type, dtype=p.weight_dtype, enabled=autocast):
-                scores = score_network(p.bundle, p.network, eval_set, file=str(path), epoch=epoch)
+                scores = score_network(p.bundle, p.network, eval_set, file=str(path), epoch=epoch,
+                                       progress=lambda done, total, what: self.events.on_progress(
+                                           {"what": f"scoring epoch {epoch}", "done": done, "total": total}))
         finally:
             for model, home in zip(models, homes):
                 model.to(home)
