@@ -185,7 +185,7 @@ class ThreadTask:
     def _run(self, fn, args, kwargs) -> None:
         try:
             self._value = fn(*args, progress=self.report, **kwargs)
-        except BaseException as exc:  # handed to the caller in result()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller in result())
             self._error = exc
 
     @property

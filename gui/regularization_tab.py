@@ -6,11 +6,10 @@ come from the Training tab's form, so they mean what they mean to the trainer.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import gradio as gr
-
-import time
 
 from gui.cli_runner import CliTask, run_lorasmith, task_html
 from gui.context import GuiContext

@@ -5,13 +5,18 @@ import json
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from gui import history, run_view
 from gui.jobs import FINISHED, RUNNING, JobManager
-from gui.sweep_view import ranking_markdown, ranking_path, sweep_args, sweep_task, variant_count
+from gui.sweep_view import (
+    ranking_markdown,
+    ranking_path,
+    sweep_args,
+    sweep_task,
+    variant_count,
+)
 from library.config import TrainConfig
 from library.errors import ConfigError
 
