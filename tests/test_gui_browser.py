@@ -310,6 +310,7 @@ def test_stop_summary_resume_and_log_tail_at_the_end(page, workspace):
         f" return el.dataset.state === 'running' && Number(el.dataset.step) > {stopped_at}; }})()",
         timeout=TRAIN_TIMEOUT * 1000)
     assert "graceful" in page.locator("#ls-progress").inner_text()
+    assert _in_viewport(page, "#ls-run-panel") and _in_viewport(page, "#ls-progress")
     _shot(page, "08c-resumed")
     page.locator("#stop").click()
     _wait_state(page, ("stopped", "failed", "finished"), TRAIN_TIMEOUT)
