@@ -43,7 +43,7 @@ class DatasetTab:
             self._build_report()
         with gr.Accordion("Prepare training folders (<repeats>_<instance> <class>)", open=False):
             self._build_prepare()
-        with gr.Accordion("Crop", open=False):
+        with gr.Accordion("Crop", open=False, elem_id="crop-box"):
             self._build_crop()
         with gr.Accordion("Captions", open=False):
             self._build_captions()

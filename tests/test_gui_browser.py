@@ -378,6 +378,20 @@ def test_dataset_report_with_previews(page, workspace):
     _shot(page, "09-dataset-report")
 
 
+def test_crop_shows_its_count(page, workspace):
+    _tab(page, "Dataset")
+    page.locator("#crop-box button").first.click()  # open the Crop section
+    page.locator("#crop-src textarea").fill(str(workspace / "img" / "1_ohwx shape"))
+    page.locator("#crop-dst textarea").fill(str(workspace / "cropped"))
+    page.locator("#crop-run").click()
+    page.wait_for_function("document.querySelector('#dataset-message').innerText.includes('Cropped')",
+                           timeout=TRAIN_TIMEOUT * 1000)
+    task = page.locator("#ls-crop-task")
+    assert (task.get_attribute("data-done"), task.get_attribute("data-total")) == ("8", "8")
+    assert "crop 8/8 · ETA" in task.inner_text()
+    assert len(list((workspace / "cropped").glob("*.png"))) == 8
+
+
 def test_evaluate_makes_a_2x2_grid(page, workspace):
     from PIL import Image
 
