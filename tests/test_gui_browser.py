@@ -236,6 +236,10 @@ def _click_start(pg) -> None:
 
 def test_training_runs_to_the_end_with_samples(page, workspace):
     _fill_tiny_form(page, workspace)
+    _open_group(page, "Training")
+    page.locator("#group-training .ls-all-options button").first.click()  # score every epoch (issue 18)
+    page.wait_for_timeout(300)
+    _fill(page, "evaluate_every_n_epochs", "1")
     _click_start(page)
     page.wait_for_function("document.querySelector('#run-message').innerText.includes('Job #')")
     page.wait_for_function("Number(document.querySelector('#ls-progress')?.dataset.step) >= 1", timeout=TRAIN_TIMEOUT * 1000)
@@ -248,6 +252,11 @@ def test_training_runs_to_the_end_with_samples(page, workspace):
     assert (workspace / "out" / "browserlora-000001.safetensors").is_file()
     page.wait_for_selector("#samples img")
     assert page.locator("#samples img").count() >= 1
+    # the run panel shows the epoch scores, the chart and the recommendation
+    page.wait_for_function("(document.querySelector('#run-scores')?.innerText || '').includes('Recommended')")
+    scores = page.locator("#run-scores").inner_text()
+    assert "browserlora-000001.safetensors" in scores and "browserlora.safetensors" in scores
+    page.wait_for_selector("#run-score-chart img")
     _shot(page, "07-training-finished")
 
 
