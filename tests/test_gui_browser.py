@@ -258,6 +258,10 @@ def test_training_runs_to_the_end_with_samples(page, workspace):
     assert "browserlora-000001.safetensors" in scores and "browserlora.safetensors" in scores
     page.wait_for_selector("#run-score-chart img")
     _shot(page, "07-training-finished")
+    page.evaluate("document.querySelector('#run-scores-box').scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    assert _in_viewport(page, "#run-scores") and _in_viewport(page, "#ls-run-panel")
+    _shot(page, "07b-epoch-scores")
 
 
 def _start_long_run(page, workspace, name: str) -> None:
