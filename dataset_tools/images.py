@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,14 +107,20 @@ def start_run(scan: FolderScan, list_non_images: bool = True) -> ToolRun:
 
 
 def pending_images(
-    scan: FolderScan, dst: Path, fmt: str | None, run: ToolRun, *, overwrite: bool, desc: str, progress: bool
+    scan: FolderScan, dst: Path, fmt: str | None, run: ToolRun, *, overwrite: bool, desc: str,
+    progress: bool | Callable[[int, int], None]
 ) -> Iterator[tuple[Path, Path, Image.Image]]:
     """(source, destination, upright image) for each image still to write.
 
     Existing outputs are skipped (re-runs are idempotent unless `overwrite`) and
-    unreadable images are listed in `run`; a progress bar covers the folder.
+    unreadable images are listed in `run`; a progress bar covers the folder, or,
+    when `progress` is a function, it is called as `progress(done, total)` (the GUI's counts).
     """
-    for path in tqdm(scan.images, desc=desc, unit="img", disable=not progress):
+    report = progress if callable(progress) else None
+    total = len(scan.images)
+    for done, path in enumerate(tqdm(scan.images, desc=desc, unit="img", disable=report is not None or not progress)):
+        if report is not None:
+            report(done, total)
         dest = output_path(dst, path, fmt)
         if dest.exists() and not overwrite:
             run.skipped_existing.append(dest)
@@ -125,6 +131,8 @@ def pending_images(
             run.unreadable.append(exc.summary)
             continue
         yield path, dest, img
+    if report is not None:
+        report(total, total)
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:

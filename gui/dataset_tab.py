@@ -43,7 +43,7 @@ class DatasetTab:
             self._build_report()
         with gr.Accordion("Prepare training folders (<repeats>_<instance> <class>)", open=False):
             self._build_prepare()
-        with gr.Accordion("Crop", open=False):
+        with gr.Accordion("Crop", open=False, elem_id="crop-box"):
             self._build_crop()
         with gr.Accordion("Captions", open=False):
             self._build_captions()
@@ -152,19 +152,31 @@ class DatasetTab:
             self.crop_size = gr.Number(label="Short side after crop (empty: keep)", precision=0, elem_id="crop-size")
             self.crop_face = gr.Checkbox(label="Centre on the largest face", elem_id="crop-face")
         self.crop_btn = gr.Button("Crop", elem_id="crop-run")
+        self.crop_progress = gr.HTML(elem_id="crop-progress")
         self.crop_btn.click(self.crop, inputs=[self.crop_src, self.crop_dst, self.crop_ratio, self.crop_size,
-                                               self.crop_face], outputs=[self.message, self.gallery])
+                                               self.crop_face], outputs=[self.message, self.gallery, self.crop_progress],
+                            show_progress="hidden")
 
-    def crop(self, src, dst, ratio, size, face) -> dict:
+    def crop(self, src, dst, ratio, size, face):
+        """Crop in a worker thread; the page shows 'crop 12/40 · ETA' while it runs."""
+        import time
+
         from dataset_tools.crop import CropOptions, crop_folder, parse_ratio
+        from gui.cli_runner import ThreadTask, task_html
 
         try:
             options = CropOptions(ratio=parse_ratio(ratio or "1:1"), face=bool(face), size=int(size) if size else None)
-            run = crop_folder(self.guard.check(src, "source folder"), self.guard.check(dst, "destination folder"),
-                              options, progress=False)
+            task = ThreadTask("crop", crop_folder, self.guard.check(src, "source folder"),
+                              self.guard.check(dst, "destination folder"), options)
+            while task.running:
+                yield {self.crop_progress: task_html(task.task, "ls-crop-task", task.started)}
+                time.sleep(0.3)
+            run = task.result()
         except LorasmithError as exc:
-            return {self.message: _error(exc)}
-        return {self.message: run_summary("Cropped", run), self.gallery: previews(run.written, self.guard)}
+            yield {self.message: _error(exc), self.crop_progress: ""}
+            return
+        yield {self.message: run_summary("Cropped", run), self.gallery: previews(run.written, self.guard),
+               self.crop_progress: task_html(task.task, "ls-crop-task")}
 
     # --- captions -------------------------------------------------------------------------------
     def _build_captions(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from gui.cli_runner import run_lorasmith
+from gui.cli_runner import CliTask, run_lorasmith, task_html
 from gui.context import GuiContext
 from gui.safety import builtin_model_names
 from library.errors import ConfigError, LorasmithError
@@ -22,6 +22,7 @@ AXIS_TYPES = ("Seed", "LoRA", "LoRA weight", "CFG Scale", "Steps", "Sampler", "P
               "Checkpoint", "Clip skip", "Size", "Denoising")
 NONE = "(none)"
 GRID_TIMEOUT_S = 3600
+POLL_S = 0.5
 
 
 def grid_command(form: dict, guard) -> list[str]:
@@ -70,7 +71,11 @@ def _checked_files(text: str, guard, what: str) -> str:
 
 def run_grid(args: list[str]) -> Path:
     """Run `lorasmith grid`; the path of the grid it wrote."""
-    out, err = run_lorasmith(args, GRID_TIMEOUT_S)
+    return grid_path_of(*run_lorasmith(args, GRID_TIMEOUT_S))
+
+
+def grid_path_of(out: list[str], err: list[str]) -> Path:
+    """The grid file `lorasmith grid` reported on its output."""
     grid_lines = [ln for ln in out if ln.startswith("grid: ")]
     if not grid_lines:
         raise LorasmithError("the grid command did not report a grid file", (out + err)[-12:])
@@ -107,17 +112,26 @@ def evaluate_command(form: dict, guard) -> list[str]:
 
 def score_summary(json_path: str | Path) -> tuple[str, str]:
     """(Markdown table + recommendation, chart path) from an evaluation.json."""
+    from gui.scores_view import scores_markdown
     from library.evaluation.score_report import read_scores
 
     scores, rec = read_scores(json_path)
-    rows = ["| file | epoch | weight | fidelity | drift |", "|---|---|---|---|---|"]
-    for sc in scores:
-        pick = rec is not None and (sc.file, sc.weight) == (rec.file, rec.weight)
-        cells = [Path(sc.file).name, str(sc.epoch if sc.epoch is not None else "-"), f"{sc.weight:g}",
-                 f"{sc.fidelity:.3f}", f"{sc.drift:.3f}"]
-        rows.append("| " + " | ".join(f"**{c}**" if pick else c for c in cells) + " |")
-    why = f"**Recommended:** {rec.why}\n\n" if rec is not None else ""
-    return why + "\n".join(rows), str(Path(json_path).with_suffix(".png"))
+    return scores_markdown(scores, rec), str(Path(json_path).with_suffix(".png"))
+
+
+def new_cells(folder: Path, since: float) -> list[str]:
+    """Cell PNGs written since `since`, oldest first (the grid writes each as soon as it is made)."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.glob("*.png"):
+        try:
+            mtime = p.stat().st_mtime
+        except OSError:
+            continue
+        if mtime >= since - 1:
+            found.append((mtime, str(p)))
+    return [p for _, p in sorted(found)]
 
 
 class EvaluateTab:
@@ -125,11 +139,13 @@ class EvaluateTab:
         self.ctx = ctx
         self.training = training
         self._build()
-        self.run_btn.click(self.make_grid, inputs=set(self.form.values()), outputs=[self.gallery, self.message, self.paths])
+        self.run_btn.click(self.make_grid, inputs=set(self.form.values()),
+                           outputs=[self.gallery, self.message, self.paths, self.grid_progress], show_progress="hidden")
         self.gallery.select(self.show_parameters, inputs=self.paths, outputs=self.parameters)
         self.fill_btn.click(self.from_last_run, outputs=[self.form["model"], self.form["lora"], self.form["output_dir"],
                                                          self.fill_msg])
-        self.score_btn.click(self.score, inputs=set(self.form.values()), outputs=[self.score_table, self.score_chart])
+        self.score_btn.click(self.score, inputs=set(self.form.values()),
+                             outputs=[self.score_table, self.score_chart, self.score_progress], show_progress="hidden")
 
     def _build(self) -> None:
         f: dict = {}
@@ -165,6 +181,7 @@ class EvaluateTab:
                 f[f"{axis}_values"] = gr.Textbox(label=f"{axis.upper()} values", elem_id=f"grid-{axis}-values", scale=3)
         self.form = f
         self.run_btn = gr.Button("Make grid", variant="primary", elem_id="grid-run")
+        self.grid_progress = gr.HTML(elem_id="grid-progress")
         self.message = gr.Markdown(elem_id="grid-message")
         self.gallery = gr.Gallery(label="Grid and cells (click to see parameters; fullscreen to zoom)", columns=4,
                                   height=520, object_fit="contain", elem_id="grid-gallery")
@@ -177,36 +194,59 @@ class EvaluateTab:
                 f["score_reg"] = gr.Textbox(label="Regularization folder (optional)", elem_id="score-reg", scale=2)
                 f["score_caption_ext"] = gr.Textbox(label="Caption extension", value=".txt", elem_id="score-caption-ext")
             self.score_btn = gr.Button("Score the LoRA files", elem_id="score-run")
+            self.score_progress = gr.HTML(elem_id="score-progress")
             self.score_table = gr.Markdown(elem_id="score-table")
             self.score_chart = gr.Image(label="Fidelity and drift against epoch", type="filepath", interactive=False,
                                         elem_id="score-chart")
 
-    def make_grid(self, data: dict) -> dict:
+    def make_grid(self, data: dict):
+        """Run the grid in a child process; cells stream into the gallery as they are written, with counts and ETA."""
         form = {name: data[comp] for name, comp in self.form.items()}
         started = time.time()
         try:
-            grid_path = run_grid(grid_command(form, self.ctx.guard))
+            args = grid_command(form, self.ctx.guard)
         except LorasmithError as exc:
-            return {self.message: "**Error:** " + str(exc).replace("\n", "  \n")}
-        cells = sorted((p for p in (grid_path.parent / "cells").glob("*.png") if p.stat().st_mtime >= started - 1),
-                       key=lambda p: p.stat().st_mtime)
+            yield {self.message: "**Error:** " + str(exc).replace("\n", "  \n"), self.grid_progress: ""}
+            return
+        cells_dir = Path(args[args.index("--output_dir") + 1]) / "cells"
+        task = CliTask(args, GRID_TIMEOUT_S)
+        yield {self.message: "", self.grid_progress: task_html(None, "ls-grid-task", task.started, "loading the model…")}
+        shown: list[str] = []
+        while task.running:
+            time.sleep(POLL_S)
+            cells = new_cells(cells_dir, started)
+            update = {self.grid_progress: task_html(task.task, "ls-grid-task", task.started, "loading the model…")}
+            if cells != shown:
+                shown = cells
+                update.update({self.gallery: cells, self.paths: cells})
+            yield update
+        try:
+            grid_path = grid_path_of(*task.finish())
+        except LorasmithError as exc:
+            yield {self.message: "**Error:** " + str(exc).replace("\n", "  \n"), self.grid_progress: ""}
+            return
         with Image.open(grid_path) as img:
             size = img.size
-        shown = [str(grid_path)] + [str(c) for c in cells][-64:]
-        return {self.gallery: shown, self.paths: shown,
-                self.message: f"Grid written to `{grid_path}` ({size[0]}x{size[1]})."}
+        shown = [str(grid_path)] + new_cells(grid_path.parent / "cells", started)[-64:]
+        yield {self.gallery: shown, self.paths: shown, self.grid_progress: task_html(task.task, "ls-grid-task"),
+               self.message: f"Grid written to `{grid_path}` ({size[0]}x{size[1]})."}
 
-    def score(self, data: dict) -> dict:
+    def score(self, data: dict):
         form = {name: data[comp] for name, comp in self.form.items()}
         try:
-            out, _err = run_lorasmith(evaluate_command(form, self.ctx.guard), GRID_TIMEOUT_S)
+            task = CliTask(evaluate_command(form, self.ctx.guard), GRID_TIMEOUT_S)
+            while task.running:
+                yield {self.score_progress: task_html(task.task, "ls-score-task", task.started, "loading the model…")}
+                time.sleep(POLL_S)
+            out, _err = task.finish()
             json_lines = [ln for ln in out if ln.startswith("json: ")]
             if not json_lines:
                 raise LorasmithError("the evaluate command did not report its results", out[-12:])
             table, chart = score_summary(json_lines[-1][len("json: "):].strip())
         except LorasmithError as exc:
-            return {self.score_table: "**Error:** " + str(exc).replace("\n", "  \n")}
-        return {self.score_table: table, self.score_chart: chart}
+            yield {self.score_table: "**Error:** " + str(exc).replace("\n", "  \n"), self.score_progress: ""}
+            return
+        yield {self.score_table: table, self.score_chart: chart, self.score_progress: task_html(task.task, "ls-score-task")}
 
     def show_parameters(self, paths: list[str], evt: gr.SelectData) -> str:
         if not paths or evt.index is None or evt.index >= len(paths):

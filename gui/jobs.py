@@ -37,6 +37,14 @@ def train_command(config_path: Path, progress_path: Path) -> list[str]:
             "--progress_file", str(progress_path)]
 
 
+def sweep_command(config_path: Path, args: list[str]) -> list[str]:
+    """`lorasmith sweep` on the form's config: every variant trains one after another, then they are ranked."""
+    return [sys.executable, "-m", "library.cli", "sweep", "--config_file", str(config_path), *args]
+
+
+SWEEP_ARGS_FILE = "sweep-args.json"  # marks a sweep's job folder (the history reads it)
+
+
 @dataclass
 class Job:
     """One queued or running training run and where its files are."""
@@ -51,6 +59,8 @@ class Job:
     stop_requests: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
     reader: ProgressFile | None = field(default=None, repr=False)
+    kind: str = "train"  # or "sweep"
+    args: list[str] = field(default_factory=list)  # a sweep's --vary … arguments
 
     @property
     def config_path(self) -> Path:
@@ -83,9 +93,11 @@ class JobManager:
 
     def __init__(self, jobs_dir: str | os.PathLike[str],
                  command: Callable[[Path, Path], list[str]] = train_command,
-                 poll_interval: float | None = 0.5) -> None:
+                 poll_interval: float | None = 0.5,
+                 sweep: Callable[[Path, list[str]], list[str]] = sweep_command) -> None:
         self.jobs_dir = Path(jobs_dir)
         self.command = command
+        self.sweep_command = sweep
         self.jobs: list[Job] = []
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -96,15 +108,20 @@ class JobManager:
             self._thread.start()
 
     # --- queue ------------------------------------------------------------------
-    def submit(self, cfg: TrainConfig, name: str | None = None) -> Job:
-        """Queue a config; it starts at once when nothing else runs."""
+    def submit(self, cfg: TrainConfig, name: str | None = None, kind: str = "train",
+               args: list[str] | None = None) -> Job:
+        """Queue a config (kind "train"), or a sweep over it with `args` (kind "sweep"); it starts when nothing runs."""
         with self._lock:
             job_id = next(self._ids)
             folder = self.jobs_dir / f"job-{int(time.time())}-{job_id:03d}"
             folder.mkdir(parents=True, exist_ok=True)
             cfg = dataclasses.replace(cfg, progress_file=None)
-            job = Job(job_id, name or cfg.output_name or f"job {job_id}", cfg, folder)
+            job = Job(job_id, name or cfg.output_name or f"job {job_id}", cfg, folder, kind=kind, args=list(args or []))
             write_config(cfg, job.config_path)
+            if kind == "sweep":
+                import json
+
+                (folder / SWEEP_ARGS_FILE).write_text(json.dumps(job.args), encoding="utf-8")
             self.jobs.append(job)
             self.poll()
             return job
@@ -163,8 +180,10 @@ class JobManager:
         job.reader = ProgressFile(job.progress_path)
         job.progress = Progress()
         with open(job.log_path, "ab") as log:
+            argv = (self.sweep_command(job.config_path, job.args) if job.kind == "sweep"
+                    else self.command(job.config_path, job.progress_path))
             job.process = subprocess.Popen(
-                self.command(job.config_path, job.progress_path), stdout=log, stderr=subprocess.STDOUT,
+                argv, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, cwd=job.folder, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
@@ -173,6 +192,10 @@ class JobManager:
     def _update(self, job: Job) -> None:
         for event in job.reader.read_new() if job.reader else []:
             job.progress.apply(event)
+        if job.kind == "sweep":  # a sweep reports on its log: which variant, and that variant's step bar
+            from gui.sweep_view import sweep_task
+
+            job.progress.task = sweep_task(job.log_tail(400)) or job.progress.task
         code = job.process.poll() if job.process else None
         if code is None:
             return

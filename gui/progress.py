@@ -44,6 +44,9 @@ class Progress:
     stopped: bool = False
     log_dir: str | None = None
     error: str | None = None
+    scores: list[dict] = field(default_factory=list)  # --evaluate_every_n_epochs: EpochScore dicts so far
+    recommendation: dict | None = None  # the running recommendation that came with them
+    task: dict | None = None  # a long action before/between steps: {"what", "done", "total", "eta_s", ...}
     started_at: float = field(default_factory=time.time)
     first_step_at: tuple[float, int] | None = None
 
@@ -87,6 +90,7 @@ def _on_plan(p: Progress, ev: dict, now: float) -> None:
 
 def _on_step(p: Progress, ev: dict, now: float) -> None:
     p.step = int(_num(ev.get("step")) or p.step)
+    p.task = None  # steps have started: the preparation is over
     total = _num(ev.get("total_steps")) or _num(ev.get("max_steps"))
     if total:
         p.total_steps = int(total)
@@ -146,6 +150,7 @@ def _on_save(p: Progress, ev: dict, now: float) -> None:
 
 def _on_finish(p: Progress, ev: dict, now: float) -> None:
     p.finished = True
+    p.task = None
     step = _num(ev.get("global_step")) or _num(ev.get("step"))
     if step:
         p.step = int(step)
@@ -157,8 +162,36 @@ def _on_finish(p: Progress, ev: dict, now: float) -> None:
             p.saved.append(path)
 
 
+def _on_log(p: Progress, ev: dict, now: float) -> None:
+    """Log lines carry the epoch scores (`--evaluate_every_n_epochs`) as data besides their text."""
+    rows = ev.get("scores")
+    if isinstance(rows, list):
+        seen = {(r.get("file"), r.get("weight")) for r in rows if isinstance(r, dict)}
+        p.scores = [r for r in p.scores if (r.get("file"), r.get("weight")) not in seen]
+        p.scores.extend(r for r in rows if isinstance(r, dict))
+        if isinstance(ev.get("recommendation"), dict):
+            p.recommendation = ev["recommendation"]
+
+
+def _on_progress(p: Progress, ev: dict, now: float) -> None:
+    """Counted work outside the steps (caching latents, text-encoder outputs): counts and an ETA."""
+    done, total = _num(ev.get("done")), _num(ev.get("total"))
+    if done is None or not total:
+        return
+    what = str(ev.get("what") or "working")
+    task = p.task if p.task and p.task.get("what") == what and done >= p.task.get("done", 0) else \
+        {"what": what, "started": now, "first": (now, done)}
+    task.update(done=int(done), total=int(total))
+    t0, d0 = task["first"]
+    rate = (now - t0) / (done - d0) if done > d0 and now > t0 else None
+    task["s_per_item"] = rate
+    task["eta_s"] = max(0.0, (total - done) * rate) if rate is not None else None
+    p.task = task
+
+
 def _on_error(p: Progress, ev: dict, now: float) -> None:
     p.finished = True
+    p.task = None
     p.error = str(ev.get("message") or ev.get("error") or "training failed")
 
 
@@ -171,6 +204,8 @@ _HANDLERS = {
     "save": _on_save, "on_save": _on_save,
     "finish": _on_finish, "on_finish": _on_finish,
     "error": _on_error, "on_error": _on_error,
+    "log": _on_log, "on_log": _on_log,
+    "progress": _on_progress, "on_progress": _on_progress,
 }
 
 
@@ -211,6 +246,17 @@ def format_eta(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def task_line(task: dict | None) -> str:
+    """'caching latents 3/8 · 0.40 s each · ETA 0:02' for a counted task."""
+    if not task:
+        return ""
+    parts = [f"{task.get('what', 'working')} {task.get('done', 0)}/{task.get('total', '?')}"]
+    if task.get("s_per_item") is not None:
+        parts.append(f"{task['s_per_item']:.2f} s each")
+    parts.append(f"ETA {format_eta(task.get('eta_s'))}")
+    return " · ".join(parts)
 
 
 def status_line(p: Progress, live: bool = True) -> str:

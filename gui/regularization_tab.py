@@ -6,11 +6,12 @@ come from the Training tab's form, so they mean what they mean to the trainer.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import gradio as gr
 
-from gui.cli_runner import run_lorasmith
+from gui.cli_runner import CliTask, run_lorasmith, task_html
 from gui.context import GuiContext
 from gui.form import values_to_config
 from gui.safety import builtin_model_names
@@ -25,7 +26,7 @@ def photos_args(form: dict, cfg: TrainConfig, guard) -> list[str]:
     """`reg photos` arguments; the count defaults to images × repeats of the training folder."""
     args = ["reg", "photos", str(guard.check(form["src"], "class photos folder")),
             str(guard.check(form["dest"], "reg folder")), "--class_prompt", _required(form["class_prompt"]),
-            "--repeats", str(int(form["repeats"] or 1)), "--resolution", cfg.resolution, "--no_progress"]
+            "--repeats", str(int(form["repeats"] or 1)), "--resolution", cfg.resolution]
     if form["count"]:
         args += ["--count", str(int(form["count"]))]
     elif cfg.train_data_dir:
@@ -50,7 +51,7 @@ def generate_args(form: dict, cfg: TrainConfig, guard) -> list[str]:
             _required(form["class_prompt"]), "--count", str(int(form["count"])), "--repeats", str(int(form["repeats"] or 1)),
             "--steps", str(int(form["steps"] or 30)), "--cfg_scale", str(form["cfg"] or 7.0),
             "--seed", str(int(form["seed"] or 0)), "--pretrained_model_name_or_path", model,
-            "--resolution", cfg.resolution, "--no_progress"]
+            "--resolution", cfg.resolution]
     if form["prompt"]:
         args += ["--prompt", form["prompt"]]
     if cfg.clip_skip:
@@ -98,12 +99,14 @@ class RegularizationTab:
             self.generate_btn = gr.Button("Generate", elem_id="reg-generate")
         self.form = f
         self.check_btn = gr.Button("Check balance against train_data_dir", elem_id="reg-check")
+        self.progress = gr.HTML(elem_id="reg-progress")
         self.message.render()
         self.gallery.render()
         inputs = set(f.values()) | self.training.form_inputs
         outputs = [self.message, self.gallery, self.training.widgets["reg_data_dir"]]
-        self.photos_btn.click(lambda d: self.build(d, photos_args), inputs=inputs, outputs=outputs)
-        self.generate_btn.click(lambda d: self.build(d, generate_args), inputs=inputs, outputs=outputs)
+        build_outputs = [*outputs, self.progress]
+        self.photos_btn.click(self.build_photos, inputs=inputs, outputs=build_outputs, show_progress="hidden")
+        self.generate_btn.click(self.build_generated, inputs=inputs, outputs=build_outputs, show_progress="hidden")
         self.check_btn.click(self.check, inputs=inputs, outputs=outputs)
         self.tab_select = lambda tab: tab.select(self.suggest_count, inputs=inputs, outputs=f["count"])
 
@@ -126,7 +129,14 @@ class RegularizationTab:
         form = {name: data[comp] for name, comp in self.form.items()}
         return form, values_to_config(self.training.named(data))
 
-    def build(self, data: dict, make_args) -> dict:
+    def build_photos(self, data: dict):
+        yield from self.build(data, photos_args)
+
+    def build_generated(self, data: dict):
+        yield from self.build(data, generate_args)
+
+    def build(self, data: dict, make_args):
+        """Run `lorasmith reg …` in a child process, showing its count and ETA; previews and reg_data_dir at the end."""
         try:
             form, cfg = self._read(data)
             for key, label in (("class_prompt", "Class"), ("dest", "Reg folder")):
@@ -136,14 +146,21 @@ class RegularizationTab:
                 raise ConfigError("Class photos folder is empty", ["give the folder with photos of the class"])
             if form["count"] is not None and form["count"] < 1:
                 raise ConfigError(f"Count {form['count']} is below 1", ["give how many images to build, e.g. images × repeats"])
-            lines, _progress = run_lorasmith(make_args(form, cfg, self.ctx.guard))
+            task = CliTask(make_args(form, cfg, self.ctx.guard))
+            yield {self.message: "", self.progress: task_html(None, "ls-reg-task", task.started)}
+            while task.running:
+                time.sleep(0.5)
+                yield {self.progress: task_html(task.task, "ls-reg-task", task.started)}
+            lines, _progress = task.finish()
         except LorasmithError as exc:
-            return {self.message: "**Build failed:** " + str(exc).replace("\n", "  \n")}
+            yield {self.message: "**Build failed:** " + str(exc).replace("\n", "  \n"), self.progress: ""}
+            return
         except (TypeError, ValueError, OSError) as exc:  # a value the checks above did not foresee: say which
-            return {self.message: f"**Build failed:** {type(exc).__name__}: {exc}"}
+            yield {self.message: f"**Build failed:** {type(exc).__name__}: {exc}", self.progress: ""}
+            return
         dest = self.ctx.guard.resolve(form["dest"])
-        return {self.message: "  \n".join(lines[-15:]), self.gallery: folder_images(dest, self.ctx.guard),
-                self.training.widgets["reg_data_dir"]: str(dest)}
+        yield {self.message: "  \n".join(lines[-15:]), self.gallery: folder_images(dest, self.ctx.guard),
+               self.training.widgets["reg_data_dir"]: str(dest), self.progress: task_html(task.task, "ls-reg-task")}
 
     def check(self, data: dict) -> dict:
         try:

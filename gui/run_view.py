@@ -5,7 +5,7 @@ import html
 from pathlib import Path
 
 from gui.jobs import DONE_STATES, FAILED, FINISHED, QUEUED, RUNNING, STOPPED, STOPPING, Job, JobManager
-from gui.progress import status_line
+from gui.progress import status_line, task_line
 from gui.safety import PathGuard
 
 MAX_SAMPLES = 8
@@ -17,16 +17,30 @@ def progress_html(job: Job | None) -> str:
     if job is None:
         return '<div id="ls-progress" data-state="idle" data-fraction="0">No training run yet.</div>'
     p = job.progress
-    pct = round(100 * p.fraction, 1)
+    fraction = p.fraction
+    if job.kind == "sweep":  # variants done of all
+        fraction = 1.0 if job.state == FINISHED else (p.task["done"] / max(1, p.task["total"]) if p.task else 0.0)
+    pct = round(100 * fraction, 1)
     color = {"failed": "#c0392b", "stopped": "#d68910"}.get(job.state, "#2e86c1")
     error = f'<div class="ls-error">{html.escape(p.error)}</div>' if p.error else ""
+    task = ""
+    if p.task and job.state in ("running", "stopping"):  # e.g. caching latents before the first step
+        t = p.task
+        task = (f'<div id="ls-task" data-what="{html.escape(t["what"])}" data-done="{t["done"]}" data-total="{t["total"]}">'
+                f'{html.escape(task_line(t))}</div>')
     return (
-        f'<div id="ls-progress" data-state="{job.state}" data-fraction="{p.fraction:.4f}" data-step="{p.step}">'
+        f'<div id="ls-progress" data-state="{job.state}" data-kind="{job.kind}" data-fraction="{fraction:.4f}" data-step="{p.step}">'
         f'<div><b>{html.escape(job.name)}</b> — {job.state} — <span id="ls-percent">{pct:g}%</span></div>'
         f'<div style="background:#ddd;border-radius:4px;height:14px;overflow:hidden">'
         f'<div style="width:{pct}%;background:{color};height:14px"></div></div>'
-        f'<div id="ls-status">{html.escape(status_line(p, live=job.state not in DONE_STATES))}</div>{error}</div>'
+        f'{task}<div id="ls-status">{html.escape(_status(job))}</div>{error}</div>'
     )
+
+
+def _status(job: Job) -> str:
+    if job.kind == "sweep":
+        return "sweep: " + (task_line(job.progress.task) if job.progress.task else "preparing the variants")
+    return status_line(job.progress, live=job.state not in DONE_STATES)
 
 
 def loss_rows(job: Job | None) -> list[tuple[int, float]]:
@@ -61,6 +75,10 @@ def state_label(job: Job, jobs: JobManager) -> str:
     if job.state == QUEUED:
         waiting = jobs.queued()
         return f"queued {ordinal(waiting.index(job) + 1)}" if job in waiting else "queued"
+    if job.kind == "sweep" and job.state in (RUNNING, FINISHED):
+        task = job.progress.task
+        doing = f" — {task['what']}" if task and job.state == RUNNING else ""
+        return f"{job.state} sweep{doing}" + (f" — ranking in {job.config.output_dir}" if job.state == FINISHED else "")
     if job.state == RUNNING:
         total = job.progress.total_steps
         return f"running — step {job.progress.step}/{total}" if total else "running"
@@ -93,12 +111,21 @@ def state_folder(job: Job) -> Path | None:
     return folder if (folder / "train_state.pt").is_file() else None
 
 
+def can_resume(job: Job | None) -> bool:
+    """A stopped run with a saved state, or a stopped sweep (it continues where it stopped)."""
+    if job is None or job.state != STOPPED:
+        return False
+    return job.kind == "sweep" or state_folder(job) is not None
+
+
 def run_message(job: Job | None, jobs: JobManager) -> str:
     """The answer under Start/Stop once a run has ended: what happened and what was saved."""
     if job is None:
         return ""
     head = f"Job #{job.id} **{html.escape(job.name)}** {html.escape(state_label(job, jobs))}."
-    if job.state == STOPPED:
+    if job.state == STOPPED and job.kind == "sweep":
+        head += "  \n**Resume** runs the same sweep again: finished variants are skipped, the stopped one continues."
+    elif job.state == STOPPED:
         state = state_folder(job)
         head += (f"  \nSaved the training state in `{state}`: **Resume** continues from step {job.progress.step}."
                  if state else "  \nNo training state was saved, so Resume is not possible.")

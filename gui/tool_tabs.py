@@ -35,3 +35,8 @@ def build_tool_tabs(ctx, training) -> None:
 
         with gr.Tab("Utilities", id="utilities"):
             UtilitiesTab(ctx)
+    from gui.history_tab import HistoryTab
+
+    with gr.Tab("History", id="history") as tab:
+        hist = HistoryTab(ctx, training)
+    hist.tab_select(tab)

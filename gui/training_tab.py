@@ -129,6 +129,12 @@ class TrainingTab:
         self.loss_plot = gr.LinePlot(pd.DataFrame({"step": [], "loss": []}), x="step", y="loss",
                                      label="Loss", height=160, elem_id="loss-chart")
         self.samples = gr.Gallery(label="Latest samples", columns=6, height=130, elem_id="samples")
+        with gr.Accordion("Scores: the recommendation, or a sweep's ranking", open=True, visible=False,
+                          elem_id="run-scores-box") as self.scores_box:
+            self.scores = gr.Markdown(elem_id="run-scores")
+            self.score_chart = gr.Image(label="Fidelity and drift against epoch", interactive=False, height=220,
+                                        elem_id="run-score-chart")
+        self._build_sweep()
         self.queue = gr.HTML(elem_id="queue")
         with gr.Row():
             self.cancel_id = gr.Number(label="Queued job #", value=None, precision=0, elem_id="cancel-id")
@@ -136,6 +142,18 @@ class TrainingTab:
         self.cancel_msg = gr.Markdown(elem_id="cancel-message")
         self.log = gr.Textbox(label="Log (tail)", lines=8, max_lines=8, interactive=False, autoscroll=True,
                               elem_id="log-tail")
+
+    def _build_sweep(self) -> None:
+        with gr.Accordion("Sweep: train variants of this form and rank them", open=False, elem_id="sweep-box"):
+            self.sweep_vary = gr.Textbox(label="Vary: one FIELD=V1,V2 per line", lines=2, elem_id="sweep-vary",
+                                         placeholder="network_dim=8,16,32\nlearning_rate=0.5,1.0")
+            with gr.Row():
+                self.sweep_rank = gr.Dropdown(["scores", "validation_loss"], value="scores", label="Rank by",
+                                              elem_id="sweep-rank-by")
+                self.sweep_grid = gr.Checkbox(label="Grid of each variant's best epoch", value=True,
+                                              elem_id="sweep-grid")
+            self.sweep_btn = gr.Button("Start sweep (queued)", elem_id="sweep-start")
+            self.sweep_msg = gr.Markdown(elem_id="sweep-message")
 
     # --- helpers ----------------------------------------------------------------------
     def named(self, data: dict) -> dict[str, Any]:
@@ -339,6 +357,8 @@ class TrainingTab:
         self.start_btn.click(self.start, inputs=self.form_inputs, outputs=[self.run_msg, self.issues, *live])
         self.stop_btn.click(self.stop, outputs=self.run_msg)
         self.resume_btn.click(self.resume, outputs=[self.run_msg, *live])
+        self.sweep_btn.click(self.start_sweep, inputs=self.form_inputs | {self.sweep_vary, self.sweep_rank, self.sweep_grid},
+                             outputs=[self.sweep_msg, self.run_msg, self.issues, *live])
         self.cancel_btn.click(self.cancel, inputs=self.cancel_id, outputs=self.cancel_msg)
         self.tb_btn.click(self.start_tensorboard, inputs=self.form_inputs, outputs=self.tb_link)
         self.timer.tick(self.refresh, inputs=self.seen, outputs=live, show_progress="hidden")
@@ -350,8 +370,27 @@ class TrainingTab:
                     self.issues: issues_html(errors, warnings)}
         return self._submit(self.ctx.guard.absolutize(cfg), "")
 
-    def _submit(self, cfg: TrainConfig, what: str) -> dict:
-        job = self.ctx.jobs.submit(cfg)
+    def start_sweep(self, data: dict) -> dict:
+        """Queue `lorasmith sweep` with the form as the base config and the fields to vary."""
+        from gui.sweep_view import sweep_args, variant_count
+
+        cfg, errors, warnings = form_issues(self.named(data), self.ctx.guard, for_training=True)
+        if errors or cfg is None:
+            return {self.sweep_msg: f"Not started: {len(errors)} problem(s) in the form, listed under the fields.",
+                    self.issues: issues_html(errors, warnings)}
+        try:
+            args = sweep_args(data[self.sweep_vary], data[self.sweep_rank] or "scores", bool(data[self.sweep_grid]))
+            count = variant_count(data[self.sweep_vary])
+        except LorasmithError as exc:
+            return {self.sweep_msg: _error_text(exc)}
+        out = self._submit(self.ctx.guard.absolutize(cfg), f"({count} variants) ", kind="sweep", args=args,
+                           name=f"sweep {cfg.output_name or ''}".strip())
+        return {**out, self.sweep_msg: f"Sweep of {count} variants queued; they train one after another into "
+                                       f"`{cfg.output_dir}`, then the ranking shows in this panel."}
+
+    def _submit(self, cfg: TrainConfig, what: str, kind: str = "train", args: list[str] | None = None,
+                name: str | None = None) -> dict:
+        job = self.ctx.jobs.submit(cfg, name=name, kind=kind, args=args)
         if job.state == "queued":
             running = self.ctx.jobs.current()
             behind = f" (#{running.id} {running.name} is {running.state})" if running and running.state in ("running", "stopping") else ""
@@ -366,6 +405,8 @@ class TrainingTab:
         import dataclasses
 
         job = self.ctx.jobs.current()
+        if run_view.can_resume(job) and job.kind == "sweep":
+            return self._submit(job.config, "continues: ", kind="sweep", args=job.args, name=job.name)
         folder = run_view.state_folder(job) if job is not None and job.state == "stopped" else None
         if folder is None:
             return {self.run_msg: "Nothing to resume: the last run did not stop with a saved state."}
@@ -373,7 +414,8 @@ class TrainingTab:
 
     @property
     def live_outputs(self) -> list:
-        return [self.progress, self.loss_plot, self.samples, self.log, self.queue, self.run_msg, self.resume_btn, self.seen]
+        return [self.progress, self.loss_plot, self.samples, self.log, self.queue, self.run_msg, self.resume_btn,
+                self.scores, self.score_chart, self.scores_box, self.seen]
 
     def stop(self) -> str:
         job = self.ctx.jobs.current()
@@ -405,9 +447,10 @@ class TrainingTab:
             self.queue: (run_view.queue_html(self.ctx.jobs), None),
             # The answer under Start/Stop follows the run: "stopping…" becomes what was saved.
             self.run_msg: ((job.id, job.state) if ended else None, lambda: run_view.run_message(job, self.ctx.jobs)),
-            self.resume_btn: (bool(ended and job.state == "stopped" and run_view.state_folder(job)),
-                              lambda: gr.update(visible=bool(ended and job.state == "stopped" and run_view.state_folder(job)))),
+            self.resume_btn: (run_view.can_resume(job), lambda: gr.update(visible=run_view.can_resume(job))),
         }
+        score_key = self._score_key(job)
+        fresh[self.scores] = (score_key, lambda: self._scores_view(job))
         seen = dict(seen or {})
         out: dict = {}
         for comp, (key, make) in fresh.items():
@@ -417,9 +460,40 @@ class TrainingTab:
                 continue
             seen[name] = repr(key)
             value = make() if make else key
+            if comp is self.scores:  # one view fills three components
+                out.update(value)
+                continue
             out[comp] = list(value) if isinstance(value, tuple) and comp is self.samples else value
+        out.setdefault(self.score_chart, gr.skip())
+        out.setdefault(self.scores_box, gr.skip())
         out[self.seen] = seen
         return out
+
+    @staticmethod
+    def _score_key(job) -> tuple:
+        """Changes when the run scores another epoch, or an evaluation.json appears for its files."""
+        if job is None:
+            return (None,)
+        from gui.scores_view import evaluation_json
+        from gui.sweep_view import ranking_path
+
+        if job.kind == "sweep":
+            path = ranking_path(job.config) if job.state in ("finished", "failed", "stopped") else None
+            return (job.id, job.state, str(path), path.stat().st_mtime if path else None)
+        path = None if job.progress.scores else evaluation_json(job.config)
+        return (job.id, len(job.progress.scores), str(path), path.stat().st_mtime if path else None)
+
+    def _scores_view(self, job) -> dict:
+        """The run's score table, chart and recommendation (issue 18), hidden while it has none."""
+        from gui.scores_view import run_scores_markdown
+        from gui.sweep_view import ranking_markdown, ranking_path
+
+        if job is not None and job.kind == "sweep":
+            path = ranking_path(job.config) if job.state in ("finished", "failed", "stopped") else None
+            table, chart = ranking_markdown(path) if path else ("", None)
+        else:
+            table, chart = run_scores_markdown(job.progress, job.config) if job is not None else ("", None)
+        return {self.scores: table, self.score_chart: chart, self.scores_box: gr.update(visible=bool(table))}
 
     def start_tensorboard(self, data: dict) -> str:
         logdir = self.named(data).get("logging_dir")

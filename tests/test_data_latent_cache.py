@@ -106,3 +106,14 @@ def test_build_dataset_with_disk_cache_writes_only_cache_files(tmp_path: Path, v
     assert added == {"a_0064x0064_lorasmith.safetensors", "b_0064x0064_lorasmith.safetensors"}
     batch = dataset[(1, 0)]
     assert batch["images"] is None and batch["latents"].shape == (2, 4, 8, 8)
+
+
+def test_report_counts_the_images_still_to_encode(tmp_path: Path, vae) -> None:
+    """The GUI's 'caching latents 1/2 · ETA' comes from these calls: one before, one after each batch."""
+    reqs = make_images(tmp_path)
+    calls: list[tuple[int, int]] = []
+    cache_latents(reqs, vae, to_disk=True, vae_batch_size=1, progress=False, report=lambda d, t: calls.append((d, t)))
+    assert calls == [(0, 2), (1, 2), (2, 2)]
+    calls.clear()
+    cache_latents(reqs, vae, to_disk=True, vae_batch_size=1, progress=False, report=lambda d, t: calls.append((d, t)))
+    assert calls == []  # every latent came from the disk cache: nothing to count

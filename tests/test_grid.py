@@ -219,3 +219,27 @@ def test_img2img_grid_with_denoising_axis_on_tiny_model(bundle, tmp_path):
     request = dataclasses.replace(base.request, denoising_strength=0.6, seed=6)
     alone = SamplingSession(bundle).run_jobs(request, plan_jobs(request)[1], init_images=[INIT])[0]
     assert np.abs(np.asarray(alone.image, dtype=np.int16) - cells[(1, 1, 0)]).max() <= 1
+
+
+def test_cells_are_written_as_they_are_made(bundle, tmp_path, monkeypatch):
+    """The GUI streams cells into the page: each batch's cells must be on disk before the next batch runs."""
+    from library.evaluation import grid as grid_module
+
+    on_disk = []
+    original = grid_module.SamplingSession.run_jobs
+
+    def counting(self, *args, **kwargs):
+        on_disk.append(len(list((tmp_path / "cells").glob("*.png"))))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module.SamplingSession, "run_jobs", counting)
+    base = CellSettings(SampleRequest(prompt="a cube", steps=1, width=64, height=64, seed=2), "tiny")
+    axes = parse_axes(base, [("CFG Scale", "1, 5, 9"), (None, None), (None, None)], None)
+    result = run_grid(base, axes, tmp_path, load_bundle=lambda name: bundle, max_batch=1, progress=False)
+    assert on_disk == [0, 1, 2]
+    assert len(result.cell_paths) == 3 and all(p.is_file() for p in result.cell_paths)
+    cfgs = []
+    for p in result.cell_paths:  # still in grid order
+        with Image.open(p) as png:
+            cfgs.append(png.text["parameters"].split("CFG scale: ")[1].split(",")[0])
+    assert cfgs == ["1", "5", "9"]

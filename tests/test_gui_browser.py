@@ -228,9 +228,19 @@ def _wait_state(pg, states: tuple[str, ...], timeout_s: float) -> None:
         f"{js_states}.includes(document.querySelector('#ls-progress')?.dataset.state)", timeout=timeout_s * 1000)
 
 
+def _click_start(pg) -> None:
+    """Start is enabled once the form's check has come back; on a busy machine that can take a while."""
+    pg.wait_for_function("!document.querySelector('#start').disabled", timeout=TRAIN_TIMEOUT * 1000)
+    pg.locator("#start").click()
+
+
 def test_training_runs_to_the_end_with_samples(page, workspace):
     _fill_tiny_form(page, workspace)
-    page.locator("#start").click()
+    _open_group(page, "Training")
+    page.locator("#group-training .ls-all-options button").first.click()  # score every epoch (issue 18)
+    page.wait_for_timeout(300)
+    _fill(page, "evaluate_every_n_epochs", "1")
+    _click_start(page)
     page.wait_for_function("document.querySelector('#run-message').innerText.includes('Job #')")
     page.wait_for_function("Number(document.querySelector('#ls-progress')?.dataset.step) >= 1", timeout=TRAIN_TIMEOUT * 1000)
     _shot(page, "06-training-running")
@@ -242,7 +252,16 @@ def test_training_runs_to_the_end_with_samples(page, workspace):
     assert (workspace / "out" / "browserlora-000001.safetensors").is_file()
     page.wait_for_selector("#samples img")
     assert page.locator("#samples img").count() >= 1
+    # the run panel shows the epoch scores, the chart and the recommendation
+    page.wait_for_function("(document.querySelector('#run-scores')?.innerText || '').includes('Recommended')")
+    scores = page.locator("#run-scores").inner_text()
+    assert "browserlora-000001.safetensors" in scores and "browserlora.safetensors" in scores
+    page.wait_for_selector("#run-score-chart img")
     _shot(page, "07-training-finished")
+    page.evaluate("document.querySelector('#run-scores-box').scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    assert _in_viewport(page, "#run-scores") and _in_viewport(page, "#ls-run-panel")
+    _shot(page, "07b-epoch-scores")
 
 
 def _start_long_run(page, workspace, name: str) -> None:
@@ -250,7 +269,7 @@ def _start_long_run(page, workspace, name: str) -> None:
     _fill(page, "output_name", name)
     _open_group(page, "Training")
     _fill(page, "max_train_epochs", "50")
-    page.locator("#start").click()
+    _click_start(page)
     # The bar shows the previous run until this one starts: wait for this run's name, running, past step 1.
     page.wait_for_function(
         "(() => { const el = document.querySelector('#ls-progress');"
@@ -271,13 +290,88 @@ def test_reload_reattaches_and_stop_ends_the_run(page, server, workspace):
     assert "stopped" in page.locator("#queue").inner_text()
 
 
-def test_stop_saves_an_interrupted_lora(page, workspace):
+def _log_at_end(pg) -> bool:
+    return pg.evaluate("""(() => { const t = document.querySelector('#log-tail textarea');
+        return !!t && t.scrollHeight > t.clientHeight && t.scrollTop + t.clientHeight >= t.scrollHeight - 2; })()""")
+
+
+def test_stop_summary_resume_and_log_tail_at_the_end(page, workspace):
     _start_long_run(page, workspace, "graceful")
+    # the log tail follows the end (it holds more lines than it shows)
+    page.wait_for_function("(document.querySelector('#log-tail textarea')?.value || '').split('\\n').length > 8",
+                           timeout=TRAIN_TIMEOUT * 1000)
+    page.wait_for_timeout(600)
+    assert _log_at_end(page)
     page.locator("#stop").click()
     _wait_state(page, ("stopped", "failed", "finished"), TRAIN_TIMEOUT)
     assert _progress_state(page)[0] == "stopped"
     assert (workspace / "out" / "graceful-interrupted.safetensors").is_file()
-    _shot(page, "08b-stopped-saved")
+    # the Stop summary: the exact state, what was saved, and Resume
+    page.wait_for_function("document.querySelector('#run-message').innerText.includes('Resume')")
+    summary = page.locator("#run-message").inner_text()
+    stopped_at = int(page.locator("#ls-progress").get_attribute("data-step"))
+    assert f"stopped at step {stopped_at} — files: " in summary and "graceful-interrupted.safetensors" in summary
+    assert "graceful-state" in summary and f"continues from step {stopped_at}" in summary
+    assert "stopping" not in page.locator("#ls-status").inner_text() and "ETA" not in page.locator("#ls-status").inner_text()
+    assert page.locator("#resume").is_visible()
+    assert _in_viewport(page, "#ls-run-panel") and _in_viewport(page, "#resume")
+    _shot(page, "08b-stop-summary-resume")
+    page.locator("#resume").click()
+    page.wait_for_function("document.querySelector('#run-message').innerText.includes('resumes from step')")
+    page.wait_for_function(
+        "(() => { const el = document.querySelector('#ls-progress');"
+        f" return el.dataset.state === 'running' && Number(el.dataset.step) > {stopped_at}; }})()",
+        timeout=TRAIN_TIMEOUT * 1000)
+    assert "graceful" in page.locator("#ls-progress").inner_text()
+    assert _in_viewport(page, "#ls-run-panel") and _in_viewport(page, "#ls-progress")
+    _shot(page, "08c-resumed")
+    page.locator("#stop").click()
+    _wait_state(page, ("stopped", "failed", "finished"), TRAIN_TIMEOUT)
+    assert int(page.locator("#ls-progress").get_attribute("data-step")) > stopped_at
+
+
+def test_sweep_box_checks_the_vary_lines_like_the_cli(page, workspace):
+    _fill_tiny_form(page, workspace)
+    jobs_before = page.locator("#ls-queue li").count()
+    page.locator("#sweep-box button").first.click()
+    page.locator("#sweep-vary textarea").fill("network_dim=8,x")
+    page.locator("#sweep-start").click()
+    page.wait_for_function("document.querySelector('#sweep-message').innerText.includes('network_dim')")
+    assert "Error" in page.locator("#sweep-message").inner_text()
+    assert page.locator("#ls-queue li").count() == jobs_before  # nothing was queued
+    _shot(page, "15-sweep-refused")
+
+
+def test_history_page_lists_runs_and_loads_a_config(page, workspace):
+    from gui.history import scan_runs
+
+    if not any(r.state == "finished" for r in scan_runs(workspace / "jobs")):  # run alone: make a run first
+        _fill_tiny_form(page, workspace)
+        _click_start(page)
+        page.wait_for_function("document.querySelector('#run-message').innerText.includes('Job #')")
+        _wait_state(page, ("finished", "failed", "stopped"), TRAIN_TIMEOUT)
+    _tab(page, "History")
+    page.locator("#history-refresh").click()
+    page.wait_for_function("document.querySelectorAll(\"#ls-history-table tr[data-state='finished']\").length >= 1")
+    row = page.locator("#ls-history-table tr[data-state='finished']").first
+    run_id = row.get_attribute("data-run")
+    name = row.locator("td").nth(1).inner_text()
+    assert "finished" in row.inner_text()
+    page.locator("#history-run input").first.click()
+    page.get_by_role("option").filter(has_text=f"{name} · finished").first.click()
+    page.wait_for_function(f"document.querySelector('#history-details').innerText.includes('{name} — finished')")
+    details = page.locator("#history-details").inner_text()
+    assert f"{name} — finished" in details and f"{name}.safetensors" in details and "Plan" in details
+    assert run_id in details  # the job folder
+    page.locator("#history-config-box button").first.click()
+    page.wait_for_function(f"(document.querySelector('#history-config')?.innerText || '').includes('{name}')")
+    _shot(page, "14-history")
+    page.locator("#history-load").click()
+    page.wait_for_function("document.querySelector('#history-message').innerText.includes('Loaded the config')")
+    _tab(page, "Training")
+    assert _field(page, "output_name").input_value() == name
+    assert _field(page, "train_data_dir").input_value() == str(workspace / "img")
+    page.wait_for_function("!document.querySelector('#start').disabled")  # checked like any edit
 
 
 def _tab(pg, name: str) -> None:
@@ -297,6 +391,20 @@ def test_dataset_report_with_previews(page, workspace):
     _shot(page, "09-dataset-report")
 
 
+def test_crop_shows_its_count(page, workspace):
+    _tab(page, "Dataset")
+    page.locator("#crop-box button").first.click()  # open the Crop section
+    page.locator("#crop-src textarea").fill(str(workspace / "img" / "1_ohwx shape"))
+    page.locator("#crop-dst textarea").fill(str(workspace / "cropped"))
+    page.locator("#crop-run").click()
+    page.wait_for_function("document.querySelector('#dataset-message').innerText.includes('Cropped')",
+                           timeout=TRAIN_TIMEOUT * 1000)
+    task = page.locator("#ls-crop-task")
+    assert (task.get_attribute("data-done"), task.get_attribute("data-total")) == ("8", "8")
+    assert "crop 8/8 · ETA" in task.inner_text()
+    assert len(list((workspace / "cropped").glob("*.png"))) == 8
+
+
 def test_evaluate_makes_a_2x2_grid(page, workspace):
     from PIL import Image
 
@@ -310,9 +418,22 @@ def test_evaluate_makes_a_2x2_grid(page, workspace):
     _choose(page, "grid-y-type", "CFG Scale")
     page.locator("#grid-y-values textarea").fill("1, 5")
     _shot(page, "10-grid-form")
+    # record what the page shows while the grid runs: cells before the grid, and the count
+    page.evaluate("""window.__gridSeen = []; window.__gridTimer = setInterval(() => {
+        const task = document.querySelector('#ls-grid-task');
+        window.__gridSeen.push({imgs: document.querySelectorAll('#grid-gallery img').length,
+            done: task ? Number(task.dataset.done) : -1, total: task ? Number(task.dataset.total) : -1,
+            text: task ? task.innerText : '', finished: document.querySelector('#grid-message').innerText.includes('Grid written')});
+    }, 100);""")
     page.locator("#grid-run").click()
     page.wait_for_function("document.querySelector('#grid-message').innerText.match(/Grid written|Error/)",
                            timeout=TRAIN_TIMEOUT * 1000)
+    seen = page.evaluate("clearInterval(window.__gridTimer); window.__gridSeen")
+    assert any(s["text"].startswith("loading the model") or s["done"] >= 0 for s in seen if not s["finished"])
+    assert any(0 < s["imgs"] and not s["finished"] for s in seen), "no cell was shown before the grid was done"
+    final = page.locator("#ls-grid-task")
+    assert (final.get_attribute("data-done"), final.get_attribute("data-total")) == ("4", "4")
+    assert "grid 4/4 · ETA" in final.inner_text()
     assert "Grid written" in page.locator("#grid-message").inner_text(), page.locator("#grid-message").inner_text()
     grids = sorted((workspace / "grids").glob("xyz_grid-*.png"))
     assert len(grids) == 1 and len(list((workspace / "grids" / "cells").glob("*.png"))) == 4
@@ -390,6 +511,9 @@ def test_regularization_from_photos_fills_reg_data_dir(page, workspace):
     page.locator("#reg-photos").click()
     page.wait_for_selector("#reg-previews img", timeout=TRAIN_TIMEOUT * 1000)
     assert page.locator("#reg-previews img").count() == 4
+    task = page.locator("#ls-reg-task")
+    assert (task.get_attribute("data-done"), task.get_attribute("data-total")) == ("4", "4")  # counted, not "N s"
+    assert "reg photos 4/4" in task.inner_text()
     assert len(list((workspace / "reg" / "1_shape").glob("*.png"))) == 4
     _tab(page, "Training")
     assert _field(page, "reg_data_dir").input_value() == str(workspace / "reg")

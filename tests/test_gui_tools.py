@@ -190,3 +190,34 @@ def test_network_args_help_follows_network_module(app):
     out = tab.module_changed("lycoris.kohya", "algo=loha")
     assert out[tab.lora_type] == "LoHa" and "block_dims" not in out[tab.lora_hint] and "use_tucker" in out[tab.lora_hint]
     assert "block_dims" in tab.module_changed("networks.lora", "")[tab.lora_hint]
+
+
+def test_run_panel_shows_caching_counts_then_scores_and_recommendation(app, tmp_path):
+    """A job whose events carry caching counts, then epoch scores: the panel shows both (issues 22 and 18)."""
+    from PIL import Image as PILImage
+
+    from gui.jobs import RUNNING, Job
+
+    tab, ctx = app
+    job = Job(99, "scored", TrainConfig(output_dir=str(tmp_path / "out"), output_name="scored"), tmp_path / "jobs" / "j",
+              state=RUNNING)
+    ctx.jobs.jobs.append(job)
+    job.progress.apply({"event": "progress", "what": "caching latents", "done": 2, "total": 8}, now=10.0)
+    out = tab.refresh({})
+    assert 'id="ls-task" data-what="caching latents" data-done="2" data-total="8"' in out[tab.progress]
+    assert "caching latents 2/8" in out[tab.progress]
+    assert out[tab.scores_box]["visible"] is False  # no scores yet: the box stays hidden
+    row = {"file": "o/scored-000001.safetensors", "epoch": 1, "weight": 1.0, "fidelity": 0.8, "drift": 0.01,
+           "loss": 0.4, "base_loss": 0.5}
+    job.progress.apply({"event": "step", "step": 1, "total_steps": 8, "loss": 0.4}, now=11.0)
+    job.progress.apply({"event": "log", "message": "epoch 1 score", "scores": [row],
+                        "recommendation": {"file": row["file"], "epoch": 1, "weight": 1.0, "why": "epoch 1 at weight 1"}})
+    job.state = "finished"
+    out = tab.refresh(out[tab.seen])
+    assert 'id="ls-task"' not in out[tab.progress]  # the steps replaced the caching count
+    assert out[tab.scores].startswith("**Epoch scores**") and "**Recommended:** epoch 1 at weight 1" in out[tab.scores]
+    assert isinstance(out[tab.score_chart], PILImage.Image) and out[tab.scores_box]["visible"] is True
+    again = tab.refresh(out[tab.seen])
+    import gradio as gr
+
+    assert again[tab.scores] == gr.skip() and again[tab.score_chart] == gr.skip()  # unchanged: not re-sent

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,8 +189,13 @@ def cache_latents(
     vae_batch_size: int = 1,
     vae_id: str | None = None,
     progress: bool = True,
+    report: Callable[[int, int], None] | None = None,
 ) -> dict[object, CachedLatents]:
-    """Latents for every request, reusing valid disk files; batches of one bucket go through the VAE."""
+    """Latents for every request, reusing valid disk files; batches of one bucket go through the VAE.
+
+    `report(done, total)` is called before the first batch and after each one (images still to encode),
+    so a caller without a terminal (the GUI's progress file) can show counts and an ETA.
+    """
     from tqdm import tqdm
 
     vae_id = vae_id or vae_fingerprint(vae)
@@ -205,11 +211,17 @@ def cache_latents(
         pending.append((req, sha))
     pending.sort(key=lambda p: (p[0].bucket[0] * p[0].bucket[1], p[0].bucket))
     groups = _group_by_bucket(pending, max(1, vae_batch_size))
+    done = 0
+    if report is not None and pending:
+        report(0, len(pending))
     for group in tqdm(groups, desc="caching latents", disable=not progress or not groups):
         for (req, sha), cached in zip(group, _compute(vae, group, flip_aug)):
             result[req.key] = cached
             if to_disk:
                 write_cache(cache_file(req.path, req.bucket), cached, expected_metadata(sha, vae_id, req, flip_aug))
+        done += len(group)
+        if report is not None:
+            report(done, len(pending))
     return result
 
 

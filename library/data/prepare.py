@@ -175,8 +175,10 @@ def item_masks(layouts: list[DatasetLayout]) -> dict[tuple[int, int], MaskSource
 
 
 def build_dataset(prepared: PreparedData, config, *, seed: int, tokenizer=None, vae=None, text_encoder=None,
-                  vae_id: str | None = None, progress: bool = True) -> LoraDataset:
-    """The torch dataset, caching latents / text-encoder outputs first when the config asks."""
+                  vae_id: str | None = None, progress: bool = True, report=None) -> LoraDataset:
+    """The torch dataset, caching latents / text-encoder outputs first when the config asks.
+
+    `report(done, total)` follows the latent caching (see latent_cache.cache_latents)."""
     latents = None
     if opt(config, "cache_latents") or opt(config, "cache_latents_to_disk"):
         if vae is None:
@@ -189,7 +191,8 @@ def build_dataset(prepared: PreparedData, config, *, seed: int, tokenizer=None, 
                                   lay.subsets[it.subset_index].spec.image)
                     for k, it in enumerate(lay.items)]
             latents.update(cache_latents(reqs, vae, flip_aug=flip, to_disk=bool(opt(config, "cache_latents_to_disk")),
-                                         vae_batch_size=int(opt(config, "vae_batch_size", 1)), vae_id=vae_id, progress=progress))
+                                         vae_batch_size=int(opt(config, "vae_batch_size", 1)), vae_id=vae_id, progress=progress,
+                                         report=report))
     dataset = LoraDataset(prepared.layouts, seed=seed, tokenizer=tokenizer, max_token_length=opt(config, "max_token_length"),
                           latents=latents, masks=prepared.masks)
     if opt(config, "cache_text_encoder_outputs"):

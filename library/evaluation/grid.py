@@ -180,12 +180,19 @@ def run_grid(base: CellSettings, axes: Sequence[Axis | None], output_dir: str | 
     layouts = layouts_for(cells, axes, margin)
     gap = max(margin, font_size_for(layouts[0].cell_w, layouts[0].cell_h))
     check_size(*combined_size(layouts, gap), max_megapixels)
-    images = _generate_cells(cells, axes, load_bundle, max_batch, progress)
-    return _write_outputs(cells, axes, images, layouts, gap, Path(output_dir), save_cells, cell_note)
+    saved: dict[tuple[int, int, int], Path] = {}
+
+    def save_cell(cell: Cell, img: GeneratedImage) -> None:
+        # Each cell is written as soon as its batch is done, so a watcher (the GUI) can show it at once.
+        saved[cell.index] = save_png(img.image, next_image_path(Path(output_dir) / "cells", img.seed), img.parameters)
+
+    images = _generate_cells(cells, axes, load_bundle, max_batch, progress, on_cell=save_cell if save_cells else None)
+    return _write_outputs(cells, axes, images, layouts, gap, Path(output_dir), saved, cell_note)
 
 
 def _generate_cells(cells: Sequence[Cell], axes: Sequence[Axis | None], load_bundle: Callable[[str], object],
-                    max_batch: int, progress: bool) -> dict[tuple[int, int, int], GeneratedImage]:
+                    max_batch: int, progress: bool,
+                    on_cell: Callable[[Cell, GeneratedImage], None] | None = None) -> dict[tuple[int, int, int], GeneratedImage]:
     from tqdm import tqdm
 
     images: dict[tuple[int, int, int], GeneratedImage] = {}
@@ -205,6 +212,9 @@ def _generate_cells(cells: Sequence[Cell], axes: Sequence[Axis | None], load_bun
                 made = session.run_jobs(request, [c.job for c in group], max_batch=max_batch,
                                         init_images=[init] * len(group) if init is not None else None)
                 images.update({c.index: img for c, img in zip(group, made)})
+                if on_cell is not None:
+                    for c, img in zip(group, made):
+                        on_cell(c, img)
                 bar.update(len(group))
         finally:
             if session is not None:
@@ -213,13 +223,9 @@ def _generate_cells(cells: Sequence[Cell], axes: Sequence[Axis | None], load_bun
 
 
 def _write_outputs(cells: Sequence[Cell], axes: Sequence[Axis | None], images: dict, layouts, gap: int,
-                   output_dir: Path, save_cells: bool,
+                   output_dir: Path, saved_cells: dict,
                    cell_note: Callable[[CellSettings], tuple[str | None, bool]] | None = None) -> GridResult:
-    cell_paths = []
-    if save_cells:
-        for cell in cells:
-            img = images[cell.index]
-            cell_paths.append(save_png(img.image, next_image_path(output_dir / "cells", img.seed), img.parameters))
+    cell_paths = [saved_cells[cell.index] for cell in cells if cell.index in saved_cells]  # in grid order
     counts = [len(a.values) if a else 1 for a in (list(axes) + [None] * 3)[:3]]
     params = grid_parameters(images[cells[0].index], axes)
     grids = []

@@ -251,7 +251,8 @@ def score_files(bundle, files: Sequence[str | os.PathLike[str]], eval_set: EvalS
 
 
 def score_network(bundle, network, eval_set: EvalSet, *, file: str, epoch: int | None,
-                  weights: Sequence[float] = DEFAULT_WEIGHTS, max_batch: int = 32) -> list[EpochScore]:
+                  weights: Sequence[float] = DEFAULT_WEIGHTS, max_batch: int = 32,
+                  progress: Callable[[int, int, str], None] | None = None) -> list[EpochScore]:
     """The same scores for a network already applied to the bundle (the trainer's, at a save).
 
     Its multiplier goes to 0 for the base model's predictions and to each weight in
@@ -267,7 +268,7 @@ def score_network(bundle, network, eval_set: EvalSet, *, file: str, epoch: int |
 
     try:
         return _score(bundle, [_Candidate(str(file), epoch, str(file).endswith("-ema.safetensors"))], eval_set,
-                      weights, apply, max_batch, None)
+                      weights, apply, max_batch, progress)
     finally:
         network.set_multiplier(old)
         network.train(mode)

@@ -50,7 +50,9 @@ class EpochScoreHook:
             eval_set = self._set()
             autocast = p.device.type == "cuda" and p.weight_dtype != torch.float32
             with torch.autocast(p.device.type, dtype=p.weight_dtype, enabled=autocast):
-                scores = score_network(p.bundle, p.network, eval_set, file=str(path), epoch=epoch)
+                scores = score_network(p.bundle, p.network, eval_set, file=str(path), epoch=epoch,
+                                       progress=lambda done, total, what: self.events.on_progress(
+                                           {"what": f"scoring epoch {epoch}", "done": done, "total": total}))
         finally:
             for model, home in zip(models, homes):
                 model.to(home)
@@ -59,8 +61,10 @@ class EpochScoreHook:
         self.tb.scalars(tensorboard_values(scores).get(epoch, {}), epoch)
         line = ", ".join(f"w{s.weight:g} fidelity {s.fidelity:.3f} drift {s.drift:.3f}" for s in scores)
         rec = recommend(self.scores)
+        # The scores ride along as data: the GUI shows the table, chart and recommendation from them.
         self.events.on_log({"message": f"epoch {epoch} score ({self.seconds[-1]:.1f} s): {line}; "
-                                       f"so far: {rec.why}"})
+                                       f"so far: {rec.why}",
+                            "scores": [s.to_dict() for s in scores], "recommendation": rec.to_dict()})
         return scores
 
     def _set(self):

@@ -27,9 +27,10 @@ class Events:
     def on_error(self, info: dict[str, Any]) -> None: ...
     def on_log(self, info: dict[str, Any]) -> None: ...
     def on_validation(self, info: dict[str, Any]) -> None: ...  # {"kind": "step"|"epoch", "step", "epoch", "val_loss", ...}
+    def on_progress(self, info: dict[str, Any]) -> None: ...  # {"what": "caching latents", "done", "total"}
 
 
-EVENT_NAMES = ("plan", "step", "epoch", "sample", "save", "finish", "error", "log", "validation")
+EVENT_NAMES = ("plan", "step", "epoch", "sample", "save", "finish", "error", "log", "validation", "progress")
 
 
 class MultiEvents(Events):

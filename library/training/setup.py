@@ -148,7 +148,8 @@ def enable_checkpointing(bundle: Any, train_text_encoder: bool) -> None:
             te.train()
 
 
-def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int, train_text_encoder: bool) -> Any:
+def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int, train_text_encoder: bool,
+               report: Any = None) -> Any:
     """The dataset, with latents cached when asked and text-encoder outputs cached whenever that is exact.
 
     A frozen text encoder fed fixed captions always gives the same outputs, so they
@@ -159,7 +160,8 @@ def build_data(cfg: TrainConfig, prepared: PreparedData, bundle: Any, seed: int,
     run_cfg = dataclasses.replace(cfg, cache_text_encoder_outputs=cache_te)
     with torch.no_grad():
         return build_dataset(prepared, run_cfg, seed=seed, tokenizer=bundle.tokenizer, vae=bundle.vae,
-                             text_encoder=bundle.text_encoder, vae_id=bundle.facts.model_hash, progress=False)
+                             text_encoder=bundle.text_encoder, vae_id=bundle.facts.model_hash, progress=False,
+                             report=report)
 
 
 def build_text_cache(cfg: TrainConfig, bundle: Any, datasets: list[Any], train_text_encoder: bool) -> Any:
@@ -211,8 +213,16 @@ def build_optimizer_and_schedule(cfg: TrainConfig, network: Any,
     return choice, schedulers.make_lr_scheduler(choice.optimizer, spec), names, flat
 
 
-def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
-    """Model, network, data, optimizer and schedule on the training device."""
+def _caching_report(events: Any, what: str) -> Any:
+    if events is None:
+        return None
+    return lambda done, total: events.on_progress({"what": what, "done": done, "total": total})
+
+
+def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int, events: Any = None) -> RunParts:
+    """Model, network, data, optimizer and schedule on the training device.
+
+    `events` (optional) hears `on_progress` while latents are cached: counts the GUI shows with an ETA."""
     if cfg.torch_compile:
         check_dynamo_backend(cfg.dynamo_backend)
     accelerator = make_accelerator(cfg.mixed_precision)
@@ -227,8 +237,10 @@ def build_run(cfg: TrainConfig, prepared: PreparedData, seed: int) -> RunParts:
     train_unet = bool(network.unet_loras) and not cfg.network_train_text_encoder_only
     if cfg.gradient_checkpointing:
         enable_checkpointing(bundle, train_te)
-    dataset = build_data(cfg, prepared, bundle, seed, train_te)
-    val_dataset = build_data(cfg, prepared.validation, bundle, seed, train_te) if prepared.validation else None
+    dataset = build_data(cfg, prepared, bundle, seed, train_te, report=_caching_report(events, "caching latents"))
+    val_dataset = (build_data(cfg, prepared.validation, bundle, seed, train_te,
+                              report=_caching_report(events, "caching latents (validation)"))
+                   if prepared.validation else None)
     text_cache = build_text_cache(cfg, bundle, [d for d in (dataset, val_dataset) if d is not None], train_te)
     te_cached = dataset.text_encoder_outputs is not None or text_cache is not None
     moved = offload_after_caching(bundle, dataset.latents is not None, te_cached,

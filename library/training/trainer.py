@@ -467,7 +467,7 @@ def _train_prepared(cfg: TrainConfig, prepared: PreparedData, events: Events, co
     events.on_plan({**plan.to_dict(), "text": format_plan(plan), "warnings": warnings, "seed": cfg.seed})
     if plan.total_steps < 1:
         raise DatasetError("there is nothing to train on", ["the dataset folders hold no usable images; see the plan above"])
-    parts = build_run(cfg, prepared, cfg.seed)
+    parts = build_run(cfg, prepared, cfg.seed, events=events)
     for note in parts.notes:
         events.on_log({"message": note})
     n_params = sum(p.numel() for p in parts.trainable_params)
