@@ -202,8 +202,8 @@ def lora_names(folder: str | None, guard) -> list[str]:
     root = guard.resolve(folder)
     if not root.is_dir():
         return []
-    files = sorted(p for p in root.rglob("*.safetensors") if p.is_file() and guard.allows(p))
-    return [p.relative_to(root).with_suffix("").as_posix() for p in files]
+    files = (p for p in root.rglob("*.safetensors") if p.is_file() and guard.allows(p))
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in files)
 
 
 # --- PNG infotext → form ---------------------------------------------------------------------------

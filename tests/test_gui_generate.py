@@ -1,0 +1,253 @@
+"""The GUI's Generate tab: the command built from its fields, fields filled from a PNG, its queue, and a browser run."""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from gui.generate_queue import FAILED, FINISHED, QUEUED, GenerationJob, GenerationQueue  # noqa: E402
+from gui.generate_tab import (  # noqa: E402
+    FormError, fields_from_parameters, grid_values, lora_names, sample_actions, sample_command, sample_parser,
+    split_lora_tags,
+)
+from gui.safety import PathGuard  # noqa: E402
+from library.errors import LorasmithError  # noqa: E402
+
+FORM = {"pretrained_model_name_or_path": "tiny", "prompt": "a red cube", "negative_prompt": "blurry",
+        "sampler": "DPM++ 2M Karras", "steps": 2, "cfg_scale": 5.5, "seed": 42, "width": 64, "height": 64,
+        "clip_skip": 1, "batch_size": 1, "batch_count": 1, "enable_hr": False, "hr_scale": 2.0}
+
+
+@pytest.fixture()
+def loras(tmp_path, sdscripts_lora_dir) -> Path:
+    folder = tmp_path / "out"
+    shutil.copytree(sdscripts_lora_dir, folder)
+    return folder
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_every_sample_flag_is_a_field_and_nothing_else():
+    """One declaration: the tab's fields are `lorasmith sample`'s flags (less those the page sets itself)."""
+    flags = {a.dest for a in sample_parser()._actions if a.option_strings} - {"help", "lora_dir", "from_png"}
+    assert set(sample_actions()) == flags
+    assert {"prompt", "sampler", "cfg_scale", "seed", "vae", "enable_hr", "hr_upscaler", "denoising_strength"} <= flags
+
+
+def test_command_from_fields_leaves_defaults_out_and_adds_lora_tags(tmp_path, loras):
+    guard = PathGuard.from_dirs([tmp_path])
+    argv = sample_command({**FORM, "vae": ""}, [("tinylora", 0.5), ("", 1.0)], str(loras), guard)
+    assert argv[0] == "sample"
+    assert _flag(argv, "--prompt") == "a red cube <lora:tinylora:0.5>"
+    assert _flag(argv, "--lora_dir") == str(loras)
+    assert _flag(argv, "--sampler") == "DPM++ 2M Karras" and _flag(argv, "--cfg_scale") == "5.5"
+    assert _flag(argv, "--seed") == "42" and _flag(argv, "--width") == "64"
+    assert _flag(argv, "--output_dir") == str(tmp_path / "outputs" / "txt2img")  # relative to the allowed folder
+    for default in ("--clip_skip", "--batch_size", "--hr_scale", "--enable_hr", "--vae"):
+        assert default not in argv
+    args = sample_parser().parse_args(argv[1:])  # the CLI reads back what the form meant
+    assert (args.steps, args.cfg_scale, args.negative_prompt, args.height) == (2, 5.5, "blurry", 64)
+
+
+def test_hires_fields_become_flags(tmp_path):
+    guard = PathGuard.from_dirs([tmp_path])
+    argv = sample_command({**FORM, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos",
+                           "denoising_strength": 0.4, "hr_second_pass_steps": 3}, [], None, guard)
+    assert "--enable_hr" in argv and _flag(argv, "--hr_scale") == "1.5" and _flag(argv, "--hr_upscaler") == "Lanczos"
+    assert _flag(argv, "--denoising_strength") == "0.4" and _flag(argv, "--hr_second_pass_steps") == "3"
+
+
+@pytest.mark.parametrize("change, loras, words", [
+    ({"prompt": "  "}, [], "Prompt is empty"),
+    ({"width": 63}, [], "multiples of 8"),
+    ({"sampler": "Euler z"}, [], "unknown sampler"),
+    ({"steps": 2.5}, [], "steps: 2.5 is not a whole number"),
+    ({"vae": "/etc/vae.safetensors"}, [], "outside the folders"),
+    ({"output_dir": "../elsewhere"}, [], "outside the folders"),
+    ({"denoising_strength": 0.5}, [], "without --init_image"),
+    ({}, [("tinylora", 1)], "LoRA folder is empty"),
+])
+def test_bad_fields_are_refused_before_queueing(tmp_path, change, loras, words):
+    with pytest.raises(LorasmithError) as err:
+        sample_command({**FORM, **change}, loras, None, PathGuard.from_dirs([tmp_path]))
+    assert words in str(err.value)
+
+
+def test_unknown_field_is_refused(tmp_path):
+    with pytest.raises(FormError, match="unknown field 'cfg'"):
+        sample_command({**FORM, "cfg": 3}, [], None, PathGuard.from_dirs([tmp_path]))
+
+
+def test_lora_names_list_safetensors_inside_allowed_folders_only(tmp_path, loras):
+    (loras / "sub").mkdir()
+    (loras / "sub" / "other.safetensors").write_bytes(b"x")
+    guard = PathGuard.from_dirs([tmp_path])
+    assert lora_names(str(loras), guard) == ["sub/other", "tinylora", "tinylora-000001", "tinylora-000002"]
+    assert lora_names("/etc", guard) == [] and lora_names(None, guard) == []
+
+
+def test_split_lora_tags_fills_slots_and_keeps_the_rest():
+    text, picked = split_lora_tags("a cat <lora:a:0.5>, smiling <lora:b> <lora:c:-1>", slots=2)
+    assert picked == [("a", 0.5), ("b", 1.0)]
+    assert text == "a cat, smiling <lora:c:-1>"
+
+
+def test_grid_values_put_the_first_lora_on_a_weight_axis(tmp_path):
+    out = grid_values({**FORM}, [("tinylora", 0.8), ("style", 0.5)], str(tmp_path))
+    assert out["lora"] == str(tmp_path / "tinylora.safetensors")
+    assert (out["x_type"], out["x_values"]) == ("LoRA weight", "0-0.8 (+0.2)")
+    assert out["prompt"] == "a red cube <lora:style:0.5>" and out["model"] == "tiny" and out["cfg"] == 5.5
+
+
+def test_a1111_hires_infotext_fills_the_fields():
+    pytest.importorskip("library.sampling.infotext", reason="needs the infotext reader")
+    from library.sampling.infotext import parse_parameters
+
+    text = ("masterpiece, <lora:style:0.7> girl\nNegative prompt: lowres, bad hands\n"
+            "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 123, Size: 512x768, "
+            "Model hash: 0123456789, Model: v1-5-pruned, VAE: vae-ft-mse, Denoising strength: 0.4, Clip skip: 2, "
+            "Hires upscale: 1.5, Hires steps: 10, Hires upscaler: Latent, Version: v1.9.4")
+    values, notes = fields_from_parameters(parse_parameters(text))
+    assert values["prompt"] == "masterpiece, <lora:style:0.7> girl"
+    assert values["negative_prompt"] == "lowres, bad hands"
+    assert (values["steps"], values["cfg_scale"], values["seed"], values["width"], values["height"]) == (20, 6.5, 123, 512, 768)
+    assert values["sampler"] == "DPM++ 2M Karras" and values["clip_skip"] == 2
+    assert (values["enable_hr"], values["hr_scale"], values["hr_second_pass_steps"], values["denoising_strength"]) == \
+        (True, 1.5, 10, 0.4)
+    assert "pretrained_model_name_or_path" not in values  # not a file we know: left to the user, with a note
+    assert any("v1-5-pruned" in n for n in notes) and any("vae-ft-mse" in n for n in notes)
+
+
+def test_png_from_our_sampler_fills_the_fields_back(tmp_path, loras):
+    """Form → command → `lorasmith sample` on the tiny model → PNG → form: the same command again."""
+    pytest.importorskip("library.sampling.infotext", reason="needs the infotext reader")
+    import torch
+
+    from gui.generate_tab import read_png_fields
+    from library.cli import main
+
+    guard = PathGuard.from_dirs([tmp_path])
+    form = {**FORM, "output_dir": str(tmp_path / "gen")}
+    argv = sample_command(form, [("tinylora", 0.5)], str(loras), guard)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny UNet is much faster on one thread than on two contended ones
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    png = tmp_path / "gen" / "00000-42.png"
+    values, picked, notes = read_png_fields(str(png))
+    assert picked == [("tinylora", 0.5)] and values["prompt"] == "a red cube"
+    assert values["sampler"] == "DPM++ 2M Karras" and values["pretrained_model_name_or_path"] == "tiny"
+    assert notes == []
+    again = sample_command({**form, **values}, picked, str(loras), guard)
+    assert again == argv
+
+
+# --- the queue ---------------------------------------------------------------------------------------
+def test_job_reads_saved_images_and_progress_from_its_log(tmp_path):
+    job = GenerationJob(1, ["sample"], tmp_path)
+    job.log_path.write_text("sampling:  0%| | 0/6 [00:00<?]\rsampling:  50%|#| 3/6 [00:01<00:01]\n"
+                            "/x/out/00000-5.png  (seed 5)\nseed: 5\n/x/out/00001-6.png  (seed 6)\n")
+    assert job.images() == [Path("/x/out/00000-5.png"), Path("/x/out/00001-6.png")]
+    assert job.step_count() == (3, 6)
+
+
+def _wait(queue: GenerationQueue, job, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while job.state not in (FINISHED, FAILED) and time.monotonic() < end:
+        time.sleep(0.2)
+        queue.poll()
+
+
+def test_queue_runs_one_at_a_time_and_waits_for_training(tmp_path):
+    training = {"busy": True}
+    queue = GenerationQueue(tmp_path, busy=lambda: training["busy"], poll_interval=None)
+    first, second = queue.submit(["--help"]), queue.submit(["sample"])  # `sample` without its flags fails
+    queue.poll()
+    assert first.state == second.state == QUEUED  # a training run holds the GPU
+    training["busy"] = False
+    queue.poll()
+    assert first.state == "running" and second.state == QUEUED
+    _wait(queue, first)
+    assert first.state == FINISHED and "usage" in "\n".join(first.log_lines())
+    queue.poll()
+    _wait(queue, second)
+    assert second.state == FAILED and second.returncode == 2
+    assert any("required" in line for line in second.error_lines())
+    assert queue.jobs == [first, second] and first.argv == ["--help"] and sys.executable
+
+
+# --- the tab in a browser ------------------------------------------------------------------------------
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture()
+def gui_server(tmp_path):
+    """`lorasmith gui` on a free port, allowed only tmp_path."""
+    import os
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LORASMITH_HOME": str(tmp_path / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(tmp_path / "gui.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "library.cli", "gui", "--port", str(port), "--allow", str(tmp_path),
+                             "--jobs_dir", str(tmp_path / "jobs")], cwd=Path(__file__).resolve().parents[1], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url, end = f"http://127.0.0.1:{port}/", time.monotonic() + 240
+    while True:
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            pytest.fail("the GUI did not start: " + (tmp_path / "gui.log").read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                break
+        except OSError:
+            time.sleep(1)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (run .ci/install_browser.sh)")
+def test_generate_in_the_browser_shows_the_image_and_loads_it_back(tmp_path, gui_server):
+    """Type a prompt, Generate on the tiny model, see the image; drop it back in and the prompt returns."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(gui_server)
+        page.get_by_role("tab", name="Generate").click()
+        page.fill("#gen-prompt textarea", "a blue square")
+        for field, value in (("steps", "2"), ("width", "64"), ("height", "64"), ("seed", "7")):
+            page.fill(f"#gen-{field} input", value)
+        page.click("#gen-run")
+        page.wait_for_selector("#gen-gallery img", timeout=240_000)  # the run's PNG, shown when it is written
+        png = tmp_path / "outputs" / "txt2img" / "00000-7.png"
+        assert png.is_file()
+        assert "finished" in page.input_value("#gen-queue textarea") or "running" in page.input_value("#gen-queue textarea")
+        assert "--steps 2" in page.input_value("#gen-command textarea")
+        page.fill("#gen-prompt textarea", "something else")
+        page.set_input_files("#gen-from-png input[type=file]", str(png))
+        page.wait_for_function("document.querySelector('#gen-prompt textarea').value === 'a blue square'")
+        assert page.input_value("#gen-seed input") == "7"
+        browser.close()
