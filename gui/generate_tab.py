@@ -265,12 +265,36 @@ def fields_from_parameters(params: dict[str, str]) -> tuple[dict[str, Any], list
     return {k: v for k, v in values.items() if k in actions}, notes
 
 
-def read_png_fields(path: str) -> tuple[dict[str, Any], list[tuple[str, float]], list[str]]:
-    """(field values, LoRA slots, notes) from a PNG's A1111 parameters."""
+def lora_hash_notes(lora_hashes: str | None, names: list[str], lora_dir: str | None, guard) -> list[str]:
+    """A note for each LoRA the image names that is missing from `lora_dir` or differs from the file it was made
+    with (A1111's `Lora hashes`: the first 12 hex digits of the SHA-256 of the tensor data)."""
+    if not names or not lora_dir or not guard.allows(lora_dir):
+        return []
+    from library.sampling.lora_stack import lora_short_hash
+    from library.sampling.prompt_files import file_in_folder
+
+    made_with = dict(part.strip().rsplit(":", 1) for part in (lora_hashes or "").split(",") if ":" in part)
+    made_with = {k.strip(): v.strip() for k, v in made_with.items()}
+    notes = []
+    for name in names:
+        path = file_in_folder(guard.resolve(lora_dir), name, ".safetensors")
+        if path is None or not guard.allows(path):
+            notes.append(f"LoRA {name}: no {name}.safetensors in {lora_dir}")
+        elif name in made_with and lora_short_hash(path) != made_with[name]:
+            notes.append(f"LoRA {name}: {path.name} has hash {lora_short_hash(path)}, the image was made with "
+                         f"{made_with[name]} (another epoch or training?)")
+    return notes
+
+
+def read_png_fields(path: str, lora_dir: str | None = None, guard=None) -> tuple[dict[str, Any], list[tuple[str, float]], list[str]]:
+    """(field values, LoRA slots, notes) from a PNG's A1111 parameters; LoRAs checked against `lora_dir`."""
     from library.sampling.infotext import parse_parameters, read_png_parameters
 
-    values, notes = fields_from_parameters(parse_parameters(read_png_parameters(path)))
+    params = parse_parameters(read_png_parameters(path))
+    values, notes = fields_from_parameters(params)
     values["prompt"], loras = split_lora_tags(values.get("prompt", ""))
+    if guard is not None:
+        notes += lora_hash_notes(params.get("Lora hashes"), [n for n, _w in loras], lora_dir, guard)
     return values, loras, notes
 
 
@@ -397,7 +421,7 @@ class GenerateTab:
                         show_progress="hidden")
         self.gallery.select(self.show_parameters, inputs=self.shown, outputs=self.parameters)
         slots = [c for slot in self.lora_slots for c in slot]
-        self.png.upload(self.load_png, inputs=self.png, outputs=[*self.fields.values(), *slots, self.message])
+        self.png.upload(self.load_png, inputs=[self.png, self.lora_dir], outputs=[*self.fields.values(), *slots, self.message])
         refresh_inputs = [self.lora_dir]
         if self.training is not None and "output_dir" in getattr(self.training, "widgets", {}):
             refresh_inputs.append(self.training.widgets["output_dir"])
@@ -459,7 +483,7 @@ class GenerateTab:
 
     def refresh(self, shown: list[str] | None) -> dict:
         self.queue.poll()
-        images = [str(p) for job in reversed(self.queue.jobs) for p in reversed(job.images())
+        images = [str(p) for job in reversed(self.queue.jobs[-12:]) for p in reversed(job.images())
                   if p.is_file() and self.ctx.guard.allows(p)][:MAX_SHOWN]
         out: dict = {self.status: queue_text(self.queue)}
         if images != list(shown or []):
@@ -476,12 +500,12 @@ class GenerateTab:
         with Image.open(shown[evt.index]) as img:
             return str(img.info.get("parameters", ""))
 
-    def load_png(self, path: str | None) -> dict:
+    def load_png(self, path: str | None, lora_dir: str | None) -> dict:
         """Fill the fields from a dropped PNG (an upload: its bytes come from the browser, not a path)."""
         if not path:
             return {self.message: gr.skip()}
         try:
-            values, loras, notes = read_png_fields(path)
+            values, loras, notes = read_png_fields(path, lora_dir, self.ctx.guard)
         except LorasmithError as exc:
             return {self.message: "**Cannot load the PNG:** " + str(exc).replace("\n", "  \n")}
         out: dict = {self.fields[d]: v for d, v in values.items() if d in self.fields}

@@ -143,12 +143,19 @@ def test_png_from_our_sampler_fills_the_fields_back(tmp_path, loras):
     finally:
         torch.set_num_threads(threads)
     png = tmp_path / "gen" / "00000-42.png"
-    values, picked, notes = read_png_fields(str(png))
+    values, picked, notes = read_png_fields(str(png), str(loras), guard)
     assert picked == [("tinylora", 0.5)] and values["prompt"] == "a red cube"
     assert values["sampler"] == "DPM++ 2M Karras" and values["pretrained_model_name_or_path"] == "tiny"
-    assert notes == []
+    assert notes == []  # same LoRA file: its hash matches the PNG's Lora hashes
     again = sample_command({**form, **values}, picked, str(loras), guard)
     assert again == argv
+    other = tmp_path / "other"  # another epoch under the same name: the hashes differ
+    other.mkdir()
+    shutil.copy(loras / "tinylora-000001.safetensors", other / "tinylora.safetensors")
+    _v, _p, notes = read_png_fields(str(png), str(other), guard)
+    assert len(notes) == 1 and "the image was made with" in notes[0]
+    _v, _p, notes = read_png_fields(str(png), str(tmp_path / "gen"), guard)
+    assert notes == [f"LoRA tinylora: no tinylora.safetensors in {tmp_path / 'gen'}"]
 
 
 # --- the queue ---------------------------------------------------------------------------------------
