@@ -347,10 +347,31 @@ class GenerateTab:
 
     # --- layout ------------------------------------------------------------------------------------------
     def _build(self) -> None:
-        actions = sample_actions()
-        self.fields: dict[str, Any] = {}
         gr.Markdown("Runs `lorasmith sample` with A1111 prompt syntax (`(word:1.2)`, `{a|b}`, `<cfg_scale:5>`, "
                     "`__wildcard__`). Generations queue behind each other and wait while a training run is going.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                self._build_form()
+            with gr.Column(scale=2):
+                with gr.Row():
+                    self.generate_btn = gr.Button("Generate", variant="primary", elem_id="gen-run")
+                    self.stop_btn = gr.Button("Stop", elem_id="gen-stop")
+                    self.grid_btn = gr.Button("Send to grid", elem_id="gen-to-grid")
+                self.message = gr.Markdown(elem_id="gen-message")
+                self.gallery = gr.Gallery(label="Images (newest first; click one for its parameters)", columns=3,
+                                          height=420, object_fit="contain", elem_id="gen-gallery")
+                self.status = gr.Textbox(label="Queue", lines=3, max_lines=10, interactive=False, elem_id="gen-queue")
+                self.parameters = gr.Textbox(label="Parameters of the selected image", lines=3, interactive=False,
+                                             elem_id="gen-parameters")
+                self.png = gr.File(label="Load from PNG: drop an image to fill the fields from its parameters",
+                                   file_types=[".png"], type="filepath", height=120, elem_id="gen-from-png")
+                self.command = gr.Textbox(label="Command", lines=2, interactive=False, elem_id="gen-command")
+        self.shown = gr.State([])
+        self.timer = gr.Timer(1.0)
+
+    def _build_form(self) -> None:
+        actions = sample_actions()
+        self.fields: dict[str, Any] = {}
         for row in MAIN_ROWS:
             self._row(row, actions)
         with gr.Accordion("LoRAs", open=True):
@@ -364,7 +385,7 @@ class GenerateTab:
             self.lora_slots = []
             with gr.Row():
                 for i in range(LORA_SLOTS):
-                    with gr.Column(min_width=160):
+                    with gr.Column(min_width=140):
                         name = gr.Dropdown(["", *names], value="", allow_custom_value=True, label=f"LoRA {i + 1}",
                                            elem_id=f"gen-lora-{i}")
                         weight = gr.Number(value=1.0, label="weight", step=0.05, elem_id=f"gen-lora-weight-{i}")
@@ -376,24 +397,6 @@ class GenerateTab:
             rest = more_fields()
             for start in range(0, len(rest), 3):
                 self._row(tuple(rest[start:start + 3]), actions)
-        with gr.Row():
-            self.generate_btn = gr.Button("Generate", variant="primary", elem_id="gen-run")
-            self.stop_btn = gr.Button("Stop", elem_id="gen-stop")
-            self.grid_btn = gr.Button("Send to grid", elem_id="gen-to-grid")
-        self.message = gr.Markdown(elem_id="gen-message")
-        self.command = gr.Textbox(label="Command", lines=2, interactive=False, elem_id="gen-command")
-        with gr.Row():
-            with gr.Column(scale=3):
-                self.gallery = gr.Gallery(label="Images (newest first; click one for its parameters)", columns=4,
-                                          height=480, object_fit="contain", elem_id="gen-gallery")
-            with gr.Column(scale=1):
-                self.png = gr.File(label="Load from PNG: drop an image to fill the fields from its parameters",
-                                   file_types=[".png"], type="filepath", elem_id="gen-from-png")
-                self.status = gr.Textbox(label="Queue", lines=6, interactive=False, elem_id="gen-queue")
-                self.parameters = gr.Textbox(label="Parameters of the selected image", lines=6, interactive=False,
-                                             elem_id="gen-parameters")
-        self.shown = gr.State([])
-        self.timer = gr.Timer(1.0)
 
     def _row(self, dests: tuple[str, ...], actions: dict[str, argparse.Action]) -> None:
         present = [d for d in dests if d in actions]
@@ -535,6 +538,9 @@ def make_field(dest: str, action: argparse.Action) -> Any:
     if kind in ("int", "float"):
         return gr.Number(value=action.default, precision=0 if kind == "int" else None,
                          step=1 if kind == "int" else 0.05, **common)
+    if action.choices:
+        return gr.Dropdown([str(c) for c in action.choices], value=None if action.default is None else str(action.default),
+                           **common)
     if dest == "sampler":
         from library.sampling.sampler_registry import sampler_names
 

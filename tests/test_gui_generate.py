@@ -198,6 +198,16 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
                 "--no-first-run", "--disable-sync"]
 
 
+def _artifacts() -> Path:
+    """Screenshots go where test_gui_browser.py puts its own (LORASMITH_GUI_ARTIFACTS, else the temp folder)."""
+    import os
+    import tempfile
+
+    folder = Path(os.environ.get("LORASMITH_GUI_ARTIFACTS") or tempfile.gettempdir()) / "lorasmith-gui-artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture()
 def gui_server(tmp_path):
     """`lorasmith gui` on a free port, allowed only tmp_path."""
@@ -234,6 +244,7 @@ def gui_server(tmp_path):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (run .ci/install_browser.sh)")
 def test_generate_in_the_browser_shows_the_image_and_loads_it_back(tmp_path, gui_server):
     """Type a prompt, Generate on the tiny model, see the image; drop it back in and the prompt returns."""
@@ -257,4 +268,5 @@ def test_generate_in_the_browser_shows_the_image_and_loads_it_back(tmp_path, gui
         page.set_input_files("#gen-from-png input[type=file]", str(png))
         page.wait_for_function("document.querySelector('#gen-prompt textarea').value === 'a blue square'")
         assert page.input_value("#gen-seed input") == "7"
+        page.screenshot(path=str(_artifacts() / "generate-tab.png"), full_page=True)
         browser.close()
