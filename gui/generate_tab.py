@@ -220,81 +220,42 @@ def split_lora_tags(prompt: str, slots: int = LORA_SLOTS) -> tuple[str, list[tup
     return _LORA_TAG.sub(take, prompt).strip(), picked
 
 
-def fields_from_parameters(params: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """(field values, notes) from `parse_parameters`' dict, as A1111's "paste" fills txt2img.
+def fields_from_parameters(params: dict[str, str], lora_dir: str | None = None,
+                           guard=None) -> tuple[dict[str, Any], list[str]]:
+    """(field values, notes) from `parse_parameters`' dict, read by `lorasmith sample --from_png`'s own reader.
 
-    Fields the infotext does not carry keep their value, except hires fix, which is switched
-    off unless the infotext has it.  Notes say what could not be restored.
+    Fields the infotext does not carry keep their value, except hires fix, which is switched off
+    unless the infotext has it.  Notes say what was not restored: another model or VAE, settings
+    this sampler cannot redo, and (with `lora_dir`) LoRAs missing there or differing from the
+    files the image was made with (its `Lora hashes`).
     """
-    from library.sampling.sampler_registry import sampler_from_infotext
+    from library.sampling.from_png import check_lora_hashes, settings_from_parameters
 
+    settings = settings_from_parameters(params, "the PNG")
     actions = sample_actions()
-    values: dict[str, Any] = {"prompt": params.get("Prompt", ""), "negative_prompt": params.get("Negative prompt", "")}
-    notes: list[str] = []
-    numbers = {"steps": ("Steps", int), "cfg_scale": ("CFG scale", float), "seed": ("Seed", int),
-               "width": ("Size-1", int), "height": ("Size-2", int), "clip_skip": ("Clip skip", int),
-               "guidance_rescale": ("CFG Rescale", float)}
-    for dest, (key, kind) in numbers.items():
-        if key in params and dest in actions:
-            try:
-                values[dest] = kind(float(params[key])) if kind is int else kind(params[key])
-            except ValueError:
-                notes.append(f"{key}: {params[key]!r} is not a number; the field was left as it was")
-    if "Sampler" in params:
-        try:
-            values["sampler"] = sampler_from_infotext(params["Sampler"], params.get("Schedule type")).name
-        except LorasmithError as exc:
-            notes.append(f"{exc.summary}; the sampler was left as it was")
-    hires = any(k in params for k in ("Hires upscale", "Hires resize", "Hires upscaler"))
-    values["enable_hr"] = hires
-    if hires:
-        values.update(hr_scale=float(params.get("Hires upscale", 2.0)), hr_upscaler=params.get("Hires upscaler", "Latent"),
-                      hr_second_pass_steps=int(params.get("Hires steps", 0)),
-                      hr_resize_x=int(params.get("Hires resize-1", 0)), hr_resize_y=int(params.get("Hires resize-2", 0)))
-        if "Denoising strength" in params:
-            values["denoising_strength"] = float(params["Denoising strength"])
-    elif "Denoising strength" in params:
-        notes.append("made with img2img: give the init image under More options to redo it")
-    model = params.get("Model")
-    if model and model in builtin_model_names():
-        values["pretrained_model_name_or_path"] = model
-    elif model:
-        notes.append(f"made with the model {model!r}: check that the Model field names that file")
+    values = {"enable_hr": False, **settings.fields}
+    notes = [f"not restored: {key}" for key in settings.not_restored]
+    if settings.model and settings.model in builtin_model_names():
+        values["pretrained_model_name_or_path"] = settings.model
+    elif settings.model:
+        notes.append(f"made with the model {settings.model!r}: check that the Model field names that file")
     if params.get("VAE"):
         notes.append(f"made with the VAE {params['VAE']!r}: check the VAE field")
+    if lora_dir and guard is not None and guard.allows(lora_dir):
+        try:
+            check_lora_hashes(settings, str(guard.resolve(lora_dir)), "the PNG")
+        except LorasmithError as exc:  # the CLI's words; its "--lora_dir" advice is the LoRA folder here
+            found = [exc.summary] if exc.summary.startswith("<lora:") else []
+            notes += found + [p for p in exc.problems if p.startswith("<lora:")] or [exc.summary]
     return {k: v for k, v in values.items() if k in actions}, notes
-
-
-def lora_hash_notes(lora_hashes: str | None, names: list[str], lora_dir: str | None, guard) -> list[str]:
-    """A note for each LoRA the image names that is missing from `lora_dir` or differs from the file it was made
-    with (A1111's `Lora hashes`: the first 12 hex digits of the SHA-256 of the tensor data)."""
-    if not names or not lora_dir or not guard.allows(lora_dir):
-        return []
-    from library.sampling.lora_stack import lora_short_hash
-    from library.sampling.prompt_files import file_in_folder
-
-    made_with = dict(part.strip().rsplit(":", 1) for part in (lora_hashes or "").split(",") if ":" in part)
-    made_with = {k.strip(): v.strip() for k, v in made_with.items()}
-    notes = []
-    for name in names:
-        path = file_in_folder(guard.resolve(lora_dir), name, ".safetensors")
-        if path is None or not guard.allows(path):
-            notes.append(f"LoRA {name}: no {name}.safetensors in {lora_dir}")
-        elif name in made_with and lora_short_hash(path) != made_with[name]:
-            notes.append(f"LoRA {name}: {path.name} has hash {lora_short_hash(path)}, the image was made with "
-                         f"{made_with[name]} (another epoch or training?)")
-    return notes
 
 
 def read_png_fields(path: str, lora_dir: str | None = None, guard=None) -> tuple[dict[str, Any], list[tuple[str, float]], list[str]]:
     """(field values, LoRA slots, notes) from a PNG's A1111 parameters; LoRAs checked against `lora_dir`."""
     from library.sampling.infotext import parse_parameters, read_png_parameters
 
-    params = parse_parameters(read_png_parameters(path))
-    values, notes = fields_from_parameters(params)
+    values, notes = fields_from_parameters(parse_parameters(read_png_parameters(path)), lora_dir, guard)
     values["prompt"], loras = split_lora_tags(values.get("prompt", ""))
-    if guard is not None:
-        notes += lora_hash_notes(params.get("Lora hashes"), [n for n, _w in loras], lora_dir, guard)
     return values, loras, notes
 
 
