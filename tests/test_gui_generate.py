@@ -194,6 +194,44 @@ def test_queue_runs_one_at_a_time_and_waits_for_training(tmp_path):
     assert queue.jobs == [first, second] and first.argv == ["--help"] and sys.executable
 
 
+def test_stop_interrupts_the_running_generation(tmp_path, monkeypatch):
+    import gui.generate_queue as gq
+
+    monkeypatch.setattr(gq, "lorasmith_argv", lambda *a: [sys.executable, "-c", "import time; time.sleep(60)"])
+    queue = GenerationQueue(tmp_path, poll_interval=None)
+    job, waiting = queue.submit(["sample"]), queue.submit(["sample"])
+    assert job.state == "running" and queue.stop() == "stopping" and queue.cancel_queued() == 1
+    job.process.wait(20)  # SIGINT ends the child (KeyboardInterrupt), well before its 60 s
+    queue.poll()
+    assert job.state == "stopped" and waiting.state == "cancelled" and queue.running() is None
+
+
+def test_tab_fields_are_the_cli_defaults_and_send_to_grid_finds_the_grid_form(tmp_path):
+    """Built beside the Evaluate tab as the app does: one widget per sample flag, grid fields found by elem_id."""
+    from gui.context import GuiContext
+    from gui.evaluate_tab import EvaluateTab
+    from gui.generate_tab import GenerateTab
+
+    ctx = GuiContext.create([str(tmp_path)], tmp_path / "jobs")
+    try:
+        with gr.Blocks():
+            with gr.Tabs():
+                with gr.Tab("Evaluate", id="evaluate"):
+                    EvaluateTab(ctx, None)
+                with gr.Tab("Generate", id="generate"):
+                    tab = GenerateTab(ctx, None)
+        assert set(tab.fields) == set(sample_actions())
+        for dest, action in sample_actions().items():
+            widget = tab.fields[dest]
+            if dest != "pretrained_model_name_or_path" and action.default is not None:
+                assert widget.value == action.default or str(widget.value) == str(action.default), dest
+        assert set(tab.grid_fields) == {"model", "prompt", "negative", "steps", "cfg", "seed", "width", "height",
+                                        "sampler", "lora_dir", "lora", "x_type", "x_values"}
+        assert tab.queue.jobs_dir == tmp_path / "generate-jobs"
+    finally:
+        ctx.close()
+
+
 # --- the tab in a browser ------------------------------------------------------------------------------
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
