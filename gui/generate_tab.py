@@ -23,7 +23,7 @@ from typing import Any
 import gradio as gr
 
 from gui.context import GuiContext
-from gui.generate_queue import FAILED, FINISHED, QUEUED, STOPPED, GenerationQueue
+from gui.generate_queue import FAILED, QUEUED, GenerationQueue
 from gui.safety import builtin_model_names
 from library.errors import ConfigError, LorasmithError
 

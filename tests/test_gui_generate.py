@@ -10,13 +10,19 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from gui.generate_queue import FAILED, FINISHED, QUEUED, GenerationJob, GenerationQueue  # noqa: E402
-from gui.generate_tab import (  # noqa: E402
-    FormError, fields_from_parameters, grid_values, lora_names, sample_actions, sample_command, sample_parser,
+from gui.generate_queue import FAILED, FINISHED, QUEUED, GenerationJob, GenerationQueue
+from gui.generate_tab import (
+    FormError,
+    fields_from_parameters,
+    grid_values,
+    lora_names,
+    sample_actions,
+    sample_command,
+    sample_parser,
     split_lora_tags,
 )
-from gui.safety import PathGuard  # noqa: E402
-from library.errors import LorasmithError  # noqa: E402
+from gui.safety import PathGuard
+from library.errors import LorasmithError
 
 FORM = {"pretrained_model_name_or_path": "tiny", "prompt": "a red cube", "negative_prompt": "blurry",
         "sampler": "DPM++ 2M Karras", "steps": 2, "cfg_scale": 5.5, "seed": 42, "width": 64, "height": 64,
@@ -191,7 +197,7 @@ def test_queue_runs_one_at_a_time_and_waits_for_training(tmp_path):
     _wait(queue, second)
     assert second.state == FAILED and second.returncode == 2
     assert any("required" in line for line in second.error_lines())
-    assert queue.jobs == [first, second] and first.argv == ["--help"] and sys.executable
+    assert queue.jobs == [first, second] and first.argv == ["--help"]
 
 
 def test_stop_interrupts_the_running_generation(tmp_path, monkeypatch):
@@ -214,12 +220,11 @@ def test_tab_fields_are_the_cli_defaults_and_send_to_grid_finds_the_grid_form(tm
 
     ctx = GuiContext.create([str(tmp_path)], tmp_path / "jobs")
     try:
-        with gr.Blocks():
-            with gr.Tabs():
-                with gr.Tab("Evaluate", id="evaluate"):
-                    EvaluateTab(ctx, None)
-                with gr.Tab("Generate", id="generate"):
-                    tab = GenerateTab(ctx, None)
+        with gr.Blocks(), gr.Tabs():
+            with gr.Tab("Evaluate", id="evaluate"):
+                EvaluateTab(ctx, None)
+            with gr.Tab("Generate", id="generate"):
+                tab = GenerateTab(ctx, None)
         assert set(tab.fields) == set(sample_actions())
         for dest, action in sample_actions().items():
             widget = tab.fields[dest]
@@ -260,10 +265,11 @@ def gui_server(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "LORASMITH_HOME": str(tmp_path / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(tmp_path / "gui.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "library.cli", "gui", "--port", str(port), "--allow", str(tmp_path),
-                             "--jobs_dir", str(tmp_path / "jobs")], cwd=Path(__file__).resolve().parents[1], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "gui.log", "wb") as log:  # the child writes it; the parent only hands it over
+        proc = subprocess.Popen([sys.executable, "-m", "library.cli", "gui", "--port", str(port), "--allow",
+                                 str(tmp_path), "--jobs_dir", str(tmp_path / "jobs")],
+                                cwd=Path(__file__).resolve().parents[1], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     url, end = f"http://127.0.0.1:{port}/", time.monotonic() + 240
     while True:
         if proc.poll() is not None or time.monotonic() > end:
@@ -280,7 +286,6 @@ def gui_server(tmp_path):
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
 
 
 @pytest.mark.browser
