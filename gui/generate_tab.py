@@ -389,8 +389,12 @@ class GenerateTab:
         refresh_inputs = [self.lora_dir]
         if self.training is not None and "output_dir" in getattr(self.training, "widgets", {}):
             refresh_inputs.append(self.training.widgets["output_dir"])
-        self.lora_refresh.click(self.refresh_loras, inputs=refresh_inputs,
-                                outputs=[self.lora_dir, *[n for n, _ in self.lora_slots]])
+        lora_outputs = [self.lora_dir, *[n for n, _ in self.lora_slots]]
+        self.lora_refresh.click(self.refresh_loras, inputs=refresh_inputs, outputs=lora_outputs)
+        from gradio.context import Context
+
+        if isinstance(Context.block, gr.Tab):  # opening the tab picks up runs that ended since
+            Context.block.select(self.refresh_loras, inputs=refresh_inputs, outputs=lora_outputs)
         self.lora_dir.change(self.list_loras, inputs=self.lora_dir, outputs=[n for n, _ in self.lora_slots])
         self._wire_grid()
 

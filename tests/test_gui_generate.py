@@ -99,6 +99,21 @@ def test_lora_names_list_safetensors_inside_allowed_folders_only(tmp_path, loras
     assert lora_names("/etc", guard) == [] and lora_names(None, guard) == []
 
 
+def test_known_lora_folders_are_the_form_and_past_runs_inside_allowed_folders(tmp_path):
+    from types import SimpleNamespace
+
+    from gui.generate_tab import known_lora_folders
+    from gui.jobs import Job
+    from library.config import TrainConfig
+
+    ctx = SimpleNamespace(guard=PathGuard.from_dirs([tmp_path]), jobs=SimpleNamespace(jobs=[
+        Job(1, "old", TrainConfig(output_dir=str(tmp_path / "run1")), tmp_path),
+        Job(2, "outside", TrainConfig(output_dir="/etc"), tmp_path),
+        Job(3, "new", TrainConfig(output_dir="run2"), tmp_path)]))
+    assert known_lora_folders(ctx, "run1") == [str(tmp_path / "run1"), str(tmp_path / "run2")]
+    assert known_lora_folders(ctx) == [str(tmp_path / "run2"), str(tmp_path / "run1")]
+
+
 def test_split_lora_tags_fills_slots_and_keeps_the_rest():
     text, picked = split_lora_tags("a cat <lora:a:0.5>, smiling <lora:b> <lora:c:-1>", slots=2)
     assert picked == [("a", 0.5), ("b", 1.0)]
