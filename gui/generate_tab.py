@@ -121,6 +121,8 @@ def _flag_value(dest: str, action: argparse.Action, value: Any, guard) -> str | 
         return None
     if is_path_field(dest) and not (dest == "pretrained_model_name_or_path" and text in builtin_model_names()):
         text = str(guard.check(text, dest))
+    elif dest == "hr_upscaler" and ("/" in text or "\\" in text):  # a model file by path (a bare name: --models_dir)
+        text = str(guard.check(text, "hires upscaler model"))
     return text
 
 
@@ -163,10 +165,12 @@ def sample_command(values: dict[str, Any], loras: list[tuple[str | None, Any]], 
         text = _flag_value(dest, action, value, guard)
         if text is None or (dest != "output_dir" and _is_default(action, text)):
             continue
-        argv += [action.option_strings[0], text]
-    if tags or "<lora:" in values["prompt"]:
+        # "--flag=value" keeps a value that starts with '-' (a negative prompt "-blurry") from reading as a flag
+        argv += [f"{action.option_strings[0]}={text}"] if text.startswith("-") and field_kind(action) == "text" \
+            else [action.option_strings[0], text]
+    if tags or any(f"<{kind}:" in values["prompt"] for kind in ("lora", "lyco")):
         if not (lora_dir or "").strip():
-            raise FormError("LoRAs are picked but the LoRA folder is empty", ["choose the folder that holds them"])
+            raise FormError("LoRAs are used but the LoRA folder is empty", ["choose the folder that holds the LoRA files"])
         argv += ["--lora_dir", str(guard.check(lora_dir.strip(), "LoRA folder"))]
     check_command(argv)
     return argv

@@ -62,6 +62,12 @@ def test_command_from_fields_leaves_defaults_out_and_adds_lora_tags(tmp_path, lo
     assert (args.steps, args.cfg_scale, args.negative_prompt, args.height) == (2, 5.5, "blurry", 64)
 
 
+def test_text_starting_with_a_dash_stays_a_value(tmp_path):
+    argv = sample_command({**FORM, "negative_prompt": "-blurry, lowres"}, [], None, PathGuard.from_dirs([tmp_path]))
+    assert "--negative_prompt=-blurry, lowres" in argv
+    assert sample_parser().parse_args(argv[1:]).negative_prompt == "-blurry, lowres"
+
+
 def test_hires_fields_become_flags(tmp_path):
     guard = PathGuard.from_dirs([tmp_path])
     argv = sample_command({**FORM, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos",
@@ -77,6 +83,8 @@ def test_hires_fields_become_flags(tmp_path):
     ({"steps": 2.5}, [], "steps: 2.5 is not a whole number"),
     ({"vae": "/etc/vae.safetensors"}, [], "outside the folders"),
     ({"output_dir": "../elsewhere"}, [], "outside the folders"),
+    ({"enable_hr": True, "hr_upscaler": "/etc/x.pth"}, [], "hires upscaler model: '/etc/x.pth' is outside"),
+    ({"prompt": "a <lyco:style:1>"}, [], "LoRA folder is empty"),
     ({"denoising_strength": 0.5}, [], "without --init_image"),
     ({}, [("tinylora", 1)], "LoRA folder is empty"),
 ])
