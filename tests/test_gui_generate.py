@@ -10,8 +10,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from gui.generate_queue import FAILED, FINISHED, QUEUED, GenerationJob, GenerationQueue
-from gui.generate_tab import (
+from gui.generate_form import (
     FormError,
     fields_from_parameters,
     grid_values,
@@ -21,6 +20,7 @@ from gui.generate_tab import (
     sample_parser,
     split_lora_tags,
 )
+from gui.generate_queue import FAILED, FINISHED, QUEUED, GenerationJob, GenerationQueue
 from gui.safety import PathGuard
 from library.errors import LorasmithError
 
@@ -110,7 +110,7 @@ def test_lora_names_list_safetensors_inside_allowed_folders_only(tmp_path, loras
 def test_known_lora_folders_are_the_form_and_past_runs_inside_allowed_folders(tmp_path):
     from types import SimpleNamespace
 
-    from gui.generate_tab import known_lora_folders
+    from gui.generate_form import known_lora_folders
     from gui.jobs import Job
     from library.config import TrainConfig
 
@@ -161,7 +161,7 @@ def test_png_from_our_sampler_fills_the_fields_back(tmp_path, loras):
     pytest.importorskip("library.sampling.infotext", reason="needs the infotext reader")
     import torch
 
-    from gui.generate_tab import read_png_fields
+    from gui.generate_form import read_png_fields
     from library.cli import main
 
     guard = PathGuard.from_dirs([tmp_path])
