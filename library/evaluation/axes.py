@@ -40,6 +40,7 @@ class CellSettings:
     checkpoint: str
     lora_file: str | None = None
     lora_weight: float = 1.0
+    vae: str | None = None  # a VAE axis value: a VAE file/folder, "" = the model's own; None = --vae as given
     init_image: Image.Image | None = field(default=None, compare=False, repr=False)  # img2img when set
 
     def final_request(self) -> SampleRequest:
@@ -108,6 +109,31 @@ def _denoising(text: str, base: CellSettings, lora_dir: str | None) -> list[floa
 def _hires_upscalers(text: str, base: CellSettings, lora_dir: str | None) -> list[str]:
     """Hires fix upscalers: A1111's Latent modes, Lanczos, or upscaler model files (checked when used)."""
     return split_csv(text)
+
+
+def _vaes(text: str, base: CellSettings, lora_dir: str | None) -> list[str]:
+    """VAE files or diffusers VAE folders; A1111's "None" is the model's own VAE, "Automatic" the --vae given."""
+    values = []
+    for item in split_csv(text):
+        if item.lower() == "none":
+            values.append("")
+        elif item.lower() == "automatic":
+            values.append(AUTOMATIC_VAE)
+        elif Path(os.path.expanduser(item)).exists():
+            values.append(os.path.expanduser(item))
+        else:
+            raise SamplingError(f"VAE axis: {item!r} is not a file or folder",
+                                ["give VAE .safetensors/.ckpt files or diffusers VAE folders; None = the model's own VAE"])
+    return values
+
+
+AUTOMATIC_VAE = "Automatic"
+
+
+def _vae_label(value: str) -> str:
+    if value == "":
+        return "VAE: None"
+    return "VAE: Automatic" if value == AUTOMATIC_VAE else f"VAE: {Path(value).name}"
 
 
 def _hires(s: CellSettings, **changes: Any) -> CellSettings:
@@ -195,6 +221,8 @@ AXIS_TYPES: dict[str, AxisType] = {t.name: t for t in (
     AxisType("Negative S/R", _negative_sr, _apply_negative_sr, str),
     AxisType("Checkpoint", _strings, lambda s, v, vals: dataclasses.replace(s, checkpoint=v),
              lambda v: Path(v).stem if os.sep in v or "." in v else v, cost=100),
+    AxisType("VAE", _vaes, lambda s, v, vals: dataclasses.replace(s, vae=None if v == AUTOMATIC_VAE else v),
+             _vae_label, cost=90),
     AxisType("LoRA", _loras, lambda s, v, vals: dataclasses.replace(s, lora_file=v), lora_label, cost=50),
     AxisType("Clip skip", _numbers("int", "Clip skip"), lambda s, v, vals: _req(s, clip_skip=v), _labelled("Clip skip"), 20),
     AxisType("LoRA weight", _numbers("float", "LoRA weight"), lambda s, v, vals: dataclasses.replace(s, lora_weight=v),

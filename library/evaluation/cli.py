@@ -91,7 +91,7 @@ def run_grid_command(args: argparse.Namespace) -> int:
 
         cell_note = score_notes(*read_scores(args.scores))
     result = run_grid(base, axes, output_dir_from_args(args),
-                      load_bundle=lambda name: load_bundle_from_args(args, name),
+                      load_bundle=lambda name, vae=None: load_bundle_from_args(args, name, vae),
                       max_batch=max(1, args.grid_batch_size), margin=max(0, args.margin),
                       max_megapixels=args.grid_max_megapixels, save_cells=not args.no_cells, cell_note=cell_note)
     for path in result.sub_grid_paths:

@@ -119,16 +119,21 @@ def execution_order(cells: Sequence[Cell], axes: Sequence[Axis | None]) -> list[
     ordered = sorted(cells, key=lambda c: tuple(c.index[i] for i in by_cost))
     first_seen: dict[object, int] = {}
     for c in ordered:
-        first_seen.setdefault(("ckpt", c.settings.checkpoint), len(first_seen))
-        first_seen.setdefault(("lora", c.settings.checkpoint, c.job.loras), len(first_seen))
-    return sorted(ordered, key=lambda c: (first_seen[("ckpt", c.settings.checkpoint)],
-                                          first_seen[("lora", c.settings.checkpoint, c.job.loras)]))
+        first_seen.setdefault(("ckpt", model_key(c)), len(first_seen))
+        first_seen.setdefault(("lora", model_key(c), c.job.loras), len(first_seen))
+    return sorted(ordered, key=lambda c: (first_seen[("ckpt", model_key(c))],
+                                          first_seen[("lora", model_key(c), c.job.loras)]))
+
+
+def model_key(cell: Cell) -> tuple[str, str | None]:
+    """What a loaded model is: checkpoint and VAE (a VAE axis reloads like a Checkpoint axis)."""
+    return cell.settings.checkpoint, cell.settings.vae
 
 
 def batch_key(cell: Cell) -> tuple:
     """Cells with equal keys differ at most in seed and prompt, so they can share a batch."""
     r = cell.settings.final_request()
-    return (cell.settings.checkpoint, cell.job.loras, r.steps, r.cfg_scale, r.sampler, r.width, r.height, r.clip_skip,
+    return (model_key(cell), cell.job.loras, r.steps, r.cfg_scale, r.sampler, r.width, r.height, r.clip_skip,
             r.denoising_strength, id(cell.settings.init_image))
 
 
@@ -189,11 +194,12 @@ def _generate_cells(cells: Sequence[Cell], axes: Sequence[Axis | None], load_bun
     with tqdm(total=len(cells), desc="grid", unit="cell", disable=not progress) as bar:
         try:
             for group in batches(execution_order(cells, axes), max_batch):
-                if session is None or group[0].settings.checkpoint != checkpoint:
+                if session is None or model_key(group[0]) != checkpoint:
                     if session is not None:
                         session.loras.clear()
-                    checkpoint = group[0].settings.checkpoint
-                    session = SamplingSession(load_bundle(checkpoint))
+                    checkpoint = model_key(group[0])
+                    name, vae = checkpoint
+                    session = SamplingSession(load_bundle(name) if vae is None else load_bundle(name, vae))
                 request = group[0].settings.final_request()
                 init = group[0].settings.init_image
                 made = session.run_jobs(request, [c.job for c in group], max_batch=max_batch,

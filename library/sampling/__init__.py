@@ -7,6 +7,9 @@ Public API:
     sample_from_config(train_config, bundle, network, epoch=..., step=...) -> list[Path]
     resolve_sampler(name) -> SamplerSpec               # A1111 names and sd-scripts aliases
     save_png(image, path, parameters)                  # atomic PNG with the `parameters` chunk
+    parse_parameters(text) -> dict                     # A1111 infotext as PNG Info reads it
+    settings_from_png(path).request(base, **changes)   # regenerate / "load from PNG"
+    generate_until_stopped(session, request, stop)     # --batch_count 0, Generate forever
 
 Names are imported on first use (library.lazy), so registering a command loads no torch.
 """
@@ -16,6 +19,8 @@ from library.lazy import lazy_exports
 
 _EXPORTS = {
     "format_infotext": "infotext", "parse_infotext": "infotext", "save_png": "infotext",
+    "parse_parameters": "infotext", "read_png_parameters": "infotext",
+    "settings_from_png": "from_png", "settings_from_infotext": "from_png", "generate_until_stopped": "forever",
     "GeneratedImage": "pipeline", "SampleRequest": "pipeline", "SamplingSession": "pipeline",
     "generate": "pipeline", "SAMPLERS": "sampler_registry", "resolve_sampler": "sampler_registry",
     "sampler_names": "sampler_registry", "parse_prompt_line": "training_samples",

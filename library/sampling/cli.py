@@ -30,12 +30,12 @@ SAMPLER_HELP = ("A1111 name such as 'Euler a', 'DPM++ 2M Karras', 'DDIM' or 'Uni
                 "(euler_a, k_dpm_2, ddim, ...); an unknown name lists every choice")
 
 
-def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+def add_sample_arguments(p: argparse.ArgumentParser, prompt_required: bool = True) -> None:
     add_config_arguments(p, SHARED_OPTIONS, required=("pretrained_model_name_or_path",),
                          defaults=config_defaults(SHARED_OPTIONS) | SAMPLE_DEFAULTS)
     p.add_argument("--output_dir", default=None,
                    help="folder for the PNGs (created if missing; default outputs/txt2img, outputs/img2img with --init_image)")
-    p.add_argument("--prompt", required=True,
+    p.add_argument("--prompt", required=prompt_required, default=None,
                    help="A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:0.8>, {a|b}; settings per image as "
                         "<cfg_scale:5>, <steps:20>, <sampler_name:DPM++ 2M Karras>, <width:768>, <seed:1>, ...")
     p.add_argument("--negative_prompt", default="", help="what to steer away from")
@@ -49,11 +49,16 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=512, help="image width, a multiple of 8")
     p.add_argument("--height", type=int, default=512, help="image height, a multiple of 8")
     p.add_argument("--batch_size", type=int, default=1, help="images generated together")
-    p.add_argument("--batch_count", type=int, default=1, help="how many batches")
+    p.add_argument("--batch_count", type=int, default=1,
+                   help="how many batches; 0 = until stopped (sample only: Ctrl-C finishes the current image, "
+                        "A1111's Generate forever)")
     p.add_argument("--lora_dir", default=None, help="folder where <lora:NAME:WEIGHT> tags find NAME.safetensors")
     p.add_argument("--models_dir", default=None,
                    help="folder where <checkpoint:NAME> prompt tags find NAME.safetensors/.ckpt (sample switches "
                         "models per image; without it the tag must name the loaded model)")
+    p.add_argument("--embeddings_dir", default=None,
+                   help="folder of textual-inversion embeddings (A1111's .pt, .safetensors): a prompt or negative "
+                        "prompt uses one by its file name, e.g. 'EasyNegative', with emphasis like any word")
     p.add_argument("--wildcards_dir", default=None, help="folder of NAME.txt files for __NAME__ wildcards")
     p.add_argument("--init_image", default=None,
                    help="img2img: an image used for every image, or a folder whose images (sorted by name) are used "
@@ -81,13 +86,14 @@ def request_from_args(args: argparse.Namespace, **overrides):
     from library.sampling.pipeline import SampleRequest
 
     names = ("prompt", "negative_prompt", "steps", "cfg_scale", "guidance_rescale", "sampler", "width", "height", "seed",
-             "batch_size", "batch_count", "clip_skip", "lora_dir", "wildcards_dir", "models_dir")
+             "batch_size", "batch_count", "clip_skip", "lora_dir", "wildcards_dir", "models_dir", "embeddings_dir")
     fields = {name: getattr(args, name) for name in names}
     for name, value in SAMPLE_DEFAULTS.items():  # "--seed none" / "--clip_skip none" mean unset
         if fields[name] is None:
             fields[name] = value
     if args.denoising_strength is not None:
-        if not getattr(args, "init_image", None) and not getattr(args, "enable_hr", False):
+        if not (getattr(args, "init_image", None) or getattr(args, "enable_hr", False)
+                or getattr(args, "from_png", None)):
             raise SamplingError(f"--denoising_strength {args.denoising_strength} is given without --init_image",
                                 [("denoising strength only means something in img2img: add --init_image FILE "
                                   "or leave --denoising_strength out")])
@@ -144,12 +150,13 @@ def cycle_images(images: list[Image.Image], count: int) -> list[Image.Image]:
     return [images[i % len(images)] for i in range(count)]
 
 
-def load_bundle_from_args(args: argparse.Namespace, name: str | None = None):
+def load_bundle_from_args(args: argparse.Namespace, name: str | None = None, vae: str | None = None):
+    """The model (or `name`) with --vae, or with `vae` when given ("" = the model's own VAE: a grid's VAE axis)."""
     from library.models import load_model_bundle
 
     from library.sampling.memory import apply_memory_options
 
-    bundle = load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae,
+    bundle = load_model_bundle(name or args.pretrained_model_name_or_path, vae=args.vae if vae is None else vae,
                                use_ema_weights=args.use_ema_weights)
     apply_memory_options(bundle, getattr(args, "vae_tiling", False), getattr(args, "attention_slicing", False))
     return bundle
@@ -165,8 +172,59 @@ the last text-encoder layer, as in AUTOMATIC1111."""
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sample", help="generate images with the bundled sampler (A1111 prompt syntax)",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sample_arguments(p)
+    add_sample_arguments(p, prompt_required=False)
+    p.add_argument("--from_png", default=None, metavar="PNG",
+                   help="regenerate from a PNG's A1111 infotext (ours or AUTOMATIC1111's): prompt, negative prompt, "
+                        "sampler and schedule type, steps, CFG, seed, size, clip skip, LoRAs (checked against its "
+                        "Lora hashes) and hires fix; flags given beside it override those values")
     p.set_defaults(func=run_sample)
+    track_given_flags(p)
+
+
+def track_given_flags(parser: argparse.ArgumentParser) -> None:
+    """Record which options were typed (not defaulted) as `args.given_flags`, so --from_png knows what overrides.
+
+    argparse cannot tell "--steps 30" from the default 30; parsing the same words again with every
+    default suppressed can. Wraps this (sub)parser's parse_known_args, which the subcommand dispatch calls.
+    """
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, rest = original(args, namespace)
+        saved = [(a, a.default, a.required) for a in parser._actions]
+        try:
+            for action in parser._actions:
+                action.default, action.required = argparse.SUPPRESS, False
+            typed, _ = original(args, argparse.Namespace())
+        finally:
+            for action, default, required in saved:
+                action.default, action.required = default, required
+        ns.given_flags = frozenset(vars(typed))
+        return ns, rest
+
+    parser.parse_known_args = parse_known_args
+
+
+def request_from_png(args: argparse.Namespace):
+    """--from_png: the PNG's settings, then every flag the user typed on top; LoRA files checked by hash."""
+    import dataclasses
+
+    from library.sampling.from_png import (check_embedding_hashes, check_lora_hashes, resolve_upscaler,
+                                           settings_from_png)
+
+    settings = settings_from_png(args.from_png)
+    given = getattr(args, "given_flags", frozenset())
+    typed = request_from_args(args, prompt=args.prompt if args.prompt is not None else settings.fields["prompt"])
+    request = dataclasses.replace(typed, **{k: v for k, v in settings.fields.items() if k not in given})
+    if request.enable_hr and "hr_upscaler" not in given:
+        request = dataclasses.replace(request, hr_upscaler=resolve_upscaler(request.hr_upscaler, request.models_dir))
+    if "prompt" not in given:
+        check_lora_hashes(settings, request.lora_dir, str(args.from_png))
+    if "prompt" not in given or "negative_prompt" not in given:
+        check_embedding_hashes(settings, request.embeddings_dir, str(args.from_png))
+    if settings.not_restored:
+        print(f"{args.from_png}: not restored (not supported here): {', '.join(settings.not_restored)}")
+    return request, settings
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -175,7 +233,16 @@ def run_sample(args: argparse.Namespace) -> int:
     from library.sampling.infotext import next_image_path, save_png
     from library.sampling.pipeline import SamplingSession, plan_jobs, validate_request
 
-    request = request_from_args(args)
+    png_settings = None
+    if getattr(args, "from_png", None):
+        request, png_settings = request_from_png(args)
+    elif args.prompt is None:
+        raise SamplingError("no prompt: give --prompt TEXT, or --from_png IMAGE to regenerate an image",
+                            ["the prompt may hold A1111 syntax, <lora:NAME:W> tags and settings tags"])
+    else:
+        request = request_from_args(args)
+    if request.batch_count == 0:
+        return run_until_stopped(args, request, png_settings)
     validate_request(request)
     init = init_images_from_args(args)
     seed, jobs = plan_jobs(request)  # checks prompts, wildcards and LoRA tags before loading the model
@@ -188,6 +255,8 @@ def run_sample(args: argparse.Namespace) -> int:
         # <checkpoint:NAME> tags with --models_dir: one model loaded at a time, images kept in job order
         for checkpoint, indices in checkpoint_groups(jobs, switch=bool(args.models_dir)):
             session = SamplingSession(load_bundle_from_args(args, checkpoint))
+            if png_settings is not None and checkpoint is None:
+                warn_model_differs(png_settings, session.bundle)
             made = session.run_jobs(request, [jobs[i] for i in indices], on_step=bar.update,
                                     max_batch=request.batch_size,
                                     init_images=[init_images[i] for i in indices] if init_images else None)
@@ -201,6 +270,60 @@ def run_sample(args: argparse.Namespace) -> int:
         path = save_png(img.image, next_image_path(output_dir, img.seed), img.parameters)
         print(f"{path}  (seed {img.seed})")
     return 0
+
+
+def run_until_stopped(args: argparse.Namespace, request, png_settings=None) -> int:
+    """--batch_count 0: batch after batch on consecutive seeds, each image saved as soon as it is made."""
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from library.sampling.forever import StopFlag, batches_until_stopped
+    from library.sampling.infotext import next_image_path, save_png
+    from library.sampling.pipeline import SamplingSession, plan_jobs, validate_request
+
+    validate_request(dataclasses.replace(request, batch_count=1))
+    init = init_images_from_args(args)
+    plan_jobs(dataclasses.replace(request, batch_count=1))  # prompt, wildcard and LoRA problems before loading
+    output_dir = output_dir_from_args(args)
+    sessions: dict[str | None, SamplingSession] = {}  # the model loaded now (one at a time)
+    made = 0
+    stop = StopFlag()
+    print("generating until stopped: Ctrl-C finishes the current image")
+    with stop.on_ctrl_c(), tqdm(desc="img2img" if init else "sampling", unit="step") as bar:
+        for batch in batches_until_stopped(request, stop):
+            _seed, jobs = plan_jobs(batch)
+            init_images = cycle_images(init, made + len(jobs))[made:] if init else None
+            for checkpoint, indices in checkpoint_groups(jobs, switch=bool(args.models_dir)):
+                if checkpoint not in sessions:
+                    sessions.clear()
+                    sessions[checkpoint] = SamplingSession(load_bundle_from_args(args, checkpoint))
+                    if png_settings is not None and checkpoint is None:
+                        warn_model_differs(png_settings, sessions[checkpoint].bundle)
+                images = sessions[checkpoint].run_jobs(
+                    batch, [jobs[i] for i in indices], on_step=bar.update, max_batch=batch.batch_size,
+                    init_images=[init_images[i] for i in indices] if init_images else None)
+                for img in images:
+                    path = save_png(img.image, next_image_path(output_dir, img.seed), img.parameters)
+                    bar.write(f"{path}  (seed {img.seed})")
+            made += len(jobs)
+    print(f"stopped after {made} image(s)")
+    return 0
+
+
+def warn_model_differs(settings, bundle) -> None:
+    """--from_png with another checkpoint than the image's: say so (the image will differ), don't refuse."""
+    from library.sampling.infotext import model_label
+
+    loaded = (bundle.facts.model_hash or "")[:10]
+    if settings.model_hash and loaded and settings.model_hash.lower() != loaded.lower():
+        print(f"note: the image was made with model {settings.model or '?'} [{settings.model_hash}], "
+              f"the loaded model is {bundle.facts.name} [{loaded}]: the result will differ")
+    vae = model_label(bundle.facts.vae_name) if bundle.facts.vae_name else None
+    if settings.vae != vae:
+        own = "the model's own"
+        print(f"note: the image was made with VAE {settings.vae or own}, now {vae or own} is loaded (--vae): "
+              "the result will differ")
 
 
 def checkpoint_groups(jobs, switch: bool) -> list[tuple[str | None, list[int]]]:

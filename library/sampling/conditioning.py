@@ -34,7 +34,13 @@ def apply_emphasis(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def encode_chunks(text_encoder: torch.nn.Module, chunks: list[PromptChunk], clip_skip: int | None) -> torch.Tensor:
     """Weighted conditioning (1, 77 * len(chunks), D) for one prompt's chunks."""
     ids = torch.tensor([c.tokens for c in chunks], dtype=torch.long)
-    states = encode_tokens(text_encoder, ids, clip_skip).float().cpu()  # (n_chunks, 77, D)
+    if any(c.fixes for c in chunks):  # textual-inversion vectors in their slots (library/sampling/embeddings.py)
+        from library.sampling.embeddings import embedding_vectors
+
+        with embedding_vectors(text_encoder, [c.fixes for c in chunks]):
+            states = encode_tokens(text_encoder, ids, clip_skip).float().cpu()
+    else:
+        states = encode_tokens(text_encoder, ids, clip_skip).float().cpu()  # (n_chunks, 77, D)
     out = []
     for z, chunk in zip(states, chunks):
         weights = torch.tensor(chunk.weights, dtype=torch.float32)
@@ -53,14 +59,23 @@ class PromptEncoder:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self._cache: dict[tuple[str, int | None], torch.Tensor] = {}
+        self.embeddings = None  # an EmbeddingDatabase (library/sampling/embeddings.py) or None
 
     def clear(self) -> None:
         self._cache.clear()
 
+    def use_embeddings(self, embeddings) -> None:
+        """Textual-inversion embeddings for the prompts encoded from now on (None: none)."""
+        from library.sampling.embeddings import signature
+
+        if signature(embeddings) != signature(self.embeddings):
+            self.clear()
+        self.embeddings = embeddings
+
     def encode(self, prompt: str, clip_skip: int | None) -> torch.Tensor:
         key = (prompt, clip_skip)
         if key not in self._cache:
-            chunks = tokenize_prompt(self.tokenizer, prompt)
+            chunks = tokenize_prompt(self.tokenizer, prompt, self.embeddings)
             self._cache[key] = encode_chunks(self.text_encoder, chunks, clip_skip)
         return self._cache[key]
 

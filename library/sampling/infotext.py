@@ -83,6 +83,83 @@ def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt_lines), negative, params
 
 
+# A1111's `parameters` line grammar (modules/infotext_utils.py re_param): a key starts with a word
+# character and holds words, spaces, '-' and '/'; a value is a JSON string when it starts with a
+# quote (commas, colons and escaped quotes inside), else everything up to the next comma.
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _unquote(value: str) -> str:
+    """A1111's unquote: a "..." value is JSON-decoded; anything it cannot decode stays as written."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return decoded if isinstance(decoded, str) else value
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """An A1111 infotext (ours or A1111's) as A1111's PNG Info / "paste" reads it.
+
+    Returns {"Prompt": ..., "Negative prompt": ..., "<key>": "<value>", ...} with every value a
+    string, as A1111's parse_generation_parameters does:
+    - the last line is the parameters line only when the grammar finds at least 3 `key: value`
+      pairs in it; otherwise it belongs to the prompt (an infotext without settings);
+    - lines before `Negative prompt:` are the prompt, that line and the rest the negative prompt;
+    - quoted values are JSON-decoded; a `WxH` value (Size, Hires resize, First pass size) also
+      gives "<key>-1" (width) and "<key>-2" (height), and its original "<key>" is kept too;
+    - a missing `Clip skip` reads as "1" (A1111 leaves it out at its default).
+    """
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    target = prompt
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            target = negative
+            line = line[len("Negative prompt:"):].strip()
+        target.append(line)
+    result = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _PARAM.findall(last):
+        value = _unquote(value.strip()) if value.strip().startswith('"') else value.strip()
+        result[key.strip()] = value
+        size = _SIZE.match(value)
+        if size:
+            result[f"{key.strip()}-1"], result[f"{key.strip()}-2"] = size.group(1), size.group(2)
+    result.setdefault("Clip skip", "1")
+    return result
+
+
+def read_png_parameters(path: str | os.PathLike[str]) -> str:
+    """The `parameters` text of a PNG (A1111 and lorasmith write it there); a clear error when absent."""
+    from library.errors import SamplingError
+
+    path = Path(os.path.expanduser(str(path)))
+    if not path.is_file():
+        raise SamplingError(f"{path}: no such file", ["give the PNG whose settings should be restored"])
+    try:
+        with Image.open(path) as image:
+            text = image.info.get("parameters")
+            if text is None and isinstance(getattr(image, "text", None), dict):
+                text = image.text.get("parameters")
+    except (OSError, ValueError) as exc:
+        raise SamplingError(f"{path}: cannot be read as an image ({exc})",
+                            ["give a PNG written by lorasmith or AUTOMATIC1111"]) from None
+    if not text or not str(text).strip():
+        raise SamplingError(f"{path}: the image has no generation parameters (no A1111 'parameters' text chunk)",
+                            [("only PNGs saved by lorasmith or AUTOMATIC1111 (with 'Save text information about "
+                              "generation parameters as chunks to png files' on) carry them; "
+                              "images that were re-saved or converted lose them")])
+    return str(text)
+
+
 def save_png(image: Image.Image, path: str | os.PathLike[str], parameters: str,
              extra_text: Mapping[str, str] | None = None) -> Path:
     """Write a PNG with its `parameters` chunk atomically (temp file beside it, then rename)."""

@@ -24,12 +24,13 @@ from PIL import Image
 
 from library.errors import SamplingError
 from library.sampling.conditioning import PromptEncoder
-from library.sampling.denoiser import CFGDenoiser, DiscreteDenoiser
+from library.sampling.denoiser import DiscreteDenoiser
 from library.sampling.dynamic_prompts import expand_prompt
 from library.sampling.infotext import MODEL_EXTENSIONS, format_infotext, format_number, model_label, version_string
 from library.sampling.lora_stack import LoraStack, lora_short_hash, resolve_lora, resolve_named_file
 from library.sampling.prompt_parser import extract_prompt_tags
 from library.sampling.sampler_registry import infotext_sampler, resolve_sampler
+from library.sampling.step_conditioning import cfg_denoiser, encode_for_sampling, hires_conditioning
 
 StepCallback = Callable[[int], None]
 
@@ -55,6 +56,7 @@ class SampleRequest:
     wildcards_dir: str | None = None
     denoising_strength: float = 0.75  # img2img only: how much of the schedule re-draws the init image
     models_dir: str | None = None  # where <checkpoint:NAME> tags find their model file
+    embeddings_dir: str | None = None  # textual-inversion embeddings, used by file name in prompts
     # hires fix (A1111 txt2img): first pass at width x height, upscale, img2img pass at denoising_strength
     enable_hr: bool = False
     hr_scale: float = 2.0
@@ -220,6 +222,7 @@ class SamplingSession:
             raise SamplingError("img2img needs one init image per image to make",
                                 [f"{len(init_images)} init images for {len(jobs)} images"])
         check_model_tags(self.bundle, jobs)
+        self._use_embeddings(request.embeddings_dir)
         out: list[GeneratedImage] = []
         i = 0
         while i < len(jobs):
@@ -239,7 +242,9 @@ class SamplingSession:
         if self.loras.activate(jobs[0].loras):
             self.encoder.clear()
         clip_skip = request.clip_skip if request.clip_skip > 1 else None
-        cond, uncond = self.encoder.encode_batch([j.text for j in jobs], [j.negative_text for j in jobs], clip_skip)
+        # prompt editing / alternation: per-step conditioning (library/sampling/step_conditioning.py)
+        cond, uncond = encode_for_sampling(self.encoder, [j.text for j in jobs], [j.negative_text for j in jobs],
+                                           clip_skip, request.sampler, request.steps)
         init = encode_images(self.bundle.vae, init_images, request.width, request.height) if init_images else None
         latents = sample_latents(self.denoiser, request, [j.seed for j in jobs], cond, uncond, on_step, init)
         hires = request.enable_hr and init is None
@@ -271,6 +276,7 @@ class SamplingSession:
         if run == 0:
             return latents
         second = dataclasses.replace(request, width=latents.shape[3] * 8, height=latents.shape[2] * 8, steps=total)
+        cond, uncond = hires_conditioning(cond, uncond, request.sampler, request.steps, request.hr_second_pass_steps)
         return sample_latents(self.denoiser, second, seeds, cond, uncond, on_step, latents, fixed_steps=run)
 
     def infotext(self, request: SampleRequest, job: ImageJob, img2img: bool = False, hires: bool = False) -> str:
@@ -283,15 +289,41 @@ class SamplingSession:
             "CFG scale": format_number(request.cfg_scale), "Seed": job.seed,
             "Size": f"{request.width}x{request.height}",
             "Model hash": (facts.model_hash or "")[:10] or None, "Model": model_label(facts.name),
+            # A1111 writes a separately loaded VAE as its file's short hash and name without extension
+            "VAE hash": (facts.vae_hash or "")[:10] or None if facts.vae_name else None,
+            "VAE": model_label(facts.vae_name) if facts.vae_name else None,
             "Denoising strength": format_number(request.denoising_strength) if img2img else None,
             "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
             **(hires_fields(request) if hires else {}),
             "RNG": "CPU",  # sample_latents draws every noise tensor on the CPU
             # the CFG Rescale extension's field (an extra parameter: after A1111's own ones)
             "CFG Rescale": format_number(request.guidance_rescale) if request.guidance_rescale else None,
-            "Lora hashes": lora_hashes or None, "Version": version_string(),
+            "Lora hashes": lora_hashes or None, "TI hashes": self.ti_hashes(job), "Version": version_string(),
         }
         return format_infotext(job.prompt, job.negative_prompt, params)
+
+    def _use_embeddings(self, folder: str | None) -> None:
+        """Textual-inversion embeddings from `folder` for the prompts of this call (None: none)."""
+        from library.sampling.embeddings import embeddings_for_bundle
+
+        use = getattr(self.encoder, "use_embeddings", None)
+        if use is None:
+            if folder is not None:
+                raise SamplingError(f"--embeddings_dir {folder}: textual-inversion embeddings are not supported "
+                                    f"with this model's prompt encoder ({type(self.encoder).__name__}) yet",
+                                    ["leave --embeddings_dir out and write the prompt without embedding names"])
+            return
+        use(embeddings_for_bundle(self.bundle, folder))
+
+    def ti_hashes(self, job: ImageJob) -> str | None:
+        """A1111's `TI hashes` for the embeddings this image's prompt and negative prompt use."""
+        db = getattr(self.encoder, "embeddings", None)
+        if db is None:
+            return None
+        from library.sampling.embeddings import embeddings_in_text, ti_hashes
+
+        return ti_hashes(embeddings_in_text(self.bundle.tokenizer, db, job.text),
+                         embeddings_in_text(self.bundle.tokenizer, db, job.negative_text))
 
 
 def hires_fields(request: SampleRequest) -> dict[str, object]:
@@ -371,7 +403,7 @@ def sample_latents(denoiser: DiscreteDenoiser, request: SampleRequest, seeds: Se
         sigmas = (sigmas[len(sigmas) - 1 - fixed_steps:] if fixed_steps is not None  # hires: last n steps
                   else img2img_sigmas(sigmas, request.steps, request.denoising_strength))
         start = init_latents.to(device) + noise * sigmas[0]
-    model = CFGDenoiser(denoiser, cond.to(device), uncond.to(device), request.cfg_scale, request.guidance_rescale)
+    model = cfg_denoiser(denoiser, cond, uncond, request.cfg_scale, request.guidance_rescale, device)
     callback = (lambda info: on_step(len(seeds))) if on_step else None
     return spec.fn(model, start, sigmas, noise_sampler=noise_sampler, callback=callback)
 

@@ -172,11 +172,19 @@ class PromptChunk:
 
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    # (offset in tokens, embedding): textual-inversion vectors that replace the placeholder slots
+    fixes: list[tuple[int, object]] = field(default_factory=list)
 
 
-def chunk_tokens(runs: list[tuple[list[int], float]], *, bos: int, eos: int, comma: int,
-                 chunk_length: int = CHUNK_LENGTH, backtrack: int = COMMA_BACKTRACK) -> list[PromptChunk]:
-    """A1111 chunking of weighted token runs; a run with weight -1 is a BREAK."""
+def chunk_tokens(runs: list[tuple[list, float]], *, bos: int, eos: int, comma: int,
+                 chunk_length: int = CHUNK_LENGTH, backtrack: int = COMMA_BACKTRACK,
+                 placeholder: int = 0) -> list[PromptChunk]:
+    """A1111 chunking of weighted token runs; a run with weight -1 is a BREAK.
+
+    A run may hold embeddings (objects with a `count` of vectors) besides token ids: each takes
+    `count` placeholder slots with the run's weight and a fix, and starts a new chunk when it
+    would not fit in this one (A1111's tokenize_line). Fixes move with tokens the comma rule moves.
+    """
     chunks: list[PromptChunk] = []
     cur = PromptChunk()
     last_comma = -1
@@ -199,24 +207,40 @@ def chunk_tokens(runs: list[tuple[list[int], float]], *, bos: int, eos: int, com
             elif backtrack and len(cur.tokens) == chunk_length and last_comma != -1 \
                     and len(cur.tokens) - last_comma <= backtrack:
                 cut = last_comma + 1
-                moved = (cur.tokens[cut:], cur.weights[cut:])
+                moved = (cur.tokens[cut:], cur.weights[cut:], [(o - cut, e) for o, e in cur.fixes if o >= cut])
                 cur.tokens, cur.weights = cur.tokens[:cut], cur.weights[:cut]
+                cur.fixes = [(o, e) for o, e in cur.fixes if o < cut]
                 close()
-                cur.tokens, cur.weights = list(moved[0]), list(moved[1])
+                cur.tokens, cur.weights, cur.fixes = list(moved[0]), list(moved[1]), moved[2]
             if len(cur.tokens) == chunk_length:
                 close()
-            cur.tokens.append(token)
-            cur.weights.append(weight)
+            if isinstance(token, int):
+                cur.tokens.append(token)
+                cur.weights.append(weight)
+                continue
+            count = int(token.count)
+            if count > chunk_length:
+                raise SamplingError(f"embedding {token.name} has {count} vectors; at most {chunk_length} fit a chunk")
+            if len(cur.tokens) + count > chunk_length:
+                close()
+            cur.fixes.append((len(cur.tokens), token))
+            cur.tokens += [placeholder] * count
+            cur.weights += [weight] * count
     if cur.tokens or not chunks:
         close()
     return chunks
 
 
-def tokenize_prompt(tokenizer, prompt: str) -> list[PromptChunk]:
-    """Prompt (already free of LoRA tags) → A1111 chunks, using the model's CLIP tokenizer."""
+def tokenize_prompt(tokenizer, prompt: str, embeddings=None) -> list[PromptChunk]:
+    """Prompt (already free of LoRA tags) → A1111 chunks, using the model's CLIP tokenizer.
+
+    With `embeddings` (library.sampling.embeddings.EmbeddingDatabase) embedding names become slots.
+    """
     runs = parse_prompt_attention(prompt)
     texts = [t for t, _ in runs]
     ids = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
     token_runs = [(list(i), w) if not (t == BREAK and w == -1.0) else ([], -1.0) for i, (t, w) in zip(ids, runs)]
+    if embeddings is not None:
+        token_runs = [(embeddings.substitute(i), w) for i, w in token_runs]
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     return chunk_tokens(token_runs, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, comma=comma)
