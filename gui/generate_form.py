@@ -12,6 +12,7 @@ queued.  A PNG's infotext is read by `library.sampling.from_png`, the reader
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -177,7 +178,10 @@ def check_command(argv: list[str]) -> None:
     from library.sampling.pipeline import validate_request
 
     args = sample_parser().parse_args(argv[1:])
-    validate_request(request_from_args(args))
+    request = request_from_args(args)
+    if request.batch_count == 0:  # "until stopped" (Stop ends it): checked as one batch, as the CLI does
+        request = dataclasses.replace(request, batch_count=1)
+    validate_request(request)
 
 
 # --- LoRA folders -----------------------------------------------------------------------------------
@@ -219,16 +223,20 @@ def split_lora_tags(prompt: str, slots: int = LORA_SLOTS) -> tuple[str, list[tup
     return _LORA_TAG.sub(take, prompt).strip(), picked
 
 
-def fields_from_parameters(params: dict[str, str], lora_dir: str | None = None,
-                           guard=None) -> tuple[dict[str, Any], list[str]]:
+def fields_from_parameters(params: dict[str, str], lora_dir: str | None = None, guard=None,
+                           embeddings_dir: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """(field values, notes) from `parse_parameters`' dict, read by `lorasmith sample --from_png`'s own reader.
 
     Fields the infotext does not carry keep their value, except hires fix, which is switched off
     unless the infotext has it.  Notes say what was not restored: another model or VAE, settings
     this sampler cannot redo, and (with `lora_dir`) LoRAs missing there or differing from the
-    files the image was made with (its `Lora hashes`).
+    files the image was made with (its `Lora hashes`); the same for embeddings (`TI hashes`).
     """
-    from library.sampling.from_png import check_lora_hashes, settings_from_parameters
+    from library.sampling.from_png import (
+        check_embedding_hashes,
+        check_lora_hashes,
+        settings_from_parameters,
+    )
 
     settings = settings_from_parameters(params, "the PNG")
     actions = sample_actions()
@@ -246,14 +254,38 @@ def fields_from_parameters(params: dict[str, str], lora_dir: str | None = None,
         except LorasmithError as exc:  # the CLI's words; its "--lora_dir" advice is the LoRA folder here
             found = [exc.summary] if exc.summary.startswith("<lora:") else []
             notes += found + [p for p in exc.problems if p.startswith("<lora:")] or [exc.summary]
+    if settings.ti_hashes and not embeddings_dir:
+        notes.append(f"made with the embeddings {', '.join(settings.ti_hashes)}: set embeddings_dir to their folder")
+    elif settings.ti_hashes and guard is not None and guard.allows(embeddings_dir):
+        try:
+            check_embedding_hashes(settings, str(guard.resolve(embeddings_dir)), "the PNG")
+        except LorasmithError as exc:  # one line per embedding, then the CLI's advice (left out here)
+            notes += exc.problems[:-1] or [exc.summary]
     return {k: v for k, v in values.items() if k in actions}, notes
 
 
-def read_png_fields(path: str, lora_dir: str | None = None, guard=None) -> tuple[dict[str, Any], list[tuple[str, float]], list[str]]:
-    """(field values, LoRA slots, notes) from a PNG's A1111 parameters; LoRAs checked against `lora_dir`."""
+def embeddings_text(folder: str | None, guard) -> str:
+    """The embedding names a prompt can use from `folder` (A1111: write the file name in the prompt)."""
+    if not folder or not str(folder).strip():
+        return ""
+    if not guard.allows(folder):
+        return f"embeddings_dir: {folder!r} is outside the allowed folders"
+    from library.sampling.embeddings import embedding_names
+
+    names = embedding_names(guard.resolve(folder))
+    if not names:
+        return f"No embeddings (.pt, .safetensors, .bin) in {guard.resolve(folder)}."
+    return "Embeddings (write the name in a prompt, e.g. in the negative one): " + ", ".join(
+        f"`{n}`" for n in names[:60]) + (f" and {len(names) - 60} more" if len(names) > 60 else "")
+
+
+def read_png_fields(path: str, lora_dir: str | None = None, guard=None,
+                    embeddings_dir: str | None = None) -> tuple[dict[str, Any], list[tuple[str, float]], list[str]]:
+    """(field values, LoRA slots, notes) from a PNG's A1111 parameters; LoRAs and embeddings checked by hash."""
     from library.sampling.infotext import parse_parameters, read_png_parameters
 
-    values, notes = fields_from_parameters(parse_parameters(read_png_parameters(path)), lora_dir, guard)
+    params = parse_parameters(read_png_parameters(path))
+    values, notes = fields_from_parameters(params, lora_dir, guard, embeddings_dir)
     values["prompt"], loras = split_lora_tags(values.get("prompt", ""))
     return values, loras, notes
 

@@ -21,6 +21,7 @@ from gui.generate_form import (
     HIRES_ROWS,
     LORA_SLOTS,
     MAIN_ROWS,
+    embeddings_text,
     field_kind,
     grid_values,
     known_lora_folders,
@@ -92,8 +93,10 @@ class GenerateTab:
     def _build_form(self) -> None:
         actions = sample_actions()
         self.fields: dict[str, Any] = {}
-        for row in MAIN_ROWS:
+        for i, row in enumerate(MAIN_ROWS):
             self._row(row, actions)
+            if i == 0:  # under the embeddings_dir field: the names a prompt can use
+                self.embeddings_info = gr.Markdown(elem_id="gen-embeddings-list")
         with gr.Accordion("LoRAs", open=True):
             folders = known_lora_folders(self.ctx)
             with gr.Row():
@@ -117,6 +120,10 @@ class GenerateTab:
             rest = more_fields()
             for start in range(0, len(rest), 3):
                 self._row(tuple(rest[start:start + 3]), actions)
+
+    def _optional(self, dest: str) -> list:
+        """[the field's widget], or [] when this version of `lorasmith sample` has no such flag."""
+        return [self.fields[dest]] if dest in self.fields else []
 
     def _row(self, dests: tuple[str, ...], actions: dict[str, argparse.Action]) -> None:
         present = [d for d in dests if d in actions]
@@ -144,7 +151,7 @@ class GenerateTab:
                         show_progress="hidden")
         self.gallery.select(self.show_parameters, inputs=self.shown, outputs=self.parameters)
         slots = [c for slot in self.lora_slots for c in slot]
-        self.png.upload(self.load_png, inputs=[self.png, self.lora_dir], outputs=[*self.fields.values(), *slots, self.message])
+        self.png.upload(self.load_png, inputs=[self.png, self.lora_dir, *self._optional("embeddings_dir")], outputs=[*self.fields.values(), *slots, self.message])
         refresh_inputs = [self.lora_dir]
         if self.training is not None and "output_dir" in getattr(self.training, "widgets", {}):
             refresh_inputs.append(self.training.widgets["output_dir"])
@@ -155,6 +162,8 @@ class GenerateTab:
         if isinstance(Context.block, gr.Tab):  # opening the tab picks up runs that ended since
             Context.block.select(self.refresh_loras, inputs=refresh_inputs, outputs=lora_outputs)
         self.lora_dir.change(self.list_loras, inputs=self.lora_dir, outputs=[n for n, _ in self.lora_slots])
+        for emb in self._optional("embeddings_dir"):
+            emb.change(lambda folder: embeddings_text(folder, self.ctx.guard), inputs=emb, outputs=self.embeddings_info)
         self._wire_grid()
 
     def _wire_grid(self) -> None:
@@ -227,12 +236,12 @@ class GenerateTab:
         with Image.open(shown[evt.index]) as img:
             return str(img.info.get("parameters", ""))
 
-    def load_png(self, path: str | None, lora_dir: str | None) -> dict:
+    def load_png(self, path: str | None, lora_dir: str | None, embeddings_dir: str | None = None) -> dict:
         """Fill the fields from a dropped PNG (an upload: its bytes come from the browser, not a path)."""
         if not path:
             return {self.message: gr.skip()}
         try:
-            values, loras, notes = read_png_fields(path, lora_dir, self.ctx.guard)
+            values, loras, notes = read_png_fields(path, lora_dir, self.ctx.guard, embeddings_dir)
         except LorasmithError as exc:
             return {self.message: "**Cannot load the PNG:** " + str(exc).replace("\n", "  \n")}
         out: dict = {self.fields[d]: v for d, v in values.items() if d in self.fields}

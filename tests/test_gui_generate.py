@@ -156,6 +156,37 @@ def test_a1111_hires_infotext_fills_the_fields():
     assert values["enable_hr"] is False  # an image without hires fix switches the form's hires fix off
 
 
+def test_embeddings_in_an_infotext_are_checked_against_the_folder(tmp_path):
+    from library.sampling.infotext import parse_parameters
+
+    guard = PathGuard.from_dirs([tmp_path])
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / "EasyNegative.safetensors").write_bytes(b"not the file the image used")
+    params = parse_parameters('a cat\nNegative prompt: EasyNegative\nSteps: 4, Seed: 1, Size: 64x64, '
+                              'TI hashes: "EasyNegative: 0123456789ab, badhand: 1111aaaa2222"')
+    _v, notes = fields_from_parameters(params, guard=guard)
+    assert notes == ["made with the embeddings EasyNegative, badhand: set embeddings_dir to their folder"]
+    _v, notes = fields_from_parameters(params, guard=guard, embeddings_dir="emb")
+    assert len(notes) == 2 and notes[0].startswith("EasyNegative: ") and "the image was made with 0123456789ab" in notes[0]
+    assert notes[1].startswith("badhand: no such embedding in")
+
+
+def test_embeddings_text_lists_names_inside_allowed_folders(tmp_path):
+    from gui.generate_form import embeddings_text
+
+    guard = PathGuard.from_dirs([tmp_path])
+    (tmp_path / "emb").mkdir()
+    for name in ("EasyNegative.safetensors", "badhand.pt", "notes.txt"):
+        (tmp_path / "emb" / name).write_bytes(b"x")
+    assert embeddings_text("emb", guard).endswith("`badhand`, `EasyNegative`")
+    assert "outside the allowed folders" in embeddings_text("/etc", guard) and embeddings_text("", guard) == ""
+
+
+def test_batch_count_zero_is_generate_until_stopped(tmp_path):
+    argv = sample_command({**FORM, "batch_count": 0}, [], None, PathGuard.from_dirs([tmp_path]))
+    assert _flag(argv, "--batch_count") == "0"  # the CLI runs batch after batch until Stop (SIGINT)
+
+
 def test_png_from_our_sampler_fills_the_fields_back(tmp_path, loras):
     """Form → command → `lorasmith sample` on the tiny model → PNG → form: the same command again."""
     pytest.importorskip("library.sampling.infotext", reason="needs the infotext reader")
