@@ -254,6 +254,24 @@ def test_queue_runs_one_at_a_time_and_waits_for_training(tmp_path):
     assert queue.jobs == [first, second] and first.argv == ["--help"]
 
 
+@pytest.mark.slow
+def test_until_stopped_run_shows_each_image_as_it_is_saved(tmp_path):
+    """`--batch_count 0` on the tiny model: images are listed while the run goes on; Stop ends it after the current one."""
+    queue = GenerationQueue(tmp_path / "jobs", poll_interval=None)
+    job = queue.submit(["sample", "--pretrained_model_name_or_path", "tiny", "--prompt", "a cat", "--steps", "1",
+                        "--width", "64", "--height", "64", "--seed", "3", "--batch_count", "0",
+                        "--output_dir", str(tmp_path / "out")])
+    end = time.monotonic() + 180
+    while len(job.images()) < 2 and job.state == "running" and time.monotonic() < end:
+        time.sleep(0.3)
+        queue.poll()
+    assert job.state == "running" and job.images()[:2] == [tmp_path / "out" / "00000-3.png", tmp_path / "out" / "00001-4.png"]
+    assert queue.stop() == "stopping"
+    job.process.wait(120)
+    queue.poll()
+    assert job.state == "stopped" and all(p.is_file() for p in job.images()) and len(job.images()) >= 2
+
+
 def test_stop_interrupts_the_running_generation(tmp_path, monkeypatch):
     import gui.generate_queue as gq
 
