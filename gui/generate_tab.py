@@ -77,6 +77,9 @@ class GenerateTab:
                 with gr.Row():
                     self.generate_btn = gr.Button("Generate", variant="primary", elem_id="gen-run")
                     self.stop_btn = gr.Button("Stop", elem_id="gen-stop")
+                with gr.Row():
+                    # A1111's "Generate forever": --batch_count 0, new seeds until Stop
+                    self.forever_btn = gr.Button("Generate until stopped", elem_id="gen-forever")
                     self.grid_btn = gr.Button("Send to grid", elem_id="gen-to-grid")
                 self.message = gr.Markdown(elem_id="gen-message")
                 self.gallery = gr.Gallery(label="Images (newest first; click one for its parameters)", columns=3,
@@ -146,6 +149,11 @@ class GenerateTab:
     def _wire(self) -> None:
         outputs = [self.message, self.command, self.status]
         self.generate_btn.click(self.generate, inputs=self.form_inputs, outputs=outputs)
+        if "batch_count" in self.fields:
+            self.forever_btn.click(lambda data: self.generate(data, batch_count=0), inputs=self.form_inputs,
+                                   outputs=outputs)
+        else:
+            self.forever_btn.visible = False
         self.stop_btn.click(self.stop, outputs=self.message)
         self.timer.tick(self.refresh, inputs=self.shown, outputs=[self.gallery, self.shown, self.status],
                         show_progress="hidden")
@@ -194,8 +202,9 @@ class GenerateTab:
 
         self.grid_btn.click(send, inputs=self.form_inputs, outputs=outputs)
 
-    def generate(self, data: dict) -> dict:
+    def generate(self, data: dict, **overrides: Any) -> dict:
         values, loras, lora_dir = self._read(data)
+        values.update(overrides)
         try:
             argv = sample_command(values, loras, lora_dir, self.ctx.guard)
         except LorasmithError as exc:

@@ -305,8 +305,38 @@ def test_tab_fields_are_the_cli_defaults_and_send_to_grid_finds_the_grid_form(tm
         assert set(tab.grid_fields) == {"model", "prompt", "negative", "steps", "cfg", "seed", "width", "height",
                                         "sampler", "lora_dir", "lora", "x_type", "x_values"}
         assert tab.queue.jobs_dir == tmp_path / "generate-jobs"
+        _handlers_fill_and_queue(tab, tmp_path)
     finally:
         ctx.close()
+
+
+def _handlers_fill_and_queue(tab, tmp_path: Path) -> None:
+    """Load from PNG fills the widgets (LoRA tags into the slots); the until-stopped button queues --batch_count 0."""
+    from types import SimpleNamespace
+
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat <lora:tinylora:0.5>\nNegative prompt: blurry\n"
+                  "Steps: 3, Sampler: Euler, Schedule type: Uniform, CFG scale: 4, Seed: 9, Size: 64x72, Model: tiny")
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png", pnginfo=info)
+    out = tab.load_png(str(tmp_path / "in.png"), None)
+    filled = {dest: out[w] for dest, w in tab.fields.items() if w in out}
+    assert filled["prompt"] == "a cat" and filled["negative_prompt"] == "blurry" and filled["sampler"] == "Euler"
+    assert (filled["steps"], filled["cfg_scale"], filled["seed"], filled["width"], filled["height"]) == (3, 4.0, 9, 64, 72)
+    assert (out[tab.lora_slots[0][0]], out[tab.lora_slots[0][1]]) == ("tinylora", 0.5)
+    assert out[tab.lora_slots[1][0]] == "" and "Loaded" in out[tab.message]
+
+    data = {comp: comp.value for comp in tab.form_inputs}
+    data.update({tab.fields[d]: v for d, v in filled.items()})
+    data[tab.lora_slots[0][0]] = ""
+    queued = []
+    tab.queue.submit = lambda argv: queued.append(argv) or SimpleNamespace(id=5, state="running")
+    out = tab.generate(data, batch_count=0)
+    assert out[tab.message] == "Generation #5 started." and out[tab.command].startswith("lorasmith sample ")
+    assert _flag(queued[0], "--batch_count") == "0" and _flag(queued[0], "--prompt") == "a cat"
+    data[tab.fields["width"]] = 63
+    assert tab.generate(data)[tab.message].startswith("**Not queued:**") and len(queued) == 1
 
 
 # --- the tab in a browser ------------------------------------------------------------------------------
