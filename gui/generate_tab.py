@@ -185,7 +185,8 @@ class GenerateTab:
                 "sampler": "grid-sampler", "lora_dir": "grid-lora-dir", "lora": "grid-lora",
                 "x_type": "grid-x-type", "x_values": "grid-x-values"}
         self.grid_fields = {k: by_id[e] for k, e in keys.items() if e in by_id}
-        tabs = next((b for b in blocks if isinstance(b, gr.Tabs)), None)
+        here = Context.block  # this tab, inside the app's Tabs: switching to "evaluate" shows the grid form
+        tabs = here.parent if isinstance(here, gr.Tab) and isinstance(here.parent, gr.Tabs) else None
         if not self.grid_fields:
             self.grid_btn.visible = False
             return

@@ -413,7 +413,11 @@ def test_generate_in_the_browser_shows_the_image_and_loads_it_back(tmp_path, gui
         assert "--steps 2" in page.input_value("#gen-command textarea")
         page.fill("#gen-prompt textarea", "something else")
         page.set_input_files("#gen-from-png input[type=file]", str(png))
-        page.wait_for_function("document.querySelector('#gen-prompt textarea').value === 'a blue square'")
+        page.wait_for_function("document.querySelector('#gen-prompt textarea')?.value === 'a blue square'")
         assert page.input_value("#gen-seed input") == "7"
         page.screenshot(path=str(_artifacts() / "generate-tab.png"), full_page=True)
+        page.click("#gen-to-grid")  # the grid form gets this prompt, and the Evaluate tab opens
+        page.wait_for_function("document.querySelector('#grid-prompt textarea')?.value === 'a blue square'")
+        assert page.locator("#grid-prompt textarea").is_visible()
+        assert page.input_value("#grid-steps input") == "2" and page.input_value("#grid-width input") == "64"
         browser.close()
