@@ -29,6 +29,10 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
             with gr.Tab("Training", id="training"):
                 training = TrainingTab(ctx)
             _optional_tabs(ctx, training)
+            with gr.Tab("Generate", id="generate"):  # after Evaluate: "Send to grid" fills its form
+                from gui.generate_tab import GenerateTab
+
+                GenerateTab(ctx, training)
         demo.load(training.refresh, outputs=training.live_outputs)
         demo.load(training.refresh_presets, outputs=training.preset)  # presets saved in another tab or session
         training.check_on_load(demo)  # Start is disabled until the form has no errors
