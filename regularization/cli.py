@@ -125,7 +125,8 @@ def _generate(args: argparse.Namespace) -> int:
         prompt=args.prompt or args.class_prompt, negative_prompt=args.negative_prompt, width=width, height=height,
         steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed,
         clip_skip=cfg.clip_skip or 1)
-    bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae)
+    bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae,
+                               v2=cfg.v2, v_parameterization=cfg.v_parameterization)
     settings = with_model_facts(settings, bundle)
     result = generate_set(args.dst, args.class_prompt, args.count, settings, sampler_render(bundle, settings),
                           repeats=args.repeats, batch_size=args.batch_size, overwrite=args.overwrite,

@@ -198,7 +198,7 @@ class SamplingSession:
     def __init__(self, bundle) -> None:
         self.bundle = bundle
         self.encoder = make_prompt_encoder(bundle)  # SD1, SD2 (OpenCLIP padding) or SDXL (two encoders)
-        self.loras = LoraStack(bundle.unet, bundle.text_encoder)
+        self.loras = LoraStack.for_bundle(bundle)
         self.denoiser = DiscreteDenoiser(bundle.unet, sampling_scheduler_config(bundle))  # + a file's ztsnr
         if next(bundle.unet.parameters()).device.type == "cpu":
             # the trainer's CPU choice (library/training/conv_path.py): small convolutions take the

@@ -238,7 +238,7 @@ def score_files(bundle, files: Sequence[str | os.PathLike[str]], eval_set: EvalS
     paths = [Path(f) for f in files]
     for path in paths:  # every file is checked before minutes of work
         match_modules(load_lora(path), bundle.unet, bundle.text_encoder, strict=True)
-    stack = LoraStack(bundle.unet, bundle.text_encoder)
+    stack = LoraStack.for_bundle(bundle)
 
     def apply(candidate: _Candidate | None, weight: float) -> bool:
         return stack.activate([(candidate.file, weight)] if candidate is not None else [])

@@ -47,7 +47,8 @@ class SweepScorer:
 
             from library.models import load_model_bundle
 
-            bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae, use_ema_weights=cfg.use_ema_weights)
+            bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae, use_ema_weights=cfg.use_ema_weights,
+                               v2=cfg.v2, v_parameterization=cfg.v_parameterization)
             if torch.cuda.is_available():
                 for module in (bundle.unet, bundle.text_encoder, bundle.vae):
                     module.to("cuda")

@@ -80,7 +80,8 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
     """The base model, frozen, UNet and text encoder in the training dtype; the VAE stays fp32 (fp16 VAEs overflow)."""
     from library.models import load_model_bundle
 
-    bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae, use_ema_weights=cfg.use_ema_weights)
+    bundle = load_model_bundle(cfg.pretrained_model_name_or_path, vae=cfg.vae, use_ema_weights=cfg.use_ema_weights,
+                               v2=cfg.v2, v_parameterization=cfg.v_parameterization)
     check_family_flags(cfg, bundle)
     cast_module(bundle.unet, weight_dtype, device)
     for encoder in bundle.text_encoders():

@@ -77,7 +77,7 @@ def denoising_loss(bundle, images_uint8: np.ndarray, prompt: str, *, loras: tupl
     noise = torch.randn(latents.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
     noisy = scheduler.add_noise(latents, noise, t)
-    stack = LoraStack(bundle.unet, bundle.text_encoder)
+    stack = LoraStack.for_bundle(bundle)
     try:
         stack.activate(loras)
         ids = tokenize_captions(bundle.tokenizer, [prompt])
