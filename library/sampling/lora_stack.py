@@ -73,7 +73,7 @@ class LoraStack:
     """The LoRAs currently applied to one bundle's UNet and text encoder."""
 
     @classmethod
-    def for_bundle(cls, bundle) -> "LoraStack":
+    def for_bundle(cls, bundle) -> LoraStack:
         """A stack over every module a LoRA of this model may touch (SDXL: both text encoders)."""
         encoders = bundle.text_encoders() if getattr(bundle, "text_encoder_2", None) is not None else bundle.text_encoder
         return cls(bundle.unet, encoders)

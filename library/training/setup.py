@@ -17,16 +17,16 @@ from library.config import TrainConfig, parse_key_value_args
 from library.data.prepare import PreparedData, build_dataset
 from library.errors import ConfigError
 from library.models.modules import cast_module
+from library.training import schedulers
 from library.training.attention import install_lean_attention
 from library.training.conv_path import install_small_conv_path
-from library.training.noise import zero_terminal_snr_betas
 from library.training.flat_params import FlatGroups, can_flatten
 from library.training.fp8 import store_fp8
 from library.training.memory import keep_freed_memory
+from library.training.noise import zero_terminal_snr_betas
 from library.training.optimizers import OptimizerChoice, build_optimizer, resolve_class
 from library.training.placement import offload_after_caching, place_caches
 from library.training.rng import TrainingRNG
-from library.training import schedulers
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def allow_fp16_unscale(accelerator: Any) -> None:
         return
     original = scaler._unscale_grads_
 
-    def unscale(optimizer, inv_scale, found_inf, allow_fp16):  # noqa: ANN001 - torch's private signature
+    def unscale(optimizer, inv_scale, found_inf, allow_fp16):
         return original(optimizer, inv_scale, found_inf, True)
 
     scaler._unscale_grads_ = unscale
