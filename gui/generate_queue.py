@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gui.cli_runner import clean_output, lorasmith_argv
+from gui.jobs import escalate_stop, send_signal
 
 QUEUED, RUNNING, STOPPING, FINISHED, FAILED, STOPPED, CANCELLED = (
     "queued", "running", "stopping", "finished", "failed", "stopped", "cancelled")
@@ -108,13 +109,7 @@ class GenerationQueue:
             job = self.running()
             if job is None or job.process is None:
                 return "nothing is generating"
-            job.stop_requests += 1
-            if job.stop_requests == 1:
-                _signal(job.process, signal.SIGINT, group=False)
-                job.state = STOPPING
-                return "stopping"
-            _signal(job.process, signal.SIGKILL, group=True)
-            return "killed"
+            return escalate_stop(job, "stopping")
 
     def poll(self) -> None:
         with self._lock:
@@ -145,20 +140,10 @@ class GenerationQueue:
             self.cancel_queued()
             job = self.running()
             if job is not None and job.process is not None and job.process.poll() is None:
-                _signal(job.process, signal.SIGINT, group=False)
+                send_signal(job.process, signal.SIGINT, group=False)
                 try:
                     job.process.wait(timeout)
                 except subprocess.TimeoutExpired:
-                    _signal(job.process, signal.SIGKILL, group=True)
+                    send_signal(job.process, signal.SIGKILL, group=True)
                     job.process.wait()
             self.poll()
-
-
-def _signal(process: subprocess.Popen, sig: int, group: bool) -> None:
-    try:
-        if group:
-            os.killpg(process.pid, sig)
-        else:
-            process.send_signal(sig)
-    except ProcessLookupError:
-        pass

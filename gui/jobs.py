@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gui.progress import Progress, ProgressFile
 from library.config import TrainConfig
@@ -157,13 +158,8 @@ class JobManager:
             job = self.get(job_id) if job_id is not None else self.current()
             if job is None or job.process is None or job.state not in (RUNNING, STOPPING):
                 return "nothing is running"
-            job.stop_requests += 1
-            if job.stop_requests == 1:
-                _signal(job.process, signal.SIGINT, group=False)
-                job.state = STOPPING
-                return "stopping: the trainer finishes this step, saves the state and a LoRA, then exits (click again to kill)"
-            _signal(job.process, signal.SIGKILL, group=True)
-            return "killed"
+            return escalate_stop(job, "stopping: the trainer finishes this step, saves the state and a LoRA, "
+                                      "then exits (click again to kill)")
 
     def poll(self) -> None:
         """Read new progress events, notice finished processes, start the next queued job."""
@@ -225,16 +221,17 @@ class JobManager:
                     job.state = CANCELLED
                 if job.process is not None and job.process.poll() is None:
                     job.stop_requests += 1
-                    _signal(job.process, signal.SIGINT, group=False)
+                    send_signal(job.process, signal.SIGINT, group=False)
                     try:
                         job.process.wait(timeout)
                     except subprocess.TimeoutExpired:
-                        _signal(job.process, signal.SIGKILL, group=True)
+                        send_signal(job.process, signal.SIGKILL, group=True)
                         job.process.wait()
                     self._update(job)
 
 
-def _signal(process: subprocess.Popen, sig: int, group: bool) -> None:
+def send_signal(process: subprocess.Popen, sig: int, group: bool) -> None:
+    """Signal a child (or its whole process group); one that already exited is left alone."""
     try:
         if group:
             os.killpg(process.pid, sig)
@@ -242,3 +239,16 @@ def _signal(process: subprocess.Popen, sig: int, group: bool) -> None:
             process.send_signal(sig)
     except ProcessLookupError:
         pass
+
+
+def escalate_stop(job: Any, stopping_message: str) -> str:
+    """A child process's Stop button: the first press asks it to finish gracefully (SIGINT: the
+    trainer saves, the sampler finishes its image); a second press kills its process group."""
+    job.stop_requests += 1
+    if job.stop_requests == 1:
+        send_signal(job.process, signal.SIGINT, group=False)
+        job.state = STOPPING
+        return stopping_message
+    send_signal(job.process, signal.SIGKILL, group=True)
+    return "killed"
+
