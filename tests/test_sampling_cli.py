@@ -109,3 +109,25 @@ def test_img2img_errors_before_loading_the_model(tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert expected in err and "/nonexistent/model" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_each_batch_is_saved_before_the_next_one_runs(tmp_path, monkeypatch, capsys):
+    """Issue 20: the Generate tab shows images as they finish, so `sample` saves each batch when it is decoded."""
+    from library.sampling.pipeline import SamplingSession
+
+    out = tmp_path / "out"
+    seen: list[int] = []
+    original = SamplingSession._run_batch
+
+    def counting(self, *args, **kwargs):
+        seen.append(len(list(out.glob("*.png"))) if out.exists() else 0)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SamplingSession, "_run_batch", counting)
+    rc = main(["sample", "--pretrained_model_name_or_path", "tiny", "--prompt", "a cube", "--width", "64",
+               "--height", "64", "--steps", "2", "--seed", "5", "--batch_count", "3", "--output_dir", str(out)])
+    assert rc == 0
+    assert seen == [0, 1, 2]  # batch k starts with the k images before it already on disk
+    assert len(list(out.glob("*.png"))) == 3
+    printed = [line for line in capsys.readouterr().out.splitlines() if ".png" in line]
+    assert [line.split("(seed ")[1] for line in printed] == ["5)", "6)", "7)"]

@@ -251,24 +251,34 @@ def run_sample(args: argparse.Namespace) -> int:
     init_images = cycle_images(init, len(jobs)) if init else None
     total = sum(model_steps(job.request or request, img2img=init is not None) for job in jobs)  # <steps:N> tags
     images = [None] * len(jobs)
+    output_dir = output_dir_from_args(args)
+
+    def save(made) -> None:
+        for img in made:
+            path = save_png(img.image, next_image_path(output_dir, img.seed), img.parameters)
+            print(f"{path}  (seed {img.seed})", flush=True)
+
+    # <checkpoint:NAME> tags with --models_dir: one model loaded at a time. With one model the
+    # images are saved as each batch is decoded (the GUI shows them then); with several they are
+    # saved at the end, in job order, so file numbers follow the prompts rather than the models.
+    groups = list(checkpoint_groups(jobs, switch=bool(args.models_dir)))
+    streaming = len(groups) == 1
     with tqdm(total=total, desc="img2img" if init else "sampling", unit="step") as bar:
-        # <checkpoint:NAME> tags with --models_dir: one model loaded at a time, images kept in job order
-        for checkpoint, indices in checkpoint_groups(jobs, switch=bool(args.models_dir)):
+        for checkpoint, indices in groups:
             session = SamplingSession(load_bundle_from_args(args, checkpoint))
             if png_settings is not None and checkpoint is None:
                 warn_model_differs(png_settings, session.bundle)
             made = session.run_jobs(request, [jobs[i] for i in indices], on_step=bar.update,
                                     max_batch=request.batch_size,
-                                    init_images=[init_images[i] for i in indices] if init_images else None)
+                                    init_images=[init_images[i] for i in indices] if init_images else None,
+                                    on_batch=save if streaming else None)
             for i, image in zip(indices, made):
                 images[i] = image
             del session
-    if not images:
+    if not jobs:
         raise SamplingError("nothing was generated")
-    output_dir = output_dir_from_args(args)
-    for img in images:
-        path = save_png(img.image, next_image_path(output_dir, img.seed), img.parameters)
-        print(f"{path}  (seed {img.seed})")
+    if not streaming:
+        save(images)
     return 0
 
 

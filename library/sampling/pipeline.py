@@ -215,10 +215,12 @@ class SamplingSession:
         return self.run_jobs(request, jobs, on_step, max_batch or request.batch_size)
 
     def run_jobs(self, request: SampleRequest, jobs: Sequence[ImageJob], on_step: StepCallback | None = None,
-                 max_batch: int = 1, init_images: Sequence[Image.Image] | None = None) -> list[GeneratedImage]:
+                 max_batch: int = 1, init_images: Sequence[Image.Image] | None = None,
+                 on_batch: Callable[[list[GeneratedImage]], None] | None = None) -> list[GeneratedImage]:
         """Jobs sharing a request's settings; consecutive jobs with equal LoRAs run as one batch.
 
         With `init_images` (one per job) this is img2img at `request.denoising_strength`.
+        `on_batch` receives each batch's images as soon as they are decoded (to save them then).
         """
         if init_images is not None and len(init_images) != len(jobs):
             raise SamplingError("img2img needs one init image per image to make",
@@ -233,8 +235,10 @@ class SamplingSession:
                     and jobs[j].request == jobs[i].request:
                 j += 1
             batch_request = jobs[i].request or request  # settings tags make a per-image request
-            out += self._run_batch(batch_request, list(jobs[i:j]), on_step,
-                                   init_images[i:j] if init_images else None)
+            made = self._run_batch(batch_request, list(jobs[i:j]), on_step, init_images[i:j] if init_images else None)
+            if on_batch is not None:
+                on_batch(made)
+            out += made
             i = j
         return out
 
