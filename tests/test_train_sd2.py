@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from library.config import TrainConfig
-from library.errors import ConfigError
+from library.errors import ModelLoadError
 from library.training import step as step_module
 from library.training.trainer import train
 
@@ -120,5 +120,5 @@ def test_resume_is_bit_exact(full_run, shapes_data: Path, tmp_path: Path) -> Non
 
 
 def test_v2_flag_must_agree_with_the_model(shapes_data: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="tiny is Stable Diffusion 1.x, not SD 2.x"):
+    with pytest.raises(ModelLoadError, match="--v2 was given but tiny is a Stable Diffusion 1.x model"):
         train(config(shapes_data, tmp_path, pretrained_model_name_or_path="tiny", v2=True))

@@ -256,7 +256,10 @@ def run_sample(args: argparse.Namespace) -> int:
     def save(made) -> None:
         for img in made:
             path = save_png(img.image, next_image_path(output_dir, img.seed), img.parameters)
-            print(f"{path}  (seed {img.seed})", flush=True)
+            # The progress bar is cleared first, so a reader of stdout and stderr together (the GUI's
+            # log) sees this line on its own, not glued to the bar's last redraw.
+            with tqdm.external_write_mode():
+                print(f"{path}  (seed {img.seed})", flush=True)
 
     # <checkpoint:NAME> tags with --models_dir: one model loaded at a time. With one model the
     # images are saved as each batch is decoded (the GUI shows them then); with several they are

@@ -100,11 +100,8 @@ def load_bundle(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtyp
 
 
 def check_family_flags(cfg: TrainConfig, bundle: Any) -> None:
-    """The model decides the family; sd-scripts' --v2 must agree with it (sd-scripts refuses v2 for SDXL)."""
+    """The model decides the family (the loader already refused a --v2 that disagrees with it)."""
     family = bundle.facts.family
-    if cfg.v2 and family.name != "sd2":
-        raise ConfigError(f"v2: the model {bundle.facts.name} is {family.display}, not SD 2.x",
-                          ["drop --v2 (the model's family is detected from its weights)"])
     if family.name == "sdxl" and cfg.clip_skip not in (None, 1):
         log.warning("clip_skip has no effect on SDXL (both encoders' penultimate layers are used, as in sd-scripts)")
 
