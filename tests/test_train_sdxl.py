@@ -274,3 +274,15 @@ def test_a_v_prediction_sdxl_run_says_so_in_its_metadata(data: Path, tmp_path: P
     assert md["ss_base_model_version"] == "sdxl_base_v1-0" and md["ss_v_parameterization"] == "True"
     assert md["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora" and md["modelspec.prediction_type"] == "v"
     assert md["ss_zero_terminal_snr"] == "True"
+
+
+def test_epoch_scores_on_sdxl_are_refused_before_training(data: Path, tmp_path: Path) -> None:
+    """The scorer has no SDXL conditioning yet: --evaluate_every_n_epochs says so before any step, not after epoch 1."""
+    from library.errors import ConfigError
+
+    cfg = TrainConfig(pretrained_model_name_or_path="tiny-sdxl", train_data_dir=str(data), caption_extension=".txt",
+                      output_dir=str(tmp_path / "out"), output_name="s", resolution="64", train_batch_size=1,
+                      max_train_epochs=1, network_dim=2, network_train_unet_only=True, evaluate_every_n_epochs=1, seed=3)
+    with pytest.raises(ConfigError, match="epoch scores are not available for SDXL models yet"):
+        train(cfg)
+    assert not list((tmp_path / "out").glob("*.safetensors"))

@@ -92,11 +92,17 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from library.evaluation.axes import expand_lora_files
-    from library.scoring.eval_set import eval_set_from_config
     from library.evaluation.score_report import log_tensorboard, table, write_reports
-    from library.scoring.scores import DEFAULT_DRIFT_THRESHOLD, DEFAULT_PRIOR_PROMPTS, recommend, score_files
     from library.evaluation.values import parse_float_values
     from library.models import load_model_bundle
+    from library.scoring.eval_set import eval_set_from_config
+    from library.scoring.scores import (
+        DEFAULT_DRIFT_THRESHOLD,
+        DEFAULT_PRIOR_PROMPTS,
+        check_scorable,
+        recommend,
+        score_files,
+    )
 
     files = expand_lora_files(args.lora)
     weights = parse_float_values(args.weights)
@@ -106,7 +112,9 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         from library.evaluation.image_metrics import load_image_models
 
         image_models = load_image_models(args.eval_clip_model, args.eval_dino_model)
-    bundle = load_model_bundle(config.pretrained_model_name_or_path, vae=config.vae)
+    bundle = load_model_bundle(config.pretrained_model_name_or_path, vae=config.vae, v2=config.v2,
+                               v_parameterization=config.v_parameterization)
+    check_scorable(bundle)
     if one_thread_is_faster(bundle):
         import torch
 

@@ -275,10 +275,20 @@ def score_network(bundle, network, eval_set: EvalSet, *, file: str, epoch: int |
 
 
 @torch.no_grad()
+def check_scorable(bundle) -> None:
+    """The scorer encodes prompts with one text encoder and calls the UNet without SDXL's added
+    conditioning, so an SDXL model is refused by name (before training starts, for the trainer's hook)."""
+    if getattr(bundle, "text_encoder_2", None) is not None:
+        raise ConfigError(f"epoch scores are not available for SDXL models yet ({bundle.facts.name})", [
+            "drop --evaluate_every_n_epochs, or score with the validation loss (--validation_split) instead",
+            "SD1.x and SD2.x models can be scored"])
+
+
 def _score(bundle, candidates: list[_Candidate], eval_set: EvalSet, weights: Sequence[float],
            apply: Callable[[_Candidate | None, float], bool], max_batch: int,
            progress: Callable[[int, int, str], None] | None) -> list[EpochScore]:
     """Base predictions once (apply(None, 0)), then every (candidate, weight) against them."""
+    check_scorable(bundle)
     from library.models import make_noise_scheduler
 
     scheduler = make_noise_scheduler(bundle)

@@ -29,6 +29,10 @@ class EpochScoreHook:
         self.events = events
         self.tb = tb
         self.every = parts.config.evaluate_every_n_epochs
+        if self.every:
+            from library.scoring.scores import check_scorable
+
+            check_scorable(parts.bundle)
         self.scores: list = []
         self.done: set[int] = set()
         self._eval_set = None
@@ -69,7 +73,10 @@ class EpochScoreHook:
 
     def _set(self):
         if self._eval_set is None:
-            from library.scoring.eval_set import eval_set_from_config, eval_set_from_dataset
+            from library.scoring.eval_set import (
+                eval_set_from_config,
+                eval_set_from_dataset,
+            )
 
             p = self.parts
             seed = int(p.config.validation_seed if p.config.validation_seed is not None else p.rng.seed)
