@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from gui.form import help_text, values_to_config
+from gui.model_info import ModelInfo, describe_model, family_issues
 from gui.safety import PathGuard
-from library.config import TrainConfig, option_fields, spec_of
+from library.config import BUILTIN_MODEL_NAMES, TrainConfig, option_fields, spec_of
 from library.config_validate import check_config
 from library.errors import LorasmithError
 from library.training.vram_plan import ESTIMATE_FIELDS
@@ -28,8 +29,9 @@ def form_issues(values: Mapping[str, Any], guard: PathGuard, *, for_training: bo
 
     The messages are config_validate's (what `lorasmith train` prints), checked on the
     config with relative paths taken inside the first allowed folder, where the run
-    will look; the GUI adds only what it alone knows: the allowed folders and an output
-    folder that another run holds locked right now.
+    will look; the GUI adds what it alone knows: the allowed folders, an output folder
+    that another run holds locked right now, and what the picked model is (a model the
+    loader refuses, options of another model family: gui.model_info).
     """
     try:
         cfg = values_to_config(values)
@@ -49,6 +51,11 @@ def form_issues(values: Mapping[str, Any], guard: PathGuard, *, for_training: bo
     for issue in report.warnings:
         warnings[issue.field] = warnings[issue.field] + "; " + issue.message if issue.field in warnings else issue.message
     errors.update(outside)
+    model_errors, model_warnings = family_issues(picked_model(cfg, guard), cfg)
+    for name, msg in model_errors.items():
+        errors.setdefault(name, msg)  # a missing file or a path outside keeps its own message
+    for name, msg in model_warnings.items():
+        warnings[name] = warnings[name] + "; " + msg if name in warnings else msg
     if for_training and cfg.output_dir and "output_dir" not in errors:
         from library.training.lock import lock_problem
 
@@ -56,6 +63,18 @@ def form_issues(values: Mapping[str, Any], guard: PathGuard, *, for_training: bo
         if held:
             errors["output_dir"] = f"output_dir: {held}; wait for it to finish, stop it, or choose another output_dir"
     return cfg, errors, warnings
+
+
+def picked_model(cfg: TrainConfig | None, guard: PathGuard) -> ModelInfo | None:
+    """What the form's base model is (gui.model_info), read cheaply; None when unset, missing or not allowed."""
+    if cfg is None or not cfg.pretrained_model_name_or_path:
+        return None
+    value = cfg.pretrained_model_name_or_path
+    if value in BUILTIN_MODEL_NAMES:
+        return describe_model(value, v2=cfg.v2, v_parameterization=cfg.v_parameterization)
+    if not guard.allows(value):
+        return None
+    return describe_model(value, guard.resolve(value), v2=cfg.v2, v_parameterization=cfg.v_parameterization)
 
 
 def issues_markdown(errors: Mapping[str, str], warnings: Mapping[str, str]) -> str:

@@ -18,12 +18,15 @@ from library.errors import ConfigError
 
 UNSET = "(unset)"  # dropdown entry standing for None
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in option_fields())
+MODEL_FIELD = "pretrained_model_name_or_path"  # the model picker: a path field offering built-ins and found models
 
 
 def widget_kind(name: str) -> str:
-    """Which widget a field gets: checkbox, dropdown, number, list, path or text."""
+    """Which widget a field gets: checkbox, dropdown, number, list, path, model or text."""
     spec = spec_of(_field(name))
     kind = base_type(name)
+    if name == MODEL_FIELD:
+        return "model"
     if kind is bool:
         return "checkbox"
     if spec.choices is not None:
@@ -72,11 +75,11 @@ def from_widget_value(name: str, raw: Any) -> Any:
         if raw is None or raw == "":
             return None
         return int(raw) if base_type(name) is int and float(raw) == int(raw) else raw
-    if kind in ("text", "path"):
+    if kind in ("text", "path", "model"):
         text = "" if raw is None else str(raw)
         if text.strip() == "" and is_optional(name):
             return None
-        return text.strip() if kind == "path" else text
+        return text.strip() if kind in ("path", "model") else text
     if kind == "list":
         try:
             return shlex.split("" if raw is None else str(raw))
@@ -141,12 +144,14 @@ def section_of(name: str) -> str:
     return spec_of(_field(name)).group
 
 
-def build_widgets(cfg: TrainConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_widgets(cfg: TrainConfig, extra: Mapping[str, Any] | None = None,
+                  after: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Create one collapsible section per group with one widget per field (inside a gr.Blocks).
 
     Returns field name → component.  Each section shows its common fields; the
     others sit in a closed "all options" accordion inside it.  `extra` maps a
-    group to a callable run at the top of that section (the LoRA type picker).
+    group to a callable run at the top of that section (the LoRA type picker),
+    `after` to one run under its common fields (what the picked model is).
     """
     import gradio as gr
 
@@ -160,6 +165,8 @@ def build_widgets(cfg: TrainConfig, extra: Mapping[str, Any] | None = None) -> d
                 extra[group]()
             common, rest = section_fields(group, names)
             _widget_grid(common, cfg, widgets)
+            if after and group in after:
+                after[group]()
             if rest:
                 with gr.Accordion(f"all options ({len(rest)} more)", open=False,
                                   elem_id=f"group-{_slug(group)}-all", elem_classes=["ls-all-options"]):
@@ -208,6 +215,12 @@ def make_widget(name: str, value: Any) -> Any:
         return gr.Number(value=shown, precision=0 if is_int else None, step=1 if is_int else 0.0001, **common)
     if kind == "list":
         return gr.Textbox(value=shown, placeholder="key=value key=value", **common)
+    if kind == "model":
+        from library.config import BUILTIN_MODEL_NAMES
+
+        # Typing a path stays possible (allow_custom_value); the Training tab fills the choices from the models folder.
+        return gr.Dropdown(choices=[*BUILTIN_MODEL_NAMES], value=shown, allow_custom_value=True, filterable=True,
+                           **common)
     if kind == "path":
         hint = {"dir": "folder path", "file": "file path"}.get(spec.kind, "file or folder path")
         return gr.Textbox(value=shown, placeholder=hint, **common)

@@ -15,15 +15,17 @@ import gradio as gr
 import pandas as pd
 
 from gui import run_view
-from gui.checks import PLAN_FIELDS, form_issues, issues_html, plan_html, summary_html
+from gui.checks import PLAN_FIELDS, form_issues, issues_html, picked_model, plan_html, summary_html
 from gui.context import GuiContext
-from gui.form import build_widgets, config_to_values, values_to_config
+from gui.form import MODEL_FIELD, build_widgets, config_to_values, values_to_config
+from gui.model_info import field_visibility, info_html
+from gui.model_picker import ModelFolder
 from gui.lora_types import LORA_TYPES
 from gui.lora_types import hint as lora_hint
 from gui.lora_types import switch_type as switch_lora
 from gui.lora_types import type_of as lora_type_of
 from gui.preset_flow import apply_preset, differs
-from library.config import TrainConfig
+from library.config import TrainConfig, family_options
 from library.config_io import command_string, config_to_toml
 from library.config_resolve import load_config_source
 from library.errors import LorasmithError
@@ -64,7 +66,8 @@ class TrainingTab:
         with gr.Row(elem_id="ls-main", equal_height=False):
             with gr.Column(scale=3, elem_id="ls-form"):
                 self._build_presets()
-                self.widgets = build_widgets(TrainConfig(), extra={"Network": self._build_lora_type})
+                self.widgets = build_widgets(TrainConfig(), extra={"Network": self._build_lora_type},
+                                             after={"Source model": self._build_model_picker})
             with gr.Column(scale=2, elem_id="ls-run-panel", min_width=420):
                 self._build_side()
         self.shown = gr.State({})
@@ -72,6 +75,7 @@ class TrainingTab:
         self.undo_values = gr.State(None)
         self.applied = gr.State(None)  # {"name": preset, "values": what it put in the form}
         self.plan_key = gr.State("")
+        self.family_key = gr.State("")  # what the last check showed of the model and the family options
         self.timer = gr.Timer(1.0)
 
     def _build_presets(self) -> None:
@@ -105,6 +109,11 @@ class TrainingTab:
     def _build_lora_type(self) -> None:
         self.lora_type = gr.Radio(list(LORA_TYPES), value="Standard", label="LoRA type", elem_id="lora-type")
         self.lora_hint = gr.Markdown(lora_hint("Standard"), elem_id="lora-type-args")
+
+    def _build_model_picker(self) -> None:
+        """Under the base-model field: what the model is, and the folder the picker lists."""
+        self.model_facts = gr.HTML(info_html(None), elem_id="model-facts-box")
+        self.model_folder = ModelFolder(self.ctx.guard)
 
     def _build_side(self) -> None:
         with gr.Row():
@@ -301,6 +310,7 @@ class TrainingTab:
 
     def check_on_load(self, demo) -> None:
         demo.load(self.check_form, **self._check_args)
+        self.model_folder.wire(self.widgets[MODEL_FIELD], demo)
 
     def switch_lora_type(self, kind: str, args_text: str | None) -> dict:
         """The picker sets network_module and the args that make the type; args that no longer apply go."""
@@ -314,8 +324,9 @@ class TrainingTab:
 
     @property
     def _check_args(self) -> dict:
-        return {"inputs": self.form_inputs | {self.applied, self.plan_key},
-                "outputs": [self.issues, self.start_btn, self.plan_summary, self.plan, self.plan_key, self.preset_diff],
+        return {"inputs": self.form_inputs | {self.applied, self.plan_key, self.family_key},
+                "outputs": [self.issues, self.start_btn, self.plan_summary, self.plan, self.plan_key, self.preset_diff,
+                            self.model_facts, self.family_key, *(self.widgets[n] for n in family_options())],
                 "trigger_mode": "always_last", "show_progress": "hidden"}
 
     def _recheck_after(self, event) -> None:
@@ -334,6 +345,7 @@ class TrainingTab:
             out.update({self.plan_summary: summary_html(summary, table), self.plan: table, self.plan_key: key})
         else:
             out.update({self.plan_summary: gr.skip(), self.plan: gr.skip(), self.plan_key: gr.skip()})
+        out.update(self._family_updates(cfg, data[self.family_key]))
         applied = data[self.applied]
         if applied:
             diff = differs(values, applied["values"])
@@ -342,6 +354,20 @@ class TrainingTab:
         else:
             out[self.preset_diff] = ""
         return out
+
+    def _family_updates(self, cfg: TrainConfig | None, last: str) -> dict:
+        """The model's family line, and the family-limited options shown only where they apply (or are set)."""
+        family_widgets = [self.widgets[n] for n in family_options()]
+        if cfg is None:  # a type error elsewhere: keep what is shown
+            return {c: gr.skip() for c in (self.model_facts, self.family_key, *family_widgets)}
+        info = picked_model(cfg, self.ctx.guard)
+        shown = field_visibility(info.family if info else None, {n: getattr(cfg, n) for n in family_options()})
+        facts = info_html(info)
+        key = repr((facts, sorted(shown.items())))
+        if key == last:
+            return {c: gr.skip() for c in (self.model_facts, self.family_key, *family_widgets)}
+        return {self.model_facts: facts, self.family_key: key,
+                **{self.widgets[n]: gr.update(visible=v) for n, v in shown.items()}}
 
     def print_command(self, data: dict) -> dict:
         try:

@@ -36,6 +36,7 @@ GROUPS = (
 # The models built into lorasmith (library.models.builtin registers their builders):
 # named here too, so checking a config needs no torch.
 BUILTIN_MODEL_NAMES = ("tiny", "tiny-world", "tiny-sdxl", "tiny-sd2")
+MODEL_FAMILIES = ("sd1", "sd2", "sdxl")  # library.models.family.FAMILIES' names (an option's `families`)
 
 SAMPLER_NAMES = (
     "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a",
@@ -64,6 +65,9 @@ class OptionSpec:
     allow_nonfinite: bool = False  # float fields refuse nan/inf unless this is set
     # The default of `lorasmith sample`/`grid` where it differs from training's (AUTOMATIC1111's spelling).
     sample_default: Any = None
+    # The model families (library/models/family.py names: "sd1", "sd2", "sdxl") the option applies to;
+    # None = all. The GUI hides an option whose families exclude the picked model (unless it is set).
+    families: tuple[str, ...] | None = None
 
 
 # Whole-number fields without their own `max` are capped here: bigger values are typos
@@ -78,6 +82,8 @@ def option(default: Any, help: str, *, group: str, **spec: Any) -> Any:
     """Declare one option: the dataclass default plus its `OptionSpec`."""
     if group not in GROUPS:
         raise ValueError(f"unknown option group {group!r}")
+    if any(f not in MODEL_FAMILIES for f in spec.get("families") or ()):
+        raise ValueError(f"unknown model family in {spec['families']!r}; known: {', '.join(MODEL_FAMILIES)}")
     meta = {"lorasmith": OptionSpec(help=help, group=group, **spec)}
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)
@@ -95,7 +101,8 @@ class TrainConfig:
         group="Source model", kind="path")
     vae: str | None = option(None, "A separate VAE (.safetensors file or diffusers folder) replacing the checkpoint's", group="Source model", kind="path")
     use_ema_weights: bool = option(False, "Use the EMA weights when the checkpoint holds both (default: non-EMA, as AUTOMATIC1111)", group="Source model")
-    v2: bool = option(False, "The base model is SD 2.x (the family is detected from the model; this flag only has to agree with it)", group="Source model", advanced=True)
+    v2: bool = option(False, "The base model is SD 2.x (the family is detected from the model; this flag only has to agree with it)", group="Source model", advanced=True,
+                  families=("sd2",))  # sd-scripts: SDXL asserts `not v2`; our loader refuses it on SD1.x/SDXL
     v_parameterization: bool = option(False, "The base model predicts v instead of noise", group="Source model", advanced=True)
 
     # --- Folders ------------------------------------------------------------
@@ -146,8 +153,12 @@ class TrainConfig:
     cache_latents: bool = option(False, "Encode every image with the VAE once before training (RAM)", group="Resolution and buckets")
     cache_latents_to_disk: bool = option(False, "Keep the latent cache in files beside the images, reused across runs", group="Resolution and buckets")
     vae_batch_size: int = option(1, "Images per VAE batch while caching latents", group="Resolution and buckets", min=1)
-    cache_text_encoder_outputs: bool = option(False, "Encode captions once (only when the text encoder is not trained and captions are fixed)", group="Resolution and buckets")
-    cache_text_encoder_outputs_to_disk: bool = option(False, "SDXL: keep the text-encoder outputs in <image>_te_outputs.npz beside each image, reused across runs (implies cache_text_encoder_outputs)", group="Resolution and buckets")
+    # SDXL-only in sd-scripts (sdxl_train_util.add_sdxl_training_arguments); for SD1.x/SD2.x lorasmith
+    # caches the text encoder's outputs by itself whenever that is exact (training/setup.py build_data).
+    cache_text_encoder_outputs: bool = option(False, "Encode captions once (only when the text encoder is not trained and captions are fixed)", group="Resolution and buckets",
+                                              families=("sdxl",))
+    cache_text_encoder_outputs_to_disk: bool = option(False, "SDXL: keep the text-encoder outputs in <image>_te_outputs.npz beside each image, reused across runs (implies cache_text_encoder_outputs)", group="Resolution and buckets",
+                                                      families=("sdxl",))
 
     # --- Network ------------------------------------------------------------
     network_module: str = option("networks.lora", "Network type: networks.lora (sd-scripts LoRA / LoCon via conv_dim) or lycoris.kohya (LyCORIS: algo=lora|locon|loha|lokr, dora_wd=True)", group="Network", choices=("networks.lora", "lycoris.kohya"))
@@ -167,7 +178,8 @@ class TrainConfig:
     learning_rate: float = option(1e-4, "Base learning rate (about 1.0 for DAdaptAdam/Prodigy)", group="Optimizer and LR", min=0.0)
     unet_lr: float | None = option(None, "UNet learning rate (default: learning_rate)", group="Optimizer and LR", min=0.0)
     text_encoder_lr: float | None = option(None, "Text-encoder learning rate (default: learning_rate); SDXL: both encoders, or give two values (--text_encoder_lr TE1 TE2)", group="Optimizer and LR", min=0.0)
-    learning_rate_te2: float | None = option(None, "SDXL: learning rate of the second text encoder (OpenCLIP bigG); default: text_encoder_lr. Set by the second value of --text_encoder_lr", group="Optimizer and LR", min=0.0, advanced=True)
+    learning_rate_te2: float | None = option(None, "SDXL: learning rate of the second text encoder (OpenCLIP bigG); default: text_encoder_lr. Set by the second value of --text_encoder_lr", group="Optimizer and LR", min=0.0, advanced=True,
+                                             families=("sdxl",))
     lr_scheduler: str = option("constant", "Learning-rate schedule", group="Optimizer and LR", choices=LR_SCHEDULERS)
     lr_warmup_steps: float = option(0, "Warm-up steps, or a fraction of all steps when below 1", group="Optimizer and LR", min=0.0)
     lr_scheduler_num_cycles: int = option(1, "Restarts of cosine_with_restarts", group="Optimizer and LR", min=1)
@@ -274,6 +286,17 @@ class TrainConfig:
 
     # --- Advanced -------------------------------------------------------------------
     progress_file: str | None = option(None, "Also write progress events as JSON lines to this file (the GUI reads it)", group="Advanced", kind="file")
+
+
+def applies_to(name: str, family: str | None) -> bool:
+    """Whether option `name` does anything for a model of `family` (None: not known yet, so yes)."""
+    families = spec_named(name).families
+    return family is None or families is None or family in families
+
+
+def family_options() -> dict[str, tuple[str, ...]]:
+    """Field name → the families it is limited to, for the options that are limited."""
+    return {f.name: spec_of(f).families for f in option_fields() if spec_of(f).families is not None}
 
 
 def option_fields() -> list[dataclasses.Field[Any]]:

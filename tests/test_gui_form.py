@@ -25,7 +25,7 @@ from library.presets import list_presets, load_preset
 
 EXPECTED_COMPONENT = {
     "checkbox": gr.Checkbox, "dropdown": gr.Dropdown, "number": gr.Number, "list": gr.Textbox,
-    "path": gr.Textbox, "text": gr.Textbox,
+    "path": gr.Textbox, "text": gr.Textbox, "model": gr.Dropdown,
 }
 
 
