@@ -32,6 +32,7 @@ from gui.generate_form import (
     sample_command,
 )
 from gui.generate_queue import FAILED, QUEUED, GenerationQueue
+from gui.model_picker import choices, model_at, model_line
 from gui.safety import builtin_model_names
 from library.errors import LorasmithError
 
@@ -98,7 +99,8 @@ class GenerateTab:
         self.fields: dict[str, Any] = {}
         for i, row in enumerate(MAIN_ROWS):
             self._row(row, actions)
-            if i == 0:  # under the embeddings_dir field: the names a prompt can use
+            if i == 0:  # under the model and embeddings_dir fields: what the model is, the names a prompt can use
+                self.model_facts = gr.HTML(model_line(_default_model(), self.ctx.guard), elem_id="gen-model-facts-box")
                 self.embeddings_info = gr.Markdown(elem_id="gen-embeddings-list")
         with gr.Accordion("LoRAs", open=True):
             folders = known_lora_folders(self.ctx)
@@ -170,9 +172,31 @@ class GenerateTab:
         if isinstance(Context.block, gr.Tab):  # opening the tab picks up runs that ended since
             Context.block.select(self.refresh_loras, inputs=refresh_inputs, outputs=lora_outputs)
         self.lora_dir.change(self.list_loras, inputs=self.lora_dir, outputs=[n for n, _ in self.lora_slots])
+        self._wire_model()
         for emb in self._optional("embeddings_dir"):
             emb.change(lambda folder: embeddings_text(folder, self.ctx.guard), inputs=emb, outputs=self.embeddings_info)
         self._wire_grid()
+
+    def _wire_model(self) -> None:
+        """The family line follows the model and the size; models_dir (or the first allowed folder) fills the picker."""
+        model = self.fields.get("pretrained_model_name_or_path")
+        if model is None:
+            return
+        sizes = self._optional("width") + self._optional("height")
+        line = lambda value, *wh: model_line(value, self.ctx.guard, *wh)  # noqa: E731
+        for comp in [model, *sizes]:
+            comp.change(line, inputs=[model, *sizes], outputs=self.model_facts, show_progress="hidden")
+        folders = self._optional("models_dir")
+
+        def listing(folder: str | None = None) -> dict:
+            return gr.update(choices=choices(folder or str(self.ctx.guard.roots[0]), self.ctx.guard))
+
+        for comp in folders:
+            comp.blur(listing, inputs=comp, outputs=model, show_progress="hidden")
+        from gradio.context import Context
+
+        if isinstance(Context.block, gr.Tab):  # opening the tab lists the models found since
+            Context.block.select(listing, inputs=folders, outputs=model, show_progress="hidden")
 
     def _wire_grid(self) -> None:
         """Send to grid fills the Evaluate tab's fields, found by their elem_ids (built before this tab)."""
@@ -206,6 +230,9 @@ class GenerateTab:
     def generate(self, data: dict, **overrides: Any) -> dict:
         values, loras, lora_dir = self._read(data)
         values.update(overrides)
+        info = model_at(values.get("pretrained_model_name_or_path"), self.ctx.guard)
+        if info is not None and info.refusal:  # the loader would refuse it: say so now, not from the child's log
+            return {self.message: "**Not queued:** " + info.refusal}
         try:
             argv = sample_command(values, loras, lora_dir, self.ctx.guard)
         except LorasmithError as exc:
@@ -272,6 +299,10 @@ class GenerateTab:
         return [gr.Dropdown(choices=names) for _ in self.lora_slots]
 
 
+def _default_model() -> str:
+    return "tiny" if "tiny" in builtin_model_names() else ""
+
+
 def make_field(dest: str, action: argparse.Action) -> Any:
     """One widget per CLI flag: label = the flag's name, info = its --help text, value = its default."""
     kind = field_kind(action)
@@ -292,6 +323,7 @@ def make_field(dest: str, action: argparse.Action) -> Any:
         common["info"] = None if dest == "negative_prompt" else common["info"]
         return gr.Textbox(value=action.default or "", lines=3 if dest == "prompt" else 2, **common)
     value = action.default
-    if dest == "pretrained_model_name_or_path" and value is None:
-        value = "tiny" if "tiny" in builtin_model_names() else ""
+    if dest == "pretrained_model_name_or_path":  # the model picker: built-ins and found models, or a typed path
+        return gr.Dropdown(list(builtin_model_names()), value=_default_model() if value is None else str(value),
+                           allow_custom_value=True, filterable=True, **common)
     return gr.Textbox(value="" if value is None else str(value), **common)

@@ -345,7 +345,7 @@ class TrainingTab:
             out.update({self.plan_summary: summary_html(summary, table), self.plan: table, self.plan_key: key})
         else:
             out.update({self.plan_summary: gr.skip(), self.plan: gr.skip(), self.plan_key: gr.skip()})
-        out.update(self._family_updates(cfg, data[self.family_key]))
+        out.update(self._family_updates(cfg, data.get(self.family_key, "")))
         applied = data[self.applied]
         if applied:
             diff = differs(values, applied["values"])
