@@ -661,3 +661,28 @@ def test_one_screen_layout_with_the_run_panel_in_view(page):
     page.wait_for_timeout(300)
     assert _in_viewport(page, "#start") and _in_viewport(page, "#ls-run-panel")  # the panel stays in view
     _shot(page, "22-scrolled-run-panel-in-view")
+
+
+def _shown(pg, name: str) -> bool:
+    return pg.evaluate(f"(() => {{ const e = document.querySelector('#field-{name}'); "
+                       "return !!e && e.offsetParent !== null && e.getClientRects().length > 0; })()")
+
+
+def test_model_picker_shows_the_family_and_its_options(page):
+    _choose(page, "field-pretrained_model_name_or_path", "tiny-sdxl")
+    page.wait_for_function("document.querySelector('#model-facts')?.dataset.family === 'sdxl'")
+    assert "SDXL" in page.locator("#model-facts").inner_text()
+    page.locator("#model-facts").scroll_into_view_if_needed()
+    _shot(page, "23-model-picker-sdxl")
+    _open_group(page, "Resolution and buckets")
+    page.locator("#group-resolution-and-buckets .ls-all-options button").first.click()
+    page.wait_for_timeout(300)
+    assert _shown(page, "cache_text_encoder_outputs") and _shown(page, "cache_text_encoder_outputs_to_disk")
+    _choose(page, "field-pretrained_model_name_or_path", "tiny")
+    page.wait_for_function("document.querySelector('#model-facts')?.dataset.family === 'sd1'")
+    page.wait_for_timeout(500)
+    assert not _shown(page, "cache_text_encoder_outputs") and not _shown(page, "cache_text_encoder_outputs_to_disk")
+    assert _shown(page, "cache_latents")  # the section is open: only the SDXL options went
+    _fill(page, "pretrained_model_name_or_path", "tiny-sd2")  # typed, not picked
+    page.wait_for_function("document.querySelector('#model-facts')?.dataset.family === 'sd2'")
+    assert "SD2.x 768-v" in page.locator("#model-facts").inner_text()
