@@ -25,6 +25,8 @@ CSS = """
 .ls-issue-list { margin: 2px 0 6px 1.2em; padding: 0; }
 .ls-vram { white-space: pre-wrap; font-size: 0.85em; }
 .ls-queue li { list-style: none; }
+.ls-model-facts { margin: 2px 4px; font-size: 0.95em; }
+.ls-model-facts .ls-evidence { font-size: 0.85em; color: #666; }
 """
 
 HEAD = """

@@ -197,3 +197,23 @@ def test_training_tab_check_shows_the_family_and_its_options(tmp_path, monkeypat
         assert 'data-refused="1"' in out[tab.model_facts] and out[tab.start_btn]["interactive"] is False
     finally:
         ctx.close()
+
+
+def test_generate_tab_refuses_a_model_the_loader_refuses(tmp_path, monkeypatch):
+    from gui.context import GuiContext
+    from gui.generate_tab import GenerateTab
+
+    monkeypatch.setenv("LORASMITH_HOME", str(tmp_path / "home"))
+    ctx = GuiContext.create([str(tmp_path)], tmp_path / "jobs")
+    try:
+        with gr.Blocks():
+            tab = GenerateTab(ctx)
+        assert isinstance(tab.fields[MODEL_FIELD], gr.Dropdown) and tab.fields[MODEL_FIELD].allow_custom_value
+        bad = _fake_checkpoint(tmp_path / "inpaint.safetensors", {"model.diffusion_model.input_blocks.0.0.weight": (4, 9, 3, 3)})
+        data = {comp: comp.value for comp in tab.form_inputs}
+        data.update({tab.fields[MODEL_FIELD]: str(bad), tab.fields["prompt"]: "a cat"})
+        out = tab.generate(data)
+        assert out[tab.message].startswith("**Not queued:**") and "inpainting model" in out[tab.message]
+        assert tab.queue.jobs == []
+    finally:
+        ctx.close()
