@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # (the first command installs the wheels the GPU machine lacks, from .whl/, as the session requires)
-# One GPU session's measurements for issue 26, in one go (about 5 minutes on an H200):
+# One GPU session's measurements for issue 26, in one go (about 10 minutes on an H200):
 #   1. the card and torch version (nvidia-smi)
 #   2. the GPU tests: python3 -m pytest -q -m gpu tests/ -x
 #   3. bench/train_speed.py --case sd15: SD1.5-sized random weights, 512 px, batch 1 and 8, bf16,
@@ -8,7 +8,10 @@
 #      warm-up then >= 10 timed steps each; samples/s, FLOPs counted with FlopCounterMode, fraction of
 #      the card's dense bf16 peak (datasheet), peak max_memory_allocated, and the --print_plan VRAM
 #      estimate next to the measured peak
-#   4. a short table, last
+#   4. bench/train_speed.py --case sdxl: SDXL-sized random weights, 1024 px, batch 1 and 4, bf16, gradient
+#      checkpointing, cached latents and text-encoder outputs, UNet LoRA; the SDXL reference loop likewise
+#      (diffusers' train_text_to_image_lora_sdxl.py), the VRAM estimate next to the measured peak
+#   5. a short table, last
 # Results go to $OUT (train_speed.jsonl, gpu_check.log). Every part has its own timeout, so one hang
 # does not eat the session. DRY=1 runs every Python command on the CPU on the tiny model (a few
 # minutes on a busy 2-core machine, most of it imports and pytest collection)
@@ -44,4 +47,5 @@ part() {  # part NAME SECONDS COMMAND...: run with a timeout, log everything, ne
 part "card" 30 bash -c 'nvidia-smi || echo "no nvidia-smi"; python3 -c "import torch, diffusers, transformers; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else \"\"); print(\"diffusers\", diffusers.__version__, \"transformers\", transformers.__version__)"'
 part "gpu tests" 90 python3 -m pytest -q -m gpu tests/ -x -p no:cacheprovider
 part "train_speed sd15" 330 python3 bench/train_speed.py --case sd15 --json_out "$JSON" $DRYFLAG
+part "train_speed sdxl" 360 python3 bench/train_speed.py --case sdxl --json_out "$JSON" $DRYFLAG
 part "table" 15 python3 bench/gpu_table.py "$JSON"

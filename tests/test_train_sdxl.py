@@ -208,10 +208,9 @@ def test_vram_plan_builds_the_sdxl_skeleton_with_both_encoders(tmp_path: Path) -
     from library.training.vram_estimate import build_skeleton, model_family
 
     assert model_family("tiny-sdxl") == "tiny-sdxl" and model_family("tiny-sd2") == "tiny-sd2"
-    sdxl_file, sd_file = tmp_path / "xl.safetensors", tmp_path / "sd.safetensors"
-    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(sdxl_file))
-    save_file({"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(2)}, str(sd_file))
-    assert model_family(str(sdxl_file)) == "sdxl" and model_family(str(sd_file)) == "sd15"
+    junk = tmp_path / "junk.safetensors"  # no UNet: the loader names the problem later; the estimate assumes SD1.5
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(junk))
+    assert model_family(str(junk)) == "sd15"
     sk = build_skeleton(TrainConfig(pretrained_model_name_or_path="tiny-sdxl", resolution="64"))
     b = load_model_bundle("tiny-sdxl")
     te_bytes = sum(p.numel() * 4 for m in b.text_encoders() for p in m.parameters()) + sum(
