@@ -106,3 +106,24 @@ def test_the_sdxl_reference_step_conditions_the_unet_as_the_diffusers_sdxl_scrip
     assert latents.dtype == torch.bfloat16 and latents.shape[-1] == 64 // 2 ** (len(m["vae"].config.block_out_channels) - 1)
     loss = ref.step(m, torch.device("cpu"), (latents, (hidden, added)))
     assert loss > 0 and all(p.grad is None for p in m["params"])  # stepped and zeroed
+
+
+def test_score_cost_counts_the_scorers_unet_samples_as_the_readme_states():
+    """Base pass: images x 4 timesteps x (concept + class + unrelated prompts); each file: that, per weight."""
+    from library.models import load_model_bundle
+    from library.scoring.scores import EvalBatch, EvalSet, score_files
+
+    bench = _load("score_cost")
+    bundle = load_model_bundle("tiny")
+    torch.manual_seed(0)
+    eval_set = EvalSet([EvalBatch(torch.randn(3, 4, 8, 8), ["ohwx shape"] * 3)], class_prompt="shape",
+                       prior_prompts=("a city", "a bowl"))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = bench._lora_files(bundle, Path(tmp), rank=2)
+        seen, handle = bench.count_unet_samples(bundle.unet)
+        score_files(bundle, files[:1], eval_set, weights=(0.5, 1.0))
+        handle.remove()
+    per_pass = 3 * 4 * (1 + 1 + 2)
+    assert sum(seen) == per_pass * (1 + 2)
