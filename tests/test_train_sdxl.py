@@ -131,7 +131,7 @@ def test_resume_from_step_1_is_bit_exact(full_run, data: Path, tmp_path: Path) -
 def test_text_encoder_cache_on_disk_has_sd_scripts_arrays_and_is_reused(data: Path, tmp_path: Path) -> None:
     """--cache_text_encoder_outputs_to_disk writes <image>_te_outputs.npz (hidden_state1/2, pool2); a changed caption is re-encoded."""
     from library.models import load_model_bundle
-    from library.training.text_conditioning import TextCache, TextEncoding
+    from library.data.text_conditioning import TextCache, TextEncoding
 
     folder = tmp_path / "1_x"
     folder.mkdir()
@@ -157,7 +157,7 @@ def test_sdxl_text_encoding_follows_sd_scripts_layers() -> None:
     """Penultimate states of both encoders, concatenated; pooled = te2 projection at the first EOS."""
     from library.data.text import tokenize_captions
     from library.models import load_model_bundle
-    from library.training.text_conditioning import TextEncoding
+    from library.data.text_conditioning import TextEncoding
 
     b = load_model_bundle("tiny-sdxl")
     cond = TextEncoding(b, None, None).encode(None, ["a red cube"])
