@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from library.data.text import encode_tokens, tokenize_captions
 from library.data.sdxl_size_ids import size_crop_ids
+from library.data.text import encode_tokens, tokenize_captions
 
 NPZ_SUFFIX = "_te_outputs.npz"  # sd-scripts' SdxlTextEncoderOutputsCachingStrategy suffix
 

@@ -6,9 +6,14 @@ from typing import Any
 import torch
 
 from library.data.text import encode_tokens
-from library.training.loss import huber_threshold, per_sample_loss, snr_from_alphas, weighted_batch_loss
-from library.training.noise import NoiseSettings, noise_batch, velocity
 from library.data.text_conditioning import Conditioning, TextEncoding, sdxl_time_ids
+from library.training.loss import (
+    huber_threshold,
+    per_sample_loss,
+    snr_from_alphas,
+    weighted_batch_loss,
+)
+from library.training.noise import NoiseSettings, noise_batch, velocity
 
 
 class StepMath:
