@@ -278,10 +278,10 @@ def test_a_v_prediction_sdxl_run_says_so_in_its_metadata(data: Path, tmp_path: P
 
 def _record_unet_calls():
     """Patch the UNet's forward to record, per call, whether grad was on (training steps) or off (scoring),
-    and the SDXL time ids and pooled width it got. Returns (calls, undo)."""
+    and the SDXL time ids, pooled width and caption length (token states) it got. Returns (calls, undo)."""
     from diffusers import UNet2DConditionModel
 
-    calls: list[tuple[bool, list[tuple[int, ...]], int | None]] = []
+    calls: list[tuple[bool, list[tuple[int, ...]], int | None, int]] = []
     original = UNet2DConditionModel.forward
 
     def spy(self, sample, timestep, encoder_hidden_states, *args, **kwargs):
@@ -289,7 +289,7 @@ def _record_unet_calls():
         ids = added.get("time_ids")
         pooled = added.get("text_embeds")
         calls.append((torch.is_grad_enabled(), [tuple(r) for r in ids.int().tolist()] if ids is not None else [],
-                      None if pooled is None else int(pooled.shape[-1])))
+                      None if pooled is None else int(pooled.shape[-1]), int(encoder_hidden_states.shape[1])))
         return original(self, sample, timestep, encoder_hidden_states, *args, **kwargs)
 
     UNet2DConditionModel.forward = spy
@@ -301,12 +301,12 @@ def _record_unet_calls():
 
 
 def scored_config(data: Path, out: Path) -> TrainConfig:
-    """Two epochs of the two bucketed images (ids above), te1/te2 trained too, scored at each save."""
+    """Two epochs of the two bucketed images (ids above), te1/te2 trained too, 150-token captions, scored at each save."""
     return TrainConfig(pretrained_model_name_or_path="tiny-sdxl", train_data_dir=str(data), caption_extension=".txt",
                        output_dir=str(out / "lora"), output_name="s", resolution="96", enable_bucket=True,
                        min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=32, train_batch_size=2,
                        max_train_epochs=2, save_every_n_epochs=1, network_dim=2, network_alpha=1, learning_rate=1e-3,
-                       text_encoder_lr=1e-3, cache_latents=True, evaluate_every_n_epochs=1,
+                       text_encoder_lr=1e-3, cache_latents=True, evaluate_every_n_epochs=1, max_token_length=150,
                        logging_dir=str(out / "logs"), seed=3)
 
 
@@ -341,9 +341,11 @@ def test_epoch_scores_during_sdxl_training_use_each_images_size_ids(scored_run) 
     scoring = [c for c in calls if not c[0]]
     training = [c for c in calls if c[0]]
     assert scoring and training
-    assert all(pooled == 32 for _, _, pooled in scoring)  # te2's projection width on tiny-sdxl
-    assert {row for _, rows, _ in scoring for row in rows} == set(IMAGES.values())
-    assert {row for _, rows, _ in scoring for row in rows} == {row for _, rows, _ in training for row in rows}
+    assert all(pooled == 32 for _, _, pooled, _ in scoring)  # te2's projection width on tiny-sdxl
+    assert {row for _, rows, _, _ in scoring for row in rows} == set(IMAGES.values())
+    assert {row for _, rows, _, _ in scoring for row in rows} == {row for _, rows, _, _ in training for row in rows}
+    # the run's --max_token_length 150: two 77-token windows joined to 152 states, in training and scoring alike
+    assert {n for *_, n in scoring} == {n for *_, n in training} == {152}
 
 
 def test_evaluate_command_scores_sdxl_files(data: Path, scored_run, tmp_path: Path, capsys) -> None:
@@ -371,4 +373,5 @@ def test_evaluate_command_scores_sdxl_files(data: Path, scored_run, tmp_path: Pa
     rows = list(csv.DictReader((tmp_path / "eval" / "evaluation.csv").open()))
     assert len(rows) == 2 and all(float(r["fidelity"]) > 0 for r in rows)
     assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 0
-    assert {row for _, ids, _ in calls for row in ids} == set(IMAGES.values())
+    assert {row for _, ids, _, _ in calls for row in ids} == set(IMAGES.values())
+    assert {n for *_, n in calls} == {152}  # the config file's max_token_length
