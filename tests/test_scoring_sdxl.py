@@ -135,3 +135,25 @@ def test_sd2_v_prediction_is_scored_against_the_velocity(tmp_path):
     eps_loss = float((pred - noise).pow(2).mean())
     assert score.base_loss == pytest.approx(v_loss, rel=1e-6)
     assert abs(v_loss - eps_loss) > 1e-2 * v_loss
+
+
+def test_a_zero_terminal_snr_run_is_scored_on_its_training_schedule(tmp_path):
+    """--zero_terminal_snr trains on rescaled betas: the scorer noises with the same ᾱ as the trainer's validation loss."""
+    from library.scoring.scores import scoring_scheduler
+    from library.training.setup import training_alphas_cumprod
+
+    bundle = load_model_bundle("tiny-sd2")
+    plain, rescaled = scoring_scheduler(bundle), scoring_scheduler(bundle, zero_terminal_snr=True)
+    trainer = training_alphas_cumprod(plain.betas, True)
+    assert torch.allclose(rescaled.alphas_cumprod.double(), trainer.double(), atol=1e-6)
+    assert float(rescaled.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-12)
+    assert not torch.allclose(plain.alphas_cumprod, rescaled.alphas_cumprod, atol=1e-4)
+    gen = torch.Generator().manual_seed(5)
+    batch = EvalBatch(torch.randn((2, 4, 8, 8), generator=gen), ["ohwx cube", "ohwx cube"])
+    net = LoRANetwork.create(bundle.unet, bundle.text_encoder, rank=2, alpha=2, train_text_encoder=False)
+    path = net.save_weights(tmp_path / "sd2.safetensors")
+    net.restore()
+    losses = [score_files(bundle, [path], EvalSet([batch], class_prompt="cube", prior_prompts=("a house",),
+                                                  timesteps=TIMESTEPS, zero_terminal_snr=z), weights=(1.0,))[0].base_loss
+              for z in (False, True)]
+    assert abs(losses[0] - losses[1]) > 1e-3 * losses[0]

@@ -22,7 +22,8 @@ from library.errors import ConfigError
 
 DATA_OPTIONS = ("pretrained_model_name_or_path", "vae", "train_data_dir", "reg_data_dir", "dataset_config",
                 "caption_extension", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
-                "validation_split", "validation_seed", "seed", "clip_skip", "max_token_length", "logging_dir")
+                "validation_split", "validation_seed", "seed", "clip_skip", "max_token_length", "zero_terminal_snr",
+                "logging_dir")
 
 
 def _data_options() -> tuple[str, ...]:

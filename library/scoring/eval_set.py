@@ -98,7 +98,8 @@ def eval_set_from_config(bundle, config, *, class_prompt: str | None = None,
                    seed=int(seed if seed is not None else (config.validation_seed or config.seed or 0)),
                    source=source, instance_token=trigger or (tokens[0].split()[0] if tokens else None),
                    image_paths=[str(it.image.path) for it in concept],
-                   clip_skip=config.clip_skip, max_token_length=config.max_token_length)
+                   clip_skip=config.clip_skip, max_token_length=config.max_token_length,
+                   zero_terminal_snr=bool(getattr(config, "zero_terminal_snr", False)))
 
 
 def _batches(vae, items) -> list[EvalBatch]:

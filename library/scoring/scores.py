@@ -79,6 +79,7 @@ class EvalSet:
     image_paths: list[str] = field(default_factory=list)  # the concept images (for CLIP-I / DINO references)
     clip_skip: int | None = None  # captions are encoded as the run encodes them (its --clip_skip,
     max_token_length: int | None = None  # --max_token_length); None: sd-scripts' defaults
+    zero_terminal_snr: bool = False  # noise as the run trained with --zero_terminal_snr (rescaled betas)
 
     @property
     def image_count(self) -> int:
@@ -324,13 +325,22 @@ def _vae_scale(bundle) -> int:
     return 2 ** (len(blocks) - 1) if blocks else 8
 
 
+def scoring_scheduler(bundle, zero_terminal_snr: bool = False):
+    """The model's training noise schedule, rescaled to zero terminal SNR (Lin et al. 2023) when the run trained so,
+    as its validation loss is measured."""
+    from library.models import make_noise_scheduler
+
+    scheduler = make_noise_scheduler(bundle)
+    if zero_terminal_snr:
+        scheduler = type(scheduler).from_config(scheduler.config, rescale_betas_zero_snr=True)
+    return scheduler
+
+
 def _score(bundle, candidates: list[_Candidate], eval_set: EvalSet, weights: Sequence[float],
            apply: Callable[[_Candidate | None, float], bool], max_batch: int,
            progress: Callable[[int, int, str], None] | None) -> list[EpochScore]:
     """Base predictions once (apply(None, 0)), then every (candidate, weight) against them."""
-    from library.models import make_noise_scheduler
-
-    scheduler = make_noise_scheduler(bundle)
+    scheduler = scoring_scheduler(bundle, eval_set.zero_terminal_snr)
     timesteps = list(eval_set.timesteps) or validation_timesteps(0, int(scheduler.config.num_train_timesteps))
     device = next(bundle.unet.parameters()).device
     dtype = next(bundle.unet.parameters()).dtype
