@@ -30,9 +30,8 @@ from library.fileio import atomic_write_text
 from library.lora import keys
 from library.lora.file import resolve_dtype
 from library.lora.tools import delta
-from library.lora.tools.lora_reader import LoRASource
+from library.lora.tools.lora_reader import LoRASource, lora_family
 from library.lora.tools.merge import LoRAWeight
-from library.lora.naming import lora_architecture
 from library.lora.tools.model_weights import ModelWeights, WeightEntry, entry_view, open_model, stored_with
 from library.lora.tools.output import PROVENANCE_KEY, Progress, check_output, provenance, write_safetensors_streaming
 from library.models.configs import load_family_configs
@@ -75,7 +74,7 @@ def match_lora(lora: LoRASource, weights: ModelWeights) -> dict[str, WeightEntry
         matched[name] = entry
     if problems:
         total, n_keys = len(lora.modules()), sum(len(lora.suffixes(n)) for n in lora.modules())
-        lora_arch = lora_architecture(lora.modules(), _te_width(lora))
+        lora_arch = lora_family(lora)
         why = (f"this LoRA is for {lora_arch} and the model is {weights.display}" if lora_arch != weights.display
                else "the LoRA was made for another architecture")
         raise LoRAFileError(
@@ -83,13 +82,6 @@ def match_lora(lora: LoRASource, weights: ModelWeights) -> dict[str, WeightEntry
             f"({weights.family}, {len(layers)} adaptable layers); {why}",
             problems[:_SHOWN] + ([f"... and {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else []))
     return matched
-
-
-def _te_width(lora: LoRASource) -> int | None:
-    """The input width of the LoRA's first text-encoder Linear (768 SD1.x, 1024 SD2.x), as loading.architectures."""
-    name = next((n for n in lora.modules() if n.startswith("lora_te") and keys.DOWN in lora.suffixes(n)), None)
-    down = lora.parts(name)[keys.DOWN] if name else None
-    return int(down.shape[1]) if down is not None and down.dim() == 2 else None
 
 
 def merged_weight(base: torch.Tensor, deltas: Sequence[torch.Tensor], label: str) -> torch.Tensor:

@@ -258,6 +258,8 @@ def _entries(architecture: str, family: str, component: str, stored: dict[str, s
     out = []
     for key, (ldm_key, part, transposed) in ldm_locations(architecture, family, component).items():
         name = stored[ldm_key if store_key == "ldm" else key]
+        if store_key != "ldm":  # a module's own state: stored as the module holds it
+            part, transposed = None, False
         out.append(WeightEntry(component, key, ldm_key, shapes[key], store.dtype(name), store_key, name, part,
                                transposed, _lora_name(naming, family, component, key, shapes[key])))
     return out
