@@ -272,3 +272,35 @@ def test_lora_merge_refuses_mixed_families(sdxl, sd2, tmp_path):
     with pytest.raises(LoRAFileError, match=r"different model families") as err:
         merge_loras([LoRAWeight(str(xl)), LoRAWeight(str(two))], tmp_path / "m.safetensors")
     assert "SDXL" in str(err.value) and "SD1.x/SD2.x" in str(err.value)
+
+
+def test_single_file_merge_reads_each_tensor_once(sdxl, tmp_path, monkeypatch):
+    """Streaming: every stored tensor is read once, the fused in_proj holding a LoRA'd q included."""
+    from library.lora.tools import model_weights
+
+    root, _, _ = sdxl
+    _hand_lora(tmp_path / "l.safetensors", SDXL_MODULES, root / "base.safetensors", rank=2, alpha=1.0, seed=10,
+               version="sdxl_base_v1-0")
+    reads: dict[str, int] = {}
+    original = model_weights._SafetensorsStore.get
+
+    def counting(self, name):
+        reads[name] = reads.get(name, 0) + 1
+        return original(self, name)
+
+    monkeypatch.setattr(model_weights._SafetensorsStore, "get", counting)
+    merge_into_checkpoint(str(root / "base.safetensors"), [LoRAWeight(str(tmp_path / "l.safetensors"))],
+                          tmp_path / "m.safetensors")
+    assert reads.keys() == read_header(root / "base.safetensors").entries.keys()
+    assert set(reads.values()) == {1}
+
+
+def test_extract_cli_with_sd_scripts_flags(sdxl, tmp_path, capsys):
+    from library.cli import main
+
+    root, _, diffs = sdxl
+    out = tmp_path / "cli.safetensors"
+    assert main(["lora", "extract", "--sdxl", "--model_org", str(root / "base.safetensors"), "--model_tuned",
+                 str(root / "tuned.safetensors"), "--save_to", str(out), "--dim", "2"]) == 0
+    assert "text encoder(s)" in capsys.readouterr().out
+    assert set(diffs) <= set(_module_deltas(out))
