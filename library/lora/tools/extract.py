@@ -34,7 +34,12 @@ from library.lora.metadata import modelspec_metadata
 from library.lora.targets import find_targets
 from library.lora.tools import svd
 from library.lora.tools.lora_reader import is_conv3x3
-from library.lora.tools.model_weights import ModelWeights, WeightEntry, open_model, skeleton
+from library.lora.tools.model_weights import (
+    ModelWeights,
+    WeightEntry,
+    open_model,
+    skeleton,
+)
 from library.lora.tools.output import Progress, check_output, provenance, rank_problems
 from library.models.family import SD1, ModelFamily, family_of
 
@@ -104,8 +109,8 @@ def _check_same_architecture(base: ModelWeights, tuned: ModelWeights) -> None:
     if base.architecture != tuned.architecture:
         raise ModelLoadError(
             f"base {base.label} is a {base.model_family.display} model and tuned {tuned.label} is a "
-            f"{tuned.model_family.display} model", ["extract needs the fine-tuned model and the very base it was "
-                                                     "trained from, of the same family"])
+            f"{tuned.model_family.display} model",
+            ["extract needs the fine-tuned model and the very base it was trained from, of the same family"])
     if base.family != tuned.family:
         raise ModelLoadError(
             f"base {base.label} and tuned {tuned.label} are different architectures "

@@ -32,8 +32,20 @@ from library.lora.file import resolve_dtype
 from library.lora.tools import delta
 from library.lora.tools.lora_reader import LoRASource, lora_family
 from library.lora.tools.merge import LoRAWeight
-from library.lora.tools.model_weights import ModelWeights, WeightEntry, entry_view, open_model, stored_with
-from library.lora.tools.output import PROVENANCE_KEY, Progress, check_output, provenance, write_safetensors_streaming
+from library.lora.tools.model_weights import (
+    ModelWeights,
+    WeightEntry,
+    entry_view,
+    open_model,
+    stored_with,
+)
+from library.lora.tools.output import (
+    PROVENANCE_KEY,
+    Progress,
+    check_output,
+    provenance,
+    write_safetensors_streaming,
+)
 from library.models.configs import load_family_configs
 from library.models.ldm_convert import to_ldm_tensor
 from library.models.ldm_layout import slots, text_encoder_to_ldm

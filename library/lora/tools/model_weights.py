@@ -33,7 +33,11 @@ from library.lora.naming import Naming, model_architecture
 from library.models.architecture import detect_diffusers, detect_ldm
 from library.models.builtin import BUILTIN_MODELS, builtin_names
 from library.models.checkpoint_io import read_state_dict
-from library.models.configs import ARCHITECTURE_CONFIGS, family_components, load_family_configs
+from library.models.configs import (
+    ARCHITECTURE_CONFIGS,
+    family_components,
+    load_family_configs,
+)
 from library.models.family import ModelFamily, family_of
 from library.models.folder import find_weights, is_diffusers_folder, read_json
 from library.models.ldm_convert import from_ldm_tensor
