@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = (("side", "side", 16), ("batch", "batch", 5), ("samples_per_s", "samples/s", 9),
+COLUMNS = (("case", "case", 5), ("resolution", "px", 5), ("side", "side", 16), ("batch", "batch", 5), ("samples_per_s", "samples/s", 9),
            ("tflop_per_sample", "TFLOP/sample", 12), ("fraction_of_bf16_peak", "of bf16 peak", 12),
            ("peak_memory_gb", "peak GB", 8), ("speedup_vs_reference", "x ref", 6),
            ("speedup_vs_reference_cached", "x ref cached", 12), ("memory_vs_reference", "mem/ref", 7),
@@ -21,7 +21,8 @@ def table(rows: list[dict]) -> str:
     lines = [" ".join(f"{title:>{width}}" for _, title, width in COLUMNS)]
     for row in rows:
         if "error" in row:
-            lines.append(f"{row.get('side', '?'):>16} {row.get('batch', '?'):>5} ERROR {' | '.join(row['error'])[-160:]}")
+            lines.append(f"{row.get('case', '?'):>5} {'':>5} {row.get('side', '?'):>16} {row.get('batch', '?'):>5} "
+                         f"ERROR {' | '.join(row['error'])[-160:]}")
             continue
         cells = []
         for key, _, width in COLUMNS:
@@ -29,8 +30,7 @@ def table(rows: list[dict]) -> str:
             cells.append(f"{'-' if value is None else value:>{width}}")
         lines.append(" ".join(cells))
     first = next((r for r in rows if "gpu" in r), rows[0] if rows else {})
-    head = (f"{first.get('case', '')} {first.get('resolution', '')} px {first.get('precision', '')} "
-            f"on {first.get('gpu', first.get('device', '?'))} (bf16 peak {first.get('bf16_peak_tflops')} "
+    head = (f"{first.get('precision', '')} on {first.get('gpu', first.get('device', '?'))} (bf16 peak {first.get('bf16_peak_tflops')} "
             f"TFLOP/s, {first.get('peak_source', '')})")
     return "\n".join([head] + lines)
 

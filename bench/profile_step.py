@@ -63,7 +63,7 @@ def main() -> int:
     from library.world.bucket_dataset import make_shapes_dataset
 
     cuda = torch.cuda.is_available()
-    register_builtin("sd15-random", lambda dtype: build_random_bundle("sd15", 0, "sd15-random", dtype))
+    register_builtin("sd15-random", lambda dtype: build_random_bundle("sd15", 0, "sd15-random", dtype), configs="sd15")
     wait, warmup = 4, 2
     active = min(6, args.steps - wait - warmup)
     if active < 2:

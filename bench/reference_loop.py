@@ -10,6 +10,12 @@ Accelerate's prepared model does), takes the mean-squared error in float32, read
 back for logging (`.item()`, as the script's `avg_loss.item()`), clips the gradient norm to
 1.0, steps the optimizer and zeroes the gradients.
 
+SDXL (`family` "sdxl" / "tiny-sdxl") as diffusers' train_text_to_image_lora_sdxl.py trains: both
+text encoders' penultimate hidden states concatenated, the pooled embedding from the second
+encoder's projection, `add_time_ids` = original size + crop top-left + target size (no crop
+here), passed as `added_cond_kwargs`; the VAE stays in float32 (the script's default, against
+the SDXL VAE's fp16 NaNs) while the UNet and text encoders take the training dtype.
+
 Differences, so that both sides train the same thing: the LoRA targets are lorasmith's
 (sd-scripts') UNet layers at the same rank and alpha, not only to_q/to_k/to_v/to_out.0;
 batches are random tensors made once on the device (no data loading: this favours the
@@ -31,7 +37,7 @@ MAX_GRAD_NORM = 1.0
 
 @dataclass
 class ReferenceCase:
-    family: str  # shipped config family: "tiny" or "sd15"
+    family: str  # shipped config family: "tiny", "sd15", "tiny-sdxl" or "sdxl"
     resolution: int
     batch: int
     precision: str  # "no", "bf16" or "fp16"
@@ -50,15 +56,17 @@ def build(case: ReferenceCase, device: torch.device) -> dict[str, Any]:
 
     from library.lora.targets import find_targets
     from library.models.configs import load_family_configs
-    from library.models.modules import build_text_encoder, build_unet, build_vae
+    from library.models.modules import build_text_encoder, build_text_encoder_2, build_unet, build_vae
 
     configs = load_family_configs(case.family)  # random weights, as lorasmith's side (no hashing: not needed here)
     torch.manual_seed(0)
     unet, vae, te = build_unet(configs["unet"]), build_vae(configs["vae"]), build_text_encoder(configs["text_encoder"])
+    te2 = build_text_encoder_2(configs["text_encoder_2"]) if "text_encoder_2" in configs else None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(case.precision, torch.float32)
-    for module in (unet, vae, te):
-        module.requires_grad_(False)
-        module.to(device, dtype=dtype)
+    for module in (unet, vae, te, te2):
+        if module is not None:
+            module.requires_grad_(False)
+            module.to(device, dtype=torch.float32 if module is vae and te2 is not None else dtype)
     lora = dict(r=case.rank, lora_alpha=case.alpha, init_lora_weights="gaussian")
     unet.add_adapter(LoraConfig(**lora, target_modules=[t.path for t in find_targets(unet, None)]))
     trained = [unet]
@@ -74,21 +82,36 @@ def build(case: ReferenceCase, device: torch.device) -> dict[str, Any]:
     if case.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    return {"unet": unet, "vae": vae, "te": te, "params": params, "optimizer": optimizer, "dtype": dtype,
+    return {"unet": unet, "vae": vae, "te": te, "te2": te2, "params": params, "optimizer": optimizer, "dtype": dtype,
             "scheduler": DDPMScheduler.from_config(configs["scheduler"]),
             "pixels": torch.rand(case.batch, 3, case.resolution, case.resolution, device=device) * 2 - 1,
             "ids": torch.randint(0, te.config.vocab_size, (case.batch, 77), device=device),
             "scaler": torch.amp.GradScaler(device.type) if case.precision == "fp16" else None}
 
 
-def encode(m: dict[str, Any], train_text_encoder: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents and text-encoder outputs of the batch, as the script computes them each step."""
+def encode(m: dict[str, Any], train_text_encoder: bool) -> tuple[torch.Tensor, Any]:
+    """Latents and text-encoder outputs of the batch, as the script computes them each step.
+
+    The conditioning is a tensor, or for SDXL (hidden states, added_cond_kwargs).
+    """
     vae = m["vae"]
     with torch.no_grad():
-        latents = vae.encode(m["pixels"].to(m["dtype"])).latent_dist.sample() * vae.config.scaling_factor
+        pixels = m["pixels"].to(next(vae.parameters()).dtype)
+        latents = (vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor).to(m["dtype"])
     with torch.set_grad_enabled(train_text_encoder):
-        cond = m["te"](m["ids"])[0]
-    return latents, cond
+        if m["te2"] is None:
+            return latents, m["te"](m["ids"])[0]
+        return latents, sdxl_prompt(m)
+
+
+def sdxl_prompt(m: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The SDXL script's encode_prompt and add_time_ids: penultimate states of both encoders, pooled from the second."""
+    out1 = m["te"](m["ids"], output_hidden_states=True)
+    out2 = m["te2"](m["ids"], output_hidden_states=True)
+    hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
+    res = m["pixels"].shape[-1]
+    time_ids = torch.tensor([[res, res, 0, 0, res, res]] * m["ids"].shape[0], device=hidden.device, dtype=hidden.dtype)
+    return hidden, {"text_embeds": out2.text_embeds, "time_ids": time_ids}
 
 
 def step(m: dict[str, Any], device: torch.device, cached: tuple | None = None, train_text_encoder: bool = False) -> float:
@@ -96,12 +119,13 @@ def step(m: dict[str, Any], device: torch.device, cached: tuple | None = None, t
     unet, sched = m["unet"], m["scheduler"]
     latents, cond = encode(m, train_text_encoder) if cached is None else cached
     if cached is not None and train_text_encoder:
-        cond = m["te"](m["ids"])[0]
+        cond = m["te"](m["ids"])[0] if m["te2"] is None else sdxl_prompt(m)
     noise = torch.randn_like(latents)
     steps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), device=device).long()
     noisy = sched.add_noise(latents, noise, steps)
+    hidden, added = cond if isinstance(cond, tuple) else (cond, None)
     with torch.autocast(device.type, dtype=m["dtype"], enabled=m["dtype"] is not torch.float32):
-        pred = unet(noisy, steps, cond).sample
+        pred = unet(noisy, steps, hidden, added_cond_kwargs=added).sample
     loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
     value = loss.detach().item()
     scaler = m["scaler"]

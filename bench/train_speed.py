@@ -8,12 +8,12 @@ Cases (one JSON line per side, each side in its own process so peaks do not mix)
                            512 px bf16 batch 1 and 8 on CUDA
   sdxl                     SDXL-sized model (shipped SDXL configs, random weights): UNet LoRA only with
                            gradient checkpointing, cached latents and cached text-encoder outputs (the
-                           24 GB recipe); 1024 px bf16 batch 1 on CUDA, 256 px fp32 batch 1 on CPU
+                           24 GB recipe); 1024 px bf16 batch 1 and 4 on CUDA, 256 px fp32 batch 1 on CPU
                            (tens of GB of RAM and minutes per step: use --dry on a shared machine)
   --compile                the tiny cases again with --torch_compile (inductor), labelled
                            tiny_*_compiled; `first_step_s` (setup + compile + one step) shows the compile cost
-For tiny_adamw and sd15 a reference loop (bench/reference_loop.py: plain diffusers + PEFT, the way
-diffusers' train_text_to_image_lora.py trains, same model, resolution, batch, precision,
+For tiny_adamw, sd15 and sdxl a reference loop (bench/reference_loop.py: plain diffusers + PEFT, the way
+diffusers' train_text_to_image_lora.py (and _sdxl.py) trains, same model, resolution, batch, precision,
 checkpointing and LoRA targets) runs right after, in the same run, and the lorasmith line gets
 the ratios: `speedup_vs_reference` (samples/s over the reference's) and `memory_vs_reference`
 (peak over the reference's peak). The reference runs twice: as the script is written (VAE and
@@ -21,8 +21,8 @@ text encoder every step) and with cached latents/text-encoder outputs, as lorasm
 (`*_cached`). FLOPs are counted with torch.utils.flop_counter.FlopCounterMode on one step of each
 side (executed FLOPs: checkpointing's recompute included); on a GPU `fraction_of_bf16_peak` is the
 achieved FLOP/s over the card's dense bf16 peak from the vendors' data sheets (table below).
-On CUDA the sd15 line also carries the VRAM estimate of `--print_plan` for the same config and
-its ratio to the measured `torch.cuda.max_memory_allocated` peak.
+On CUDA the sd15 and sdxl lines also carry the VRAM estimate of `--print_plan` for the same config and
+their ratio to the measured `torch.cuda.max_memory_allocated` peak.
 On a busy shared CPU, wall time stretches with the load; `cpu_s_per_step` (process CPU time
 per step) shows what an idle machine would need with that many threads.
 
@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TINY_CASES = ("tiny_adamw", "tiny_dadapt")
 COMPILED_CASES = tuple(f"{c}_compiled" for c in TINY_CASES)
-REFERENCE_CASES = ("tiny_adamw", "sd15")
+REFERENCE_CASES = ("tiny_adamw", "sd15", "sdxl")
 WARMUP_STEPS = 3  # steps before the counted one and the timed ones (allocator, cuDNN autotuning, compiling)
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, by device-name
 # fragment; the first fragment found in torch.cuda.get_device_name() wins, so longer names come first.
@@ -195,13 +195,14 @@ def run_case(case: str, batch: int, peak_override: float | None = None, dry: boo
     from library.training.trainer import train
     from library.world.bucket_dataset import make_shapes_dataset
 
-    register_builtin("sd15-random", lambda dtype: build_random_bundle("sd15", 0, "sd15-random", dtype))
-    register_builtin("sdxl-random", lambda dtype: build_random_bundle("sdxl", 0, "sdxl-random", dtype, architecture="sdxl"))
+    register_builtin("sd15-random", lambda dtype: build_random_bundle("sd15", 0, "sd15-random", dtype), configs="sd15")
+    register_builtin("sdxl-random", lambda dtype: build_random_bundle("sdxl", 0, "sdxl-random", dtype, architecture="sdxl"),
+                     configs="sdxl")
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
         data = make_shapes_dataset(Path(tmp) / "data", count=8)
         cfg = case_config(case, data, Path(tmp) / "out", cuda, batch, dry)
-        estimate = _vram_estimate(cfg) if case == "sd15" else None
+        estimate = _vram_estimate(cfg) if case in ("sd15", "sdxl") else None
         clock = StepClock(count_at=WARMUP_STEPS + 1, cuda=cuda, last=cfg.max_train_steps)
         events = Events()
         events.on_step = clock.on_step  # type: ignore[method-assign]
@@ -251,7 +252,8 @@ def run_reference(case: str, batch: int, peak_override: float | None = None, dry
     device = torch.device("cuda" if cuda else "cpu")
     cfg = case_config(case, Path("."), Path("."), cuda, batch, dry)
     res = int(cfg.resolution.split(",")[0])
-    rc = ref.ReferenceCase(family="tiny" if cfg.pretrained_model_name_or_path == "tiny" else "sd15", resolution=res,
+    family = {"tiny": "tiny", "tiny-sdxl": "tiny-sdxl", "sdxl-random": "sdxl"}.get(cfg.pretrained_model_name_or_path, "sd15")
+    rc = ref.ReferenceCase(family=family, resolution=res,
                            batch=cfg.train_batch_size, precision=cfg.mixed_precision,
                            gradient_checkpointing=cfg.gradient_checkpointing, rank=cfg.network_dim,
                            alpha=cfg.network_alpha or 1.0, train_text_encoder=not cfg.network_train_unet_only,
@@ -314,7 +316,7 @@ def main() -> int:
     import torch
 
     for case in (args.case or list(TINY_CASES)) + (list(COMPILED_CASES) if args.compile else []):
-        batches = [1, 8] if case == "sd15" and torch.cuda.is_available() else [1]
+        batches = {"sd15": [1, 8], "sdxl": [1, 4]}.get(case, [1]) if torch.cuda.is_available() else [1]
         batches = [1, 2] if case in ("sd15", "sdxl") and args.dry else batches
         for batch in batches:
             ours = _child(args, "lorasmith", case, batch)

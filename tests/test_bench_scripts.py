@@ -78,10 +78,52 @@ def test_vs_sdscripts_per_step_cancels_setup_and_ratio_is_theirs_over_ours():
 
 def test_gpu_table_prints_one_line_per_row_and_errors():
     table = _load("gpu_table").table([
-        {"side": "lorasmith", "case": "sd15", "batch": 8, "samples_per_s": 40.1, "gpu": "NVIDIA H200",
-         "bf16_peak_tflops": 989.4, "speedup_vs_reference": 1.6, "estimate_over_measured": 1.04},
-        {"side": "reference", "batch": 8, "error": ["Traceback", "RuntimeError: boom"]}])
+        {"side": "lorasmith", "case": "sd15", "resolution": "512", "batch": 8, "samples_per_s": 40.1,
+         "gpu": "NVIDIA H200", "bf16_peak_tflops": 989.4, "speedup_vs_reference": 1.6, "estimate_over_measured": 1.04},
+        {"side": "reference", "case": "sd15", "batch": 8, "error": ["Traceback", "RuntimeError: boom"]},
+        {"side": "lorasmith", "case": "sdxl", "resolution": "1024", "batch": 4, "samples_per_s": 3.2}])
     lines = table.splitlines()
     assert "NVIDIA H200" in lines[0] and "989.4" in lines[0]
+    assert lines[2].split()[:2] == ["sd15", "512"] and lines[4].split()[:2] == ["sdxl", "1024"]
     assert "40.1" in lines[2] and "1.6" in lines[2] and "1.04" in lines[2]
     assert "ERROR" in lines[3] and "boom" in lines[3]
+
+
+def test_the_sdxl_reference_step_conditions_the_unet_as_the_diffusers_sdxl_script_does():
+    """Both encoders' penultimate states side by side, te2's pooled projection, six size ids; the VAE in fp32."""
+    ref = _load("reference_loop")
+    case = ref.ReferenceCase(family="tiny-sdxl", resolution=64, batch=2, precision="bf16", gradient_checkpointing=True,
+                             warmup=0, timed=1)
+    m = ref.build(case, torch.device("cpu"))
+    assert next(m["vae"].parameters()).dtype == torch.float32 and next(m["unet"].parameters()).dtype == torch.bfloat16
+    latents, (hidden, added) = ref.encode(m, False)
+    width1, width2 = m["te"].config.hidden_size, m["te2"].config.hidden_size
+    assert hidden.shape == (2, 77, width1 + width2)
+    manual = m["te2"](m["ids"], output_hidden_states=True)
+    assert torch.equal(hidden[..., width1:], manual.hidden_states[-2])
+    assert torch.equal(added["text_embeds"], manual.text_embeds)
+    assert added["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
+    assert latents.dtype == torch.bfloat16 and latents.shape[-1] == 64 // 2 ** (len(m["vae"].config.block_out_channels) - 1)
+    loss = ref.step(m, torch.device("cpu"), (latents, (hidden, added)))
+    assert loss > 0 and all(p.grad is None for p in m["params"])  # stepped and zeroed
+
+
+def test_score_cost_counts_the_scorers_unet_samples_as_the_readme_states():
+    """Base pass: images x 4 timesteps x (concept + class + unrelated prompts); each file: that, per weight."""
+    from library.models import load_model_bundle
+    from library.scoring.scores import EvalBatch, EvalSet, score_files
+
+    bench = _load("score_cost")
+    bundle = load_model_bundle("tiny")
+    torch.manual_seed(0)
+    eval_set = EvalSet([EvalBatch(torch.randn(3, 4, 8, 8), ["ohwx shape"] * 3)], class_prompt="shape",
+                       prior_prompts=("a city", "a bowl"))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = bench._lora_files(bundle, Path(tmp), rank=2)
+        seen, handle = bench.count_unet_samples(bundle.unet)
+        score_files(bundle, files[:1], eval_set, weights=(0.5, 1.0))
+        handle.remove()
+    per_pass = 3 * 4 * (1 + 1 + 2)
+    assert sum(seen) == per_pass * (1 + 2)

@@ -77,6 +77,29 @@ def test_same_inputs_give_the_same_numbers_and_base_loss_matches_a_hand_computat
     assert a.base_loss == pytest.approx(float((pred - noise).pow(2).mean()), rel=1e-5)
 
 
+
+def test_captions_are_encoded_with_the_runs_clip_skip(bundle, eval_set, sdscripts_lora_dir):
+    """A run trained with --clip_skip 2 is scored on the layer it trained on (EvalSet.clip_skip, set by the
+    trainer's hook and by eval_set_from_config), not on the last layer."""
+    import dataclasses
+
+    from diffusers import DDPMScheduler
+
+    from library.data.text import encode_tokens, tokenize_captions
+
+    lora = sdscripts_lora_dir / "tinylora.safetensors"
+    skipped = score_files(bundle, [lora], dataclasses.replace(eval_set, clip_skip=2), weights=(1.0,))[0]
+    plain = score_files(bundle, [lora], eval_set, weights=(1.0,))[0]
+    sched = DDPMScheduler.from_config({**bundle.scheduler_config, "clip_sample": False})
+    x0 = eval_set.concept[0].latents.repeat_interleave(2, dim=0)
+    t = torch.tensor([200, 600, 200, 600])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(eval_set.seed))
+    cond = encode_tokens(bundle.text_encoder, tokenize_captions(bundle.tokenizer, ["ohwx cube"] * 4), 2)
+    with torch.no_grad():
+        pred = bundle.unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+    assert skipped.base_loss == pytest.approx(float((pred - noise).pow(2).mean()), rel=1e-5)
+    assert abs(skipped.base_loss - plain.base_loss) > 1e-4 * plain.base_loss
+
 def test_drift_grows_with_the_weight_and_reg_images_add_their_own_drift(bundle, eval_set, sdscripts_lora_dir):
     gen = torch.Generator().manual_seed(4)
     with_reg = EvalSet(eval_set.concept, class_prompt="cube", prior_prompts=("a house",),

@@ -328,7 +328,7 @@ def test_extract_refuses_models_of_different_architectures():
     from library.lora.tools.model_weights import open_model
 
     tiny = open_model("tiny")
-    other = SimpleNamespace(label="sd15.safetensors", family="sd15", entries=[None] * 1130)
+    other = SimpleNamespace(label="sd15.safetensors", family="sd15", architecture="sd1", entries=[None] * 1130)
     with pytest.raises(ModelLoadError, match=r"base tiny and tuned sd15.safetensors are different architectures "
                                              r"\(tiny with 896 tensors, sd15 with 1130\)"):
         _check_same_architecture(tiny, other)

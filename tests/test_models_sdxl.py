@@ -217,13 +217,6 @@ def test_real_sized_layouts_are_detected_and_matched(family, prediction, expecte
         assert layout_problems("sd2", "sd2-768-v", pruned) == ["missing model.diffusion_model.out.2.weight (unet)"]
 
 
-def test_sd1_only_toolbox_names_sdxl():
-    from library.models.architecture import check_ldm_keys
-
-    with pytest.raises(ModelLoadError, match="is a Stable Diffusion XL checkpoint; this tool handles SD1.x checkpoints only"):
-        check_ldm_keys("x.safetensors", list(expected_ldm_shapes("tiny-sdxl")), 64)
-
-
 def test_convert_cli_and_separate_vae(tiny_sdxl, sdxl_file, tmp_path, capsys):
     """`lorasmith convert` both ways in fp16, and an SDXL VAE file (LDM names without prefix) swapped in."""
     from library.cli import main

@@ -1,7 +1,7 @@
 """SDXL size/crop ids for bucketed, cropped images against hand-computed values (sd-scripts' rules)."""
 from __future__ import annotations
 
-from library.training.sdxl_size_ids import crop_ltrb, size_crop_ids
+from library.data.sdxl_size_ids import crop_ltrb, size_crop_ids
 
 
 def test_wide_image_in_a_narrower_bucket():

@@ -130,8 +130,8 @@ def test_resume_from_step_1_is_bit_exact(full_run, data: Path, tmp_path: Path) -
 
 def test_text_encoder_cache_on_disk_has_sd_scripts_arrays_and_is_reused(data: Path, tmp_path: Path) -> None:
     """--cache_text_encoder_outputs_to_disk writes <image>_te_outputs.npz (hidden_state1/2, pool2); a changed caption is re-encoded."""
+    from library.data.text_conditioning import TextCache, TextEncoding
     from library.models import load_model_bundle
-    from library.training.text_conditioning import TextCache, TextEncoding
 
     folder = tmp_path / "1_x"
     folder.mkdir()
@@ -156,8 +156,8 @@ def test_text_encoder_cache_on_disk_has_sd_scripts_arrays_and_is_reused(data: Pa
 def test_sdxl_text_encoding_follows_sd_scripts_layers() -> None:
     """Penultimate states of both encoders, concatenated; pooled = te2 projection at the first EOS."""
     from library.data.text import tokenize_captions
+    from library.data.text_conditioning import TextEncoding
     from library.models import load_model_bundle
-    from library.training.text_conditioning import TextEncoding
 
     b = load_model_bundle("tiny-sdxl")
     cond = TextEncoding(b, None, None).encode(None, ["a red cube"])
@@ -208,10 +208,9 @@ def test_vram_plan_builds_the_sdxl_skeleton_with_both_encoders(tmp_path: Path) -
     from library.training.vram_estimate import build_skeleton, model_family
 
     assert model_family("tiny-sdxl") == "tiny-sdxl" and model_family("tiny-sd2") == "tiny-sd2"
-    sdxl_file, sd_file = tmp_path / "xl.safetensors", tmp_path / "sd.safetensors"
-    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(sdxl_file))
-    save_file({"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(2)}, str(sd_file))
-    assert model_family(str(sdxl_file)) == "sdxl" and model_family(str(sd_file)) == "sd15"
+    junk = tmp_path / "junk.safetensors"  # no UNet: the loader names the problem later; the estimate assumes SD1.5
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(junk))
+    assert model_family(str(junk)) == "sd15"
     sk = build_skeleton(TrainConfig(pretrained_model_name_or_path="tiny-sdxl", resolution="64"))
     b = load_model_bundle("tiny-sdxl")
     te_bytes = sum(p.numel() * 4 for m in b.text_encoders() for p in m.parameters()) + sum(
@@ -276,13 +275,102 @@ def test_a_v_prediction_sdxl_run_says_so_in_its_metadata(data: Path, tmp_path: P
     assert md["ss_zero_terminal_snr"] == "True"
 
 
-def test_epoch_scores_on_sdxl_are_refused_before_training(data: Path, tmp_path: Path) -> None:
-    """The scorer has no SDXL conditioning yet: --evaluate_every_n_epochs says so before any step, not after epoch 1."""
-    from library.errors import ConfigError
+def _record_unet_calls():
+    """Patch the UNet's forward to record, per call, whether grad was on (training steps) or off (scoring),
+    and the SDXL time ids, pooled width and caption length (token states) it got. Returns (calls, undo)."""
+    from diffusers import UNet2DConditionModel
 
-    cfg = TrainConfig(pretrained_model_name_or_path="tiny-sdxl", train_data_dir=str(data), caption_extension=".txt",
-                      output_dir=str(tmp_path / "out"), output_name="s", resolution="64", train_batch_size=1,
-                      max_train_epochs=1, network_dim=2, network_train_unet_only=True, evaluate_every_n_epochs=1, seed=3)
-    with pytest.raises(ConfigError, match="epoch scores are not available for SDXL models yet"):
-        train(cfg)
-    assert not list((tmp_path / "out").glob("*.safetensors"))
+    calls: list[tuple[bool, list[tuple[int, ...]], int | None, int]] = []
+    original = UNet2DConditionModel.forward
+
+    def spy(self, sample, timestep, encoder_hidden_states, *args, **kwargs):
+        added = kwargs.get("added_cond_kwargs") or {}
+        ids = added.get("time_ids")
+        pooled = added.get("text_embeds")
+        calls.append((torch.is_grad_enabled(), [tuple(r) for r in ids.int().tolist()] if ids is not None else [],
+                      None if pooled is None else int(pooled.shape[-1]), int(encoder_hidden_states.shape[1])))
+        return original(self, sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+    UNet2DConditionModel.forward = spy
+
+    def undo() -> None:
+        UNet2DConditionModel.forward = original
+
+    return calls, undo
+
+
+def scored_config(data: Path, out: Path) -> TrainConfig:
+    """Two epochs of the two bucketed images (ids above), te1/te2 trained too, 150-token captions, scored at each save."""
+    return TrainConfig(pretrained_model_name_or_path="tiny-sdxl", train_data_dir=str(data), caption_extension=".txt",
+                       output_dir=str(out / "lora"), output_name="s", resolution="96", enable_bucket=True,
+                       min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=32, train_batch_size=2,
+                       max_train_epochs=2, save_every_n_epochs=1, network_dim=2, network_alpha=1, learning_rate=1e-3,
+                       text_encoder_lr=1e-3, cache_latents=True, evaluate_every_n_epochs=1, max_token_length=150,
+                       logging_dir=str(out / "logs"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def scored_run(data: Path, tmp_path_factory):
+    from library.training.events import RecordingEvents
+
+    out = tmp_path_factory.mktemp("xl_scored")
+    events = RecordingEvents()
+    calls, undo = _record_unet_calls()
+    try:
+        result = train(scored_config(data, out), events)
+    finally:
+        undo()
+    return out, result, events, calls
+
+
+def test_epoch_scores_during_sdxl_training_use_each_images_size_ids(scored_run) -> None:
+    """--evaluate_every_n_epochs on SDXL: scalars per epoch, a log line, and every scored UNet call got the
+    pooled embedding and the hand-computed size/crop ids of the image its latents came from."""
+    out, result, events, calls = scored_run
+    assert [p.name for p in result.files] == ["s-000001.safetensors", "s.safetensors"]
+    tags = scalars(out / "logs")
+    for w in ("0.6", "0.8", "1"):
+        assert [e for e, _ in tags[f"evaluation/fidelity/w{w}"]] == [1, 2]
+        assert [e for e, _ in tags[f"evaluation/drift/w{w}"]] == [1, 2]
+    fidelity = [v for _, v in tags["evaluation/fidelity/w1"]]
+    assert all(np.isfinite(fidelity)) and fidelity[0] != 1.0
+    assert all(v > 0 for _, v in tags["evaluation/drift/w1"])
+    logs = [e[1] for e in events.events if e[0] == "log" and "score" in e[1].get("message", "")]
+    assert len(logs) == 2 and logs[-1]["recommendation"]["weight"] in (0.6, 0.8, 1.0)
+    scoring = [c for c in calls if not c[0]]
+    training = [c for c in calls if c[0]]
+    assert scoring and training
+    assert all(pooled == 32 for _, _, pooled, _ in scoring)  # te2's projection width on tiny-sdxl
+    assert {row for _, rows, _, _ in scoring for row in rows} == set(IMAGES.values())
+    assert {row for _, rows, _, _ in scoring for row in rows} == {row for _, rows, _, _ in training for row in rows}
+    # the run's --max_token_length 150: two 77-token windows joined to 152 states, in training and scoring alike
+    assert {n for *_, n in scoring} == {n for *_, n in training} == {152}
+
+
+def test_evaluate_command_scores_sdxl_files(data: Path, scored_run, tmp_path: Path, capsys) -> None:
+    """`lorasmith evaluate` on the run's files (its config file): table, JSON, CSV, chart and a recommendation;
+    the images it encodes itself get the same size/crop ids as in training."""
+    import csv
+
+    from library.cli import main
+    from library.config_io import write_config
+
+    out, _result, _events, _calls = scored_run
+    run_toml = write_config(scored_config(data, out), tmp_path / "x.toml")
+    calls, undo = _record_unet_calls()
+    try:
+        code = main(["evaluate", "--config_file", str(run_toml), "--lora", str(out / "lora" / "s*.safetensors"),
+                     "--weights", "1", "--output_dir", str(tmp_path / "eval")])
+    finally:
+        undo()
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "recommended:" in printed
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert sorted(Path(s["file"]).name for s in report["scores"]) == ["s-000001.safetensors", "s.safetensors"]
+    assert report["evaluation_set"]["images"] == 2 and report["recommendation"]["weight"] == 1.0
+    rows = list(csv.DictReader((tmp_path / "eval" / "evaluation.csv").open()))
+    assert len(rows) == 2 and all(float(r["fidelity"]) > 0 for r in rows)
+    assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 0
+    assert {row for _, ids, _, _ in calls for row in ids} == set(IMAGES.values())
+    assert {n for *_, n in calls} == {152}  # the config file's max_token_length

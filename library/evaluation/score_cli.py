@@ -22,7 +22,8 @@ from library.errors import ConfigError
 
 DATA_OPTIONS = ("pretrained_model_name_or_path", "vae", "train_data_dir", "reg_data_dir", "dataset_config",
                 "caption_extension", "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
-                "validation_split", "validation_seed", "seed", "logging_dir")
+                "validation_split", "validation_seed", "seed", "clip_skip", "max_token_length", "zero_terminal_snr",
+                "logging_dir")
 
 
 def _data_options() -> tuple[str, ...]:
@@ -99,7 +100,6 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     from library.scoring.scores import (
         DEFAULT_DRIFT_THRESHOLD,
         DEFAULT_PRIOR_PROMPTS,
-        check_scorable,
         recommend,
         score_files,
     )
@@ -114,7 +114,6 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         image_models = load_image_models(args.eval_clip_model, args.eval_dino_model)
     bundle = load_model_bundle(config.pretrained_model_name_or_path, vae=config.vae, v2=config.v2,
                                v_parameterization=config.v_parameterization)
-    check_scorable(bundle)
     if one_thread_is_faster(bundle):
         import torch
 

@@ -113,7 +113,7 @@ def detect_ldm(source: Path | str, shapes: Mapping[str, tuple[int, ...]]) -> Det
 def _check_cross_attention(source: Path | str, architecture: str, shapes: Mapping[str, tuple[int, ...]],
                            evidence: list[str]) -> None:
     key = SDXL_CROSS_ATTN if architecture == "sdxl" else CROSS_ATTN
-    if not shapes.get(key):  # absent, or names only (check_ldm_keys)
+    if not shapes.get(key):  # absent, or names only
         return
     width = shapes[key][-1]
     evidence.append(f"{width}-wide cross-attention (`{key.removeprefix('model.diffusion_model.')}`)")
@@ -159,26 +159,6 @@ def resolve_prediction(architecture: str, file_prediction: str | None, file_evid
                           "without --v_parameterization for a 512-base / epsilon model", False)
     return Prediction(default, f"the {family.display} default: the file does not say; pass --v_parameterization "
                       "if this is a v-prediction fine-tune", False)
-
-
-def check_ldm_keys(source: Path | str, keys: Any, cross_attn_width: int | None = None) -> None:
-    """For tools that handle SD1.x files only so far (the LoRA toolbox): refuse SD2.x/SDXL and others by name."""
-    shapes = {k: () for k in keys}
-    if cross_attn_width is not None:
-        shapes[CROSS_ATTN] = (0, cross_attn_width)
-    if UNET_CONV_IN in shapes:
-        shapes[UNET_CONV_IN] = (0, 4)  # the channel check needs real shapes; the caller checks them itself
-    try:
-        detection = detect_ldm(source, shapes)
-    except ModelLoadError as exc:
-        if "no Stable Diffusion UNet" in exc.summary:
-            return  # the caller reports a missing UNet in its own words
-        raise
-    if detection.architecture != "sd1":
-        family = family_of(detection.architecture)
-        raise ModelLoadError(f"{source} is a {family.display} checkpoint; this tool handles SD1.x checkpoints only so far",
-                             [f"recognised by: {'; '.join(detection.evidence)}",
-                              "training, sampling and inspect-model take SD2.x and SDXL models"])
 
 
 def detect_diffusers(folder: Path, model_index: Mapping[str, Any] | None, unet: Mapping[str, Any] | None,

@@ -20,13 +20,16 @@ from library.models.tokenizer import OPENCLIP_PAD_TOKEN, load_tokenizer
 
 BuiltinBuilder = Callable[[torch.dtype], ModelBundle]
 BUILTIN_MODELS: dict[str, BuiltinBuilder] = {}
+BUILTIN_CONFIGS: dict[str, str] = {}  # name -> shipped config family, for what must know the shapes before building
 
 
-def register_builtin(name: str, builder: BuiltinBuilder) -> None:
-    """Make `builder(dtype)` loadable as `load_model_bundle(name)`."""
+def register_builtin(name: str, builder: BuiltinBuilder, configs: str | None = None) -> None:
+    """Make `builder(dtype)` loadable as `load_model_bundle(name)`; `configs` names its shipped config family."""
     if name in BUILTIN_MODELS:
         raise ValueError(f"built-in model {name!r} is already registered")
     BUILTIN_MODELS[name] = builder
+    if configs is not None:
+        BUILTIN_CONFIGS[name] = configs
 
 
 def builtin_names() -> list[str]:
@@ -89,7 +92,7 @@ def build_tiny_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) -> Mode
     return build_random_bundle("tiny", seed, name="tiny", dtype=dtype)
 
 
-register_builtin("tiny", lambda dtype: build_tiny_bundle(0, dtype=dtype))
+register_builtin("tiny", lambda dtype: build_tiny_bundle(0, dtype=dtype), configs="tiny")
 
 
 def _build_tiny_world(dtype: torch.dtype) -> ModelBundle:
@@ -99,7 +102,7 @@ def _build_tiny_world(dtype: torch.dtype) -> ModelBundle:
     return build_tiny_world_bundle(dtype)
 
 
-register_builtin("tiny-world", _build_tiny_world)
+register_builtin("tiny-world", _build_tiny_world, configs="tiny")
 
 
 def build_tiny_sdxl_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelBundle:
@@ -107,7 +110,7 @@ def build_tiny_sdxl_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) ->
     return build_random_bundle(TINY_SDXL_FAMILY, seed, name=TINY_SDXL_FAMILY, dtype=dtype, architecture="sdxl")
 
 
-register_builtin(TINY_SDXL_FAMILY, lambda dtype: build_tiny_sdxl_bundle(0, dtype=dtype))
+register_builtin(TINY_SDXL_FAMILY, lambda dtype: build_tiny_sdxl_bundle(0, dtype=dtype), configs=TINY_SDXL_FAMILY)
 
 
 def build_tiny_sd2_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelBundle:
@@ -117,4 +120,4 @@ def build_tiny_sd2_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) -> 
     return bundle
 
 
-register_builtin(TINY_SD2_FAMILY, lambda dtype: build_tiny_sd2_bundle(0, dtype=dtype))
+register_builtin(TINY_SD2_FAMILY, lambda dtype: build_tiny_sd2_bundle(0, dtype=dtype), configs=TINY_SD2_FAMILY)

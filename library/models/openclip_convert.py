@@ -132,3 +132,29 @@ def hf_to_openclip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
             raise ValueError(f"layer {n}: {kind} of {', '.join(missing)}_proj missing, cannot fuse in_proj")
         out[f"{prefix}transformer.resblocks.{n}.attn.in_proj_{kind}"] = fuse_in_proj(d["q"], d["k"], d["v"])
     return out
+
+
+def openclip_source(hf_key: str) -> tuple[str, int | None, bool]:
+    """Where one HF CLIPTextModel(WithProjection) key lives in OpenCLIP's layout, key by key.
+
+    Returns (OpenCLIP key without the checkpoint prefix, index of q/k/v inside the fused
+    `in_proj` or None, whether the stored tensor is the transpose). The same tables as
+    openclip_to_hf / hf_to_openclip, for tools that read or rewrite one tensor at a time
+    (the LoRA toolbox) instead of converting a whole state dict.
+    """
+    key = hf_key if hf_key.startswith(("text_model.", "text_projection.")) else "text_model." + hf_key
+    top = {v: k for k, v in _TOP.items()}
+    if key in top:
+        return top[key], None, False
+    if key == "text_projection.weight":
+        return "text_projection", None, True
+    m = _HF_LAYER.match(key)
+    if m:
+        n, part = int(m.group(1)), m.group(2)
+        pm = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", part)
+        if pm:
+            return f"transformer.resblocks.{n}.attn.in_proj_{pm.group(2)}", "qkv".index(pm.group(1)), False
+        parts = {v: k for k, v in _LAYER_PARTS.items()}
+        if part in parts:
+            return f"transformer.resblocks.{n}.{parts[part]}", None, False
+    raise KeyError(f"{hf_key}: not a CLIPTextModel key with an OpenCLIP counterpart")

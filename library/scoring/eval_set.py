@@ -5,7 +5,9 @@ split as training (library.data.prepare with the run's options), so with
 `--validation_split` the score uses exactly the images training never saw, and
 without it the training images at fixed noise. Images are fitted to their bucket
 as training fits them (no random crop, no flip) and encoded once with the VAE's
-mean latent; the latents are shared by every file and weight.
+mean latent; the latents are shared by every file and weight. Each batch keeps its
+bucket and its images' original sizes, from which SDXL's size/crop ids are computed as
+the trainer computes them.
 """
 from __future__ import annotations
 
@@ -41,10 +43,12 @@ def encode_items(vae, items: Sequence[tuple[Path, tuple[int, int], tuple[int, in
     return out
 
 
-def batches_of(vae, items: Sequence[tuple[Path, tuple[int, int], tuple[int, int]]], captions: Sequence[str]
-               ) -> list[EvalBatch]:
+def batches_of(vae, items: Sequence[tuple[Path, tuple[int, int], tuple[int, int]]], captions: Sequence[str],
+               original_sizes: Sequence[tuple[int, int]]) -> list[EvalBatch]:
+    """One EvalBatch per bucket; `original_sizes` are the image files' (w, h), for SDXL's size ids."""
     encoded = encode_items(vae, items)
-    return [EvalBatch(lat, [captions[i] for i in idx]) for lat, idx in encoded.values()]
+    return [EvalBatch(lat, [captions[i] for i in idx], [tuple(original_sizes[i]) for i in idx], bucket)
+            for bucket, (lat, idx) in encoded.items()]
 
 
 def eval_set_from_images(bundle, paths: Sequence[str | os.PathLike[str]], captions: Sequence[str], *,
@@ -56,12 +60,13 @@ def eval_set_from_images(bundle, paths: Sequence[str | os.PathLike[str]], captio
 
     if not paths:
         raise DatasetError("the evaluation set holds no image", ["give at least one image"])
-    items = []
+    items, originals = [], []
     for p in paths:
         with Image.open(p) as im:
             size = (resolution, resolution) if resolution else im.size
+            originals.append(tuple(im.size))
         items.append((Path(p), size, size))
-    return EvalSet(batches_of(bundle.vae, items, list(captions)), class_prompt=class_prompt,
+    return EvalSet(batches_of(bundle.vae, items, list(captions), originals), class_prompt=class_prompt,
                    prior_prompts=prior_prompts, seed=seed, source=source, instance_token=instance_token,
                    image_paths=[str(p) for p in paths])
 
@@ -88,12 +93,18 @@ def eval_set_from_config(bundle, config, *, class_prompt: str | None = None,
     tokens = [it.image.caption for it in concept if it.image.caption_source == "class_tokens"]
     folder_tokens = _folder_tokens(concept)
     trigger, derived_class = _split_tokens(folder_tokens)
-    return EvalSet(batches_of(bundle.vae, [_item(it) for it in concept], [it.image.caption for it in concept]),
-                   class_prompt=class_prompt or derived_class or None, prior_prompts=tuple(prior_prompts),
-                   reg=batches_of(bundle.vae, [_item(it) for it in reg], [it.image.caption for it in reg]) if reg else [],
+    return EvalSet(_batches(bundle.vae, concept), class_prompt=class_prompt or derived_class or None,
+                   prior_prompts=tuple(prior_prompts), reg=_batches(bundle.vae, reg) if reg else [],
                    seed=int(seed if seed is not None else (config.validation_seed or config.seed or 0)),
                    source=source, instance_token=trigger or (tokens[0].split()[0] if tokens else None),
-                   image_paths=[str(it.image.path) for it in concept])
+                   image_paths=[str(it.image.path) for it in concept],
+                   clip_skip=config.clip_skip, max_token_length=config.max_token_length,
+                   zero_terminal_snr=bool(getattr(config, "zero_terminal_snr", False)))
+
+
+def _batches(vae, items) -> list[EvalBatch]:
+    return batches_of(vae, [_item(it) for it in items], [it.image.caption for it in items],
+                      [tuple(it.image.size) for it in items])
 
 
 def _item(it) -> tuple[Path, tuple[int, int], tuple[int, int]]:
@@ -137,8 +148,9 @@ def eval_set_from_dataset(dataset, scaling_factor: float, *, class_prompt: str |
     """
     if dataset is None or dataset.latents is None:
         return None
-    concept: dict[tuple, tuple[list[torch.Tensor], list[str]]] = defaultdict(lambda: ([], []))
-    reg: dict[tuple, tuple[list[torch.Tensor], list[str]]] = defaultdict(lambda: ([], []))
+    # bucket → (latents, captions, original sizes)
+    concept: dict[tuple, tuple[list[torch.Tensor], list[str], list]] = defaultdict(lambda: ([], [], []))
+    reg: dict[tuple, tuple[list[torch.Tensor], list[str], list]] = defaultdict(lambda: ([], [], []))
     seen = set()
     items = []
     for di, lay in enumerate(dataset.layouts):
@@ -148,13 +160,14 @@ def eval_set_from_dataset(dataset, scaling_factor: float, *, class_prompt: str |
             seen.add(it.image.path)
             items.append(it)
             group = reg if it.is_reg else concept
-            lat, caps = group[tuple(it.bucket)]
+            lat, caps, sizes = group[tuple(it.bucket)]
             lat.append(dataset.latents[(di, k)].latents.float() * scaling_factor)
             caps.append(it.image.caption)
+            sizes.append(tuple(it.image.size))
     trigger, derived = _split_tokens(_folder_tokens([it for it in items if not it.is_reg]))
 
     def batches(groups):
-        return [EvalBatch(torch.stack(lat), caps) for lat, caps in groups.values()]
+        return [EvalBatch(torch.stack(lat), caps, sizes, bucket) for bucket, (lat, caps, sizes) in groups.items()]
 
     return EvalSet(batches(concept), class_prompt=class_prompt or derived, prior_prompts=tuple(prior_prompts),
                    reg=batches(reg), seed=seed, source=source, instance_token=trigger)

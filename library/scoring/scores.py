@@ -10,6 +10,10 @@ latents the base model saw, and compares.
   1 the LoRA learned its images; lower is closer. It is the validation loss of
   library.training.validation (same fixed timesteps: sd-scripts' linspace over the
   schedule, ends dropped; noise from a generator seeded afresh), made relative.
+- **conditioning** is the trainer's (library.data.text_conditioning): one encoder's
+  hidden states for SD1.x/SD2.x; for SDXL both encoders' penultimate states, te2's pooled
+  embedding and each image's size/crop ids as the trainer gives them (original size,
+  crop in its bucket, bucket size; never flipped), so a score measures what was trained.
 - **drift** = how far the LoRA moves the noise prediction where it should not: on
   the class prompt, on unrelated prompts (both over the concept latents) and on
   regularization images with their captions, mean ‖ε_lora − ε_base‖² ÷ the base
@@ -45,6 +49,19 @@ class EvalBatch:
 
     latents: torch.Tensor  # [B, C, h, w]
     captions: list[str]
+    # SDXL's size ids (library.data.sdxl_size_ids): each image file's (w, h) before resizing and the
+    # bucket (w, h) it was fitted to. None: each latent counts as a whole image of its own size.
+    original_sizes: list[tuple[int, int]] | None = None
+    bucket: tuple[int, int] | None = None
+
+    def size_ids(self, vae_scale: int = 8) -> torch.Tensor:
+        """(B, 6) SDXL time ids the trainer gives these images unflipped: original (h, w), crop (top, left), target (h, w)."""
+        from library.data.text_conditioning import sdxl_time_ids
+
+        n, (h, w) = self.latents.shape[0], self.latents.shape[-2:]
+        bucket = tuple(self.bucket) if self.bucket else (int(w) * vae_scale, int(h) * vae_scale)
+        sizes = list(self.original_sizes) if self.original_sizes else [bucket] * n
+        return sdxl_time_ids(sizes, bucket, [False] * n)
 
 
 @dataclass
@@ -60,6 +77,9 @@ class EvalSet:
     source: str = "training images"  # or "held-out images": said in the table and the recommendation
     instance_token: str | None = None  # the trigger word: must not appear in the prior prompts
     image_paths: list[str] = field(default_factory=list)  # the concept images (for CLIP-I / DINO references)
+    clip_skip: int | None = None  # captions are encoded as the run encodes them (its --clip_skip,
+    max_token_length: int | None = None  # --max_token_length); None: sd-scripts' defaults
+    zero_terminal_snr: bool = False  # noise as the run trained with --zero_terminal_snr (rescaled betas)
 
     @property
     def image_count(self) -> int:
@@ -142,11 +162,16 @@ class _Inputs:
     t: torch.Tensor
     target: torch.Tensor
     captions: list[str]
+    time_ids: torch.Tensor  # (rows, 6) SDXL size/crop ids of each row's image (unused by SD1/SD2)
 
 
 def fixed_inputs(batches: Sequence[EvalBatch], timesteps: Sequence[int], seed: int, scheduler,
-                 device: torch.device, dtype: torch.dtype) -> list[_Inputs]:
-    """Noise drawn from a generator seeded once per evaluation, as the validation loss does (same call order)."""
+                 device: torch.device, dtype: torch.dtype, vae_scale: int = 8) -> list[_Inputs]:
+    """Noise drawn from a generator seeded once per evaluation, as the validation loss does (same call order).
+
+    The target is the model's: the noise for ε-prediction, the velocity (Salimans & Ho 2022) for
+    v-prediction, as the trainer's loss and validation loss use.
+    """
     gen = torch.Generator().manual_seed(int(seed))
     out = []
     v_pred = scheduler.config.prediction_type == "v_prediction"
@@ -159,41 +184,56 @@ def fixed_inputs(batches: Sequence[EvalBatch], timesteps: Sequence[int], seed: i
         noisy = scheduler.add_noise(x0s, noise, t)
         target = scheduler.get_velocity(x0s, noise, t) if v_pred else noise
         captions = [c for c in batch.captions for _ in timesteps]
-        out.append(_Inputs(noisy.to(device, dtype), t.to(device), target.to(device), captions))
+        ids = batch.size_ids(vae_scale).repeat_interleave(len(timesteps), dim=0)
+        out.append(_Inputs(noisy.to(device, dtype), t.to(device), target.to(device), captions, ids.to(device, dtype)))
     return out
 
 
 class _Predictor:
-    """UNet noise predictions for fixed inputs under whatever LoRA state the stack holds now."""
+    """UNet predictions for fixed inputs under whatever LoRA state the stack holds now.
 
-    def __init__(self, bundle, max_batch: int) -> None:
+    Captions are encoded with the trainer's TextEncoding (both encoders and the pooled
+    embedding on SDXL), once per caption until a LoRA changes the text encoders.
+    """
+
+    def __init__(self, bundle, max_batch: int, clip_skip: int | None = None,
+                 max_token_length: int | None = None) -> None:
+        from library.data.text_conditioning import TextEncoding
+
         self.bundle = bundle
         self.max_batch = max_batch
-        self._cond: dict[str, torch.Tensor] = {}
+        self.encoding = TextEncoding(bundle, clip_skip, max_token_length)
+        self._cond: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def forget_text(self) -> None:
         self._cond.clear()
 
-    def _encode(self, captions: Sequence[str]) -> torch.Tensor:
-        from library.data.text import encode_tokens, tokenize_captions
-
+    def conditioning(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden states (B, L, D), pooled (B, P) or None) of the captions."""
         missing = sorted({c for c in captions if c not in self._cond})
         if missing:
-            ids = tokenize_captions(self.bundle.tokenizer, missing)
-            states = encode_tokens(self.bundle.text_encoder, ids, None)
-            self._cond.update(zip(missing, states))
-        return torch.stack([self._cond[c] for c in captions])
+            cond = self.encoding.encode(None, missing)
+            pooled = cond.pooled if cond.pooled is not None else [None] * len(missing)
+            self._cond.update(zip(missing, zip(cond.hidden, pooled)))
+        hidden = torch.stack([self._cond[c][0] for c in captions])
+        pooled = [self._cond[c][1] for c in captions]
+        return hidden, (torch.stack(pooled) if pooled[0] is not None else None)
 
     @torch.no_grad()
     def predict(self, inp: _Inputs, captions: Sequence[str] | None = None) -> torch.Tensor:
         captions = list(captions if captions is not None else inp.captions)
         unet = self.bundle.unet
-        dtype = next(unet.parameters()).dtype
+        device, dtype = inp.noisy.device, next(unet.parameters()).dtype
         preds = []
         for i in range(0, inp.noisy.shape[0], self.max_batch):
-            cond = self._encode(captions[i:i + self.max_batch]).to(inp.noisy.device, dtype)
-            preds.append(unet(inp.noisy[i:i + self.max_batch], inp.t[i:i + self.max_batch],
-                              encoder_hidden_states=cond).sample.float())
+            rows = slice(i, i + self.max_batch)
+            hidden, pooled = self.conditioning(captions[rows])
+            extra = {}
+            if pooled is not None:  # SDXL's added conditioning, as the trainer's step passes it
+                extra["added_cond_kwargs"] = {"text_embeds": pooled.to(device, dtype),
+                                              "time_ids": inp.time_ids[rows].to(device, dtype)}
+            preds.append(unet(inp.noisy[rows], inp.t[rows], encoder_hidden_states=hidden.to(device, dtype),
+                              **extra).sample.float())
         return torch.cat(preds)
 
 
@@ -237,7 +277,7 @@ def score_files(bundle, files: Sequence[str | os.PathLike[str]], eval_set: EvalS
     check_prompts(eval_set)
     paths = [Path(f) for f in files]
     for path in paths:  # every file is checked before minutes of work
-        match_modules(load_lora(path), bundle.unet, bundle.text_encoder, strict=True)
+        match_modules(load_lora(path), bundle.unet, _text_encoders(bundle), strict=True)
     stack = LoraStack.for_bundle(bundle)
 
     def apply(candidate: _Candidate | None, weight: float) -> bool:
@@ -274,35 +314,45 @@ def score_network(bundle, network, eval_set: EvalSet, *, file: str, epoch: int |
         network.train(mode)
 
 
-@torch.no_grad()
-def check_scorable(bundle) -> None:
-    """The scorer encodes prompts with one text encoder and calls the UNet without SDXL's added
-    conditioning, so an SDXL model is refused by name (before training starts, for the trainer's hook)."""
-    if getattr(bundle, "text_encoder_2", None) is not None:
-        raise ConfigError(f"epoch scores are not available for SDXL models yet ({bundle.facts.name})", [
-            "drop --evaluate_every_n_epochs, or score with the validation loss (--validation_split) instead",
-            "SD1.x and SD2.x models can be scored"])
+def _text_encoders(bundle) -> list[torch.nn.Module]:
+    """te1, and te2 on SDXL: what a LoRA's text-encoder modules wrap."""
+    return [m for m in (bundle.text_encoder, getattr(bundle, "text_encoder_2", None)) if m is not None]
+
+
+def _vae_scale(bundle) -> int:
+    """Pixels per latent cell (8 for SD's VAE): latent size → image size for SDXL's ids."""
+    blocks = getattr(getattr(bundle.vae, "config", None), "block_out_channels", None)
+    return 2 ** (len(blocks) - 1) if blocks else 8
+
+
+def scoring_scheduler(bundle, zero_terminal_snr: bool = False):
+    """The model's training noise schedule, rescaled to zero terminal SNR (Lin et al. 2023) when the run trained so,
+    as its validation loss is measured."""
+    from library.models import make_noise_scheduler
+
+    scheduler = make_noise_scheduler(bundle)
+    if zero_terminal_snr:
+        scheduler = type(scheduler).from_config(scheduler.config, rescale_betas_zero_snr=True)
+    return scheduler
 
 
 def _score(bundle, candidates: list[_Candidate], eval_set: EvalSet, weights: Sequence[float],
            apply: Callable[[_Candidate | None, float], bool], max_batch: int,
            progress: Callable[[int, int, str], None] | None) -> list[EpochScore]:
     """Base predictions once (apply(None, 0)), then every (candidate, weight) against them."""
-    check_scorable(bundle)
-    from library.models import make_noise_scheduler
-
-    scheduler = make_noise_scheduler(bundle)
+    scheduler = scoring_scheduler(bundle, eval_set.zero_terminal_snr)
     timesteps = list(eval_set.timesteps) or validation_timesteps(0, int(scheduler.config.num_train_timesteps))
     device = next(bundle.unet.parameters()).device
     dtype = next(bundle.unet.parameters()).dtype
-    concept = fixed_inputs(eval_set.concept, timesteps, eval_set.seed, scheduler, device, dtype)
-    reg = fixed_inputs(eval_set.reg, timesteps, eval_set.seed + 1, scheduler, device, dtype)
+    scale = _vae_scale(bundle)
+    concept = fixed_inputs(eval_set.concept, timesteps, eval_set.seed, scheduler, device, dtype, scale)
+    reg = fixed_inputs(eval_set.reg, timesteps, eval_set.seed + 1, scheduler, device, dtype, scale)
     sets = _prompt_sets(eval_set, concept, reg)
-    modules = [bundle.unet, bundle.text_encoder]
+    modules = [bundle.unet, *_text_encoders(bundle)]
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
-    predictor = _Predictor(bundle, max_batch)
+    predictor = _Predictor(bundle, max_batch, eval_set.clip_skip, eval_set.max_token_length)
     try:
         apply(None, 0.0)
         base_concept = [predictor.predict(inp) for inp in concept]

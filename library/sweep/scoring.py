@@ -16,7 +16,8 @@ from library.sweep.variants import Variant
 # Fields that decide the evaluation set (library.scoring.eval_set.eval_set_from_config).
 EVAL_SET_FIELDS = ("train_data_dir", "reg_data_dir", "dataset_config", "validation_split", "validation_seed", "seed",
                    "resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
-                   "bucket_no_upscale", "caption_extension", "caption_prefix", "caption_suffix")
+                   "bucket_no_upscale", "caption_extension", "caption_prefix", "caption_suffix", "clip_skip",
+                   "max_token_length", "zero_terminal_snr")
 MODEL_FIELDS = ("pretrained_model_name_or_path", "vae", "use_ema_weights", "v_parameterization")
 
 

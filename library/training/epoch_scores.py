@@ -5,7 +5,9 @@ its multiplier set to 0 for the base model, then to each weight), on the held-ou
 images when there is a validation split, else on the training images, from the
 latents the run already cached. Values go to TensorBoard as
 `evaluation/fidelity/w<weight>` and `evaluation/drift/w<weight>` (x = epoch) and to
-the log; the running recommendation is logged after each scoring.
+the log; the running recommendation is logged after each scoring. SDXL runs are scored
+with the step's conditioning (library.data.text_conditioning): both encoders, the pooled
+embedding and each image's size/crop ids.
 """
 from __future__ import annotations
 
@@ -29,10 +31,6 @@ class EpochScoreHook:
         self.events = events
         self.tb = tb
         self.every = parts.config.evaluate_every_n_epochs
-        if self.every:
-            from library.scoring.scores import check_scorable
-
-            check_scorable(parts.bundle)
         self.scores: list = []
         self.done: set[int] = set()
         self._eval_set = None
@@ -89,4 +87,7 @@ class EpochScoreHook:
                 self._eval_set.reg = train_set.reg if train_set is not None else []
             if self._eval_set is None:  # latents not cached: encode the images once
                 self._eval_set = eval_set_from_config(p.bundle, p.config, seed=seed)
+            # captions encoded as the run encodes them (SDXL: both encoders, pooled, size ids per image)
+            self._eval_set.clip_skip = p.config.clip_skip
+            self._eval_set.max_token_length = p.config.max_token_length
         return self._eval_set

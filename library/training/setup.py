@@ -56,7 +56,7 @@ class RunParts:
     unet_step: Any = None  # the UNet as the training step calls it (torch.compile'd with --torch_compile)
     pin_batches: bool = False  # the DataLoader hands out batches in pinned memory (CUDA, caches not on the GPU)
     val_dataset: Any = None  # the held-out images (--validation_split), cached like the training data
-    text_cache: Any = None  # SDXL: cached text-encoder outputs by caption (library.training.text_conditioning.TextCache)
+    text_cache: Any = None  # SDXL: cached text-encoder outputs by caption (library.data.text_conditioning.TextCache)
 
     @property
     def trainable_params(self) -> list[torch.nn.Parameter]:
@@ -168,7 +168,7 @@ def build_text_cache(cfg: TrainConfig, bundle: Any, datasets: list[Any], train_t
     As for SD1 (build_data), a frozen encoder fed fixed captions is cached even without the
     flag; --cache_text_encoder_outputs_to_disk also writes/reuses `<image>_te_outputs.npz`.
     """
-    from library.training.text_conditioning import TextCache, TextEncoding
+    from library.data.text_conditioning import TextCache, TextEncoding
 
     if bundle.text_encoder_2 is None or train_text_encoder:
         return None

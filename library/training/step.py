@@ -6,9 +6,14 @@ from typing import Any
 import torch
 
 from library.data.text import encode_tokens
-from library.training.loss import huber_threshold, per_sample_loss, snr_from_alphas, weighted_batch_loss
+from library.data.text_conditioning import Conditioning, TextEncoding, sdxl_time_ids
+from library.training.loss import (
+    huber_threshold,
+    per_sample_loss,
+    snr_from_alphas,
+    weighted_batch_loss,
+)
 from library.training.noise import NoiseSettings, noise_batch, velocity
-from library.training.text_conditioning import Conditioning, TextEncoding, sdxl_time_ids
 
 
 class StepMath:
@@ -38,7 +43,7 @@ class StepMath:
         return lat * self.scaling
 
     def conditioning(self, batch: dict[str, Any]) -> Conditioning:
-        """Text conditioning of the batch: cached outputs, or the text encoder(s) run now (library.training.text_conditioning)."""
+        """Text conditioning of the batch: cached outputs, or the text encoder(s) run now (library.data.text_conditioning)."""
         p = self.parts
         if batch.get("text_encoder_outputs") is not None:
             return Conditioning(batch["text_encoder_outputs"].to(p.device, p.weight_dtype, non_blocking=True))

@@ -141,30 +141,11 @@ class VramEstimate:
 
 
 def model_family(name: str) -> str:
-    """The shipped architecture configs a model name or path stands for, without loading weights.
+    """The shipped architecture configs a model name or path stands for, without loading weights
+    (library.models.peek: built-in names, safetensors headers, diffusers configs; SD1.5's otherwise)."""
+    from library.models.peek import config_family_of
 
-    Built-in names map to their own configs; an SDXL file (`conditioner.embedders.1.` keys in its
-    safetensors header) or diffusers folder (a `text_encoder_2`) to SDXL's; anything else to SD1.5's.
-    """
-    if name in ("tiny", "tiny-world"):
-        return "tiny"
-    if name in ("tiny-sdxl", "tiny-sd2"):
-        return name
-    from pathlib import Path
-
-    path = Path(str(name)).expanduser()
-    if path.is_dir() and (path / "text_encoder_2").is_dir():
-        return "sdxl"
-    if path.is_file() and path.suffix == ".safetensors":
-        from library.safetensors_header import read_header
-
-        try:
-            entries = read_header(path).entries
-        except Exception:  # an unreadable file is reported by the loader, not by the estimate
-            return "sd15"
-        if any(k.startswith("conditioner.embedders.1.") for k in entries):
-            return "sdxl"
-    return "sd15"
+    return config_family_of(name)
 
 
 def storage_bytes(tensors: Any) -> int:

@@ -97,7 +97,12 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min_diff", type=float, default=0.01,
                    help="keep the text encoder only if some weight differs by more than this")
     p.add_argument("--no_metadata", action="store_true", help="write only the minimum ss_* metadata")
-    p.add_argument("--sdxl", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sdxl", action="store_true",
+                   help="the models are SDXL (detected anyway; given, it is checked against the files)")
+    p.add_argument("--v2", action="store_true",
+                   help="the models are SD2.x (detected anyway; given, it is checked against the files)")
+    p.add_argument("--v_parameterization", action="store_true",
+                   help="write v-prediction metadata (default: what the base says; SD2.x: v, as sd-scripts)")
     _common(p)
     p.set_defaults(func=_extract)
 
@@ -137,10 +142,9 @@ def _merge(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace) -> int:
     from library.lora.tools.extract import ExtractOptions, extract_lora
 
-    if args.sdxl:
-        raise LoRAFileError("--sdxl: SDXL extraction is not supported yet", ["lorasmith handles SD1.x models for now"])
     opts = ExtractOptions(args.dim, args.conv_dim, args.clamp_quantile, args.min_diff, args.device,
-                          args.save_precision, args.no_metadata)
+                          args.save_precision, args.no_metadata, sdxl=args.sdxl, v2=args.v2,
+                          v_parameterization=args.v_parameterization)
     report = extract_lora(args.base, args.tuned, args.output, opts, overwrite=args.overwrite,
                           progress=_progress("extracting"), command=sys.argv)
     lines = report.lines()

@@ -16,8 +16,10 @@ import torch
 from safetensors import safe_open
 
 from library.errors import LoRAFileError
+from library.lora import keys
 from library.lora.file import read_header
 from library.lora.loading import load_lora
+from library.lora.naming import lora_architecture
 from library.lora.tools import delta
 
 
@@ -99,3 +101,11 @@ class LoRASource:
 def is_conv3x3(shape: torch.Size | tuple[int, ...]) -> bool:
     """A weight (or LoRA down) shape of a k x k (k > 1) convolution: such modules take the conv rank."""
     return len(shape) == 4 and tuple(shape[2:]) != (1, 1)
+
+
+def lora_family(lora: LoRASource) -> str:
+    """The family its names were written for ("SDXL", "SD1.x", "SD2.x" or "SD1.x/SD2.x"), as the loader's
+    refusals name it: te1/te2 or SGM UNet names are SDXL; a text-encoder width of 768/1024 is SD1.x/SD2.x."""
+    name = next((n for n in lora.modules() if n.startswith("lora_te") and keys.DOWN in lora.suffixes(n)), None)
+    down = lora.parts(name)[keys.DOWN] if name else None
+    return lora_architecture(lora.modules(), int(down.shape[1]) if down is not None and down.dim() == 2 else None)

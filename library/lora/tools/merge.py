@@ -7,8 +7,9 @@ c_i d_i = w_i scale_i and alpha = total rank, so up @ down = sum_i w_i scale_i u
 With --new_rank it is sd-scripts' svd_merge_lora.py: the weighted deltas are summed
 and truncated by SVD to the new rank (k x k convolutions to --new_conv_rank), the
 factors clamped at --clamp_quantile (0.99 as sd-scripts), alpha = rank.
-LoRAs for different architectures (a module whose shape differs, or a different
-`ss_base_model_version`) are refused by name.
+LoRAs for different architectures (a module whose shape differs, a different
+`ss_base_model_version`, or names of different families: SDXL's `lora_te1_`/`lora_te2_` and
+SGM UNet names vs SD1.x/SD2.x's) are refused by name.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from library.errors import LoRAFileError
 from library.lora import keys
 from library.lora.file import resolve_dtype, save_lora
 from library.lora.tools import delta, svd
-from library.lora.tools.lora_reader import LoRASource, is_conv3x3
+from library.lora.tools.lora_reader import LoRASource, is_conv3x3, lora_family
 from library.lora.tools.output import Progress, check_output, provenance, rank_problems
 
 
@@ -57,6 +58,17 @@ def check_same_base(sources: Sequence[LoRASource]) -> None:
     if len(known) > 1:
         raise LoRAFileError("these LoRAs were made for different base models; they cannot be merged",
                             [f"{label}: ss_base_model_version {v}" for label, v in versions.items()])
+
+
+def check_same_family(sources: Sequence[LoRASource]) -> None:
+    """Refuse LoRAs whose names belong to different families (SDXL's te1/te2 and SGM names vs SD1/SD2's),
+    even when their metadata says nothing."""
+    families = {s.label: lora_family(s) for s in sources}
+    found = set(families.values())
+    definite = found - {"SD1.x/SD2.x"}
+    if len(definite) > 1 or ("SDXL" in definite and "SD1.x/SD2.x" in found):
+        raise LoRAFileError("these LoRAs were made for different model families; they cannot be merged",
+                            [f"{label}: {family} names" for label, family in families.items()])
 
 
 def collect_modules(sources: Sequence[LoRASource]) -> dict[str, list[int]]:
@@ -150,6 +162,7 @@ def merge_loras(loras: Sequence[LoRAWeight], out: str | os.PathLike[str], *, new
     with ExitStack() as stack, torch.no_grad():
         sources = [stack.enter_context(LoRASource(lo.path)) for lo in loras]
         check_same_base(sources)
+        check_same_family(sources)
         modules = collect_modules(sources)
         for n, (name, holders) in enumerate(modules.items()):
             items = [(sources[i].parts(name), loras[i].weight, sources[i].label) for i in holders]

@@ -2,17 +2,24 @@
 
 Each adapted layer becomes W + sum_i w_i * delta_i (computed in float32, stored in
 the base's precision unless --save_precision says otherwise), as sd-scripts'
-merge_lora.py does. The output is a single-file `.safetensors` in the original LDM
-layout, streamed layer by layer (read a layer, add its deltas, write it), or a
-diffusers folder when OUT is not a `.safetensors` name or `--save_as diffusers`.
-A LoRA with any module that matches no layer of the base is refused, naming the
-LoRA, the base and the counts: a merge never silently drops part of a LoRA.
+merge_lora.py / sdxl_merge_lora.py do, for SD1.x, SD2.x and SDXL bases. The output is a
+single-file `.safetensors`, streamed tensor by tensor (read one, add its deltas, write
+it), or a diffusers folder when OUT is not a `.safetensors` name or `--save_as diffusers`.
+
+A single-file base keeps its own layout: every tensor it holds is written under its own
+name, in its own shape, untouched unless a LoRA changes it (EMA copies, SD2's 24th
+OpenCLIP layer, `logit_scale`, `v_pred` markers included); an OpenCLIP q/k/v delta is
+added to its third of the fused `in_proj_weight`. A built-in or a folder base is written
+in the family's LDM / SGM layout (ldm_layout: UNet and VAE streamed, each text encoder
+converted whole, one at a time). A LoRA with any module that matches no layer of the
+base is refused, naming the LoRA, the base, both families and the counts: a merge never
+silently drops part of a LoRA.
 """
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -23,11 +30,25 @@ from library.fileio import atomic_write_text
 from library.lora import keys
 from library.lora.file import resolve_dtype
 from library.lora.tools import delta
-from library.lora.tools.lora_reader import LoRASource
+from library.lora.tools.lora_reader import LoRASource, lora_family
 from library.lora.tools.merge import LoRAWeight
-from library.lora.tools.model_weights import POSITION_IDS_KEY, ModelWeights, WeightEntry, open_model, position_ids
-from library.lora.tools.output import PROVENANCE_KEY, Progress, check_output, provenance, write_safetensors_streaming
+from library.lora.tools.model_weights import (
+    ModelWeights,
+    WeightEntry,
+    entry_view,
+    open_model,
+    stored_with,
+)
+from library.lora.tools.output import (
+    PROVENANCE_KEY,
+    Progress,
+    check_output,
+    provenance,
+    write_safetensors_streaming,
+)
+from library.models.configs import load_family_configs
 from library.models.ldm_convert import to_ldm_tensor
+from library.models.ldm_layout import slots, text_encoder_to_ldm
 
 SAVE_AS = ("safetensors", "diffusers")
 PROVENANCE_FILE = "lorasmith_tool.json"  # a diffusers folder has no file-level metadata; the record goes beside it
@@ -65,9 +86,12 @@ def match_lora(lora: LoRASource, weights: ModelWeights) -> dict[str, WeightEntry
         matched[name] = entry
     if problems:
         total, n_keys = len(lora.modules()), sum(len(lora.suffixes(n)) for n in lora.modules())
+        lora_arch = lora_family(lora)
+        why = (f"this LoRA is for {lora_arch} and the model is {weights.display}" if lora_arch != weights.display
+               else "the LoRA was made for another architecture")
         raise LoRAFileError(
             f"{lora.label}: only {len(matched)} of {total} LoRA modules ({n_keys} keys) match {weights.label} "
-            f"({weights.family}, {len(layers)} adaptable layers); the LoRA was made for another architecture",
+            f"({weights.family}, {len(layers)} adaptable layers); {why}",
             problems[:_SHOWN] + ([f"... and {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else []))
     return matched
 
@@ -135,25 +159,66 @@ def merge_into_checkpoint(base: str, loras: Sequence[LoRAWeight], out: str | os.
 
 def _write_single_file(weights: ModelWeights, merger: _Merger, out: Path, dtype: torch.dtype | None,
                        meta: dict[str, str], progress: Progress | None) -> Path:
-    by_ldm = {e.ldm_key: e for e in weights.entries}
+    layout = _same_layout if weights.file_store is not None else _family_layout
+    specs, produce = layout(weights, merger)
+    specs = [(name, dtype if dtype is not None and stored.is_floating_point else stored, shape)
+             for name, stored, shape in specs]
+    return write_safetensors_streaming(out, specs, produce, {"format": "pt", **meta}, progress)
 
-    def out_dtype(stored: torch.dtype) -> torch.dtype:
-        return dtype if dtype is not None and stored.is_floating_point else stored
+
+Specs = list[tuple[str, torch.dtype, tuple[int, ...]]]
+
+
+def _same_layout(weights: ModelWeights, merger: _Merger) -> tuple[Specs, Callable[[str], torch.Tensor]]:
+    """Every tensor of the input file under its own name and shape; the ones a LoRA touches merged."""
+    store = weights.file_store  # a single-file base (_write_single_file chose this layout for it)
+    touched: dict[str, list[WeightEntry]] = {}
+    for entry in weights.entries:
+        if merger.touches(entry):
+            touched.setdefault(entry.stored_name, []).append(entry)
 
     def produce(name: str) -> torch.Tensor:
-        if name == POSITION_IDS_KEY:
-            return position_ids(weights)
-        entry = by_ldm[name]
+        stored = store.get(name)
+        if name not in touched:
+            return stored
+        changed = {}
+        for entry in touched[name]:
+            base = entry_view(entry, stored)
+            changed[entry] = merged_weight(base, merger.deltas(entry, base), entry.lora_name or entry.key)
+        return stored_with(stored, changed)
+
+    return [(n, store.dtype(n), tuple(store.shape(n))) for n in store.names()], produce
+
+
+def _family_layout(weights: ModelWeights, merger: _Merger) -> tuple[Specs, Callable[[str], torch.Tensor]]:
+    """A built-in or folder base in its family's single-file layout (the converter's, ldm_layout)."""
+    configs = load_family_configs(weights.family)
+    image = {e.ldm_key: e for e in weights.entries if e.component in ("unet", "vae")}
+    specs: Specs = [(e.ldm_key, e.dtype, tuple(to_ldm_tensor(e.ldm_key, torch.empty(e.shape, device="meta")).shape))
+                    for e in image.values()]
+    owner, converted = {}, {}
+    for slot in slots(weights.architecture):
+        shapes = {e.key: torch.empty(e.shape, dtype=e.dtype, device="meta")
+                  for e in weights.component_entries(slot.component)}
+        for name, t in text_encoder_to_ldm(slot, configs[slot.component], shapes).items():
+            specs.append((name, t.dtype, tuple(t.shape)))
+            owner[name] = slot
+
+    def merged(entry: WeightEntry) -> torch.Tensor:
         tensor = weights.get(entry)
         deltas = merger.deltas(entry, tensor)
-        if deltas:
-            tensor = merged_weight(tensor, deltas, entry.lora_name or entry.key)
-        return to_ldm_tensor(name, tensor)
+        return merged_weight(tensor, deltas, entry.lora_name or entry.key) if deltas else tensor
 
-    specs = [(e.ldm_key, out_dtype(e.dtype), tuple(to_ldm_tensor(e.ldm_key, torch.empty(e.shape, device="meta")).shape))
-             for e in weights.entries]
-    specs.append((POSITION_IDS_KEY, torch.int64, tuple(position_ids(weights).shape)))
-    return write_safetensors_streaming(out, specs, produce, {"format": "pt", **meta}, progress)
+    def produce(name: str) -> torch.Tensor:
+        if name in image:
+            return to_ldm_tensor(name, merged(image[name]))
+        slot = owner[name]
+        if slot.component not in converted:  # one text encoder in memory at a time, released as it is written
+            state = {e.key: merged(e) for e in weights.component_entries(slot.component)}
+            converted[slot.component] = text_encoder_to_ldm(slot, configs[slot.component], state)
+        return converted[slot.component].pop(name)
+
+    return specs, produce
 
 
 def _write_diffusers(base: str, weights: ModelWeights, merger: _Merger, out: Path, dtype: torch.dtype | None,

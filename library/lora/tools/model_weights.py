@@ -1,15 +1,24 @@
 """A base or fine-tuned model's weights, read one tensor at a time.
 
 `open_model(source)` accepts everything `--pretrained_model_name_or_path` does: a
-built-in name (`tiny`, `tiny-world`), a diffusers folder, or a single-file
-checkpoint in the original LDM layout. It lists every weight as a `WeightEntry`
-(component, diffusers key, LDM key, shape, dtype) from the file headers alone and
-reads a tensor only when asked (a positioned read at the header's offsets), so a merge or an extraction holds
-one layer at a time, not the model. Pickled `.ckpt`/`.bin` files cannot be read
-lazily; they are loaded whole (code-free, as everywhere in lorasmith).
+built-in name (`tiny`, `tiny-sdxl`, `tiny-sd2`...), a diffusers folder, or a single-file
+checkpoint in the original LDM / SGM layout, of any family lorasmith loads (SD1.x, SD2.x,
+SDXL; detected from the keys by library.models.architecture). It lists every weight of
+the family's modules as a `WeightEntry` (component, module key, where the file stores it,
+shape, dtype) from the file headers alone and reads a tensor only when asked (a
+positioned read at the header's offsets), so a merge or an extraction holds one layer at
+a time, not the model. Pickled `.ckpt`/`.bin` files cannot be read lazily; they are
+loaded whole (code-free, as everywhere in lorasmith).
+
+Where a single file stores a weight is the converter's own mapping (ldm_keys for UNet and
+VAE, ldm_layout's text-encoder slots, openclip_convert.openclip_source for OpenCLIP): an
+OpenCLIP q/k/v projection (SD2's text encoder, SDXL's second) is one third of a fused
+`in_proj_weight`, and `text_projection` is stored transposed; `entry_view` cuts the
+module's tensor out of the stored one and `stored_with` puts a changed one back.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,21 +29,29 @@ import torch
 
 from library.errors import LorasmithError, ModelLoadError
 from library.lora.file import read_header
-from library.lora import keys
-from library.models.architecture import check_ldm_keys
+from library.lora.naming import Naming, model_architecture
+from library.models.architecture import detect_diffusers, detect_ldm
 from library.models.builtin import BUILTIN_MODELS, builtin_names
 from library.models.checkpoint_io import read_state_dict
-from library.models.configs import FAMILIES, load_family_configs
-from library.models.folder import find_weights, is_diffusers_folder
-from library.models.ldm_convert import COMPONENTS, POSITION_IDS_KEY, from_ldm_tensor
-from library.models.ldm_keys import LDM_PREFIXES, UNET_PREFIX, ldm_key_table
-from library.models.modules import expected_shapes
+from library.models.configs import (
+    ARCHITECTURE_CONFIGS,
+    family_components,
+    load_family_configs,
+)
+from library.models.family import ModelFamily, family_of
+from library.models.folder import find_weights, is_diffusers_folder, read_json
+from library.models.ldm_convert import from_ldm_tensor
+from library.models.ldm_keys import LDM_PREFIXES, ldm_key_table
+from library.models.ldm_layout import slots
+from library.models.modules import build_component, expected_shapes
+from library.models.openclip_convert import fuse_in_proj, openclip_source, split_in_proj
+from library.models.single_file import match_config_family
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
               "BOOL": torch.bool}
 _OLD_CLIP = tuple(LDM_PREFIXES["text_encoder"] + s for s in ("embeddings.", "encoder.", "final_layer_norm."))
-_SHOWN = 5
+_IMAGE = ("unet", "vae")
 
 
 class _Store(Protocol):
@@ -114,43 +131,73 @@ def _open_store(path: Path) -> _Store:
     return _DictStore(read_state_dict(path))
 
 
+
 @dataclass(frozen=True)
 class WeightEntry:
-    """One tensor of the model, under its diffusers name and its LDM single-file name."""
+    """One weight of the model: its module key, and where and how its store keeps it."""
 
-    component: str
-    key: str
-    ldm_key: str
-    shape: tuple[int, ...]
+    component: str  # unet | vae | text_encoder | text_encoder_2
+    key: str  # the module's state-dict key (diffusers / transformers)
+    ldm_key: str  # the single-file name of the tensor holding it
+    shape: tuple[int, ...]  # in the module's shape
     dtype: torch.dtype
-    store: str  # which store holds it
-    stored_name: str  # its name in that store
+    store: str  # which store holds it ("ldm" for a single file)
+    stored_name: str  # its name in that store (an old SD1 file's CLIP names lack `text_model.`)
+    part: int | None = None  # q/k/v index inside OpenCLIP's fused in_proj
+    transposed: bool = False  # OpenCLIP's text_projection is stored as the Linear weight's transpose
+    lora_name: str | None = None  # the Kohya module name a LoRA uses for it (None: VAE, biases, norms)
 
-    @property
-    def lora_name(self) -> str | None:
-        """The Kohya module name a LoRA uses for this weight (None for VAE weights, biases, norms)."""
-        if self.component == "vae" or not self.key.endswith(".weight") or len(self.shape) not in (2, 4):
-            return None
-        path = self.key[: -len(".weight")]
-        if self.component == "unet":
-            return keys.module_name(keys.UNET_PREFIX, path)
-        return keys.module_name(keys.TEXT_ENCODER_PREFIX, keys.text_encoder_path(path))
+
+def entry_view(entry: WeightEntry, stored: torch.Tensor) -> torch.Tensor:
+    """The module's tensor from the stored one (a third of in_proj, a transpose, a 1x1-conv matrix)."""
+    if entry.part is not None:
+        stored = split_in_proj(stored)[entry.part]
+    if entry.transposed:
+        stored = stored.t()
+    return from_ldm_tensor(entry.ldm_key, stored) if entry.store == "ldm" else stored
+
+
+def stored_with(stored: torch.Tensor, changed: dict[WeightEntry, torch.Tensor]) -> torch.Tensor:
+    """The stored tensor with some module tensors replaced (in_proj re-fused), in the stored shape."""
+    fused = [e for e in changed if e.part is not None]
+    if fused:
+        pieces = list(split_in_proj(stored))
+        for entry in fused:
+            pieces[entry.part] = changed[entry].reshape(pieces[entry.part].shape)
+        return fuse_in_proj(*pieces)
+    (entry, tensor), = changed.items()
+    return (tensor.t() if entry.transposed else tensor).reshape(stored.shape)
 
 
 class ModelWeights:
-    """Every weight of an SD1.x model, listed from headers and read lazily."""
+    """Every weight of an SD1.x, SD2.x or SDXL model, listed from headers and read lazily."""
 
-    def __init__(self, label: str, family: str, entries: list[WeightEntry], stores: dict[str, _Store],
-                 kind: str) -> None:
-        self.label, self.family, self.entries, self._stores, self.kind = label, family, entries, stores, kind
+    def __init__(self, label: str, family: str, architecture: str, entries: list[WeightEntry],
+                 stores: dict[str, _Store], kind: str, prediction_type: str | None = None) -> None:
+        self.label, self.family, self.architecture = label, family, architecture
+        self.entries, self._stores, self.kind = entries, stores, kind
+        self.prediction_type = prediction_type  # only when the source says it (v_pred key, scheduler config)
+
+    @property
+    def model_family(self) -> ModelFamily:
+        return family_of(self.architecture)
+
+    @property
+    def display(self) -> str:
+        """The family as LoRA refusals name it (SD1.x, SD2.x, SDXL)."""
+        return model_architecture(skeleton(self.family)[0])
+
+    @property
+    def file_store(self) -> _Store | None:
+        """The single file's own store (every tensor it holds, extras included), or None."""
+        return self._stores.get("ldm")
 
     def get(self, entry: WeightEntry) -> torch.Tensor:
-        """The tensor in the diffusers module's shape (VAE attention 1x1 convs as matrices)."""
-        tensor = self._stores[entry.store].get(entry.stored_name)
-        return from_ldm_tensor(entry.ldm_key, tensor) if entry.store == "ldm" else tensor
+        """The tensor in the module's shape (q/k/v cut from in_proj, VAE attention 1x1 convs as matrices)."""
+        return entry_view(entry, self._stores[entry.store].get(entry.stored_name))
 
     def lora_entries(self) -> dict[str, WeightEntry]:
-        """Kohya module name -> weight entry, for every Linear/Conv2d weight of UNet and text encoder."""
+        """Kohya module name -> weight entry, for every Linear/Conv2d weight of UNet and text encoders."""
         return {e.lora_name: e for e in self.entries if e.lora_name is not None}
 
     def component_entries(self, component: str) -> Iterator[WeightEntry]:
@@ -161,6 +208,65 @@ class ModelWeights:
         """The dtype most UNet weights are stored in (the default output precision)."""
         dtypes = [e.dtype for e in self.entries if e.component == "unet" and e.dtype.is_floating_point]
         return max(set(dtypes), key=dtypes.count) if dtypes else torch.float32
+
+
+@functools.lru_cache(maxsize=4)
+def skeleton(family: str) -> tuple[torch.nn.Module, tuple[torch.nn.Module, ...]]:
+    """UNet and text encoders of a config family on the meta device: layer names without weights."""
+    configs = load_family_configs(family)
+    unet = build_component("unet", configs["unet"], empty=True)
+    encoders = tuple(build_component(c, configs[c], empty=True) for c in text_components(family))
+    return unet, encoders
+
+
+def text_components(family: str) -> tuple[str, ...]:
+    return tuple(c for c in family_components(family) if c.startswith("text_encoder"))
+
+
+def model_components(family: str) -> tuple[str, ...]:
+    return tuple(c for c in family_components(family) if c != "scheduler")
+
+
+def _lora_name(naming: Naming, family: str, component: str, key: str, shape: tuple[int, ...]) -> str | None:
+    if component == "vae" or not key.endswith(".weight") or len(shape) not in (2, 4):
+        return None
+    path = key[: -len(".weight")]
+    if component == "unet":
+        return naming.unet(path)
+    return naming.text_encoder(text_components(family).index(component), path)
+
+
+def ldm_locations(architecture: str, family: str, component: str) -> dict[str, tuple[str, int | None, bool]]:
+    """Module key -> (single-file name, in_proj part, transposed) for one component of a config family."""
+    shapes = expected_shapes(family, component)
+    if component in _IMAGE:
+        table = ldm_key_table(component, load_family_configs(family)[component], list(shapes))
+        return {k: (v, None, False) for k, v in table.items()}
+    slot = next(s for s in slots(architecture) if s.component == component)
+    if slot.style == "hf":
+        return {k: (f"{slot.prefix}text_model.{k.removeprefix('text_model.')}", None, False) for k in shapes}
+    out = {}
+    for key in shapes:
+        rest, part, transposed = openclip_source(key)
+        out[key] = (slot.prefix + rest, part, transposed)
+    return out
+
+
+def _entries(architecture: str, family: str, component: str, stored: dict[str, str], store: _Store,
+             store_key: str) -> list[WeightEntry]:
+    """Entries for one component; `stored` maps each module key (or, for a single file, each LDM name)
+    to its name in `store`."""
+    unet, encoders = skeleton(family)
+    naming = Naming(unet, list(encoders))
+    shapes = expected_shapes(family, component)
+    out = []
+    for key, (ldm_key, part, transposed) in ldm_locations(architecture, family, component).items():
+        name = stored[ldm_key if store_key == "ldm" else key]
+        if store_key != "ldm":  # a module's own state: stored as the module holds it
+            part, transposed = None, False
+        out.append(WeightEntry(component, key, ldm_key, shapes[key], store.dtype(name), store_key, name, part,
+                               transposed, _lora_name(naming, family, component, key, shapes[key])))
+    return out
 
 
 def open_model(source: str | os.PathLike[str]) -> ModelWeights:
@@ -183,90 +289,66 @@ def open_model(source: str | os.PathLike[str]) -> ModelWeights:
 
 def _open_builtin(name: str) -> ModelWeights:
     bundle = BUILTIN_MODELS[name](torch.float32)
+    family, architecture = bundle.facts.config_family or "tiny", bundle.facts.architecture
     stores: dict[str, _Store] = {}
     entries = []
     for component, module in bundle.components().items():
         state = {k: v.detach() for k, v in module.state_dict().items()}
         stores[component] = _DictStore(state)
-        entries += _entries(component, bundle.facts.config_family, {k: k for k in state}, stores[component], component)
-    return ModelWeights(name, bundle.facts.config_family or "tiny", entries, stores, "builtin")
-
-
-def _entries(component: str, family: str, names: dict[str, str], store: _Store, store_key: str) -> list[WeightEntry]:
-    """Entries for one component whose tensors sit in `store` under `names[diffusers key]`."""
-    config = load_family_configs(family)[component]
-    shapes = expected_shapes(family, component)
-    table = ldm_key_table(component, config, list(shapes))
-    out = []
-    for key in shapes:
-        stored = names[key]
-        out.append(WeightEntry(component, key, table[key], tuple(store.shape(stored)), store.dtype(stored),
-                               store_key, stored))
-    return out
+        entries += _entries(architecture, family, component, {k: k for k in state}, stores[component], component)
+    return ModelWeights(name, family, architecture, entries, stores, "builtin", bundle.facts.prediction_type)
 
 
 def _open_single_file(path: Path) -> ModelWeights:
+    """A single file in its own layout; the family and config from detect_ldm / match_config_family."""
     store = _open_store(path)
     names = {(LDM_PREFIXES["text_encoder"] + "text_model." + n[len(LDM_PREFIXES["text_encoder"]):]
               if n.startswith(_OLD_CLIP) else n): n for n in store.names()}
-    cross = f"{UNET_PREFIX}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-    check_ldm_keys(path, names, store.shape(names[cross])[1] if cross in names else None)
-    family = _single_file_family(path, store, names)
-    entries, problems = [], []
-    for component in COMPONENTS:
-        config = load_family_configs(family)[component]
-        shapes = expected_shapes(family, component)
-        for key, ldm_key in ldm_key_table(component, config, list(shapes)).items():
-            if ldm_key not in names:
-                problems.append(f"missing {ldm_key}")
-                continue
-            shape = store.shape(names[ldm_key])
-            if shape != shapes[key] and not (len(shape) == 4 and shape[:2] == shapes[key]):
-                problems.append(f"{ldm_key}: shape {list(shape)}, expected {list(shapes[key])}")
-                continue
-            entries.append(WeightEntry(component, key, ldm_key, shapes[key], store.dtype(names[ldm_key]), "ldm",
-                                       names[ldm_key]))
-    if problems:
-        raise ModelLoadError(f"{path}: the weights do not match the SD1.x layout ({len(problems)} problems)",
-                             problems[:_SHOWN] + ["the file may be damaged, or a different architecture"])
-    return ModelWeights(str(path), family, entries, {"ldm": store}, "single_file")
+    shapes = {k: tuple(store.shape(n)) for k, n in names.items()}
+    detection = detect_ldm(path, shapes)
+    prediction = detection.file_prediction_type
+    family = match_config_family(path, detection.architecture, shapes,
+                                 prediction or family_of(detection.architecture).default_prediction_type)
+    entries = [e for c in model_components(family)
+               for e in _entries(detection.architecture, family, c, names, store, "ldm")]
+    return ModelWeights(str(path), family, detection.architecture, entries, {"ldm": store}, "single_file",
+                        prediction)
 
 
-def _single_file_family(path: Path, store: _Store, names: dict[str, str]) -> str:
-    key = f"{UNET_PREFIX}input_blocks.0.0.weight"
-    if key not in names:
-        raise ModelLoadError(f"{path} has no Stable Diffusion UNet (no {key})", [
-            "is this a LoRA, embedding or VAE rather than a base model? give a full SD1.x checkpoint"])
-    shape = store.shape(names[key])
-    for family in FAMILIES:
-        if expected_shapes(family, "unet")["conv_in.weight"] == shape:
-            return family
-    raise ModelLoadError(f"{path}: UNet input conv has shape {list(shape)}, unlike any SD1.x model",
-                         ["SD1.x has [320, 4, 3, 3]; inpainting (9 channels) and other variants are not supported"])
+def _folder_names(component: str, raw: list[str]) -> dict[str, str]:
+    """Module key -> stored name (CLIPTextModel's keys lost `text_model.` in transformers 5; the
+    projection model keeps it)."""
+    if component == "text_encoder":
+        return {n.removeprefix("text_model."): n for n in raw if not n.endswith("position_ids")}
+    if component == "text_encoder_2":
+        return {n if n.startswith(("text_model.", "text_projection.")) else "text_model." + n: n
+                for n in raw if not n.endswith("position_ids")}
+    return {n: n for n in raw}
 
 
 def _open_folder(folder: Path) -> ModelWeights:
+    configs = {c: read_json(folder / c / "config.json") if (folder / c / "config.json").is_file() else None
+               for c in ("unet", "text_encoder", "text_encoder_2")}
+    index = folder / "model_index.json"
+    detection = detect_diffusers(folder, read_json(index) if index.is_file() else None, configs["unet"],
+                                 configs["text_encoder"], configs["text_encoder_2"])
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    prediction = read_json(scheduler).get("prediction_type") if scheduler.is_file() else None
     stores: dict[str, _Store] = {}
     names: dict[str, dict[str, str]] = {}
-    for component in COMPONENTS:
+    candidates = ARCHITECTURE_CONFIGS[detection.architecture]
+    for component in model_components(candidates[0]):
         stores[component] = _open_store(find_weights(folder / component, component))
-        raw = stores[component].names()
-        if component == "text_encoder":
-            names[component] = {n.removeprefix("text_model."): n for n in raw if not n.endswith("position_ids")}
-        else:
-            names[component] = {n: n for n in raw}
-    for family in FAMILIES:
-        if all({k: stores[c].shape(n) for k, n in names[c].items()} == expected_shapes(family, c) for c in COMPONENTS):
-            entries = [e for c in COMPONENTS for e in _entries(c, family, names[c], stores[c], c)]
-            return ModelWeights(str(folder), family, entries, stores, "diffusers")
-    raise ModelLoadError(f"{folder}: the weights match no shipped SD1.x architecture ({', '.join(FAMILIES)})",
-                         ["SDXL, SD2.x and modified UNets are not supported by the toolbox yet"])
+        names[component] = _folder_names(component, stores[component].names())
+    for family in candidates:
+        if all({k: stores[c].shape(n) for k, n in names[c].items()} == expected_shapes(family, c)
+               for c in model_components(family)):
+            entries = [e for c in model_components(family)
+                       for e in _entries(detection.architecture, family, c, names[c], stores[c], c)]
+            return ModelWeights(str(folder), family, detection.architecture, entries, stores, "diffusers", prediction)
+    display = family_of(detection.architecture).display
+    raise ModelLoadError(f"{folder}: a {display} folder whose weights match no shipped {display} configuration "
+                         f"({', '.join(candidates)})", ["modified UNets are not supported by the toolbox"])
 
 
-def position_ids(weights: ModelWeights) -> torch.Tensor:
-    """CLIP's position-id buffer, written into single files like the official SD1.x checkpoints."""
-    positions = load_family_configs(weights.family)["text_encoder"]["max_position_embeddings"]
-    return torch.arange(positions, dtype=torch.int64).unsqueeze(0)
-
-
-__all__ = ["ModelWeights", "POSITION_IDS_KEY", "WeightEntry", "open_model", "position_ids"]
+__all__ = ["ModelWeights", "WeightEntry", "entry_view", "open_model", "skeleton", "stored_with"]

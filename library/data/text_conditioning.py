@@ -1,5 +1,9 @@
 """What the UNet is conditioned on, per model family, as sd-scripts computes it for training.
 
+Used by the trainer (library.training.step) and by the epoch scorer (library.scoring.scores),
+which must condition exactly as training did; it sits here, below both (the scorer may not
+import library.training).
+
 SD1.x / SD2.x: one text encoder's hidden states (library.data.text.encode_tokens; SD2's
 diffusers text encoder already stops one layer early, so its last layer is SD2's
 "penultimate").
@@ -11,7 +15,7 @@ concatenated on the feature axis (768 + 1280 = 2048 wide); the pooled embedding 
 te2's `text_projection` of its final (layer-normed) state at the first EOS token (sd-scripts'
 `_pool_workaround`); with 150/225-token captions the windows are joined as for SD1 and the
 pooled embedding is the first window's. Added conditioning: `text_embeds` = pooled,
-`time_ids` = the six size/crop numbers of each image (library.training.sdxl_size_ids).
+`time_ids` = the six size/crop numbers of each image (library.data.sdxl_size_ids).
 
 Text-encoder outputs can be cached (`TextCache`) by caption; SDXL's also on disk beside each
 image as `<stem>_te_outputs.npz` with sd-scripts' array names `hidden_state1`,
@@ -27,8 +31,8 @@ from typing import Any
 
 import torch
 
+from library.data.sdxl_size_ids import size_crop_ids
 from library.data.text import encode_tokens, tokenize_captions
-from library.training.sdxl_size_ids import size_crop_ids
 
 NPZ_SUFFIX = "_te_outputs.npz"  # sd-scripts' SdxlTextEncoderOutputsCachingStrategy suffix
 
