@@ -15,7 +15,6 @@ Pure functions, no Gradio.
 from __future__ import annotations
 
 import html
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,11 +27,8 @@ from library.errors import LorasmithError, ModelLoadError
 
 MODEL_FIELD = "pretrained_model_name_or_path"
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_LISTED = 300  # a models folder with more entries lists the first ones found
 MAX_DEPTH = 3  # subfolder levels searched below the models folder
-# The built-ins' shipped config families (library/models/builtin.py builds them from these configs).
-_BUILTIN_CONFIGS = {"tiny": "tiny", "tiny-world": "tiny", "tiny-sdxl": "tiny-sdxl", "tiny-sd2": "tiny-sd2"}
 # Training sizes the families were trained at: the resolution hint (SD2.x 512-base stays at 512).
 NATIVE_RESOLUTION = {("sdxl", "epsilon"): 1024, ("sdxl", "v_prediction"): 1024, ("sd2", "v_prediction"): 768}
 
@@ -66,84 +62,18 @@ def error_text(exc: LorasmithError) -> str:
     return "; ".join([exc.summary, *exc.problems])
 
 
-# --- reading ----------------------------------------------------------------------------------------------
-def _builtin_detection(name: str) -> tuple[Any, str | None, str | None]:
-    from library.models.architecture import Detection
-    from library.models.configs import architecture_of_config, load_shipped_config
-
-    config = _BUILTIN_CONFIGS.get(name, name)
-    prediction = load_shipped_config(config, "scheduler").get("prediction_type", "epsilon")
-    detection = Detection(architecture_of_config(config), (f"the built-in {name} ({config} config)",))
-    return detection, prediction, f"the built-in's scheduler config ({config})"
-
-
-def _json_or_none(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc})", ["restore the file from the model's source"]) from None
-    return data if isinstance(data, dict) else None
-
-
-def _folder_detection(folder: Path) -> tuple[Any, str | None, str | None]:
-    from library.models.architecture import detect_diffusers
-
-    if not ((folder / "model_index.json").is_file() or (folder / "unet").is_dir()):
-        raise ModelLoadError(f"{folder} is a folder but not a diffusers model folder", [
-            "a diffusers folder has model_index.json and unet/, vae/, text_encoder/ subfolders"])
-    configs = {c: _json_or_none(folder / c / "config.json") for c in ("unet", "text_encoder", "text_encoder_2")}
-    detection = detect_diffusers(folder, _json_or_none(folder / "model_index.json"), configs["unet"],
-                                 configs["text_encoder"], configs["text_encoder_2"])
-    said = (_json_or_none(folder / "scheduler" / "scheduler_config.json") or {}).get("prediction_type")
-    return detection, said, "scheduler/scheduler_config.json `prediction_type`" if said else None
-
-
-def _pickle_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Key → shape of a `.ckpt` read memory-mapped with the restricted unpickler (no data read, no code run)."""
-    import pickle
-
-    import torch
-
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
-        raise ModelLoadError(f"refusing to load {path}: it contains pickled Python objects that would run code when loaded",
-                             ["get a .safetensors version of this model from its publisher, which cannot contain code"]) from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} holds a {type(data).__name__}, not a dictionary of weights")
-    return {k: tuple(v.shape) for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
-def _file_detection(path: Path) -> tuple[Any, str | None, str | None]:
-    from library.models.architecture import detect_ldm
-    from library.safetensors_header import read_header
-
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        header = read_header(path, ModelLoadError, "model file")
-        shapes = {k: tuple(e["shape"]) for k, e in header.entries.items()}
-    elif suffix in PICKLE_SUFFIXES:
-        shapes = _pickle_shapes(path)
-    else:
-        raise ModelLoadError(f"{path}: unsupported weight file type {suffix or '(no suffix)'!r}",
-                             ["use a .safetensors file (preferred), a .ckpt/.pt file, or a diffusers folder"])
-    detection = detect_ldm(path, shapes)
-    return detection, detection.file_prediction_type, detection.prediction_evidence
-
-
+# --- reading: library.models.peek (the loader's detection, no weights read) ---
 @lru_cache(maxsize=64)
 def _detect_cached(path: str, stamp: tuple) -> tuple[Any, str | None, str | None] | str:
     """(detection, what the model says of its prediction, where it says it), or the refusal text."""
     del stamp  # part of the cache key only: a replaced file is read again
     try:
-        if path in BUILTIN_MODEL_NAMES:
-            return _builtin_detection(path)
-        p = Path(path)
-        return _folder_detection(p) if p.is_dir() else _file_detection(p)
+        from library.models.peek import peek_model
+
+        peek = peek_model(path)
+        if peek is None:
+            raise ModelLoadError(f"{path}: no such file or folder", ["give a model file, a diffusers folder or a built-in name"])
+        return peek.detection, peek.said_prediction, peek.said_where
     except LorasmithError as exc:
         return error_text(exc)
 

@@ -96,8 +96,8 @@ class TrainConfig:
 
     # --- Source model -------------------------------------------------------
     pretrained_model_name_or_path: str | None = option(
-        None, "Base model: a .safetensors/.ckpt checkpoint, a diffusers folder, or a built-in name: tiny, tiny-world "
-        "(nothing is downloaded: a Hugging Face hub id does not work)",
+        None, "Base model: a .safetensors/.ckpt checkpoint, a diffusers folder, or a built-in name: tiny, tiny-world, "
+        "tiny-sdxl, tiny-sd2 (nothing is downloaded: a Hugging Face hub id does not work)",
         group="Source model", kind="path")
     vae: str | None = option(None, "A separate VAE (.safetensors file or diffusers folder) replacing the checkpoint's", group="Source model", kind="path")
     use_ema_weights: bool = option(False, "Use the EMA weights when the checkpoint holds both (default: non-EMA, as AUTOMATIC1111)", group="Source model")

@@ -17,7 +17,7 @@ from library.models.saving import save_diffusers, save_single_file
     ("tiny", "sd1", "tiny"), ("tiny-world", "sd1", "tiny"), ("tiny-sdxl", "sdxl", "tiny-sdxl"),
     ("tiny-sd2", "sd2", "tiny-sd2")])
 def test_builtin_names_need_no_file(name: str, architecture: str, configs: str) -> None:
-    assert peek_model(name).architecture == architecture
+    assert peek_model(name).detection.architecture == architecture
     assert config_family_of(name) == configs
 
 
@@ -29,7 +29,7 @@ def test_single_files_and_folders_are_told_apart_from_their_headers(tmp_path: Pa
     single = save_single_file(bundle, tmp_path / f"{builtin}.safetensors")
     folder = save_diffusers(bundle, tmp_path / f"{builtin}-folder")
     for path in (single, folder):
-        assert peek_model(str(path)).architecture == architecture
+        assert peek_model(str(path)).detection.architecture == architecture
         assert config_family_of(str(path)) == configs  # real-sized configs: the file's shapes are what it stands for
 
 
@@ -42,8 +42,19 @@ def test_another_kind_of_model_gets_the_loaders_refusal_and_the_estimate_falls_b
     assert config_family_of(str(inpaint)) == "sd15"
 
 
-def test_a_pickle_or_a_missing_path_is_unknown_not_guessed(tmp_path: Path) -> None:
+def test_a_damaged_pickle_is_refused_by_name_and_a_missing_path_is_unknown(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.ckpt"
-    ckpt.write_bytes(b"not read")
-    assert peek_model(str(ckpt)) is None and peek_model(str(tmp_path / "nothing.safetensors")) is None
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelLoadError, match="model.ckpt"):
+        peek_model(str(ckpt))
+    assert peek_model(str(tmp_path / "nothing.safetensors")) is None
     assert config_family_of(str(ckpt), default="sd15") == "sd15"
+
+
+def test_a_ckpt_is_read_for_its_shapes_without_running_code(tmp_path: Path) -> None:
+    bundle = load_model_bundle("tiny-sd2")
+    single = save_single_file(bundle, tmp_path / "sd2.safetensors")
+    from safetensors.torch import load_file
+
+    torch.save({"state_dict": load_file(str(single))}, tmp_path / "sd2.ckpt")
+    assert peek_model(str(tmp_path / "sd2.ckpt")).detection.architecture == "sd2"
