@@ -63,6 +63,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Wrap at spaces only: names such as tiny-world, sd-scripts or person-sdxl stay whole on one line."""
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: an unknown flag names the closest known flag.

@@ -128,6 +128,7 @@ def test_help_speaks_to_the_user():
     train = _flat(build_train_parser().format_help())
     assert "LoRA rank: how much the LoRA can hold (default: 4)" in train
     assert "(default: constant)" in train and "(default: 512)" in train
-    assert "a built-in name: tiny, tiny-world" in train
+    assert "a built-in name: tiny, tiny-world, tiny-sdxl, tiny-sd2" in train
+    assert not re.search(r"[a-z]- [a-z]", train), "help wrapped inside a hyphenated word"
     sample = dict(all_parsers())[("sample",)]
     assert "sampling steps (default: 30)" in _flat(sample.format_help())
