@@ -186,18 +186,25 @@ def _gpu_fields(samples: float, flops_per_step: int | None, batch: int, peak_ove
             "fraction_of_bf16_peak": fraction}
 
 
+def _register_random_models() -> None:
+    """The SD1.5- and SDXL-sized built-ins with random weights (each child process registers them once)."""
+    from library.models.builtin import BUILTIN_MODELS, build_random_bundle, register_builtin
+
+    if "sd15-random" not in BUILTIN_MODELS:
+        register_builtin("sd15-random", lambda dtype: build_random_bundle("sd15", 0, "sd15-random", dtype), configs="sd15")
+        register_builtin("sdxl-random", lambda dtype: build_random_bundle("sdxl", 0, "sdxl-random", dtype,
+                                                                          architecture="sdxl"), configs="sdxl")
+
+
 def run_case(case: str, batch: int, peak_override: float | None = None, dry: bool = False) -> dict:
     """The lorasmith side: a whole training run through `train`, timed from its step events."""
     import torch
 
-    from library.models.builtin import build_random_bundle, register_builtin
     from library.training.events import Events
     from library.training.trainer import train
     from library.world.bucket_dataset import make_shapes_dataset
 
-    register_builtin("sd15-random", lambda dtype: build_random_bundle("sd15", 0, "sd15-random", dtype), configs="sd15")
-    register_builtin("sdxl-random", lambda dtype: build_random_bundle("sdxl", 0, "sdxl-random", dtype, architecture="sdxl"),
-                     configs="sdxl")
+    _register_random_models()
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
         data = make_shapes_dataset(Path(tmp) / "data", count=8)
@@ -252,7 +259,10 @@ def run_reference(case: str, batch: int, peak_override: float | None = None, dry
     device = torch.device("cuda" if cuda else "cpu")
     cfg = case_config(case, Path("."), Path("."), cuda, batch, dry)
     res = int(cfg.resolution.split(",")[0])
-    family = {"tiny": "tiny", "tiny-sdxl": "tiny-sdxl", "sdxl-random": "sdxl"}.get(cfg.pretrained_model_name_or_path, "sd15")
+    from library.models.builtin import BUILTIN_CONFIGS
+
+    _register_random_models()
+    family = BUILTIN_CONFIGS[cfg.pretrained_model_name_or_path]
     rc = ref.ReferenceCase(family=family, resolution=res,
                            batch=cfg.train_batch_size, precision=cfg.mixed_precision,
                            gradient_checkpointing=cfg.gradient_checkpointing, rank=cfg.network_dim,
